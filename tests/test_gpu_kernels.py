@@ -576,3 +576,20 @@ def test_outputs_stored_where_they_are_made_leave_the_registers():
     assert lines.index(stores["second"]) > loop and all(s in lines for s in stores.values()), lines
     held = body(g, loads, sources).lines  # without early stores the caller stores the outputs after the lines
     assert not any(x.startswith("tl.store(first_ptr") for x in held), held
+
+
+def test_an_input_is_loaded_after_the_loops_before_its_first_reader():
+    """A narrow input's load that a hidden-block loop separates from its first reader moves to just before that
+    reader (a loop, or a line between loops); an input nothing reads, one with nothing heavy before its reader, and
+    a reloadable one stay where the schedule put them."""
+    from mirasc.kernel_body import _inputs_where_read, _Loop
+
+    g = ir.Graph()
+    k, unread = g.input("k", ("t", "i")), g.input("unread", ("t", "i"))
+    first = g.einsum(("t", "o"), g.input("x", ("t", "h")), g.input("u", ("o", "h")))
+    second = g.einsum(("t", "h"), k, g.input("w", ("h", "i")))
+    loops = [_Loop(values=[first], sums={first.id}), _Loop(values=[second])]
+    assert _inputs_where_read([unread, k, *loops]) == [unread, loops[0], k, loops[1]]
+    assert _inputs_where_read([unread, k, *loops], frozenset({"k"})) == [unread, k, *loops]
+    straight = [k, unread, g.ew(lambda a, b: a + b, k, unread), *loops]
+    assert _inputs_where_read(straight) == straight

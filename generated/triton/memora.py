@@ -2120,7 +2120,6 @@ def chunk_state_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         v81 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -2150,7 +2149,6 @@ def chunk_state_bwd_kernel(
         v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
         tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
-        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         tl.debug_barrier()  # parked tiles other threads stored
         v81 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -2165,7 +2163,6 @@ def chunk_state_bwd_kernel(
         v91 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v117 = (v88 * v91)
         tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
-        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v66 = (local_0 * local_0)
         v67 = tl.sum((v66), axis=1)
@@ -2178,6 +2175,7 @@ def chunk_state_bwd_kernel(
         v88 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v104 = v88
         tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v94 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2202,6 +2200,7 @@ def chunk_state_bwd_kernel(
             v100 = v64
             tl.store(scratch + 3 * HID * D + 4 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
         tl.debug_barrier()
+        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v120 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2231,6 +2230,7 @@ def chunk_state_bwd_kernel(
             v133 = ((-1.0) * v132)
             tl.store(scratch + 4 * HID * D + 4 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
         tl.debug_barrier()
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         v94 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)

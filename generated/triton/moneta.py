@@ -500,7 +500,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
@@ -1973,7 +1972,6 @@ def chunk_state_bwd_kernel(
         v62 = v62 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
         tl.store(scratch + 10 * HID * D + 19 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
-        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
@@ -2006,7 +2004,6 @@ def chunk_state_bwd_kernel(
         v164 = v164 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
         tl.store(scratch + 10 * HID * D + 19 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v164)  # park
-        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v57 = tl.load(scratch + 10 * HID * D + 19 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2019,6 +2016,7 @@ def chunk_state_bwd_kernel(
             v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 6 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
         tl.debug_barrier()
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v62 = tl.load(scratch + 10 * HID * D + 19 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2036,6 +2034,7 @@ def chunk_state_bwd_kernel(
             v159 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + 6 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v159)
         tl.debug_barrier()
+        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v164 = tl.load(scratch + 10 * HID * D + 19 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2853,7 +2852,6 @@ def chunk_grad_q_3_bwd_kernel(
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
     scratch = scratch_ptr + slot * (HID * D + 8 * C * HID + BV * HID + 6 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v71, v45, v36, local_4, v72, causal, v36, v41, v45, v37, v46, v63
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2863,6 +2861,7 @@ def chunk_grad_q_3_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3309,7 +3308,6 @@ def chunk_grad_k_0_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     v46 = (v43 * v45)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v46)  # park
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3319,6 +3317,7 @@ def chunk_grad_k_0_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5488,18 +5487,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 8 * C * HID + BV * HID + 7 * C * D + 2 * C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v71, v45, v36, local_4, v72, causal, v43, v45, v36, v41, v37, v46, v52, v63
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    scratch = scratch_ptr + slot * (HID * D + 8 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v71, v45, v36, local_4, v72, causal, v45, v36, v41, v37, v46, v52, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
-    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
-    tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = (v43 * v39)
-    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5544,19 +5538,21 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
-    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v36 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v36
-    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v37)  # park
+    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v37)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 8 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
     tl.store(scratch + HID * D + 8 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v36)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5577,16 +5573,16 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     v52 = v36
-    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v52)  # park
+    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = v37
-    v52 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v52 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -5608,10 +5604,10 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5622,7 +5618,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v46 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5644,7 +5640,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5669,9 +5665,9 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v44 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72 += tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v36 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v37 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v45 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
     tl.store(scratch + HID * D + 8 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored

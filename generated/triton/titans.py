@@ -115,6 +115,7 @@ DESCRIPTION = {'spec': 'titans',
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'o'],
+                                       ['s', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
@@ -1237,7 +1238,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 10 * C * BV)  # v104, v62, v12, v24, v64, v68, v13, v72, v112, v125, v131, v101, v102, v129, v132, v86, v90, v91, v97, v69, v117, v94, v133, v93, v70, v123, v134, v85, v92, v71, v58, v47, v60, v63, v65, v49, v50, v66, v111, v100, v105, v88, v115, v136, v140, v141, v145, v148, v152, v153, v163
+        scratch = scratch_ptr + slot * (3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 11 * C * BV)  # v104, v62, v12, v24, v64, v68, v13, v72, v112, v125, v131, v101, v102, v129, v132, v86, v90, v91, v97, v69, v117, v94, v133, v93, v70, v123, v134, v85, v92, v71, v58, v47, v60, v63, v65, v49, v50, v66, v111, v100, v105, v88, v95, v115, v136, v140, v141, v145, v148, v152, v153, v163
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v30 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v31 = tl.cumsum(v30, axis=0, reverse=False)
@@ -1277,7 +1278,6 @@ def chunk_state_bwd_kernel(
         v65 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v66 = (v65 * v50)
         tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v109 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -1285,8 +1285,6 @@ def chunk_state_bwd_kernel(
         v50 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v111 = (v50 * v109)
         tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v111)  # park
-        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-        local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v43 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v44 = tl.sum((v43), axis=0)
@@ -1304,11 +1302,8 @@ def chunk_state_bwd_kernel(
         v49 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
         v55 = (v49 * v54[None, :])
         v56 = tl.sum((v55), axis=1)
-        v63 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v105 = (v63 * v56[:, None])
         tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v105)  # park
-        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v16 = (local_0 * local_0)
         v17 = tl.sum((v16), axis=1)
@@ -1317,7 +1312,6 @@ def chunk_state_bwd_kernel(
         v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v21 = tl.sum((v20), axis=1)
         v22 = (v21 / (D))
-        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v58 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
         v60 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -1334,6 +1328,7 @@ def chunk_state_bwd_kernel(
             v62 = (v59 + v61)
             tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v62)
         tl.debug_barrier()
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1367,6 +1362,8 @@ def chunk_state_bwd_kernel(
             v112 = tl.trans(tl.dot(tl.trans(v72).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
         tl.debug_barrier()
+        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1423,6 +1420,8 @@ def chunk_state_bwd_kernel(
             v86 = ((-1.0) * d_new_s2)
             tl.store(scratch + 3 * HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
         tl.debug_barrier()
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1466,11 +1465,14 @@ def chunk_state_bwd_kernel(
             v94 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v91 = tl.load(scratch + 3 * HID * D + 13 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v95 += tl.dot(v94.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_s[:, None] * D + offs_o[None, :], v95)  # park
+        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v88 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v95 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v114 = (v88 + v95 + local_8)
         v115 = v114
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
         v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1483,55 +1485,54 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v135 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
-        v115 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v136 = (v115 + v135)
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v136)  # park
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v136)  # park
         v137 = tl.sum((v136), axis=1)
         v138 = (v137 / (D))
         v139 = ((-1.0) * v138)
         tl.debug_barrier()  # parked tiles other threads stored
-        v136 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v136 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v140 = (v136 + v139[:, None])
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v140)  # park
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v140)  # park
         v141 = (2.0 * v22[:, None] * v140)
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
         v142 = (2.0 * local_0 * v140)
         v143 = tl.sum((v142), axis=1)
         v144 = (v143 / (D))
         v145 = ((-0.5) * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
         v148 = ((-0.5) * local_0 * ln_weight[None, :] * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v140 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v151 = (ln_weight[None, :] * v140 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        v148 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v148 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v152 = (v148 + v151)
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
         v153 = (ln_weight[None, :] * v152 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
         v146 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * (tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v147 = tl.sum((v146), axis=1)
         tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v140 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v149 = ((-0.5) * ln_weight[None, :] * local_1 * v140 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v150 = tl.sum((v149), axis=1)
-        v152 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v152 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v154 = ((-0.5) * local_0 * ln_weight[None, :] * v152 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v155 = tl.sum((v154), axis=1)
         v156 = (v147 + v150 + v155)
         v157 = (v156 / (D))
         v158 = (2.0 * local_0 * v157[:, None])
-        v141 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v145 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v153 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v141 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v145 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v153 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v159 = (v141 + v145 + v153 + v158)
         v160 = ((-1.0) * v159)
         v161 = tl.sum((v160), axis=1)
         v162 = (v161 / (D))
         v163 = (v159 + v162[:, None])
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v163)  # park
-        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v163)  # park
         v78 = (v46 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v79 = tl.sum((v78), axis=0)
         v76 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -1561,6 +1562,7 @@ def chunk_state_bwd_kernel(
             v70 = (v69 * v37[:, None])
             tl.store(scratch + 3 * HID * D + 18 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         tl.debug_barrier()
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1572,7 +1574,7 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + 3 * HID * D + 19 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v134)
         tl.debug_barrier()
         v60 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v163 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v163 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h

@@ -1376,7 +1376,6 @@ def chunk_state_bwd_kernel(
         v44 = v44 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
         tl.store(scratch + 13 * C * HID + 2 * BV * HID + HID * D + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v44)  # park
-        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v36 = tl.exp(v31)  # cumulative decay in the chunk
         tl.store(scratch + 13 * C * HID + 2 * BV * HID + HID * D + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
         v39 = (q * v36)
@@ -1411,7 +1410,6 @@ def chunk_state_bwd_kernel(
         v70 = v70 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
         tl.store(scratch + 13 * C * HID + 2 * BV * HID + HID * D + 9 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v70)  # park
-        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         tl.debug_barrier()  # parked tiles other threads stored
         v31 = tl.load(scratch + 13 * C * HID + 2 * BV * HID + HID * D + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -1426,6 +1424,7 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 13 * C * HID + 2 * BV * HID + HID * D + 9 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
         v54 = v38
         tl.store(scratch + 13 * C * HID + 2 * BV * HID + HID * D + 10 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1458,6 +1457,7 @@ def chunk_state_bwd_kernel(
             v50 = v11
             tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
         tl.debug_barrier()
+        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v70 = tl.load(scratch + 13 * C * HID + 2 * BV * HID + HID * D + 9 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1585,7 +1585,6 @@ def chunk_state_bwd_kernel(
         v116 = tl.load(scratch + 13 * C * HID + 2 * BV * HID + HID * D + 10 * C * D + 12 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v120 = (v116 + v119[:, None])
         tl.store(scratch + 13 * C * HID + 2 * BV * HID + HID * D + 10 * C * D + 13 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
-        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v36 = tl.load(scratch + 13 * C * HID + 2 * BV * HID + HID * D + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v52 = (v36 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -1606,6 +1605,7 @@ def chunk_state_bwd_kernel(
             v73 = tl.trans(tl.dot(tl.trans(v47).to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + 12 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         tl.debug_barrier()
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
