@@ -161,10 +161,14 @@ def _inputs_where_read(segments: list[Value | _Loop], reloadable: frozenset[str]
 # A hidden-block loop holds, through every block, the tiles it reads from outside (the chunk's (C, D) and (C, C)
 # values) and the sums it accumulates. Past LOOP_UNITS of them (tile_units) the loop is split before the value that
 # would pass the bound: a block the first part makes and the second reads goes through scratch memory, as between
-# any two loops. 2 from ahead-of-time compiles at D = 64 (bench/README.md, "Parked tiles and split loops"): titans'
-# stack bytes in all 13,112 unsplit, 10,824 at 3 units, 10,680 at 2 (10,704 once the terms of a shared sum were kept
-# together); Moneta's 8,576, 8,392, 8,176.
-LOOP_UNITS = 2.0
+# any two loops. First 2, from ahead-of-time compiles at D = 64 (bench/README.md, "Parked tiles and split loops"):
+# titans' stack bytes in all 13,112 unsplit, 10,824 at 3 units, 10,680 at 2; Moneta's 8,576, 8,392, 8,176. Now 1
+# (2026-12-04, sm_90a, D = 64, every kernel of the five MLP memories): 18,584 B in all against 18,248 at 2 and 21,992
+# at 3, but 11 matrix products repeated by a second warp group (mirasc.aot.replicated_dots) against 102 and 192, and
+# 5 % fewer tensor-core instructions. A product whose result feeds another product in the same loop is laid out
+# with all warps on its rows, which repeats a 64-row tile at 8 warps; a block that goes through scratch memory
+# between two loops breaks that chain.
+LOOP_UNITS = 1.0
 
 # Between the loops, a straight-line value whose making would hold more than PARK_UNITS tiles live parks the live
 # tiles it does not read whose next reader is furthest away (`_parked`). 4 from ahead-of-time compiles at D = 64

@@ -34,7 +34,10 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'h'],
                                        ['s', 'h'],
                                        ['s', 'h'],
+                                       ['s', 'h'],
+                                       ['s', 'h'],
                                        ['t', 'o'],
+                                       ['s', 'i'],
                                        ['s', 'o'],
                                        ['s', 'o']],
                            'value_blocks': 'none',
@@ -43,12 +46,15 @@ DESCRIPTION = {'spec': 'titans',
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'],
                                      ['t', 'h'],
+                                     ['s', 'h'],
+                                     ['t', 'h'],
                                      ['t', 'h'],
                                      ['t', 'h'],
                                      ['t', 'h'],
                                      ['t', 'o'],
                                      ['t', 'o'],
                                      ['t', 'u'],
+                                     ['t', 's'],
                                      ['t', 's'],
                                      ['t', 'i'],
                                      ['t', 'i'],
@@ -59,6 +65,8 @@ DESCRIPTION = {'spec': 'titans',
              'local_bwd': {'grid': 'chunks',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
+                                       ['s', 'h'],
+                                       ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
@@ -66,6 +74,7 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'o'],
                                        ['s', 'o'],
                                        ['t', 'u'],
+                                       ['t', 's'],
                                        ['t', 's'],
                                        ['t', 'i'],
                                        ['t', 'i']],
@@ -77,15 +86,20 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
+                                       ['t', 'h'],
                                        ['s', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['s', 'h'],
+                                       ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['h', 'i'],
+                                       ['h', 'i'],
                                        ['s', 'h'],
                                        ['h', 'i'],
+                                       ['s', 'h'],
+                                       ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['o', 'h'],
@@ -95,11 +109,15 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['s', 'h'],
+                                       ['s', 'h'],
+                                       ['t', 'h'],
                                        ['t', 'h'],
                                        ['o', 'h'],
                                        ['t', 'h'],
                                        ['o', 'h'],
                                        ['o', 'h'],
+                                       ['h', 'i'],
+                                       ['h', 'i'],
                                        ['o', 'h'],
                                        ['o', 'h'],
                                        ['t', 'h'],
@@ -139,6 +157,9 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 's'],
@@ -151,6 +172,9 @@ DESCRIPTION = {'spec': 'titans',
                               'sub_chunks': False},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
@@ -168,6 +192,9 @@ DESCRIPTION = {'spec': 'titans',
                               'sub_chunks': False},
              'grad_q_3_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
@@ -189,8 +216,12 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['h', 'i'],
                                           ['t', 'u'],
                                           ['s', 'u'],
                                           ['t', 's'],
@@ -198,6 +229,7 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
+                                          ['s', 'i'],
                                           ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 8.0,
@@ -211,9 +243,14 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['h', 'i'],
+                                          ['s', 'h'],
+                                          ['h', 'i'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['o', 'h'],
                                           ['s', 'h'],
                                           ['o', 'h'],
                                           ['t', 'u'],
@@ -226,7 +263,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['s', 'i'],
-                                          ['t', 'o']],
+                                          ['t', 'o'],
+                                          ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 9.0,
                               'sub_chunks': False},
@@ -235,11 +273,14 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['h', 'i'],
                                           ['s', 'h'],
+                                          ['h', 'i'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
@@ -247,8 +288,12 @@ DESCRIPTION = {'spec': 'titans',
                                           ['o', 'h'],
                                           ['s', 'h'],
                                           ['o', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'i'],
                                           ['s', 'u'],
                                           ['s', 'i'],
@@ -259,6 +304,7 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
+                                          ['s', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
@@ -277,9 +323,14 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['h', 'i'],
+                                          ['s', 'h'],
+                                          ['h', 'i'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['o', 'h'],
                                           ['s', 'h'],
                                           ['o', 'h'],
                                           ['t', 'u'],
@@ -292,7 +343,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['s', 'i'],
-                                          ['t', 'o']],
+                                          ['t', 'o'],
+                                          ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 9.0,
                               'sub_chunks': False},
@@ -305,9 +357,14 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['h', 'i'],
+                                          ['s', 'h'],
+                                          ['h', 'i'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['o', 'h'],
                                           ['s', 'h'],
                                           ['o', 'h'],
                                           ['t', 'u'],
@@ -320,7 +377,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['s', 'i'],
-                                          ['t', 'o']],
+                                          ['t', 'o'],
+                                          ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 9.0,
                               'sub_chunks': False},
@@ -328,6 +386,9 @@ DESCRIPTION = {'spec': 'titans',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
@@ -342,7 +403,12 @@ DESCRIPTION = {'spec': 'titans',
                                        'tiles': 7.0,
                                        'sub_chunks': False},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
-                                       'scratch': [['t', 'h'], ['s', 'i']],
+                                       'scratch': [['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['o', 'h'],
+                                                   ['s', 'h'],
+                                                   ['h', 'i'],
+                                                   ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 4.0,
                                        'sub_chunks': False},
@@ -353,6 +419,7 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
+                                                   ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
@@ -373,7 +440,10 @@ DESCRIPTION = {'spec': 'titans',
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
+                                                   ['o', 'h'],
                                                    ['s', 'h'],
+                                                   ['h', 'i'],
+                                                   ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
@@ -394,7 +464,12 @@ DESCRIPTION = {'spec': 'titans',
                                        'tiles': 11.5,
                                        'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
-                                     'scratch': [['t', 'h'], ['s', 'i']],
+                                     'scratch': [['t', 'h'],
+                                                 ['s', 'h'],
+                                                 ['o', 'h'],
+                                                 ['s', 'h'],
+                                                 ['h', 'i'],
+                                                 ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 4.0,
                                      'sub_chunks': False},
@@ -407,6 +482,8 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'h'],
+                                                 ['h', 'i'],
                                                  ['t', 'u'],
                                                  ['t', 's'],
                                                  ['s', 'i'],
@@ -427,6 +504,9 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'u'],
@@ -439,7 +519,12 @@ DESCRIPTION = {'spec': 'titans',
                                        'tiles': 8.0,
                                        'sub_chunks': False},
              'grad_gate_theta_1_bwd': {'grid': 'chunks',
-                                       'scratch': [['t', 'h'], ['s', 'i']],
+                                       'scratch': [['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['o', 'h'],
+                                                   ['s', 'h'],
+                                                   ['h', 'i'],
+                                                   ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 4.0,
                                        'sub_chunks': False},
@@ -452,6 +537,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['h', 'i'],
                                                    ['t', 'u'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
@@ -475,6 +562,9 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['h', 'i'],
+                                                   ['h', 'i'],
                                                    ['t', 'u'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
@@ -492,7 +582,9 @@ DESCRIPTION = {'spec': 'titans',
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['s', 'h'],
+                                                  ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'i'],
                                                   ['t', 'u'],
@@ -512,9 +604,14 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['s', 'h'],
+                                                  ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['h', 'i'],
+                                                  ['s', 'h'],
+                                                  ['h', 'i'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['o', 'h'],
                                                   ['s', 'h'],
                                                   ['o', 'h'],
                                                   ['t', 'u'],
@@ -527,7 +624,8 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
-                                                  ['t', 'o']],
+                                                  ['t', 'o'],
+                                                  ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
                                       'sub_chunks': False},
@@ -540,9 +638,14 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['s', 'h'],
+                                                  ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['h', 'i'],
+                                                  ['s', 'h'],
+                                                  ['h', 'i'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['o', 'h'],
                                                   ['s', 'h'],
                                                   ['o', 'h'],
                                                   ['t', 'u'],
@@ -555,7 +658,8 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
-                                                  ['t', 'o']],
+                                                  ['t', 'o'],
+                                                  ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
                                       'sub_chunks': False},
@@ -568,9 +672,14 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['s', 'h'],
+                                                  ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['h', 'i'],
+                                                  ['s', 'h'],
+                                                  ['h', 'i'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['o', 'h'],
                                                   ['s', 'h'],
                                                   ['o', 'h'],
                                                   ['t', 'u'],
@@ -583,7 +692,8 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
-                                                  ['t', 'o']],
+                                                  ['t', 'o'],
+                                                  ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
                                       'sub_chunks': False},
@@ -601,9 +711,14 @@ DESCRIPTION = {'spec': 'titans',
                                                 ['s', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
-                                                ['s', 'h'],
+                                                ['t', 'h'],
                                                 ['s', 'h'],
                                                 ['h', 'i'],
+                                                ['s', 'h'],
+                                                ['h', 'i'],
+                                                ['t', 'h'],
+                                                ['s', 'h'],
+                                                ['o', 'h'],
                                                 ['s', 'h'],
                                                 ['o', 'h'],
                                                 ['t', 'u'],
@@ -616,7 +731,8 @@ DESCRIPTION = {'spec': 'titans',
                                                 ['t', 's'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
-                                                ['t', 'o']],
+                                                ['t', 'o'],
+                                                ['s', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 9.0,
                                     'sub_chunks': False}},
@@ -675,9 +791,8 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (4 * C * HID + 3 * C * BV)  # v12, v13, v70, v71, v18, v87, v92
+        scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * BV + C * D)  # v12, v13, v70, v73, v71, v82, v18, v69, v87, v92
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -687,13 +802,18 @@ def chunk_state_fwd_kernel(
             v13_c0 = (0.5 * v12)
             v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        tl.debug_barrier()
+        v14 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
         v16 = tl.sum((v14), axis=1)
         v17 = (v16 / (D))
         v18 = (v14 - v17[:, None])
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
         v19 = (v18 * v18)
         v20 = tl.sum((v19), axis=1)
         v21 = (v20 / (D))
@@ -703,7 +823,7 @@ def chunk_state_fwd_kernel(
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
         tl.debug_barrier()  # parked tiles other threads stored
-        v18 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v18 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
@@ -733,6 +853,7 @@ def chunk_state_fwd_kernel(
         v66 = (v61 * v65[None, :])
         v67 = tl.sum((v66), axis=1)
         v69 = k
+        tl.store(scratch + 6 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v69)  # park
         v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
         v58 = tl.exp(v52)  # cumulative decay in the chunk
         v62 = v58
@@ -745,7 +866,7 @@ def chunk_state_fwd_kernel(
         v76 = tl.sum((v75), axis=0)
         v72 = v35
         v87 = (v72 * v67[:, None])
-        tl.store(scratch + 4 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+        tl.store(scratch + 6 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_o[None, :], v87)  # park
         v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
@@ -753,7 +874,7 @@ def chunk_state_fwd_kernel(
         v84 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v85 = tl.sum((v84), axis=0)
         v92 = (v72 * v68[:, None])
-        tl.store(scratch + 4 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+        tl.store(scratch + 6 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_o[None, :], v92)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -765,6 +886,13 @@ def chunk_state_fwd_kernel(
             v70 = v37
             tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v70)
             v73 = (v70 * v67[:, None])
+            tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        tl.debug_barrier()
+        v69 = tl.load(scratch + 6 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v73 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v74 = tl.dot(tl.trans(v73).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v77 = (v76 * w1)
@@ -775,13 +903,13 @@ def chunk_state_fwd_kernel(
             tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v81.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
             v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v71 = v13
-            tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v71)
+            tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v71)
         tl.debug_barrier()
-        v87 = tl.load(scratch + 4 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v87 = tl.load(scratch + 6 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v71 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v71 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v88 = tl.dot(tl.trans(v87).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v89 = (v76 * w2)
@@ -792,17 +920,24 @@ def chunk_state_fwd_kernel(
             tl.store(final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v91.to(final_w2_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
             v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v82 = (v70 * v68[:, None])
+            tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.debug_barrier()
+        v69 = tl.load(scratch + 6 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v82 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v83 = tl.dot(tl.trans(v82).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v86 = (((-1.0) * v83) + (v85 * s1))
             tl.store(starts_s1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(starts_s1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(final_s1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
         tl.debug_barrier()
-        v92 = tl.load(scratch + 4 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v92 = tl.load(scratch + 6 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v71 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v71 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v93 = tl.dot(tl.trans(v92).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v94 = (((-1.0) * v93) + (v85 * s2))
@@ -847,9 +982,8 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D)  # v12, v13, v66, v68, v69, v18, v35, v50, v53, v59, v57, v77
+    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D)  # v12, v13, v63, v66, v60, v68, v69, v18, v35, v50, v53, v65, v59, v57, v77
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -859,13 +993,18 @@ def chunk_out_fwd_kernel(
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+    tl.debug_barrier()
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+    tl.store(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -875,7 +1014,7 @@ def chunk_out_fwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
     tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v18 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -886,13 +1025,13 @@ def chunk_out_fwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
     v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v50)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v50)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v46 = tl.cumsum(v45, axis=0, reverse=False)
@@ -901,24 +1040,25 @@ def chunk_out_fwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v65 = (v64 * v53)
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
     v49 = tl.exp(v46)  # cumulative decay in the chunk
     v54 = v49
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v50 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v55 = (v50 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
     v59 = (q * v56[:, None])
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
     v43 = tl.exp(v40)  # cumulative decay in the chunk
     v57 = (q * v43[:, None])
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -928,35 +1068,48 @@ def chunk_out_fwd_kernel(
         v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v63 = v37
-        v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
+        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v65 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v63 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
+    tl.debug_barrier()
+    v59 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 = (v58 + v60)
-        v66 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 = (v61 - v66)
         v68_c0 = (0.5 * v67)
         v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
         v69 = (v68 * v43[:, None])
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
     v73 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v69 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v68 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v68 * v56[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -966,15 +1119,15 @@ def chunk_out_fwd_kernel(
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 = v13
-        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v68 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
-    v77 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
     v80 = tl.sum((v79), axis=1)
@@ -1023,9 +1176,8 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 2 * C * C + 2 * C * D)  # v12, v13, v79, v81, v82, v18, v35, v88, v59, v62, v72, v70
+    scratch = scratch_ptr + slot * (7 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D)  # v12, v13, v76, v79, v73, v81, v82, v18, v35, v88, v59, v62, v78, v72, v70
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1035,14 +1187,19 @@ def chunk_local_bwd_kernel(
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+    tl.debug_barrier()
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
     tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v18.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+    tl.store(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -1053,7 +1210,7 @@ def chunk_local_bwd_kernel(
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v25.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v18 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -1065,10 +1222,10 @@ def chunk_local_bwd_kernel(
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v35.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v88 = v35
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v88.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
@@ -1096,26 +1253,27 @@ def chunk_local_bwd_kernel(
     v105 = (v88 * v68[:, None])
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v105.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 5 * C * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v59 = tl.load(scratch + 7 * C * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1125,35 +1283,48 @@ def chunk_local_bwd_kernel(
         v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v76 = v37
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
+        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v76)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v76 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
+    tl.debug_barrier()
+    v72 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v73 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 = (v71 + v73)
-        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v79 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80 = (v74 - v79)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v82 = (v81 * v49[:, None])
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
     v86 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v82 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -1163,11 +1334,11 @@ def chunk_local_bwd_kernel(
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = v13
-        v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 7 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v88 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
     v93 = tl.sum((v92), axis=1)
@@ -1238,7 +1409,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 11 * C * BV)  # v104, v62, v12, v24, v64, v68, v13, v72, v112, v125, v131, v101, v102, v129, v132, v86, v90, v91, v97, v69, v117, v94, v133, v93, v70, v123, v134, v85, v92, v71, v58, v47, v60, v63, v65, v49, v50, v66, v111, v100, v105, v88, v95, v115, v136, v140, v141, v145, v148, v152, v153, v163
+        scratch = scratch_ptr + slot * (6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 11 * C * BV)  # v104, v59, v62, v12, v24, v64, v68, v13, v72, v112, v119, v125, v131, v99, v101, v102, v106, v126, v129, v132, v86, v90, v91, v97, v69, v117, v87, v94, v133, v168, v93, v70, v123, v134, v98, v103, v85, v92, v71, v58, v47, v60, v63, v65, v49, v50, v66, v111, v100, v105, v88, v95, v115, v136, v140, v141, v145, v148, v152, v153, v163
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v30 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v31 = tl.cumsum(v30, axis=0, reverse=False)
@@ -1247,10 +1418,10 @@ def chunk_state_bwd_kernel(
         v75 = tl.sum((v74), axis=0)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v58 = (q * v37[:, None])
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :], v58)  # park
         v32 = v31
         v47 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v31[:, None] - v32[None, :])))))
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v47)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v47)  # park
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
         v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -1259,51 +1430,51 @@ def chunk_state_bwd_kernel(
         v52 = (v47 * v51[None, :])
         v53 = tl.sum((v52), axis=1)
         v60 = (q * v53[:, None])
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v63 = k
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
         v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
         v41 = v40
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v38 = gate_eta
         v49 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :]))))) * v38[None, :])))
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :], v49)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :], v49)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v47 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+        v47 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
         v50 = tl.dot(v47.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v50)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v50)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v65 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v65 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v66 = (v65 * v50)
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v109 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()  # parked tiles other threads stored
-        v50 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v50 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v111 = (v50 * v109)
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v111)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v111)  # park
         v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v43 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v44 = tl.sum((v43), axis=0)
         v45 = (v29 * tl.exp((v44 - v41)))  # decay from token s to the chunk's end
         v57 = (v45 * v38)
         tl.debug_barrier()  # parked tiles other threads stored
-        v63 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v63 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v100 = (v63 * v57[:, None])
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v100)  # park
         v34 = (v31 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v35 = tl.sum((v34), axis=0)
         v36 = (v29 * tl.exp((v35 - v32)))  # decay from token s to the chunk's end
         v54 = v36
         tl.debug_barrier()  # parked tiles other threads stored
-        v49 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+        v49 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
         v55 = (v49 * v54[None, :])
         v56 = tl.sum((v55), axis=1)
         v105 = (v63 * v56[:, None])
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v105)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v16 = (local_0 * local_0)
         v17 = tl.sum((v16), axis=1)
@@ -1313,8 +1484,7 @@ def chunk_state_bwd_kernel(
         v21 = tl.sum((v20), axis=1)
         v22 = (v21 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v58 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v60 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v58 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1323,216 +1493,265 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v104)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v59)
+        tl.debug_barrier()
+        v60 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
             s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v59 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v62 = (v59 + v61)
-            tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v62)
+            tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
         tl.debug_barrier()
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v24 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
-            v25_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v25 = (v24 * (0.5 + (0.5 * tl.math.erf(v25_c0)) + (v25_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v64 = v25
-            tl.store(scratch + HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
+            tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
         tl.debug_barrier()
-        v66 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v111 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v64 = tl.load(scratch + HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v24 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
+            v12 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v25_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v25 = (v24 * (0.5 + (0.5 * tl.math.erf(v25_c0)) + (v25_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v64 = v25
+            tl.store(scratch + HID * D + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
+        tl.debug_barrier()
+        v66 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v64 = tl.load(scratch + HID * D + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v62 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v62 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v68 = (v62 - v67)
-            tl.store(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-            v12 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            v12 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v13_c0 = (0.5 * v12)
             v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            tl.store(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
             v72 = v13
-            tl.store(scratch + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
+            tl.store(scratch + HID * D + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
+        tl.debug_barrier()
+        v111 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v72 = tl.load(scratch + HID * D + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v112 = tl.trans(tl.dot(tl.trans(v72).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
+            tl.store(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
         tl.debug_barrier()
         local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-        local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v119 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v119)
+        tl.debug_barrier()
+        local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v122 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v112 = tl.load(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v112 = tl.load(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v119 = tl.load(scratch + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v124 = (v112 + v119 + v122)
-            v68 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v68 = tl.load(scratch + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v125_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
             v125 = (v124 * (0.5 + (0.5 * tl.math.erf(v125_c0)) + (v125_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v125)
+            tl.store(scratch + HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v125)
         tl.debug_barrier()
-        v58 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v100 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v58 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v125 = tl.load(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v125 = tl.load(scratch + HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v131 = tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v125.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + HID * D + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v131)
+            tl.store(scratch + HID * D + 11 * C * HID + offs_h[:, None] * D + offs_i[None, :], v131)
             d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v99 = ((-1.0) * d_new_s1)
-            v101 = tl.dot(v100.to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 2 * HID * D + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v101)
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v102 = ((-1.0) * d_new_w1)
-            tl.store(scratch + 2 * HID * D + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v102)
+            tl.store(scratch + 2 * HID * D + 11 * C * HID + offs_h[:, None] * D + offs_i[None, :], v99)
         tl.debug_barrier()
-        v66 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v105 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v100 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v102 = tl.load(scratch + 2 * HID * D + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v99 = tl.load(scratch + 2 * HID * D + 11 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v101 = tl.dot(v100.to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 3 * HID * D + 11 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v101)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v102 = ((-1.0) * d_new_w1)
+            tl.store(scratch + 3 * HID * D + 12 * C * HID + offs_h[:, None] * D + offs_i[None, :], v102)
+        tl.debug_barrier()
+        v105 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v102 = tl.load(scratch + 3 * HID * D + 12 * C * HID + offs_h[:, None] * D + offs_i[None, :])
             v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v125 = tl.load(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 12 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v106)
+            v125 = tl.load(scratch + HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v126 = ((-1.0) * v125)
+            tl.store(scratch + 4 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v126)
+        tl.debug_barrier()
+        v66 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v126 = tl.load(scratch + 4 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v127 = tl.dot(tl.trans(v66).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v101 = tl.load(scratch + 2 * HID * D + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v101 = tl.load(scratch + 3 * HID * D + 11 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v106 = tl.load(scratch + 4 * HID * D + 12 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v128 = (v101 + v106 + v127)
             v129 = v128
-            tl.store(scratch + 3 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v129)
-            v12 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v24 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 14 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v129)
+            v12 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v24 = tl.load(scratch + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v132_c0 = tl.full((), 1.4142135623730951, DTYPE)
             v132_c1 = tl.full((), 0.5641895835477563, DTYPE)
             v132_c2 = (0.5 * (v12 * v12))
             v132_c3 = tl.exp(((-1.0) * v132_c2))
             v132 = (v24 * v129 * ((v132_c0 * v132_c1 * v132_c3) - (v132_c0 * v132_c1 * v132_c2 * v132_c3)))
-            tl.store(scratch + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v132)
+            tl.store(scratch + 4 * HID * D + 15 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v132)
             d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v86 = ((-1.0) * d_new_s2)
-            tl.store(scratch + 3 * HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+            tl.store(scratch + 4 * HID * D + 16 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
         tl.debug_barrier()
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v86 = tl.load(scratch + 4 * HID * D + 16 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v90 = tl.dot(local_4.to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 4 * HID * D + 16 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v90)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v91 = ((-1.0) * d_new_w2)
+            tl.store(scratch + 4 * HID * D + 17 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v91)
+        tl.debug_barrier()
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v90 = tl.dot(local_4.to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 3 * HID * D + 12 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v90)
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v91 = ((-1.0) * d_new_w2)
-            tl.store(scratch + 3 * HID * D + 13 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v91)
+            v91 = tl.load(scratch + 4 * HID * D + 17 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v97 = tl.dot(local_5.to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 3 * HID * D + 13 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v97)
-            v68 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 17 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v97)
+            v68 = tl.load(scratch + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v69_c0 = (0.5 * v68)
             v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + 3 * HID * D + 14 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+            tl.store(scratch + 4 * HID * D + 18 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
         tl.debug_barrier()
-        v111 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v111 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v69 = tl.load(scratch + 4 * HID * D + 18 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v113 = tl.trans(tl.dot(tl.trans(v69).to(DOT_DTYPE), v111.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v90 = tl.load(scratch + 4 * HID * D + 16 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v97 = tl.load(scratch + 4 * HID * D + 17 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v116 = (v90 + v97 + v113)
+            v117 = v116
+            tl.store(scratch + 4 * HID * D + 19 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v117)
+            v72 = tl.load(scratch + HID * D + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v87 = (v72 * v57[:, None])
+            tl.store(scratch + 4 * HID * D + 20 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        tl.debug_barrier()
         v88 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v69 = tl.load(scratch + 3 * HID * D + 14 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v113 = tl.trans(tl.dot(tl.trans(v69).to(DOT_DTYPE), v111.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v97 = tl.load(scratch + 3 * HID * D + 13 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v116 = (v90 + v97 + v113)
-            v117 = v116
-            tl.store(scratch + 3 * HID * D + 15 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v117)
-            v72 = tl.load(scratch + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v87 = (v72 * v57[:, None])
-            v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v87 = tl.load(scratch + 4 * HID * D + 20 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v86 = tl.load(scratch + 4 * HID * D + 16 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v88 += tl.dot(v87.to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v72 = tl.load(scratch + HID * D + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v94 = (v72 * v56[:, None])
-            tl.store(scratch + 3 * HID * D + 16 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v94)
+            tl.store(scratch + 4 * HID * D + 21 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v94)
         tl.debug_barrier()
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
         v95 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v94 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v91 = tl.load(scratch + 3 * HID * D + 13 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v94 = tl.load(scratch + 4 * HID * D + 21 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v91 = tl.load(scratch + 4 * HID * D + 17 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v95 += tl.dot(v94.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_s[:, None] * D + offs_o[None, :], v95)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_s[:, None] * D + offs_o[None, :], v95)  # park
         local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
-        v88 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v95 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v88 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v95 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v114 = (v88 + v95 + local_8)
         v115 = v114
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
         v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v12 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v129 = tl.load(scratch + 3 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v12 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v129 = tl.load(scratch + 4 * HID * D + 14 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v133_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v133 = (v129 * (0.5 + (0.5 * tl.math.erf(v133_c0)) + (v133_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 3 * HID * D + 17 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
+            tl.store(scratch + 4 * HID * D + 22 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v135 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
-        v115 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v136 = (v115 + v135)
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v136)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v136)  # park
         v137 = tl.sum((v136), axis=1)
         v138 = (v137 / (D))
         v139 = ((-1.0) * v138)
         tl.debug_barrier()  # parked tiles other threads stored
-        v136 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v136 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v140 = (v136 + v139[:, None])
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v140)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v140)  # park
         v141 = (2.0 * v22[:, None] * v140)
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
         v142 = (2.0 * local_0 * v140)
         v143 = tl.sum((v142), axis=1)
         v144 = (v143 / (D))
         v145 = ((-0.5) * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
         v148 = ((-0.5) * local_0 * ln_weight[None, :] * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v151 = (ln_weight[None, :] * v140 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        v148 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v148 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v152 = (v148 + v151)
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
         v153 = (ln_weight[None, :] * v152 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
         v146 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * (tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v147 = tl.sum((v146), axis=1)
         tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v149 = ((-0.5) * ln_weight[None, :] * local_1 * v140 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v150 = tl.sum((v149), axis=1)
-        v152 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v152 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v154 = ((-0.5) * local_0 * ln_weight[None, :] * v152 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v155 = tl.sum((v154), axis=1)
         v156 = (v147 + v150 + v155)
         v157 = (v156 / (D))
         v158 = (2.0 * local_0 * v157[:, None])
-        v141 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v145 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v153 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v141 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v145 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v153 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v159 = (v141 + v145 + v153 + v158)
         v160 = ((-1.0) * v159)
         v161 = tl.sum((v160), axis=1)
         v162 = (v161 / (D))
         v163 = (v159 + v162[:, None])
-        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v163)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v163)  # park
         v78 = (v46 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v79 = tl.sum((v78), axis=0)
         v76 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -1542,76 +1761,94 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v164 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v117 = tl.load(scratch + 3 * HID * D + 15 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v117 = tl.load(scratch + 4 * HID * D + 19 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v166 = (v117 + v164)
-            v12 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v12 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v167_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v167 = (v166 * (0.5 + (0.5 * tl.math.erf(v167_c0)) + (v167_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v132 = tl.load(scratch + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v132 = tl.load(scratch + 4 * HID * D + 15 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v168 = (v132 + v167)
+            tl.store(scratch + 4 * HID * D + 23 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v168)
+        tl.debug_barrier()
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v168 = tl.load(scratch + 4 * HID * D + 23 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v169 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v168.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v104 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-            v131 = tl.load(scratch + HID * D + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v131 = tl.load(scratch + HID * D + 11 * C * HID + offs_h[:, None] * D + offs_i[None, :])
             v173 = (v104 + v131 + v169)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v173.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v173.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v93 = (v75 * d_new_w2)
-            tl.store(scratch + 3 * HID * D + 18 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v93)
-            v69 = tl.load(scratch + 3 * HID * D + 14 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 24 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v93)
+            v69 = tl.load(scratch + 4 * HID * D + 18 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v70 = (v69 * v37[:, None])
-            tl.store(scratch + 3 * HID * D + 18 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+            tl.store(scratch + 4 * HID * D + 24 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         tl.debug_barrier()
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v70 = tl.load(scratch + 3 * HID * D + 18 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v70 = tl.load(scratch + 4 * HID * D + 24 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v123 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), local_6.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + 3 * HID * D + 19 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v123)
-            v133 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v134 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 3 * HID * D + 19 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v134)
+            tl.store(scratch + 4 * HID * D + 25 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v123)
         tl.debug_barrier()
-        v60 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v163 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v13 = tl.load(scratch + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v133 = tl.load(scratch + 4 * HID * D + 22 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v134 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 4 * HID * D + 25 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v134)
+        tl.debug_barrier()
+        v163 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v13 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v165 = tl.trans(tl.dot(tl.trans(v13).to(DOT_DTYPE), v163.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v93 = tl.load(scratch + 3 * HID * D + 18 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v123 = tl.load(scratch + 3 * HID * D + 19 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v134 = tl.load(scratch + 3 * HID * D + 19 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v93 = tl.load(scratch + 4 * HID * D + 24 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v123 = tl.load(scratch + 4 * HID * D + 25 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v134 = tl.load(scratch + 4 * HID * D + 25 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v172 = (v93 + v123 + v134 + v165)
             tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v172.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v172.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
             d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v98 = (v79 * d_new_s1)
+            tl.store(scratch + 4 * HID * D + 25 * C * HID + 5 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v98)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v103 = (v77 * d_new_w1)
-            v125 = tl.load(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 5 * HID * D + 25 * C * HID + 5 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v103)
+        tl.debug_barrier()
+        v60 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v125 = tl.load(scratch + HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v130 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), v125.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v98 = tl.load(scratch + 4 * HID * D + 25 * C * HID + 5 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+            v103 = tl.load(scratch + 5 * HID * D + 25 * C * HID + 5 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
             v171 = (v98 + v103 + v130)
             tl.store(carries_s1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v171.to(carries_s1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v171.to(d_init_s1_ptr.dtype.element_ty), mask=c == 0)
             d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v85 = (v79 * d_new_s2)
-            tl.store(scratch + 3 * HID * D + 19 * C * HID + 5 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v85)
+            tl.store(scratch + 6 * HID * D + 25 * C * HID + 5 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v85)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v92 = (v77 * d_new_w2)
-            tl.store(scratch + 3 * HID * D + 19 * C * HID + 6 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v92)
-            v69 = tl.load(scratch + 3 * HID * D + 14 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 6 * HID * D + 25 * C * HID + 6 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v92)
+            v69 = tl.load(scratch + 4 * HID * D + 18 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v71 = (v69 * v53[:, None])
-            tl.store(scratch + 3 * HID * D + 19 * C * HID + 7 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v71)
+            tl.store(scratch + 6 * HID * D + 25 * C * HID + 7 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v71)
         tl.debug_barrier()
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v71 = tl.load(scratch + 3 * HID * D + 19 * C * HID + 7 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v71 = tl.load(scratch + 6 * HID * D + 25 * C * HID + 7 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v120 = tl.trans(tl.dot(tl.trans(v71).to(DOT_DTYPE), local_6.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v85 = tl.load(scratch + 3 * HID * D + 19 * C * HID + 5 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v92 = tl.load(scratch + 3 * HID * D + 19 * C * HID + 6 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v85 = tl.load(scratch + 6 * HID * D + 25 * C * HID + 5 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v92 = tl.load(scratch + 6 * HID * D + 25 * C * HID + 6 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v170 = (v85 + v92 + v120)
             tl.store(carries_s2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v170.to(carries_s2_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v170.to(d_init_s2_ptr.dtype.element_ty), mask=c == 0)
@@ -1694,10 +1931,10 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C)  # v12, v44, v42, v48, v63, v70, v43, v34, v38, v40, v46, v62
+    scratch = scratch_ptr + slot * (9 * C * HID + 3 * C * D + 3 * C * C)  # v12, v44, v39, v42, v48, v49, v63, v65, v70, v43, v34, v38, v40, v46, v62
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
-    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 9 * C * HID + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v20 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v21 = tl.cumsum(v20, axis=0, reverse=False)
@@ -1711,103 +1948,126 @@ def chunk_grad_q_1_bwd_kernel(
     v25 = gate_eta
     v33 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v27[:, None] - v28[None, :]))))) * v25[None, :])))
     v34 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v34)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v24 = tl.exp(v21)  # cumulative decay in the chunk
     v38 = (q * v24[:, None])
-    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v38)  # park
     v30 = tl.exp(v27)  # cumulative decay in the chunk
     v35 = v30
     v36 = (v31 * v35[None, :])
     v37 = tl.sum((v36), axis=1)
     v40 = (q * v37[:, None])
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = tl.dot(q.to(DOT_DTYPE), tl.trans(v43).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v34 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v46 = (v45 * v34)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + 9 * C * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v60 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v62 = (v34 * v60)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 9 * C * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v44 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v38 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 9 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v39 = tl.dot(v38.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v39)
+    tl.debug_barrier()
+    v40 = tl.load(scratch + 9 * C * HID + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v41 = tl.dot(v40.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v39 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v42 = (v39 + v41)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v46 = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v62 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + 9 * C * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v44 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v42 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v42 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v48 = (v42 - v47)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v49 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
+    tl.debug_barrier()
+    v62 = tl.load(scratch + 9 * C * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v49 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v63 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v63 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v63 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v65 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v63 + v65 + v67)
-        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v69_c0 = (0.5 * v48 * tl.full((), 1.4142135623730951, DTYPE))
         v69 = (v68 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v48 * v48))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v70 = ((-1.0) * v69)
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
     tl.debug_barrier()
     v71 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v44 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v70 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 += tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v34 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v72 = (v34 * v71)
-    v43 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v73 = tl.trans(tl.dot(tl.trans(v43).to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v73.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1847,17 +2107,17 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 5 * C * C)  # v42, v12, v44, v48, v63, v70, v38, v31, v40, v45, v34, v46, v62
+    scratch = scratch_ptr + slot * (9 * C * HID + 2 * C * D + 5 * C * C)  # v39, v42, v12, v44, v48, v49, v63, v65, v70, v38, v31, v40, v45, v34, v46, v62
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v20 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v21 = tl.cumsum(v20, axis=0, reverse=False)
     v24 = tl.exp(v21)  # cumulative decay in the chunk
     v38 = (q * v24[:, None])
-    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_i[None, :], v38)  # park
     v22 = v21
     v31 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v21[:, None] - v22[None, :])))))
-    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v31)  # park
+    tl.store(scratch + 9 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v31)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v26 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v27 = tl.cumsum(v26, axis=0, reverse=False)
@@ -1866,100 +2126,123 @@ def chunk_grad_q_2_bwd_kernel(
     v36 = (v31 * v35[None, :])
     v37 = tl.sum((v36), axis=1)
     v40 = (q * v37[:, None])
-    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     v45 = tl.dot(q.to(DOT_DTYPE), tl.trans(v43).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v28 = v27
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v25 = gate_eta
     v33 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v27[:, None] - v28[None, :]))))) * v25[None, :])))
     tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v31 = tl.load(scratch + 9 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v34 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = tl.load(scratch + 9 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v46 = (v45 * v34)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v60 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v62 = (v34 * v60)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v39 = tl.dot(v38.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v39)
+    tl.debug_barrier()
+    v40 = tl.load(scratch + 9 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v41 = tl.dot(v40.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v39 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v42 = (v39 + v41)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v42)
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v44 = v18
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
     tl.debug_barrier()
-    v46 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v62 = tl.load(scratch + 6 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v44 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v44 = v18
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
+    tl.debug_barrier()
+    v46 = tl.load(scratch + 9 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v44 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v42 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v42 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v48 = (v42 - v47)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-        v12 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v12 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v49 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
+    tl.debug_barrier()
+    v62 = tl.load(scratch + 9 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v49 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v63 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v63 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v63 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v65 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v63 + v65 + v67)
-        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v69_c0 = (0.5 * v48 * tl.full((), 1.4142135623730951, DTYPE))
         v69 = (v68 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v48 * v48))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v70 = (v69 * v37[:, None])
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
     tl.debug_barrier()
     v71 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v70 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 += tl.trans(tl.dot(tl.trans(s1).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v71.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1999,17 +2282,17 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 5 * C * C)  # v42, v12, v44, v48, v63, v70, v38, v31, v40, v45, v34, v46, v62
+    scratch = scratch_ptr + slot * (9 * C * HID + 2 * C * D + 5 * C * C)  # v39, v42, v12, v44, v48, v49, v63, v65, v70, v38, v31, v40, v45, v34, v46, v62
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v20 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v21 = tl.cumsum(v20, axis=0, reverse=False)
     v24 = tl.exp(v21)  # cumulative decay in the chunk
     v38 = (q * v24[:, None])
-    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_i[None, :], v38)  # park
     v22 = v21
     v31 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v21[:, None] - v22[None, :])))))
-    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v31)  # park
+    tl.store(scratch + 9 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v31)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v26 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v27 = tl.cumsum(v26, axis=0, reverse=False)
@@ -2018,100 +2301,123 @@ def chunk_grad_q_3_bwd_kernel(
     v36 = (v31 * v35[None, :])
     v37 = tl.sum((v36), axis=1)
     v40 = (q * v37[:, None])
-    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     v45 = tl.dot(q.to(DOT_DTYPE), tl.trans(v43).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v28 = v27
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v25 = gate_eta
     v33 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v27[:, None] - v28[None, :]))))) * v25[None, :])))
     tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v31 = tl.load(scratch + 9 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v34 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = tl.load(scratch + 9 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v46 = (v45 * v34)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v60 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v62 = (v34 * v60)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v39 = tl.dot(v38.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v39)
+    tl.debug_barrier()
+    v40 = tl.load(scratch + 9 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v41 = tl.dot(v40.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v39 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v42 = (v39 + v41)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v42)
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v44 = v18
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
     tl.debug_barrier()
-    v46 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v62 = tl.load(scratch + 6 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v44 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v44 = v18
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
+    tl.debug_barrier()
+    v46 = tl.load(scratch + 9 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v44 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v42 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v42 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v48 = (v42 - v47)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-        v12 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v12 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v49 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
+    tl.debug_barrier()
+    v62 = tl.load(scratch + 9 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v49 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v63 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v63 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v63 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v65 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v63 + v65 + v67)
-        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v69_c0 = (0.5 * v48 * tl.full((), 1.4142135623730951, DTYPE))
         v69 = (v68 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v48 * v48))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v70 = (v69 * v24[:, None])
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
     tl.debug_barrier()
     v71 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v70 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v71.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -2151,13 +2457,13 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 5 * C * C + 3 * C * D)  # v12, v57, v60, v54, v61, v82, v89, v40, v42, v43, v59, v53, v51, v81, v92
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + 5 * C * C + 4 * C * D)  # v12, v57, v60, v54, v61, v62, v82, v84, v89, v72, v71, v40, v42, v43, v59, v53, v51, v81, v92, v76
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
     v25 = v24
     v40 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
-    tl.store(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :], v40)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :], v40)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v33 = tl.cumsum(v32, axis=0, reverse=False)
@@ -2165,66 +2471,74 @@ def chunk_grad_k_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v31 = gate_eta
     v42 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
-    tl.store(scratch + 7 * C * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v42)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + C * C + offs_s[:, None] * C + offs_u[None, :], v42)  # park
     v43 = tl.dot(v40.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v43)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v56 = k
     v58 = tl.dot(q.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v59 = (v58 * v43)
-    tl.store(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v39 = tl.exp(v33)  # cumulative decay in the chunk
     v44 = v39
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v40 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v45 = (v40 * v44[None, :])
     v46 = tl.sum((v45), axis=1)
     v53 = (q * v46[:, None])
-    tl.store(scratch + 7 * C * HID + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v53)  # park
     v30 = tl.exp(v24)  # cumulative decay in the chunk
     v51 = (q * v30[:, None])
-    tl.store(scratch + 7 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v79 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v81 = (v43 * v79)
-    tl.store(scratch + 7 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v57 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 7 * C * HID + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v57 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v60 = tl.dot(v59.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+    tl.debug_barrier()
+    v53 = tl.load(scratch + 10 * C * HID + HID * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 7 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v81 = tl.load(scratch + 7 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v51 = tl.load(scratch + 10 * C * HID + HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2239,44 +2553,57 @@ def chunk_grad_k_0_bwd_kernel(
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v62 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
+    tl.debug_barrier()
+    v81 = tl.load(scratch + 10 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v62 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v82 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v84)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v84 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = (v82 + v84 + v86)
         v61 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v88_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
         v88 = (v87 * (0.5 + (0.5 * tl.math.erf(v88_c0)) + (v88_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v89 = ((-1.0) * v88)
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v89)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
     v90 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v57 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v89 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90 += tl.trans(tl.dot(v57.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v43 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v43 * v90)
     v92 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 7 * C * HID + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v92)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v92)  # park
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v28 = tl.sum((v27), axis=0)
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v47 = v29
     tl.debug_barrier()  # parked tiles other threads stored
-    v42 = tl.load(scratch + 7 * C * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v42 = tl.load(scratch + 10 * C * HID + HID * D + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v48 = (v42 * v47[None, :])
     v49 = tl.sum((v48), axis=1)
     v36 = (v33 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -2284,7 +2611,6 @@ def chunk_grad_k_0_bwd_kernel(
     v38 = (v22 * tl.exp((v37 - v34)))  # decay from token s to the chunk's end
     v50 = (v38 * v31)
     v76 = tl.zeros((C, D), DTYPE)
-    v73 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2294,10 +2620,22 @@ def chunk_grad_k_0_bwd_kernel(
         v74 = ((-1.0) * d_new_w1)
         v76 += tl.dot(v75.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v72 = (v57 * v50[:, None])
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v71)
+    tl.debug_barrier()
+    tl.store(scratch + 10 * C * HID + HID * D + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v76)  # park
+    v73 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v72 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v71 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v73 += tl.dot(v72.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = tl.load(scratch + 7 * C * HID + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v76 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v73 + v76 + v92)
     v94 = v93
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v94.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2338,13 +2676,13 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     v29 = v28
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
@@ -2352,37 +2690,37 @@ def chunk_grad_k_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -2391,47 +2729,55 @@ def chunk_grad_k_1_bwd_kernel(
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v54 = (v42 * v35)
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2447,84 +2793,118 @@ def chunk_grad_k_1_bwd_kernel(
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+    tl.debug_barrier()
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
         v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
         v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v101 = ((-1.0) * v100)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v101 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v84 = ((-1.0) * d_new_w1)
-        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
-        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v81 = ((-1.0) * d_new_s1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v106 = tl.zeros((C, BV), DTYPE)
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v84 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v86)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
+    tl.debug_barrier()
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v103 = (v83 + v86 + v102)
         v104 = v103
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
+    tl.debug_barrier()
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
-        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     v79 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
+    tl.debug_barrier()
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v74 = (v66 * v54[:, None])
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 = ((-1.0) * d_new_s2)
+        v74 = tl.load(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -2579,7 +2959,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 6 * C * BV)  # v12, v24, v87, v89, v92, v62, v64, v68, v70, v98, v110, v113, v114, v77, v81, v82, v103, v78, v88, v49, v91, v65, v47, v50, v66, v58, v60, v97, v101, v121, v122, v126, v133, v134
+    scratch = scratch_ptr + slot * (21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 7 * C * BV)  # v12, v24, v87, v89, v90, v92, v59, v62, v64, v68, v70, v98, v105, v110, v113, v114, v77, v81, v82, v86, v69, v103, v78, v83, v148, v88, v49, v91, v65, v47, v50, v66, v58, v60, v97, v79, v101, v121, v122, v126, v133, v134
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v63 = k
@@ -2595,9 +2975,9 @@ def chunk_grad_k_2_bwd_kernel(
     v38 = gate_eta
     v57 = (v45 * v38)
     v88 = (v63 * v57[:, None])
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     v49 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :]))))) * v38[None, :])))
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + C * D + offs_s[:, None] * C + offs_u[None, :], v49)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + C * D + offs_s[:, None] * C + offs_u[None, :], v49)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v30 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v31 = tl.cumsum(v30, axis=0, reverse=False)
@@ -2609,38 +2989,38 @@ def chunk_grad_k_2_bwd_kernel(
     v55 = (v49 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
     v91 = (v63 * v56[:, None])
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
     v47 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v31[:, None] - v32[None, :])))))
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_u[None, :], v47)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_u[None, :], v47)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v49 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v50 = tl.dot(v47.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v50)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v65 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v66 = (v65 * v50)
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
     v37 = tl.exp(v31)  # cumulative decay in the chunk
     v58 = (q * v37[:, None])
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     v46 = tl.exp(v40)  # cumulative decay in the chunk
     v51 = v46
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v47 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v52 = (v47 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
     v60 = (q * v53[:, None])
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v95 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v50 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v97 = (v50 * v95)
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v97)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v97)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
@@ -2654,13 +3034,17 @@ def chunk_grad_k_2_bwd_kernel(
     v21 = tl.sum((v20), axis=1)
     v22 = (v21 / (D))
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v24 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
@@ -2668,8 +3052,7 @@ def chunk_grad_k_2_bwd_kernel(
         v87 = ((-1.0) * d_new_s1)
         tl.store(scratch + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v87)
     tl.debug_barrier()
-    v88 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v91 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2678,74 +3061,97 @@ def chunk_grad_k_2_bwd_kernel(
         tl.store(scratch + 2 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v89)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v90 = ((-1.0) * d_new_w1)
-        v92 = tl.dot(v91.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v92)
+        tl.store(scratch + 3 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v90)
     tl.debug_barrier()
-    v58 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v60 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v90 = tl.load(scratch + 3 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
+        v92 = tl.dot(v91.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v92)
+    tl.debug_barrier()
+    v58 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 4 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v59)
+    tl.debug_barrier()
+    v60 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v59 = tl.load(scratch + 4 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v62 = (v59 + v61)
-        tl.store(scratch + 4 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v62)
+        tl.store(scratch + 5 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v62)
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v24 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v25_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v25 = (v24 * (0.5 + (0.5 * tl.math.erf(v25_c0)) + (v25_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v64 = v25
-        tl.store(scratch + 5 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v64)
+        tl.store(scratch + 6 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v66 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v97 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v66 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v64 = tl.load(scratch + 5 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 6 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v62 = tl.load(scratch + 4 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v62 = tl.load(scratch + 5 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v62 - v67)
-        tl.store(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v68)
+        tl.store(scratch + 7 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v68)
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v70 = v13
-        tl.store(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + 8 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v70)
+    tl.debug_barrier()
+    v97 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + 8 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v98 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v98)
+        tl.store(scratch + 9 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v98)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v105 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v107 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v98 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v108 = (v98 + v105 + v107)
-        v68 = tl.load(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v109_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
-        v109 = (v108 * (0.5 + (0.5 * tl.math.erf(v109_c0)) + (v109_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v110 = ((-1.0) * v109)
-        tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v110)
+        tl.store(scratch + 10 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v66 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v110 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v107 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v98 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v105 = tl.load(scratch + 10 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = (v98 + v105 + v107)
+        v68 = tl.load(scratch + 7 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v109_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
+        v109 = (v108 * (0.5 + (0.5 * tl.math.erf(v109_c0)) + (v109_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v110 = ((-1.0) * v109)
+        tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v110)
+    tl.debug_barrier()
+    v66 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v110 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v111 = tl.dot(tl.trans(v66).to(DOT_DTYPE), v110.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v89 = tl.load(scratch + 2 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v92 = tl.load(scratch + 3 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v92 = tl.load(scratch + 3 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v112 = (v89 + v92 + v111)
         v113 = v112
-        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v113)
+        tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v113)
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v24 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114_c0 = tl.full((), 1.4142135623730951, DTYPE)
@@ -2753,119 +3159,148 @@ def chunk_grad_k_2_bwd_kernel(
         v114_c2 = (0.5 * (v12 * v12))
         v114_c3 = tl.exp(((-1.0) * v114_c2))
         v114 = (v24 * v113 * ((v114_c0 * v114_c1 * v114_c3) - (v114_c0 * v114_c1 * v114_c2 * v114_c3)))
-        tl.store(scratch + 11 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v114)
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v114)
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 = ((-1.0) * d_new_s2)
-        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
-        v81 = tl.dot(local_4.to(DOT_DTYPE), v77.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v82 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 13 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v97 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v82 = tl.load(scratch + 13 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 14 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v81 = tl.dot(local_4.to(DOT_DTYPE), v77.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v82 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 15 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v82)
+    tl.debug_barrier()
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v82 = tl.load(scratch + 15 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v86 = tl.dot(local_5.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v68 = tl.load(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 15 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
+        v68 = tl.load(scratch + 7 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v69_c0 = (0.5 * v68)
         v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 16 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v97 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v69 = tl.load(scratch + 16 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = tl.trans(tl.dot(tl.trans(v69).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v81 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 15 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = (v81 + v86 + v99)
         v103 = v102
-        tl.store(scratch + 13 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v103)
-        v70 = tl.load(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v103)
+        v70 = tl.load(scratch + 8 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v70 * v57[:, None])
-        tl.store(scratch + 14 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v78)
+        tl.store(scratch + 18 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v78)
     tl.debug_barrier()
     v79 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 18 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 14 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 = tl.load(scratch + 8 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v83 = (v70 * v56[:, None])
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v83)
+    tl.debug_barrier()
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v78 = tl.load(scratch + 14 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v77 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v70 = tl.load(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v83 = (v70 * v56[:, None])
-        v82 = tl.load(scratch + 13 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v83 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + 15 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v84 += tl.dot(v83.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v79 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v100 = (v79 + v84 + local_8)
     v101 = v100
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v101)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v101)  # park
     v116 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v113 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v113 = tl.load(scratch + 12 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v115_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v115 = (v113 * (0.5 + (0.5 * tl.math.erf(v115_c0)) + (v115_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v116 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v101 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v101 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v101 + v116)
     v118 = tl.sum((v117), axis=1)
     v119 = (v118 / (D))
     v120 = ((-1.0) * v119)
     v121 = (v117 + v120[:, None])
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v121)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v121)  # park
     v122 = (2.0 * v22[:, None] * v121)
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v122)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v122)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v123 = (2.0 * local_0 * v121)
     v124 = tl.sum((v123), axis=1)
     v125 = (v124 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v126 = ((-0.5) * ln_weight[None, :] * local_1 * v125[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v126)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v126)  # park
     v129 = ((-0.5) * local_0 * ln_weight[None, :] * v125[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v132 = (ln_weight[None, :] * v121 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v133 = (v129 + v132)
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
     v134 = (ln_weight[None, :] * v133 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v134)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v134)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v127 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v125[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * (tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v128 = tl.sum((v127), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
-    v121 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v121 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v130 = ((-0.5) * ln_weight[None, :] * local_1 * v121 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v131 = tl.sum((v130), axis=1)
-    v133 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v133 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v135 = ((-0.5) * local_0 * ln_weight[None, :] * v133 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v136 = tl.sum((v135), axis=1)
     v137 = (v128 + v131 + v136)
     v138 = (v137 / (D))
     v139 = (2.0 * local_0 * v138[:, None])
-    v122 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v126 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v134 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v122 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v126 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v134 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v140 = (v122 + v126 + v134 + v139)
     v141 = ((-1.0) * v140)
     v142 = tl.sum((v141), axis=1)
     v143 = (v142 / (D))
     v144 = (v140 + v143[:, None])
-    v149 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v145 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v103 = tl.load(scratch + 13 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v103 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v146 = (v103 + v145)
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v147_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v147 = (v146 * (0.5 + (0.5 * tl.math.erf(v147_c0)) + (v147_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v114 = tl.load(scratch + 11 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v114 = tl.load(scratch + 13 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v148 = (v114 + v147)
+        tl.store(scratch + 20 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v148)
+    tl.debug_barrier()
+    v149 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v148 = tl.load(scratch + 20 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v149 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v148).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v149.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -2905,13 +3340,13 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     v29 = v28
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
@@ -2919,37 +3354,37 @@ def chunk_grad_v_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -2958,47 +3393,55 @@ def chunk_grad_v_0_bwd_kernel(
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v54 = (v42 * v35)
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3014,84 +3457,118 @@ def chunk_grad_v_0_bwd_kernel(
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+    tl.debug_barrier()
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
         v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
         v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v101 = ((-1.0) * v100)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v101 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v84 = ((-1.0) * d_new_w1)
-        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
-        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v81 = ((-1.0) * d_new_s1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v106 = tl.zeros((C, BV), DTYPE)
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v84 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v86)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
+    tl.debug_barrier()
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v103 = (v83 + v86 + v102)
         v104 = v103
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
+    tl.debug_barrier()
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
-        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     v79 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
+    tl.debug_barrier()
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v74 = (v66 * v54[:, None])
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 = ((-1.0) * d_new_s2)
+        v74 = tl.load(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -3144,13 +3621,13 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     v29 = v28
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
@@ -3158,37 +3635,37 @@ def chunk_grad_v_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -3197,47 +3674,55 @@ def chunk_grad_v_1_bwd_kernel(
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v54 = (v42 * v35)
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3253,84 +3738,118 @@ def chunk_grad_v_1_bwd_kernel(
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+    tl.debug_barrier()
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
         v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
         v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v101 = ((-1.0) * v100)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v101 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v84 = ((-1.0) * d_new_w1)
-        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
-        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v81 = ((-1.0) * d_new_s1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v106 = tl.zeros((C, BV), DTYPE)
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v84 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v86)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
+    tl.debug_barrier()
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v103 = (v83 + v86 + v102)
         v104 = v103
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
+    tl.debug_barrier()
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
-        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     v79 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
+    tl.debug_barrier()
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v74 = (v66 * v54[:, None])
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 = ((-1.0) * d_new_s2)
+        v74 = tl.load(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -3380,13 +3899,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 4 * C * C + 2 * C * D)  # v12, v45, v48, v42, v49, v71, v80, v32, v35, v47, v41, v39, v70
+    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C * C + 2 * C * D)  # v12, v45, v48, v42, v49, v51, v71, v73, v80, v50, v32, v35, v47, v41, v39, v70
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
     v23 = v22
     v32 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :])))))
-    tl.store(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :], v32)  # park
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :], v32)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
@@ -3395,65 +3914,73 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v26 = gate_eta
     v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :]))))) * v26[None, :])))
     v35 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = k
     v46 = tl.dot(q.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v47 = (v46 * v35)
-    tl.store(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v31 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = v31
     tl.debug_barrier()  # parked tiles other threads stored
-    v32 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v32 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
     v37 = (v32 * v36[None, :])
     v38 = tl.sum((v37), axis=1)
     v41 = (q * v38[:, None])
-    tl.store(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     v25 = tl.exp(v22)  # cumulative decay in the chunk
     v39 = (q * v25[:, None])
-    tl.store(scratch + 7 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v68 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v70 = (v35 * v68)
-    tl.store(scratch + 7 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v70)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v70)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v45 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v47 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+    tl.debug_barrier()
+    v41 = tl.load(scratch + 10 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v39 = tl.load(scratch + 7 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v70 = tl.load(scratch + 7 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v39 = tl.load(scratch + 10 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3468,38 +3995,57 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v51 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 10 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v51 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v71)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v71)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v71 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v71 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v79 = (v71 + v73 + v75)
         v49 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80_c0 = (0.5 * v49 * tl.full((), 1.4142135623730951, DTYPE))
         v80 = (v79 * (0.5 + (0.5 * tl.math.erf(v80_c0)) + (v80_c0 * tl.exp(((-0.5) * (v49 * v49))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
     tl.debug_barrier()
     v83 = tl.zeros((C,), DTYPE)
-    v76 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v81 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v80 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = (v80 * v81)
         v83 += tl.sum((v82), axis=1)
         v49 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v50_c0 = (0.5 * v49)
         v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+    tl.debug_barrier()
+    v76 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v50 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v76 += tl.dot(v50.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
@@ -3560,13 +4106,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (C * HID + C * D)  # v12, v35
+    scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + HID * D + C * D)  # v12, v37, v45, v36, v50, v35
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v35 = k
-    tl.store(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :], v35)  # park
-    v48 = tl.zeros((C,), DTYPE)
+    tl.store(scratch + 3 * C * HID + BV * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v35)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3576,14 +4121,22 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v37 = v13
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v37)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v45)
+    tl.debug_barrier()
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    v48 = tl.zeros((C,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v45 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v46 = tl.dot(local_3.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v37 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v47 = (v37 * v46)
         v48 += tl.sum((v47), axis=1)
-    tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v51 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3593,10 +4146,19 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v36 = v18
+        tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v36)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v50 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 3 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :], v50)
+    tl.debug_barrier()
+    v51 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v36 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.load(scratch + 3 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v51 += tl.dot(v36.to(DOT_DTYPE), v50.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v35 = tl.load(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 3 * C * HID + BV * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = (v35 * v51)
     v53 = tl.sum((v52), axis=1)
     v59 = (v48 + v53)
@@ -3660,13 +4222,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 9 * C * C + 2 * C * D)  # v12, v45, v48, v42, v49, v51, v73, v82, v50, v32, v34, v35, v46, v47, v41, v39, v69, v71, v90, v85
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * C + 2 * C * D)  # v12, v45, v48, v42, v49, v51, v73, v75, v82, v50, v32, v34, v35, v46, v47, v41, v39, v69, v71, v90, v85
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
     v23 = v22
     v32 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :])))))
-    tl.store(scratch + 9 * C * HID + offs_t[:, None] * C + offs_u[None, :], v32)  # park
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :], v32)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
@@ -3674,69 +4236,77 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v26 = gate_eta
     v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :]))))) * v26[None, :])))
-    tl.store(scratch + 9 * C * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v34)  # park
+    tl.store(scratch + 10 * C * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v34)  # park
     v35 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = k
     v46 = tl.dot(q.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v47 = (v46 * v35)
-    tl.store(scratch + 9 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v31 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = v31
     tl.debug_barrier()  # parked tiles other threads stored
-    v32 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v32 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
     v37 = (v32 * v36[None, :])
     v38 = tl.sum((v37), axis=1)
     v41 = (q * v38[:, None])
-    tl.store(scratch + 9 * C * HID + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     v25 = tl.exp(v22)  # cumulative decay in the chunk
     v39 = (q * v25[:, None])
-    tl.store(scratch + 9 * C * HID + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v69 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 9 * C * HID + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v71 = (v35 * v69)
-    tl.store(scratch + 9 * C * HID + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v45 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v47 = tl.load(scratch + 9 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 10 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+    tl.debug_barrier()
+    v41 = tl.load(scratch + 10 * C * HID + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v39 = tl.load(scratch + 9 * C * HID + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v71 = tl.load(scratch + 9 * C * HID + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v39 = tl.load(scratch + 10 * C * HID + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3752,42 +4322,58 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v51 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
+    tl.debug_barrier()
+    v71 = tl.load(scratch + 10 * C * HID + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v51 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v73 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v75 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v80 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v73 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v75 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v81 = (v73 + v75 + v80)
         v49 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82_c0 = (0.5 * v49 * tl.full((), 1.4142135623730951, DTYPE))
         v82 = (v81 * (0.5 + (0.5 * tl.math.erf(v82_c0)) + (v82_c0 * tl.exp(((-0.5) * (v49 * v49))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
     v88 = tl.zeros((C,), DTYPE)
-    v76 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v86 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v82 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = (v82 * v86)
         v88 += tl.sum((v87), axis=1)
         v49 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v50_c0 = (0.5 * v49)
         v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+    tl.debug_barrier()
+    v76 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v50 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v76 += tl.dot(v50.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v77 = (local_6 * v76)
     v78 = tl.sum((v77), axis=1)
@@ -3806,34 +4392,34 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v66 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v65)
     v89 = (v66 + v78 + v88)
     v90 = (v36[None, :] * v89[:, None])
-    tl.store(scratch + 9 * C * HID + 7 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :], v90)  # park
+    tl.store(scratch + 10 * C * HID + 7 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :], v90)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v82 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v83 = ((-1.0) * v82)
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v84 += tl.trans(tl.dot(v45.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 9 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + 10 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v85 = (v46 * v84)
-    tl.store(scratch + 9 * C * HID + 8 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v85)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v85)  # park
     v53 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v50 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v51 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 9 * C * HID + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v72 = (v53 * v69)
-    v85 = tl.load(scratch + 9 * C * HID + 8 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 10 * C * HID + 8 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v72 + v85)
-    v34 = tl.load(scratch + 9 * C * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v34 = tl.load(scratch + 10 * C * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v92 = tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v90 = tl.load(scratch + 9 * C * HID + 7 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v90 = tl.load(scratch + 10 * C * HID + 7 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v93 = (v90 + v92)
     v94 = v93
     v95 = (v94 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :]))))
@@ -3878,7 +4464,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 7 * C * C + 3 * C * D)  # v12, v55, v49, v47, v53, v54, v85, v87, v94, v38, v48, v43, v45, v50, v39, v51, v81, v106, v84
+    scratch = scratch_ptr + slot * (10 * C * HID + BV * HID + HID * D + 7 * C * C + 3 * C * D)  # v12, v55, v64, v49, v71, v44, v47, v53, v54, v85, v87, v94, v38, v48, v43, v45, v50, v39, v51, v81, v106, v84
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -3893,13 +4479,12 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v30 = gate_eta
     v38 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v32[:, None] - v33[None, :]))))) * v30[None, :])))
-    tl.store(scratch + 9 * C * HID + offs_s[:, None] * C + offs_u[None, :], v38)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + offs_s[:, None] * C + offs_u[None, :], v38)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     v48 = k
-    tl.store(scratch + 9 * C * HID + C * C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + C * C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v69 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3912,12 +4497,19 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v55)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v64 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v64)
+    tl.debug_barrier()
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    v69 = tl.zeros((C,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v64 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v67 = tl.dot(local_3.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v55 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 = (v55 * v67)
         v69 += tl.sum((v68), axis=1)
-    tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v76 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3927,16 +4519,23 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v49 = v18
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
+        tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = ((-1.0) * d_new_w1)
-        v76 += tl.dot(v49.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :], v71)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 9 * C * HID + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v49 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v71 = tl.load(scratch + 3 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v76 += tl.dot(v49.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v48 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v77 = (v48 * v76)
     v78 = tl.sum((v77), axis=1)
     v101 = (v69 + v78)
-    v38 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v38 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v102 = (v38 * v101[:, None])
     v103 = tl.sum((v102), axis=0)
     v104 = v103
@@ -3960,62 +4559,72 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v29 = tl.exp(v24)  # cumulative decay in the chunk
     v43 = (q * v29[:, None])
-    tl.store(scratch + 9 * C * HID + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v36 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
     v41 = (v36 * v40[None, :])
     v42 = tl.sum((v41), axis=1)
     v45 = (q * v42[:, None])
-    tl.store(scratch + 9 * C * HID + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v50 = tl.dot(q.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v50)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v38 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v39 = tl.dot(v36.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v39)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v39)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 9 * C * HID + C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v51 = (v50 * v39)
-    tl.store(scratch + 9 * C * HID + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v51)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 9 * C * HID + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v45 = tl.load(scratch + 9 * C * HID + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v44)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v44 = tl.load(scratch + 3 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v47 = (v44 + v46)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        tl.store(scratch + 4 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 9 * C * HID + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v51 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v49 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v52 = tl.dot(v51.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v47 = tl.load(scratch + 4 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v53 = (v47 - v52)
+        tl.store(scratch + 5 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v53)
+        v54_c0 = (0.5 * v53)
+        v54 = (v54_c0 * (1.0 + tl.math.erf((v54_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 6 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v54)
+    tl.debug_barrier()
     v88 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v49 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v52 = tl.dot(v51.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v53 = (v47 - v52)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
-        v54_c0 = (0.5 * v53)
-        v54 = (v54_c0 * (1.0 + tl.math.erf((v54_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+        v54 = tl.load(scratch + 6 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 += tl.dot(v54.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v89 = (local_6 * v88)
     v90 = tl.sum((v89), axis=1)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v81 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 9 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v39 = tl.load(scratch + 9 * C * HID + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v39 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = (v39 * v81)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
@@ -4024,60 +4633,69 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         offs_g = offs_h
         v55 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v85 = tl.trans(tl.dot(tl.trans(v55).to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v85)
+        tl.store(scratch + 7 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v85)
+    tl.debug_barrier()
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v87 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v87)
+        tl.store(scratch + 8 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v87)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v100 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v85 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v87 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v85 = tl.load(scratch + 7 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = tl.load(scratch + 8 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v93 = (v85 + v87 + v92)
-        v53 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v53 = tl.load(scratch + 5 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v94_c0 = (0.5 * v53 * tl.full((), 1.4142135623730951, DTYPE))
         v94 = (v93 * (0.5 + (0.5 * tl.math.erf(v94_c0)) + (v94_c0 * tl.exp(((-0.5) * (v53 * v53))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v94)
+        tl.store(scratch + 9 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v94)
+    tl.debug_barrier()
+    v100 = tl.zeros((C,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v98 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 = tl.load(scratch + 9 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v94 * v98)
         v100 += tl.sum((v99), axis=1)
-    tl.debug_barrier()
     v105 = (v75 + v90 + v100)
     v106 = (v40[None, :] * v105[:, None])
-    tl.store(scratch + 9 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_u[None, :], v106)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_u[None, :], v106)  # park
     v57 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v54 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v54 = tl.load(scratch + 6 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 9 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v84 = (v57 * v81)
-    tl.store(scratch + 9 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v84)  # park
     v96 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v94 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v94 = tl.load(scratch + 9 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v95 = ((-1.0) * v94)
-        v49 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v49 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v96 += tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 9 * C * HID + C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v97 = (v50 * v96)
-    v84 = tl.load(scratch + 9 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v107 = (v84 + v97)
-    v38 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v38 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v108 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v106 = tl.load(scratch + 9 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v106 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v109 = (v106 + v108)
     v110 = v109
     v112 = ((-1.0) * v110 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :]))))
@@ -4124,7 +4742,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (C * HID + C * D)  # v12, v29
+    scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + HID * D + C * D)  # v12, v31, v38, v30, v44, v29
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
@@ -4136,9 +4754,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     v29 = k
-    tl.store(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :], v29)  # park
+    tl.store(scratch + 3 * C * HID + BV * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v29)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v41 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4148,14 +4765,22 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v31 = v13
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v31)
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v38 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v38)
+    tl.debug_barrier()
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    v41 = tl.zeros((C,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v38 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v39 = tl.dot(local_3.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v31 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v40 = (v31 * v39)
         v41 += tl.sum((v40), axis=1)
-    tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v45 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4165,10 +4790,19 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v30 = v18
+        tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v30)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v44 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 3 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :], v44)
+    tl.debug_barrier()
+    v45 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v30 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v44 = tl.load(scratch + 3 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v45 += tl.dot(v30.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v29 = tl.load(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 3 * C * HID + BV * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v46 = (v29 * v45)
     v47 = tl.sum((v46), axis=1)
     v53 = (v41 + v47)
@@ -4212,13 +4846,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v88, v37, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v37, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
     v25 = v24
     v37 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :], v37)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :], v37)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v33 = tl.cumsum(v32, axis=0, reverse=False)
@@ -4227,67 +4861,75 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v31 = gate_eta
     v39 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
     v40 = tl.dot(v37.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = k
-    tl.store(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v52 = tl.dot(q.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 8 * C * HID + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v53 = (v52 * v40)
-    tl.store(scratch + 8 * C * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v36 = tl.exp(v33)  # cumulative decay in the chunk
     v41 = v36
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v42 = (v37 * v41[None, :])
     v43 = tl.sum((v42), axis=1)
     v47 = (q * v43[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     v30 = tl.exp(v24)  # cumulative decay in the chunk
     v45 = (q * v30[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v77 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 8 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v79 = (v40 * v77)
-    tl.store(scratch + 8 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v51 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 8 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 8 * C * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+    tl.debug_barrier()
+    v47 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 8 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 8 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4303,36 +4945,48 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v57 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
+    tl.debug_barrier()
+    v79 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v81 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v83 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v83)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v85 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v81 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v83 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v86 = (v81 + v83 + v85)
         v55 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v55 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v55 * v55))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v88 = ((-1.0) * v87)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v88)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v88)
     tl.debug_barrier()
     v89 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v88 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v88 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v52 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v52 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v52 * v89)
-    tl.store(scratch + 8 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
     v59 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4343,16 +4997,15 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v59 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 8 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v80 = (v59 * v77)
-    v90 = tl.load(scratch + 8 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v90 = tl.load(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v93 = (v80 + v90)
-    v37 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v94 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 8 * C * HID + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v69 = tl.zeros((C,), DTYPE)
-    v72 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4364,10 +5017,16 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v69 += tl.sum((v68), axis=1)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v71)
+    tl.debug_barrier()
+    v72 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v71 = tl.load(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v72 += tl.dot(v51.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v73 = (v50 * v72)
     v74 = tl.sum((v73), axis=1)
     v91 = (v69 + v74)
@@ -4377,7 +5036,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v44 = v29
     v92 = (v44[None, :] * v91[:, None])
-    v94 = tl.load(scratch + 8 * C * HID + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v94 = tl.load(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v95 = (v92 + v94)
     v96 = tl.trans(v95)
     v97 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v96)
@@ -4421,13 +5080,13 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 4 * C * C + 2 * C * D)  # v12, v45, v48, v42, v49, v77, v86, v32, v35, v47, v41, v39, v76
+    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C * C + 2 * C * D)  # v12, v45, v48, v42, v49, v51, v77, v79, v86, v50, v32, v35, v47, v41, v39, v76
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
     v23 = v22
     v32 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :])))))
-    tl.store(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :], v32)  # park
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :], v32)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
@@ -4436,65 +5095,73 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v26 = gate_eta
     v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :]))))) * v26[None, :])))
     v35 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = k
     v46 = tl.dot(q.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v47 = (v46 * v35)
-    tl.store(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v31 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = v31
     tl.debug_barrier()  # parked tiles other threads stored
-    v32 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v32 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
     v37 = (v32 * v36[None, :])
     v38 = tl.sum((v37), axis=1)
     v41 = (q * v38[:, None])
-    tl.store(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     v25 = tl.exp(v22)  # cumulative decay in the chunk
     v39 = (q * v25[:, None])
-    tl.store(scratch + 7 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v74 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v76 = (v35 * v74)
-    tl.store(scratch + 7 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v76)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v76)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v45 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v47 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+    tl.debug_barrier()
+    v41 = tl.load(scratch + 10 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v39 = tl.load(scratch + 7 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 7 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v39 = tl.load(scratch + 10 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4509,38 +5176,57 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v51 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
+    tl.debug_barrier()
+    v76 = tl.load(scratch + 10 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v51 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v77 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v79 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v77 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v79 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v85 = (v77 + v79 + v84)
         v49 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v86_c0 = (0.5 * v49 * tl.full((), 1.4142135623730951, DTYPE))
         v86 = (v85 * (0.5 + (0.5 * tl.math.erf(v86_c0)) + (v86_c0 * tl.exp(((-0.5) * (v49 * v49))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v86)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
     v89 = tl.zeros((C,), DTYPE)
-    v80 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v87 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v88 = (v86 * v87)
         v89 += tl.sum((v88), axis=1)
         v49 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v50_c0 = (0.5 * v49)
         v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+    tl.debug_barrier()
+    v80 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v50 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v80 += tl.dot(v50.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
@@ -4560,7 +5246,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v70 += tl.sum(tl.sum((v68), axis=1), axis=0)
     v71 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v70)
     v90 = (v71 + v82 + v89)
-    v32 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v32 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
     v91 = (v32 * v90[:, None])
     v92 = tl.sum((v91), axis=0)
     v93 = v92
@@ -4619,7 +5305,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (C * HID + C * D)  # v12, v29
+    scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + HID * D + C * D)  # v12, v31, v38, v30, v44, v29
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v24 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
@@ -4632,9 +5318,8 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     v29 = k
-    tl.store(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :], v29)  # park
+    tl.store(scratch + 3 * C * HID + BV * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v29)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v41 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4644,14 +5329,22 @@ def chunk_grad_gate_theta_1_bwd_kernel(
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v31 = v13
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v31)
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v38 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v38)
+    tl.debug_barrier()
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    v41 = tl.zeros((C,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v38 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v39 = tl.dot(local_3.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v31 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v40 = (v31 * v39)
         v41 += tl.sum((v40), axis=1)
-    tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v45 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4661,10 +5354,19 @@ def chunk_grad_gate_theta_1_bwd_kernel(
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v30 = v18
+        tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v30)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v44 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 3 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :], v44)
+    tl.debug_barrier()
+    v45 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v30 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v44 = tl.load(scratch + 3 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v45 += tl.dot(v30.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v29 = tl.load(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 3 * C * HID + BV * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v46 = (v29 * v45)
     v47 = tl.sum((v46), axis=1)
     v53 = (v41 + v47)
@@ -4712,13 +5414,13 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v88, v37, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v37, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
     v25 = v24
     v37 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :], v37)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :], v37)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v33 = tl.cumsum(v32, axis=0, reverse=False)
@@ -4727,67 +5429,75 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v31 = gate_eta
     v39 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
     v40 = tl.dot(v37.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = k
-    tl.store(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v52 = tl.dot(q.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 8 * C * HID + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v53 = (v52 * v40)
-    tl.store(scratch + 8 * C * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v36 = tl.exp(v33)  # cumulative decay in the chunk
     v41 = v36
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v42 = (v37 * v41[None, :])
     v43 = tl.sum((v42), axis=1)
     v47 = (q * v43[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     v30 = tl.exp(v24)  # cumulative decay in the chunk
     v45 = (q * v30[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v77 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 8 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v79 = (v40 * v77)
-    tl.store(scratch + 8 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v51 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 8 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 8 * C * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+    tl.debug_barrier()
+    v47 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 8 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 8 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4803,36 +5513,48 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v57 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
+    tl.debug_barrier()
+    v79 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v81 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v83 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v83)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v85 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v81 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v83 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v86 = (v81 + v83 + v85)
         v55 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v55 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v55 * v55))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v88 = ((-1.0) * v87)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v88)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v88)
     tl.debug_barrier()
     v89 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v88 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v88 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v52 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v52 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v52 * v89)
-    tl.store(scratch + 8 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
     v59 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4843,16 +5565,15 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v59 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 8 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v80 = (v59 * v77)
-    v90 = tl.load(scratch + 8 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v90 = tl.load(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v93 = (v80 + v90)
-    v37 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v94 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 8 * C * HID + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v69 = tl.zeros((C,), DTYPE)
-    v72 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4864,10 +5585,16 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v69 += tl.sum((v68), axis=1)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v71)
+    tl.debug_barrier()
+    v72 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v71 = tl.load(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v72 += tl.dot(v51.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v73 = (v50 * v72)
     v74 = tl.sum((v73), axis=1)
     v91 = (v69 + v74)
@@ -4877,7 +5604,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v44 = v29
     v92 = (v44[None, :] * v91[:, None])
-    v94 = tl.load(scratch + 8 * C * HID + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v94 = tl.load(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v95 = (v92 + v94)
     v96 = tl.trans(v95)
     v97 = (v31[None, :] * v96)
@@ -4923,13 +5650,13 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * C + 3 * C * D)  # v12, v53, v56, v50, v57, v59, v91, v98, v39, v42, v52, v54, v55, v49, v47, v87, v89, v100, v106
+    scratch = scratch_ptr + slot * (9 * C * HID + 2 * HID * D + 8 * C * C + 3 * C * D)  # v12, v53, v56, v50, v57, v59, v91, v93, v98, v81, v77, v39, v42, v52, v54, v55, v49, v47, v87, v89, v100, v106
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
     v25 = v24
     v39 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :], v39)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + offs_t[:, None] * C + offs_u[None, :], v39)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v33 = tl.cumsum(v32, axis=0, reverse=False)
@@ -4938,67 +5665,75 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v31 = gate_eta
     v41 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
     v42 = tl.dot(v39.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v42)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + C * C + offs_t[:, None] * C + offs_s[None, :], v42)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v52 = k
-    tl.store(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
     v54 = tl.dot(q.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 8 * C * HID + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v42 = tl.load(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v42 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v55 = (v54 * v42)
-    tl.store(scratch + 8 * C * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v55)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v55)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v38 = tl.exp(v33)  # cumulative decay in the chunk
     v43 = v38
     tl.debug_barrier()  # parked tiles other threads stored
-    v39 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v39 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v44 = (v39 * v43[None, :])
     v45 = tl.sum((v44), axis=1)
     v49 = (q * v45[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v49)  # park
     v30 = tl.exp(v24)  # cumulative decay in the chunk
     v47 = (q * v30[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v87 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 8 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v87)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v42 = tl.load(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v42 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v89 = (v42 * v87)
-    tl.store(scratch + 8 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v89)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v89)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v53 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v53)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 8 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v55 = tl.load(scratch + 8 * C * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v55 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v56 = tl.dot(v55.to(DOT_DTYPE), v53.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
+    tl.debug_barrier()
+    v49 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v50 = tl.dot(v49.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 8 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v89 = tl.load(scratch + 8 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5014,36 +5749,48 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v59 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+    tl.debug_barrier()
+    v89 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v93 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v93)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v95 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v93 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 = (v91 + v93 + v95)
         v57 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v97_c0 = (0.5 * v57 * tl.full((), 1.4142135623730951, DTYPE))
         v97 = (v96 * (0.5 + (0.5 * tl.math.erf(v97_c0)) + (v97_c0 * tl.exp(((-0.5) * (v57 * v57))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v98 = ((-1.0) * v97)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v98)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v98)
     tl.debug_barrier()
     v99 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v98 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v98 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 += tl.trans(tl.dot(v53.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v54 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v100 = (v54 * v99)
-    tl.store(scratch + 8 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v100)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v100)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5054,16 +5801,15 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v58.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + 8 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v87 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v61 * v87)
-    v100 = tl.load(scratch + 8 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v100 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v105 = (v90 + v100)
-    v39 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v39 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v106 = tl.trans(tl.dot(tl.trans(v39).to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 8 * C * HID + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v106)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v106)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v75 = tl.zeros((C,), DTYPE)
-    v82 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5075,10 +5821,16 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v75 += tl.sum((v74), axis=1)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v81 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
+    tl.debug_barrier()
+    v82 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v82 += tl.dot(v53.to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v52 = tl.load(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v83 = (v52 * v82)
     v84 = tl.sum((v83), axis=1)
     v103 = (v75 + v84)
@@ -5088,14 +5840,14 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v46 = v29
     v104 = (v46[None, :] * v103[:, None])
-    v106 = tl.load(scratch + 8 * C * HID + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v106 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v107 = (v104 + v106)
     v108 = tl.trans(v107)
     v109 = (v31[None, :] * v108)
     v111 = ((-1.0) * v109 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))
     v112 = tl.sum((v111), axis=0)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v70 = tl.zeros((C,), DTYPE)
-    v78 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5107,9 +5859,16 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v70 += tl.sum((v69), axis=1)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v77 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 9 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v77)
+    tl.debug_barrier()
+    v78 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 9 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v78 += tl.dot(v53.to(DOT_DTYPE), v77.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v52 = tl.load(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = (v52 * v78)
     v80 = tl.sum((v79), axis=1)
     v101 = (v70 + v80)
@@ -5159,17 +5918,17 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * D + 4 * C * C)  # v43, v12, v45, v50, v39, v32, v41, v46, v35, v47
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 4 * C * C)  # v40, v43, v12, v45, v50, v51, v39, v32, v41, v46, v35, v47
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
     v25 = tl.exp(v22)  # cumulative decay in the chunk
     v39 = (q * v25[:, None])
-    tl.store(scratch + 4 * C * HID + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     v23 = v22
     v32 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :])))))
-    tl.store(scratch + 4 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v32)  # park
+    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v32)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
@@ -5178,81 +5937,98 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v37 = (v32 * v36[None, :])
     v38 = tl.sum((v37), axis=1)
     v41 = (q * v38[:, None])
-    tl.store(scratch + 4 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = k
     v46 = tl.dot(q.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v29 = v28
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v26 = gate_eta
     v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :]))))) * v26[None, :])))
     tl.debug_barrier()  # parked tiles other threads stored
-    v32 = tl.load(scratch + 4 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v32 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v35 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v47 = (v46 * v35)
-    tl.store(scratch + 4 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v39 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v41 = tl.load(scratch + 4 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v40 = tl.dot(v39.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v40)
+    tl.debug_barrier()
+    v41 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v40 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v43 = (v40 + v42)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v43)
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v18 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v19_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v19 = (v18 * (0.5 + (0.5 * tl.math.erf(v19_c0)) + (v19_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v45 = v19
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 4 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v45 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v43 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v49 = (v43 - v48)
+        v50_c0 = (0.5 * v49)
+        v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+        v51 = (v50 * v25[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+    tl.debug_barrier()
     v55 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v45 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v43 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v49 = (v43 - v48)
-        v50_c0 = (0.5 * v49)
-        v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
-        v51 = (v50 * v25[:, None])
+        v51 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v55 += tl.dot(v51.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v53 = (v50 * v38[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v55 += tl.dot(v53.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v58 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v12 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v12 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v56 = v13
-        v50 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v58 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v35 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v59 = (v58 * v35)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     v60 = tl.dot(v59.to(DOT_DTYPE), local_3.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -5304,13 +6080,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     v29 = v28
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
@@ -5318,37 +6094,37 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -5357,47 +6133,55 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v54 = (v42 * v35)
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5413,84 +6197,118 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+    tl.debug_barrier()
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
         v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
         v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v101 = ((-1.0) * v100)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v101 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v84 = ((-1.0) * d_new_w1)
-        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
-        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v81 = ((-1.0) * d_new_s1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v106 = tl.zeros((C, BV), DTYPE)
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v84 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v86)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
+    tl.debug_barrier()
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v103 = (v83 + v86 + v102)
         v104 = v103
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
+    tl.debug_barrier()
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
-        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     v79 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
+    tl.debug_barrier()
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v74 = (v66 * v54[:, None])
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 = ((-1.0) * d_new_s2)
+        v74 = tl.load(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -5544,13 +6362,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     v29 = v28
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
@@ -5558,37 +6376,37 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -5597,47 +6415,55 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v54 = (v42 * v35)
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5653,84 +6479,118 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+    tl.debug_barrier()
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
         v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
         v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v101 = ((-1.0) * v100)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v101 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v84 = ((-1.0) * d_new_w1)
-        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
-        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v81 = ((-1.0) * d_new_s1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v106 = tl.zeros((C, BV), DTYPE)
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v84 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v86)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
+    tl.debug_barrier()
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v103 = (v83 + v86 + v102)
         v104 = v103
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
+    tl.debug_barrier()
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
-        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     v79 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
+    tl.debug_barrier()
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v74 = (v66 * v54[:, None])
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 = ((-1.0) * d_new_s2)
+        v74 = tl.load(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -5781,13 +6641,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     v29 = v28
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
@@ -5795,37 +6655,37 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -5834,47 +6694,55 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v54 = (v42 * v35)
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5890,84 +6758,118 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+    tl.debug_barrier()
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
         v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
         v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v101 = ((-1.0) * v100)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v101 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v84 = ((-1.0) * d_new_w1)
-        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
-        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v81 = ((-1.0) * d_new_s1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v106 = tl.zeros((C, BV), DTYPE)
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v84 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v86)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
+    tl.debug_barrier()
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v103 = (v83 + v86 + v102)
         v104 = v103
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
+    tl.debug_barrier()
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
-        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     v79 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
+    tl.debug_barrier()
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v74 = (v66 * v54[:, None])
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 = ((-1.0) * d_new_s2)
+        v74 = tl.load(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -6062,13 +6964,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     v29 = v28
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
@@ -6076,37 +6978,37 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -6115,47 +7017,55 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v54 = (v42 * v35)
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6171,84 +7081,118 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+    tl.debug_barrier()
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
+    tl.debug_barrier()
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
         v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
         v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v101 = ((-1.0) * v100)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v101 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v84 = ((-1.0) * d_new_w1)
-        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
-        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v81 = ((-1.0) * d_new_s1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v106 = tl.zeros((C, BV), DTYPE)
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v84 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v86)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
+    tl.debug_barrier()
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v103 = (v83 + v86 + v102)
         v104 = v103
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
+    tl.debug_barrier()
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
-        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     v79 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        tl.store(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
+    tl.debug_barrier()
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v74 = (v66 * v54[:, None])
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 = ((-1.0) * d_new_s2)
+        v74 = tl.load(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))

@@ -31,8 +31,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
                                        ['s', 'h'],
+                                       ['s', 'h'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['s', 'i'],
                                        ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 7.0,
@@ -40,10 +42,13 @@ DESCRIPTION = {'spec': 'ttt_mlp',
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'],
                                      ['t', 'h'],
+                                     ['s', 'h'],
                                      ['t', 'h'],
                                      ['t', 'h'],
+                                     ['s', 'h'],
                                      ['t', 'o'],
                                      ['t', 'o'],
+                                     ['t', 's'],
                                      ['t', 'o']],
                          'value_blocks': 'none',
                          'tiles': 7.0,
@@ -57,6 +62,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['s', 'h'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
                                        ['s', 'o'],
                                        ['t', 's'],
                                        ['t', 'o'],
@@ -68,10 +74,13 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
+                                       ['s', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['s', 'h'],
                                        ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['h', 'i'],
                                        ['h', 'i'],
                                        ['s', 'h'],
                                        ['t', 'h'],
@@ -80,6 +89,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['o', 'h'],
                                        ['s', 'h'],
                                        ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['s', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['o', 'h'],
@@ -111,7 +122,9 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 's'],
@@ -122,8 +135,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 's'],
                                           ['t', 's']],
@@ -134,7 +149,9 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 's'],
                                           ['t', 's'],
@@ -146,13 +163,20 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['h', 'i'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['o', 'h'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
-                                          ['s', 'i']],
+                                          ['s', 'i'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 6.5,
                               'sub_chunks': False},
@@ -168,9 +192,13 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['o', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
@@ -187,13 +215,20 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['h', 'i'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['o', 'h'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
-                                          ['s', 'i']],
+                                          ['s', 'i'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 6.5,
                               'sub_chunks': False},
@@ -201,18 +236,30 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['h', 'i'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['o', 'h'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
-                                          ['s', 'i']],
+                                          ['s', 'i'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 6.5,
                               'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
-                                     'scratch': [['t', 'h'], ['s', 'i']],
+                                     'scratch': [['t', 'h'],
+                                                 ['s', 'h'],
+                                                 ['o', 'h'],
+                                                 ['s', 'h'],
+                                                 ['h', 'i'],
+                                                 ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 4.0,
                                      'sub_chunks': False},
@@ -220,7 +267,9 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'h'],
                                                  ['s', 'h'],
+                                                 ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 's'],
                                                  ['t', 's'],
@@ -231,7 +280,13 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                      'tiles': 6.0,
                                      'sub_chunks': False},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 's']],
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 's'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 5.0,
                                       'sub_chunks': False},
@@ -239,13 +294,20 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['h', 'i'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['o', 'h'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 's'],
-                                                  ['s', 'i']],
+                                                  ['s', 'i'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 6.5,
                                       'sub_chunks': False},
@@ -253,13 +315,20 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['h', 'i'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['o', 'h'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 's'],
-                                                  ['s', 'i']],
+                                                  ['s', 'i'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 6.5,
                                       'sub_chunks': False},
@@ -267,13 +336,20 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['h', 'i'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['o', 'h'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 's'],
-                                                  ['s', 'i']],
+                                                  ['s', 'i'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 6.5,
                                       'sub_chunks': False},
@@ -286,13 +362,20 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                     'scratch': [['t', 'h'],
                                                 ['s', 'h'],
                                                 ['t', 'h'],
+                                                ['t', 'h'],
                                                 ['s', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
+                                                ['s', 'h'],
+                                                ['h', 'i'],
+                                                ['t', 'h'],
+                                                ['s', 'h'],
+                                                ['o', 'h'],
                                                 ['s', 'i'],
                                                 ['t', 's'],
                                                 ['t', 's'],
-                                                ['s', 'i']],
+                                                ['s', 'i'],
+                                                ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 6.5,
                                     'sub_chunks': False}},
@@ -346,9 +429,8 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (3 * C * HID + 3 * C * BV)  # v8, v9, v42, v14, v22, v47
+        scratch = scratch_ptr + slot * (4 * C * HID + 3 * C * BV + C * D)  # v8, v9, v44, v42, v14, v22, v40, v47
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v10 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -358,13 +440,18 @@ def chunk_state_fwd_kernel(
             v9_c0 = (0.5 * v8)
             v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        tl.debug_barrier()
+        v10 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
         v12 = tl.sum((v10), axis=1)
         v13 = (v12 / (D))
         v14 = (v10 - v13[:, None])
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
         v15 = (v14 * v14)
         v16 = tl.sum((v15), axis=1)
         v17 = (v16 / (D))
@@ -374,14 +461,14 @@ def chunk_state_fwd_kernel(
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
         v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        tl.store(scratch + 3 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
+        tl.store(scratch + 4 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v14 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v14 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
         v25 = (v24 / (D))
         v26 = (2.0 * v14 * v25[:, None])
-        v22 = tl.load(scratch + 3 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v22 = tl.load(scratch + 4 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v27 = (v22 + v26)
         v28 = ((-1.0) * v27)
         v29 = tl.sum((v28), axis=1)
@@ -392,9 +479,10 @@ def chunk_state_fwd_kernel(
         v38 = gate_eta
         v39 = (v37 * v38)
         v40 = k
+        tl.store(scratch + 4 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v40)  # park
         v43 = v31
         v47 = (v43 * v39[:, None])
-        tl.store(scratch + 3 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+        tl.store(scratch + 4 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_o[None, :], v47)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -405,6 +493,13 @@ def chunk_state_fwd_kernel(
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v41 = v33
             v44 = (v41 * v39[:, None])
+            tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
+        tl.debug_barrier()
+        v40 = tl.load(scratch + 4 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v44 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v45 = tl.dot(tl.trans(v44).to(DOT_DTYPE), v40.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v46 = (w1 - v45)  # layer 1 end state
@@ -412,13 +507,13 @@ def chunk_state_fwd_kernel(
             tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v46.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
             v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v42 = v9
-            tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v42)
+            tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v42)
         tl.debug_barrier()
-        v47 = tl.load(scratch + 3 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v47 = tl.load(scratch + 4 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v42 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v42 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v48 = tl.dot(tl.trans(v47).to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v49 = (w2 - v48)  # layer 2 end state
@@ -463,9 +558,8 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 3 * C * BV)  # v8, v9, v42, v44, v14, v31, v50
+    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * BV + C * C)  # v8, v9, v39, v42, v44, v46, v14, v31, v41, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -475,13 +569,18 @@ def chunk_out_fwd_kernel(
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+    tl.debug_barrier()
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
-    tl.store(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
+    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -491,7 +590,7 @@ def chunk_out_fwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
     tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v14 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -502,13 +601,14 @@ def chunk_out_fwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 4 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
+    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -518,38 +618,51 @@ def chunk_out_fwd_kernel(
         v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v39 = v33
-        v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
+        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v48 = tl.zeros((C, C), DTYPE)
+    v41 = tl.load(scratch + 6 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v39 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
+    tl.debug_barrier()
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v42 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v42 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v43 = (v37 - v42)
         v44_c0 = (0.5 * v43)
         v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v46 = v9
-        v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
+    v48 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v44 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v46 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v31 = tl.load(scratch + 4 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v31 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v47 = v31
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 4 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v44 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v44 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 4 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v50 = tl.load(scratch + 6 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -597,9 +710,8 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * BV + 2 * C * C)  # v8, v9, v41, v43, v48, v50, v14, v22, v51, v45, v49, v53
+    scratch = scratch_ptr + slot * (6 * C * HID + 5 * C * BV + 2 * C * C)  # v8, v9, v41, v43, v48, v50, v14, v22, v31, v51, v45, v49, v53
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -609,9 +721,14 @@ def chunk_local_bwd_kernel(
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+    tl.debug_barrier()
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
@@ -641,9 +758,10 @@ def chunk_local_bwd_kernel(
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v31.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     v51 = v31
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v51.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
@@ -654,13 +772,18 @@ def chunk_local_bwd_kernel(
     v42 = k
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 6 * C * HID + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 6 * C * HID + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v41)
+    tl.debug_barrier()
+    v31 = tl.load(scratch + 6 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
@@ -669,8 +792,7 @@ def chunk_local_bwd_kernel(
         v43 = v33
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 6 * C * HID + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v49 = tl.zeros((C, BV), DTYPE)
+    v45 = tl.load(scratch + 6 * C * HID + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -681,13 +803,19 @@ def chunk_local_bwd_kernel(
         v48_c0 = (0.5 * v47)
         v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+    tl.debug_barrier()
+    v49 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v50 = v9
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v49)  # park
+    tl.store(scratch + 6 * C * HID + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v49)  # park
     v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -696,11 +824,11 @@ def chunk_local_bwd_kernel(
         v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 6 * C * HID + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 6 * C * HID + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 6 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 6 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v49 = tl.load(scratch + 6 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v49 = tl.load(scratch + 6 * C * HID + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -722,7 +850,7 @@ def chunk_local_bwd_kernel(
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v75.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     v76 = ((-1.0) * v75)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v76.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
-    v53 = tl.load(scratch + 6 * C * HID + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 6 * C * HID + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v77.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -765,27 +893,27 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 11 * C * BV)  # v29, v8, v20, v35, v9, v37, v64, v69, v49, v65, v68, v70, v42, v46, v36, v60, v71, v62, v72, v30, v33, v54, v48, v44, v58, v74, v78, v79, v83, v86, v90, v91, v97, v101
+        scratch = scratch_ptr + slot * (19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 11 * C * BV)  # v29, v8, v20, v31, v35, v9, v37, v55, v64, v69, v47, v49, v65, v68, v70, v42, v46, v36, v60, v43, v71, v106, v62, v72, v30, v33, v54, v48, v44, v58, v74, v78, v79, v83, v86, v90, v91, v97, v101
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v30 = k
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + offs_s[:, None] * D + offs_i[None, :], v30)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + offs_s[:, None] * D + offs_i[None, :], v30)  # park
         v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(v30).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v26 = gate_eta
         v33 = (v32 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])))
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v33)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v33)  # park
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v52 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v54 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])) * v52)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
         v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v28 = (v25 * v26)
         tl.debug_barrier()  # parked tiles other threads stored
-        v30 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v30 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
         v48 = (v30 * v28[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v12 = (local_0 * local_0)
         v13 = tl.sum((v12), axis=1)
@@ -800,11 +928,15 @@ def chunk_state_bwd_kernel(
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v29)
+        tl.debug_barrier()
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
         tl.debug_barrier()
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-        v33 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -815,56 +947,76 @@ def chunk_state_bwd_kernel(
             v21_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v21 = (v20 * (0.5 + (0.5 * tl.math.erf(v21_c0)) + (v21_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v31 = v21
+            tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v31)
+        tl.debug_barrier()
+        v33 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v31 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v34 = tl.dot(v33.to(DOT_DTYPE), v31.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v29 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
             v35 = (v29 - v34)
-            tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v35)
+            tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v35)
+            v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v9_c0 = (0.5 * v8)
             v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
             v37 = v9
-            tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v37)
+            tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v37)
+        tl.debug_barrier()
+        v54 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v37 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v55 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
         tl.debug_barrier()
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-        v54 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v37 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v55 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v61 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v55 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v63 = (v55 + v61)
-            v35 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v35 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v64_c0 = (0.5 * v35 * tl.full((), 1.4142135623730951, DTYPE))
             v64 = (v63 * (0.5 + (0.5 * tl.math.erf(v64_c0)) + (v64_c0 * tl.exp(((-0.5) * (v35 * v35))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+            tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
         tl.debug_barrier()
-        v48 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v64 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v64 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v69 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + 7 * C * HID + offs_h[:, None] * D + offs_i[None, :], v69)
+            tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v69)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v47 = ((-1.0) * d_new_w1)
-            v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v49)
-            v65 = ((-1.0) * v64)
-            tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v65)
+            tl.store(scratch + 9 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v47)
         tl.debug_barrier()
-        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-        v33 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v48 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v65 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v47 = tl.load(scratch + 9 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
+            v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 9 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v49)
+            v64 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v65 = ((-1.0) * v64)
+            tl.store(scratch + 10 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v65)
+        tl.debug_barrier()
+        v33 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v65 = tl.load(scratch + 10 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v66 = tl.dot(tl.trans(v33).to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v49 = tl.load(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+            v49 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
             v67 = (v49 + v66)
             v68 = v67
-            tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v68)
+            tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v68)
             v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v20 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v70_c0 = tl.full((), 1.4142135623730951, DTYPE)
@@ -872,118 +1024,135 @@ def chunk_state_bwd_kernel(
             v70_c2 = (0.5 * (v8 * v8))
             v70_c3 = tl.exp(((-1.0) * v70_c2))
             v70 = (v20 * v68 * ((v70_c0 * v70_c1 * v70_c3) - (v70_c0 * v70_c1 * v70_c2 * v70_c3)))
-            tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v70)
+            tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v70)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v42 = ((-1.0) * d_new_w2)
-            tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v42)
+            tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v42)
+        tl.debug_barrier()
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v42 = tl.load(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :])
             v46 = tl.dot(local_4.to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
-            v35 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
+            v35 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v36_c0 = (0.5 * v35)
             v36 = (v36_c0 * (1.0 + tl.math.erf((v36_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
+            tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
         tl.debug_barrier()
-        v54 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v54 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v36 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v56 = tl.trans(tl.dot(tl.trans(v36).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v46 = tl.load(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v59 = (v46 + v56)
+            v60 = v59
+            tl.store(scratch + 15 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+            v37 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v43 = (v37 * v28[:, None])
+            tl.store(scratch + 16 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
+        tl.debug_barrier()
         v44 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v36 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v56 = tl.trans(tl.dot(tl.trans(v36).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v59 = (v46 + v56)
-            v60 = v59
-            tl.store(scratch + 13 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
-            v37 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v43 = (v37 * v28[:, None])
-            v42 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+            v43 = tl.load(scratch + 16 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v42 = tl.load(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :])
             v44 += tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v44)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v44)  # park
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
-        v44 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v44 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v57 = (v44 + local_7)
         v58 = v57
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
         v73 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v68 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v68 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v71_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v71 = (v68 * (0.5 + (0.5 * tl.math.erf(v71_c0)) + (v71_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v71)
+            tl.store(scratch + 17 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v71)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v73 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
-        v58 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v58 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v74 = (v58 + v73)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v74)  # park
         v75 = tl.sum((v74), axis=1)
         v76 = (v75 / (D))
         v77 = ((-1.0) * v76)
         tl.debug_barrier()  # parked tiles other threads stored
-        v74 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v74 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v78 = (v74 + v77[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v78)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v78)  # park
         v79 = (2.0 * v18[:, None] * v78)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
         v80 = (2.0 * local_0 * v78)
         v81 = tl.sum((v80), axis=1)
         v82 = (v81 / (D))
         v83 = ((-0.5) * ln_weight[None, :] * local_1 * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
         v86 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v78 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v78 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v89 = (ln_weight[None, :] * v78 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v86 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v86 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v90 = (v86 + v89)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
         v91 = (ln_weight[None, :] * v90 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
         v84 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v85 = tl.sum((v84), axis=1)
         tl.debug_barrier()  # parked tiles other threads stored
-        v78 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v78 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v87 = ((-0.5) * ln_weight[None, :] * local_1 * v78 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v88 = tl.sum((v87), axis=1)
-        v90 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v90 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v92 = ((-0.5) * local_0 * ln_weight[None, :] * v90 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v93 = tl.sum((v92), axis=1)
         v94 = (v85 + v88 + v93)
         v95 = (v94 / (D))
         v96 = (2.0 * local_0 * v95[:, None])
-        v79 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v83 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v91 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v79 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v83 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v91 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v97 = (v79 + v83 + v91 + v96)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
         v98 = ((-1.0) * v97)
         v99 = tl.sum((v98), axis=1)
         v100 = (v99 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v97 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v97 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v101 = (v97 + v100[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v101)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v101)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v102 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v60 = tl.load(scratch + 13 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v60 = tl.load(scratch + 15 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v104 = (v60 + v102)
             v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v105_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v70 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v70 = tl.load(scratch + 12 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v106 = (v70 + v105)
+            tl.store(scratch + 18 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
+        tl.debug_barrier()
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v106 = tl.load(scratch + 18 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v107 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v106.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v69 = tl.load(scratch + 7 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v69 = tl.load(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
             v109 = (d_new_w1 + v69 + v107)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v109.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v109.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
@@ -991,22 +1160,26 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v36 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v36 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v62 = tl.trans(tl.dot(tl.trans(v36).to(DOT_DTYPE), local_5.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + 15 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v62)
-            v71 = tl.load(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v72 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v72)
+            tl.store(scratch + 19 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v62)
         tl.debug_barrier()
-        v101 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v9 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v71 = tl.load(scratch + 17 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v72 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 19 * C * HID + 2 * HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v72)
+        tl.debug_barrier()
+        v101 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v9 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v103 = tl.trans(tl.dot(tl.trans(v9).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v62 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v72 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v62 = tl.load(scratch + 19 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v72 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v108 = (d_new_w2 + v62 + v72 + v103)
             tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v108.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v108.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
@@ -1089,78 +1262,95 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + C * D + 2 * C * C)  # v8, v20, v24, v25, v40, v19, v22, v35
+    scratch = scratch_ptr + slot * (7 * C * HID + C * D + 2 * C * C)  # v8, v20, v18, v24, v25, v36, v40, v19, v22, v35
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v19 = k
-    tl.store(scratch + 5 * C * HID + offs_s[:, None] * D + offs_i[None, :], v19)  # park
+    tl.store(scratch + 7 * C * HID + offs_s[:, None] * D + offs_i[None, :], v19)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v16 = gate_eta
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = tl.dot(q.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v22 = (v21 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])))
-    tl.store(scratch + 5 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v22)  # park
+    tl.store(scratch + 7 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v22)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v33 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v35 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v33)
-    tl.store(scratch + 5 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v13 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v20 = v14
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v20)
     tl.debug_barrier()
-    v22 = tl.load(scratch + 5 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v18 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v18)
+    tl.debug_barrier()
+    v22 = tl.load(scratch + 7 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v20 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v23 = tl.dot(v22.to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v18 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v24 = (v18 - v23)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v25 = v9
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v25)
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v35 = tl.load(scratch + 5 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v25 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v25 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v36 = tl.trans(tl.dot(tl.trans(v25).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
+    tl.debug_barrier()
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v37 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v36 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v38 = (v36 + v37)
-        v24 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v24 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v39_c0 = (0.5 * v24 * tl.full((), 1.4142135623730951, DTYPE))
         v39 = (v38 * (0.5 + (0.5 * tl.math.erf(v39_c0)) + (v39_c0 * tl.exp(((-0.5) * (v24 * v24))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v40 = ((-1.0) * v39)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v40)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v40)
     tl.debug_barrier()
     v41 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v20 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v40 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v40 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v41 += tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v40).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v42 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v41)
-    v19 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v19 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.trans(tl.dot(tl.trans(v19).to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v43.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1200,7 +1390,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * C)  # v18, v8, v24, v25, v39, v22, v35
+    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * C)  # v18, v8, v20, v24, v25, v36, v39, v22, v35
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v19 = k
@@ -1208,13 +1398,13 @@ def chunk_grad_q_2_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v16 = gate_eta
     v22 = (v21 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])))
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :], v22)  # park
+    tl.store(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :], v22)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v33 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v35 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v33)
-    tl.store(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1222,11 +1412,15 @@ def chunk_grad_q_2_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v18 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v18)
+    tl.debug_barrier()
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v22 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1236,36 +1430,50 @@ def chunk_grad_q_2_bwd_kernel(
         v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v20 = v14
-        v23 = tl.dot(v22.to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v18 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v24 = (v18 - v23)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
-        v9_c0 = (0.5 * v8)
-        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v25 = v9
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v25)
+        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v20)
     tl.debug_barrier()
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v35 = tl.load(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v22 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v25 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v20 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v23 = tl.dot(v22.to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v18 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v24 = (v18 - v23)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
+        v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v25 = v9
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v25)
+    tl.debug_barrier()
+    v35 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v25 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v36 = tl.trans(tl.dot(tl.trans(v25).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
+    tl.debug_barrier()
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v37 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v36 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v38 = (v36 + v37)
-        v24 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v24 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v39_c0 = (0.5 * v24 * tl.full((), 1.4142135623730951, DTYPE))
         v39 = (v38 * (0.5 + (0.5 * tl.math.erf(v39_c0)) + (v39_c0 * tl.exp(((-0.5) * (v24 * v24))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v39)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
     v40 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v39 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v39 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v40 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v40.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1305,7 +1513,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * C + C * D)  # v8, v24, v28, v29, v47, v26, v42, v50
+    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * C + C * D)  # v8, v24, v27, v28, v29, v43, v47, v26, v42, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1314,69 +1522,86 @@ def chunk_grad_k_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v19 = gate_eta
     v26 = (v25 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v19[None, :])))
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :], v26)  # park
+    tl.store(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :], v26)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v40 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v42 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v19[None, :])) * v40)
-    tl.store(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v42)  # park
+    tl.store(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v42)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v13 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v24 = v14
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v24)
     tl.debug_barrier()
-    v26 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v26 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v24 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v27 = tl.dot(v26.to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v27)
+    tl.debug_barrier()
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v22 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v27 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v28 = (v22 - v27)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v28)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v28)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v29 = v9
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v29)
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v29)
     tl.debug_barrier()
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v42 = tl.load(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v42 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v29 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v29 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v43 = tl.trans(tl.dot(tl.trans(v29).to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
+    tl.debug_barrier()
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v44 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v43 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v45 = (v43 + v44)
-        v28 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v28 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v46_c0 = (0.5 * v28 * tl.full((), 1.4142135623730951, DTYPE))
         v46 = (v45 * (0.5 + (0.5 * tl.math.erf(v46_c0)) + (v46_c0 * tl.exp(((-0.5) * (v28 * v28))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v47 = ((-1.0) * v46)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
     v48 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v24 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v47 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v47 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v48 += tl.trans(tl.dot(v24.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v19[None, :])) * v48)
     v50 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 5 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v18 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v21 = (v18 * v19)
     v37 = tl.zeros((C, D), DTYPE)
@@ -1389,7 +1614,7 @@ def chunk_grad_k_0_bwd_kernel(
         v35 = ((-1.0) * d_new_w1)
         v37 += tl.dot(v36.to(DOT_DTYPE), v35.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 5 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v51 = (v37 + v50)
     v52 = v51
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v52.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1430,109 +1655,145 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v27 = k
-    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
     tl.debug_barrier()  # parked tiles other threads stored
-    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+    tl.debug_barrier()
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v31 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 = (v26 - v31)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v33 = v9
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+    tl.debug_barrier()
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
-        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v56 = ((-1.0) * v55)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v56 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v42 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
+    tl.debug_barrier()
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v42 = tl.load(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v58 = (v44 + v57)
         v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
     v61 = tl.zeros((C, BV), DTYPE)
-    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
+        tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v38 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
+    tl.debug_barrier()
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    v40 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v39 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v38 = tl.load(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v51 = (v40 + local_7)
     v52 = v51
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))
@@ -1587,7 +1848,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 6 * C * BV)  # v8, v20, v47, v49, v29, v31, v35, v37, v55, v67, v68, v42, v60, v43, v48, v33, v54, v58, v75, v76, v80, v87, v88
+    scratch = scratch_ptr + slot * (16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 6 * C * BV)  # v8, v20, v47, v49, v29, v31, v35, v37, v55, v64, v67, v68, v42, v46, v36, v60, v43, v102, v48, v33, v54, v58, v75, v76, v80, v87, v88
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v30 = k
@@ -1596,16 +1857,16 @@ def chunk_grad_k_2_bwd_kernel(
     v26 = gate_eta
     v28 = (v25 * v26)
     v48 = (v30 * v28[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(v30).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v33 = (v32 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v33)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v33)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v52 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v54 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])) * v52)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
@@ -1617,13 +1878,17 @@ def chunk_grad_k_2_bwd_kernel(
     v17 = tl.sum((v16), axis=1)
     v18 = (v17 / (D))
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v20 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v20)
@@ -1631,13 +1896,17 @@ def chunk_grad_k_2_bwd_kernel(
         v47 = ((-1.0) * d_new_w1)
         tl.store(scratch + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v47)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v47 = tl.load(scratch + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v49)
+    tl.debug_barrier()
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v29)
@@ -1648,8 +1917,7 @@ def chunk_grad_k_2_bwd_kernel(
         v31 = v21
         tl.store(scratch + 4 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
-    v33 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v54 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v33 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1663,6 +1931,12 @@ def chunk_grad_k_2_bwd_kernel(
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v37 = v9
         tl.store(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v37)
+    tl.debug_barrier()
+    v54 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v37 = tl.load(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v55 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v55)
     tl.debug_barrier()
@@ -1678,11 +1952,18 @@ def chunk_grad_k_2_bwd_kernel(
         v63_c0 = (0.5 * v35 * tl.full((), 1.4142135623730951, DTYPE))
         v63 = (v62 * (0.5 + (0.5 * tl.math.erf(v63_c0)) + (v63_c0 * tl.exp(((-0.5) * (v35 * v35))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v64 = ((-1.0) * v63)
+        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v64)
+    tl.debug_barrier()
+    v33 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v64 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v65 = tl.dot(tl.trans(v33).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v49 = tl.load(scratch + 2 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v66 = (v49 + v65)
         v67 = v66
-        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v67)
+        tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v67)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v20 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68_c0 = tl.full((), 1.4142135623730951, DTYPE)
@@ -1690,108 +1971,122 @@ def chunk_grad_k_2_bwd_kernel(
         v68_c2 = (0.5 * (v8 * v8))
         v68_c3 = tl.exp(((-1.0) * v68_c2))
         v68 = (v20 * v67 * ((v68_c0 * v68_c1 * v68_c3) - (v68_c0 * v68_c1 * v68_c2 * v68_c3)))
-        tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v68)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v68)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v42 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v42)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v54 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v42 = tl.load(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v42 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v46 = tl.dot(local_4.to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
         v35 = tl.load(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v36_c0 = (0.5 * v35)
         v36 = (v36_c0 * (1.0 + tl.math.erf((v36_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
+    tl.debug_barrier()
+    v54 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v36 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v56 = tl.trans(tl.dot(tl.trans(v36).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v59 = (v46 + v56)
         v60 = v59
-        tl.store(scratch + 10 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 13 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
         v37 = tl.load(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v43 = (v37 * v28[:, None])
-        tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
+        tl.store(scratch + 14 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
     v44 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v43 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v42 = tl.load(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v43 = tl.load(scratch + 14 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v42 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v44 += tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v57 = (v44 + local_7)
     v58 = v57
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v58)  # park
     v70 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v67 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v67 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v69_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v69 = (v67 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v70 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v58 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v58 + v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
     v74 = ((-1.0) * v73)
     v75 = (v71 + v74[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (2.0 * v18[:, None] * v75)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v77 = (2.0 * local_0 * v75)
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v80 = ((-0.5) * ln_weight[None, :] * local_1 * v79[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     v83 = ((-0.5) * local_0 * ln_weight[None, :] * v79[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v86 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v87 = (v83 + v86)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     v88 = (ln_weight[None, :] * v87 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v81 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v79[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v82 = tl.sum((v81), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v84 = ((-0.5) * ln_weight[None, :] * local_1 * v75 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v85 = tl.sum((v84), axis=1)
-    v87 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v89 = ((-0.5) * local_0 * ln_weight[None, :] * v87 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v90 = tl.sum((v89), axis=1)
     v91 = (v82 + v85 + v90)
     v92 = (v91 / (D))
     v93 = (2.0 * local_0 * v92[:, None])
-    v76 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v76 + v80 + v88 + v93)
     v95 = ((-1.0) * v94)
     v96 = tl.sum((v95), axis=1)
     v97 = (v96 / (D))
     v98 = (v94 + v97[:, None])
-    v103 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v99 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 13 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v100 = (v60 + v99)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v101_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v101 = (v100 * (0.5 + (0.5 * tl.math.erf(v101_c0)) + (v101_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v68 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v68 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v102 = (v68 + v101)
+        tl.store(scratch + 15 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
+    tl.debug_barrier()
+    v103 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v102 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v103 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v103.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1831,109 +2126,145 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v27 = k
-    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
     tl.debug_barrier()  # parked tiles other threads stored
-    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+    tl.debug_barrier()
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v31 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 = (v26 - v31)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v33 = v9
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+    tl.debug_barrier()
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
-        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v56 = ((-1.0) * v55)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v56 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v42 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
+    tl.debug_barrier()
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v42 = tl.load(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v58 = (v44 + v57)
         v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
     v61 = tl.zeros((C, BV), DTYPE)
-    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
+        tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v38 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
+    tl.debug_barrier()
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    v40 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v39 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v38 = tl.load(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v51 = (v40 + local_7)
     v52 = v51
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))
@@ -1986,109 +2317,145 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v27 = k
-    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
     tl.debug_barrier()  # parked tiles other threads stored
-    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+    tl.debug_barrier()
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v31 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 = (v26 - v31)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v33 = v9
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+    tl.debug_barrier()
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
-        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v56 = ((-1.0) * v55)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v56 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v42 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
+    tl.debug_barrier()
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v42 = tl.load(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v58 = (v44 + v57)
         v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
     v61 = tl.zeros((C, BV), DTYPE)
-    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
+        tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v38 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
+    tl.debug_barrier()
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    v40 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v39 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v38 = tl.load(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v51 = (v40 + local_7)
     v52 = v51
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))
@@ -2138,14 +2505,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (C * HID + C * D)  # v8, v19
+    scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + HID * D + C * D)  # v8, v21, v26, v20, v31, v19
     v18 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     v19 = k
-    tl.store(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :], v19)  # park
+    tl.store(scratch + 3 * C * HID + BV * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v19)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v29 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2155,14 +2521,22 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v21 = v9
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v21)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v26 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v26)
+    tl.debug_barrier()
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    v29 = tl.zeros((C,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v26 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v27 = tl.dot(local_3.to(DOT_DTYPE), v26.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v21 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v28 = (v21 * v27)
         v29 += tl.sum((v28), axis=1)
-    tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v32 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2172,10 +2546,19 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v20 = v14
+        tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v20)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v31 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 3 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :], v31)
+    tl.debug_barrier()
+    v32 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v20 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + 3 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v32 += tl.dot(v20.to(DOT_DTYPE), v31.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v19 = tl.load(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v19 = tl.load(scratch + 3 * C * HID + BV * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v33 = (v19 * v32)
     v34 = tl.sum((v33), axis=1)
     v38 = (v29 + v34)
@@ -2219,93 +2602,110 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 5 * C * C)  # v8, v20, v24, v26, v43, v21, v22, v35, v37, v45
+    scratch = scratch_ptr + slot * (7 * C * HID + 5 * C * C)  # v8, v20, v23, v24, v26, v39, v43, v21, v22, v35, v37, v45
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v19 = k
     v21 = tl.dot(q.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :], v21)  # park
+    tl.store(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :], v21)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v16 = gate_eta
     v22 = (v21 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])))
-    tl.store(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v22)  # park
+    tl.store(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v22)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v35 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     v37 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v35)
-    tl.store(scratch + 5 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v37)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v37)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v13 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v20 = v14
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v20)
     tl.debug_barrier()
-    v22 = tl.load(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v22 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v20 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v23 = tl.dot(v22.to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
+    tl.debug_barrier()
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v18 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v23 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v24 = (v18 - v23)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v26 = v9
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v26)
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v26)
     tl.debug_barrier()
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v37 = tl.load(scratch + 5 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v37 = tl.load(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v26 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v26 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = tl.trans(tl.dot(tl.trans(v26).to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v39)
+    tl.debug_barrier()
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v40 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v39 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v41 = (v39 + v40)
-        v24 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v24 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v42_c0 = (0.5 * v24 * tl.full((), 1.4142135623730951, DTYPE))
         v42 = (v41 * (0.5 + (0.5 * tl.math.erf(v42_c0)) + (v42_c0 * tl.exp(((-0.5) * (v24 * v24))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v43 = ((-1.0) * v42)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
     v44 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v20 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v43 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v43 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v44 += tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v43).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v21 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v21 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
     v45 = (v21 * v44)
-    tl.store(scratch + 5 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v28 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v24 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v24 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v25_c0 = (0.5 * v24)
         v25 = (v25_c0 * (1.0 + tl.math.erf((v25_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v26 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v26 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v28 += tl.dot(v25.to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v38 = (v28 * v35)
-    v45 = tl.load(scratch + 5 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = tl.load(scratch + 7 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v46 = (v38 + v45)
     v47 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v46)
     v48 = tl.sum((v47), axis=0)
@@ -2348,7 +2748,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + C * C)  # v19, v8, v26, v23
+    scratch = scratch_ptr + slot * (5 * C * HID + C * C + C * BV)  # v19, v8, v21, v26, v28, v23, v27
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v20 = k
@@ -2356,7 +2756,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v17 = gate_eta
     v23 = (v22 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v17[None, :])))
-    tl.store(scratch + 3 * C * HID + offs_t[:, None] * C + offs_s[None, :], v23)  # park
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :], v23)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2364,11 +2764,15 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v19 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v19)
+    tl.debug_barrier()
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v23 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2378,29 +2782,46 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v15_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v15 = (v14 * (0.5 + (0.5 * tl.math.erf(v15_c0)) + (v15_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v21 = v15
+        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v21)
+    tl.debug_barrier()
+    v23 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v24 = tl.dot(v23.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v19 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v25 = (v19 - v24)
         v26_c0 = (0.5 * v25)
         v26 = (v26_c0 * (1.0 + tl.math.erf((v26_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v26)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v26)
     tl.debug_barrier()
     v27 = tl.zeros((C, BV), DTYPE)
-    v30 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v26 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v26 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v27 += tl.dot(v26.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v28 = v9
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
+    tl.debug_barrier()
+    tl.store(scratch + 5 * C * HID + C * C + offs_t[:, None] * D + offs_o[None, :], v27)  # park
+    v30 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v26 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v28 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v30 += tl.dot(v26.to(DOT_DTYPE), tl.trans(v28).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v31 = (v30 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v17[None, :])))
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     v32 = tl.dot(v31.to(DOT_DTYPE), local_3.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 5 * C * HID + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v33 = (v27 - v32)
     v34 = tl.sum((v33), axis=1)
     v35 = (v34 / (D))
@@ -2449,109 +2870,145 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v27 = k
-    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
     tl.debug_barrier()  # parked tiles other threads stored
-    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+    tl.debug_barrier()
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v31 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 = (v26 - v31)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v33 = v9
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+    tl.debug_barrier()
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
-        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v56 = ((-1.0) * v55)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v56 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v42 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
+    tl.debug_barrier()
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v42 = tl.load(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v58 = (v44 + v57)
         v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
     v61 = tl.zeros((C, BV), DTYPE)
-    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
+        tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v38 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
+    tl.debug_barrier()
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    v40 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v39 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v38 = tl.load(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v51 = (v40 + local_7)
     v52 = v51
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))
@@ -2605,109 +3062,145 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v27 = k
-    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
     tl.debug_barrier()  # parked tiles other threads stored
-    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+    tl.debug_barrier()
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v31 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 = (v26 - v31)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v33 = v9
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+    tl.debug_barrier()
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
-        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v56 = ((-1.0) * v55)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v56 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v42 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
+    tl.debug_barrier()
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v42 = tl.load(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v58 = (v44 + v57)
         v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
     v61 = tl.zeros((C, BV), DTYPE)
-    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
+        tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v38 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
+    tl.debug_barrier()
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    v40 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v39 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v38 = tl.load(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v51 = (v40 + local_7)
     v52 = v51
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))
@@ -2758,109 +3251,145 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v27 = k
-    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
     tl.debug_barrier()  # parked tiles other threads stored
-    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+    tl.debug_barrier()
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v31 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 = (v26 - v31)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v33 = v9
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+    tl.debug_barrier()
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
-        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v56 = ((-1.0) * v55)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v56 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v42 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
+    tl.debug_barrier()
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v42 = tl.load(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v58 = (v44 + v57)
         v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
     v61 = tl.zeros((C, BV), DTYPE)
-    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
+        tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v38 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
+    tl.debug_barrier()
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    v40 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v39 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v38 = tl.load(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v51 = (v40 + local_7)
     v52 = v51
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))
@@ -2955,109 +3484,145 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v27 = k
-    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
     tl.debug_barrier()  # parked tiles other threads stored
-    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+    tl.debug_barrier()
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v31 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 = (v26 - v31)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v33 = v9
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
-    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+    tl.debug_barrier()
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
-        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v56 = ((-1.0) * v55)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v56 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v42 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
+    tl.debug_barrier()
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v42 = tl.load(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v58 = (v44 + v57)
         v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
     v61 = tl.zeros((C, BV), DTYPE)
-    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
+        tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v38 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
+    tl.debug_barrier()
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    v40 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v39 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v38 = tl.load(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v51 = (v40 + local_7)
     v52 = v51
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))
