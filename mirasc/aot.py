@@ -209,7 +209,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
                                dots=_kernel_source(path, kernel).count("tl.dot("), num_warps=warps_here,
                                num_stages=stages_here)
             blocked = jobs[job_of(kernel)]["value_blocks"]
-            bv = block_value or value_block(head_dim)
+            bv = block_value or value_block(head_dim, arch)
             kernel_consts = {**consts, "BV": bv if blocked != "none" else head_dim}
             queue = ctx.Queue()
             proc = ctx.Process(target=_compile_one, args=(str(path), kernel, kernel_consts, dtype, arch,

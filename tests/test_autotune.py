@@ -30,9 +30,12 @@ def test_candidates_start_with_the_default_and_keep_blocks_legal():
     # a kernel whose value blocks write shares of a sum keeps its BV (the launcher sizes the shares' buffer from it);
     # a linear memory (hidden = D) has no hidden block to vary
     assert candidates(default, "partial", 64, 64, on_gpu=True) == [default, Config(4, 32, 32)]
-    # blocks stay at least 16 on a GPU (tl.dot's smallest side); under the interpreter warps mean nothing
+    # blocks stay at least 16 on a GPU (tl.dot's smallest side): a value block of 16 (sm_80's) tries twice it, where
+    # the head dim allows; under the interpreter warps mean nothing
     small = Config(num_warps=4, block_value=16, block_hidden=16)
-    assert candidates(small, "columns", 64, 256, on_gpu=True) == [small, Config(8, 16, 16)]
+    assert candidates(small, "columns", 64, 256, on_gpu=True) == [
+        small, Config(8, 16, 16), Config(4, 32, 16), Config(8, 32, 16)]
+    assert candidates(small, "columns", 16, 64, on_gpu=True) == [small, Config(8, 16, 16)]
     assert candidates(Config(4, 32, 32), "columns", 128, 128, on_gpu=True) == [
         Config(4, 32, 32), Config(8, 32, 32), Config(4, 16, 32), Config(8, 16, 32)]
     assert candidates(Config(4, 8, 32), "columns", 8, 32, on_gpu=False) == [

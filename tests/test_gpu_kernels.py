@@ -219,6 +219,19 @@ def test_an_a100_gets_the_register_ceiling():
     assert row.ok and row.regs > 128 and row.stack < 5200, (row.regs, row.stack, row.error)
 
 
+def test_an_a100_gets_the_narrower_value_block():
+    """At sm_80 RetNet's value-blocked decay-gradient term spilled 24 B a thread with BV = 32; the launcher's
+    choice there, 16, leaves it none, and sm_90 keeps 32 (mirasc.backends.triton.value_block)."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report
+    from mirasc.backends.triton import value_block
+
+    assert (value_block(64, 80), value_block(64, 90), value_block(16, 90)) == (16, 32, 16)
+    (row,) = aot_report("retnet", arch=80, chunk_size=64, head_dim=64,
+                        only=["chunk_grad_gate_alpha_3_bwd_kernel"], timeout=240)
+    assert row.ok and row.stack == 0 and row.mma > 0, (row.stack, row.error)
+
+
 @pytest.mark.parametrize("stem", ["titans", "memora"])
 def test_a_sum_of_hidden_axis_contractions_keeps_one_accumulator(stem):
     """Where a value is the plain sum of contractions over the hidden axis made in one loop (titans' weights and

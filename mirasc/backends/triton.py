@@ -56,17 +56,26 @@ HIDDEN_BLOCK = 32
 INTERPRETER_HIDDEN_BLOCK: int | None = None  # tests set a small block to walk several blocks on the CPU
 
 
-def value_block(head_dim: int) -> int:
-    """BV, the value columns one program of a value-blocked kernel holds (DESCRIPTION's "value_blocks"). 32 from
-    ahead-of-time compiles of gated_deltanet (C = 64, bf16, sm_90a, 8 warps), stack bytes of the state pass / the
-    backward state pass: D = 128, BV = 64: 248 / 624; BV = 32: 0 / 608. D = 64, BV = 64: 0 / 184; BV = 32: 0 / 32.
-    Since the backward state pass reads its carry-free values (mirasc.triton_kernels.carry_free), all of
+def value_block(head_dim: int, arch: int = 90) -> int:
+    """BV, the value columns one program of a value-blocked kernel holds (DESCRIPTION's "value_blocks"), by head dim
+    and compute capability (90 for an H100, 80 for an A100): 32 from sm_90, 16 below.
+
+    sm_90, from ahead-of-time compiles of gated_deltanet (C = 64, bf16, sm_90a, 8 warps), stack bytes of the state
+    pass / the backward state pass: D = 128, BV = 64: 248 / 624; BV = 32: 0 / 608. D = 64, BV = 64: 0 / 184; BV = 32:
+    0 / 32. Since the backward state pass reads its carry-free values (mirasc.triton_kernels.carry_free), all of
     gated_deltanet's kernels at D = 128 spill 416 B in all with BV = 32 and 120 B with 16 (two key-gradient terms);
     with 16 and 4 warps in every kernel none spills and no product repeats, with 32 and 4 warps 224 B (four
-    kernels); DeltaNet's kernels, spill-free as launched, spill 16 B in one kernel with 16 and 4 warps. 32 stays,
-    for tensor-core tiles twice as wide and half the per-block work repeated; the autotuner tries 16 with the other
-    warp count."""
-    return min(head_dim, 32)
+    kernels); DeltaNet's kernels, spill-free as launched, spill 16 B in one kernel with 16 and 4 warps. 32 stays
+    there, for tensor-core tiles twice as wide and half the per-block work repeated; the autotuner tries 16 with the
+    other warp count.
+
+    sm_80 (255 registers a thread, mma.sync's accumulators in registers, no wgmma): the value-blocked gradient terms
+    spill at BV = 32 and spill less at 16 in every spec. Stack bytes of all kernels (mirasc aot SPEC --arch 80
+    --block-value 32 / 16, C = 64, bf16, the launcher's warps), D = 64: RetNet 24 / 0, Mamba2 16 / 0, DeltaNet
+    496 / 272, Gated DeltaNet 680 / 584; D = 128: RetNet 464 / 192, Mamba2 456 / 176, DeltaNet 1,488 / 760, Gated
+    DeltaNet 2,336 / 1,640 (TTT-Linear's spilling kernels are not value-blocked: 1,256 and 7,704 B either way;
+    linear attention spills at neither). The autotuner tries 32 there (mirasc.backends.tuning.candidates)."""
+    return min(head_dim, 32 if arch >= 90 else 16)
 
 
 INTERPRETER_VALUE_BLOCK: int | None = None  # as INTERPRETER_HIDDEN_BLOCK, for the value axis
@@ -178,7 +187,7 @@ class _Launch:
         # the hidden-axis block (on the interpreter the whole axis, one block, unless INTERPRETER_HIDDEN_BLOCK says:
         # the interpreter runs every block's operations one by one)
         self.BH = hidden_block(self.HID, self.D) if q.is_cuda else min(self.HID, INTERPRETER_HIDDEN_BLOCK or self.HID)
-        self.BV = value_block(self.D) if q.is_cuda else min(self.D, INTERPRETER_VALUE_BLOCK or self.D)
+        self.BV = value_block(self.D, _arch(q.device)) if q.is_cuda else min(self.D, INTERPRETER_VALUE_BLOCK or self.D)
         check_sizes(self.C, self.D, self.HID, on_gpu=q.is_cuda)
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")

@@ -37,26 +37,36 @@ class Config:
 def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, on_gpu: bool,
                chunk_size: int = 0) -> list[Config]:
     """The configs tried for one kernel, the default first (it wins ties): the other warp count (4 or 8) on a GPU,
-    half the value block for a kernel run by blocks of value columns (on a GPU also with the other warp count: of
-    Gated DeltaNet's two key-gradient terms that spill at D = 128, 208 B each at 8 warps and BV = 32, 4 warps alone
-    leave 56 B and 4 warps with BV = 16 none, sm_90a ahead of time), half the hidden block for an MLP memory's
-    kernel, and for a kernel with channel-decay products the whole chunk as one sub-chunk (every pair of tokens made
-    exactly: more exponentials, no matrix products across sub-chunks, fewer live tiles). Blocks stay at least 16 on a
-    GPU (tl.dot's smallest side). A kernel whose blocks each write a share of a sum (value_blocks "partial") keeps
-    the default BV: the launcher sizes those shares' buffer from it."""
+    another value block for a kernel run by blocks of value columns, half the default or, where half would pass
+    below 16 (sm_80's default), twice it (on a GPU also with the other warp count: of Gated DeltaNet's two
+    key-gradient terms that spill at D = 128, 208 B each at 8 warps and BV = 32, 4 warps alone leave 56 B and 4 warps
+    with BV = 16 none, sm_90a ahead of time), half the hidden block for an MLP memory's kernel, and for a kernel with
+    channel-decay products the whole chunk as one sub-chunk (every pair of tokens made exactly: more exponentials, no
+    matrix products across sub-chunks, fewer live tiles). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
+    A kernel whose blocks each write a share of a sum (value_blocks "partial") keeps the default BV: the launcher
+    sizes those shares' buffer from it."""
     smallest = 16 if on_gpu else 1
     out = [default]
     if on_gpu:
         out.append(replace(default, num_warps=12 - default.num_warps))  # 4 <-> 8
-    if value_blocks == "columns" and default.block_value // 2 >= smallest:
-        out.append(replace(default, block_value=default.block_value // 2))
+    other_value = _other_value_block(default.block_value, head_dim, smallest)
+    if value_blocks == "columns" and other_value:
+        out.append(replace(default, block_value=other_value))
         if on_gpu:  # both at once: the one spill-free config of some kernels
-            out.append(replace(default, num_warps=12 - default.num_warps, block_value=default.block_value // 2))
+            out.append(replace(default, num_warps=12 - default.num_warps, block_value=other_value))
     if hidden > head_dim and default.block_hidden // 2 >= smallest:
         out.append(replace(default, block_hidden=default.block_hidden // 2))
     if 0 < default.sub_chunk < chunk_size:
         out.append(replace(default, sub_chunk=chunk_size))
     return out
+
+
+def _other_value_block(block: int, head_dim: int, smallest: int) -> int:
+    """The value block tried beside the default: half of it, or twice it where half would pass below `smallest`
+    (sm_80's default of 16); 0 where neither is legal."""
+    if block // 2 >= smallest:
+        return block // 2
+    return 2 * block if 2 * block <= head_dim else 0
 
 
 def cuda_time(run: Callable[[], None], config: Config, repeats: int = 3) -> float:
