@@ -29,6 +29,7 @@ SETTINGS = dict(task="mqar", tier="cpu", vocab_size=64, seq_len=16, kv_pairs=2, 
 #   inner learning rates (yaad eta in (0, 1), memora in (0, 4)):           titans 0.453 / 0.500 / 0.895,
 #                                                                          yaad 0.246 / 0.441 / 0.289,
 #                                                                          memora 0.352 / 0.395 / 0.418
+#   memora with its LayerNorm's eps = 1 (memora.miras's default since 2026-12-04): memora 0.434 / 0.492 / 0.516
 #   the same with eta unbounded (lr_gate = softplus), 2026-12-02:         yaad 0.344 / 0.703 / 0.688,
 #                                                                          memora 0.383 / 0.430 / 0.402
 #   before issue 10 (q, k, v normal(0, 0.02); eta 0.1, unbounded):        titans 0.293 / 0.180 / 0.559,
