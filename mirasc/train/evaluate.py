@@ -21,13 +21,15 @@ def _autocast(device: torch.device, amp: bool):
 @torch.no_grad()
 def recall_accuracy(model, test_sets, device, batch_size: int = 64, amp: bool = True) -> dict:
     """Zoology's metric: per example (correct scored positions / scored positions), averaged per slice;
-    "accuracy" is the mean over slices (slices weigh equally)."""
+    "accuracy" is the mean over slices (slices weigh equally). Where a slice gives its query positions ("query_pos",
+    [N, kv], the j-th column the query of the j-th pair written), `pairs_NAME` is the accuracy at each pair, first
+    written first: flat where a memory holds every pair alike, rising to the last where it forgets."""
     lossm = LossModule(model)
     model.eval()
-    out = {}
+    out, by_pair = {}, {}
     for name, data in test_sets:
         ids, labels = torch.from_numpy(data["input_ids"]), torch.from_numpy(data["labels"])
-        accs = []
+        accs, hits = [], []
         for i in range(0, len(ids), batch_size):
             x, y = ids[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
             with _autocast(device, amp):
@@ -40,10 +42,15 @@ def recall_accuracy(model, test_sets, device, batch_size: int = 64, amp: bool = 
             hit = torch.zeros_like(y, dtype=torch.float32)
             hit[mask] = (logits.argmax(-1) == y[mask]).float()
             accs.append((hit.sum(1) / mask.sum(1).clamp_min(1)).cpu())
+            hits.append(hit.cpu())
         out[name] = float(torch.cat(accs).mean())
+        if "query_pos" in data:
+            at_queries = torch.cat(hits).gather(1, torch.from_numpy(data["query_pos"]).long())
+            by_pair[name] = [round(float(a), 4) for a in at_queries.mean(0)]
     model.train()
     metrics = {"accuracy": float(np.mean(list(out.values())))}
     metrics.update({f"acc_{k}": v for k, v in out.items()})
+    metrics.update({f"pairs_{k}": v for k, v in by_pair.items()})
     return metrics
 
 
