@@ -29,6 +29,7 @@ def test_mqar_structure(V, L, kv):
         for pos in scored:   # the label sits at the query key's position and is that key's value
             j = list(keys[r]).index(ids[r, pos])
             assert labels[r, pos] == values[r, j]
+            assert b["query_pos"][r, j] == pos   # query_pos names each pair's query (the accuracy by pair reads it)
     assert (ids[:, 2 * kv:][labels[:, 2 * kv:] == -100] == 0).mean() > 0.5             # filler left at 0
 
 
@@ -94,6 +95,8 @@ def test_robust_contamination_knob():
         assert np.array_equal(written != vals[:, None, :], b["corrupted"])   # corrupted = a different value
         assert ((written >= 256) & (written < 512)).all()
         assert np.array_equal(np.sort(lab[lab != -100].reshape(256, 8), 1), np.sort(vals, 1))   # clean targets
+        rows = np.arange(256)[:, None]
+        assert np.array_equal(lab[rows, b["query_pos"]], vals)   # pair j's clean value at its query
     last = corrupted_repeat_mqar(512, 64, 128, 8, 3, 0.5, rng, mode="last")
     assert not last["corrupted"][:, :2].any() and last["corrupted"][:, 2].any()
     task = make_task("robust", contamination=0.2, seq_len=128, kv_pairs=8)

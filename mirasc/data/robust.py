@@ -33,7 +33,8 @@ def corrupted_repeat_mqar(vocab_size: int, num_examples: int, input_seq_len: int
                           power_a: float = 0.01, random_non_queries: bool = True) -> dict[str, np.ndarray]:
     """MQAR with `num_passes` copies of the KV block, values corrupted with probability `contamination`.
 
-    Returns input_ids, labels (clean values at the query positions), values (clean), corrupted (bool [N, P, kv])."""
+    Returns input_ids, labels (clean values at the query positions), values (clean), corrupted (bool [N, P, kv]) and
+    query_pos ([N, kv], where pair j is queried)."""
     _check_rho(contamination)
     if mode not in ("random", "last"):
         raise DataError(f"robust mode must be random or last, got {mode!r}")
@@ -52,8 +53,8 @@ def corrupted_repeat_mqar(vocab_size: int, num_examples: int, input_seq_len: int
     kvs[:, :, 0::2] = keys[:, None, :]
     kvs[:, :, 1::2] = written
     kvs = kvs.reshape(N, C)
-    inputs, labels, _ = place_queries(rng, kvs, keys, values, L, V, power_a, random_non_queries)
-    return {"input_ids": inputs, "labels": labels, "values": values, "corrupted": corrupted}
+    inputs, labels, query_pos = place_queries(rng, kvs, keys, values, L, V, power_a, random_non_queries)
+    return {"input_ids": inputs, "labels": labels, "values": values, "corrupted": corrupted, "query_pos": query_pos}
 
 
 @dataclass
