@@ -22,11 +22,13 @@ def _autocast(device: torch.device, amp: bool):
 def recall_accuracy(model, test_sets, device, batch_size: int = 64, amp: bool = True) -> dict:
     """Zoology's metric: per example (correct scored positions / scored positions), averaged per slice;
     "accuracy" is the mean over slices (slices weigh equally). Where a slice gives its query positions ("query_pos",
-    [N, kv], the j-th column the query of the j-th pair written), `pairs_NAME` is the accuracy at each pair, first
-    written first: flat where a memory holds every pair alike, rising to the last where it forgets."""
+    [N, kv]), `queries_NAME` is the accuracy at the first, second, ... query of each example in sequence order. A
+    later query comes after more tokens written into the memory since the pairs (fillers, earlier queries): accuracy
+    that falls from the first query to the last shows a memory losing pairs to those writes, a flat row one that
+    holds every pair alike."""
     lossm = LossModule(model)
     model.eval()
-    out, by_pair = {}, {}
+    out, by_query = {}, {}
     for name, data in test_sets:
         ids, labels = torch.from_numpy(data["input_ids"]), torch.from_numpy(data["labels"])
         accs, hits = [], []
@@ -45,12 +47,12 @@ def recall_accuracy(model, test_sets, device, batch_size: int = 64, amp: bool = 
             hits.append(hit.cpu())
         out[name] = float(torch.cat(accs).mean())
         if "query_pos" in data:
-            at_queries = torch.cat(hits).gather(1, torch.from_numpy(data["query_pos"]).long())
-            by_pair[name] = [round(float(a), 4) for a in at_queries.mean(0)]
+            in_order = torch.from_numpy(np.sort(data["query_pos"], axis=1)).long()
+            by_query[name] = [round(float(a), 4) for a in torch.cat(hits).gather(1, in_order).mean(0)]
     model.train()
     metrics = {"accuracy": float(np.mean(list(out.values())))}
     metrics.update({f"acc_{k}": v for k, v in out.items()})
-    metrics.update({f"pairs_{k}": v for k, v in by_pair.items()})
+    metrics.update({f"queries_{k}": v for k, v in by_query.items()})
     return metrics
 
 
