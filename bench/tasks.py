@@ -9,7 +9,8 @@
 
 Every model gets the same data (per seed), size, steps, batch and learning rate. Each swept setting (seed, width,
 length, contamination, chunk size) is a separate training run; the table gives per model and setting the mean
-accuracy over the seeds and its spread (min–max), and the wall time of one run. `--qkv-init-std`,
+accuracy over the seeds and its spread (min–max), and the wall time of one run; each run's line (and its JSON row)
+also gives the recall tasks' accuracy at each query in sequence order (mirasc.train.evaluate). `--qkv-init-std`,
 `--norm-gain-init` and `--gate-init` change the layer's initialisation (the ablation of mirasc/nn/layer.py's
 defaults). MQAR kv pairs default to L/16 when lengths are swept (Zoology's growth with L), else 4. The figures are
 what a 2-core CPU gets in minutes, not the paper's scale.
@@ -93,7 +94,7 @@ def run_config(args, model: str, seed: int, seq_len: int, hidden: int, rho: floa
     row = {"model": model, "seed": seed, "seq_len": seq_len, "kv_pairs": cfg.get("kv_pairs"), "hidden_size": hidden,
            "contamination": rho, "chunk_size": chunk, "eval_len": seq_len, "accuracy": res.eval.get("accuracy"),
            "final_loss": res.final_loss, "tokens_per_s": res.tokens_per_s, "params": res.params, "wall_s": wall,
-           "curve": curve}
+           "curve": curve, "by_query": _queries(res.eval)}
     if not args.eval_lens:
         return [row]
     # the trained model on longer (or shorter) test sequences: one row per test length
@@ -102,8 +103,19 @@ def run_config(args, model: str, seed: int, seq_len: int, hidden: int, rho: floa
     rows = []
     for n in args.eval_lens:
         m = evaluate_checkpoint(res.checkpoint, task=args.task, seq_len=n, num_examples=args.eval_examples)
-        rows.append({**row, "eval_len": n, "accuracy": m["accuracy"]})
+        rows.append({**row, "eval_len": n, "accuracy": m["accuracy"], "by_query": _queries(m)})
     return rows
+
+
+def _queries(metrics: dict) -> list[float] | None:
+    """The accuracy at each query in sequence order (mirasc.train.evaluate.recall_accuracy), where measured."""
+    return next((v for k, v in metrics.items() if k.startswith("queries_")), None)
+
+
+def _by_query(row: dict) -> str:
+    """' (by query a / b / ...)': the accuracy at each query in sequence order, where the run measured it."""
+    by_query = row.get("by_query")
+    return f" (by query {' / '.join(f'{a:.2f}' for a in by_query)})" if by_query else ""
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -194,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in run_config(args, model, seed, L, w, rho, c, out):
             rows.append(r)
             what = (f"diverged ({r['diverged']})" if "diverged" in r else
-                    f"accuracy {r['accuracy']:.3f}  loss {r['final_loss']:.3f}  {r['tokens_per_s']:,.0f} tok/s")
+                    f"accuracy {r['accuracy']:.3f}{_by_query(r)}  loss {r['final_loss']:.3f}  "
+                    f"{r['tokens_per_s']:,.0f} tok/s")
             print(f"{args.task} {model:>28} L={L} w={w} rho={rho:g} C={c or 'spec'} seed={seed} "
                   f"test L={r['eval_len']}: {what}  {r['wall_s']:.0f}s", flush=True)
     total = time.perf_counter() - t_all
