@@ -607,7 +607,9 @@ def test_fuzz_mutants():
             {"huber_form": rng.choice(["coordinate", "token", "bad"])} if "huber_form" in text and k % 3 == 0 else None
         )
         try:
-            out = load(text, options=opts)
+            # as bytes, always spec text: a str of one line ending in ".miras" (a truncated comment can be one) is a
+            # path to load (mirasc.sources.resolve)
+            out = load(text.encode("utf-8"), options=opts)
         except SpecError as e:
             assert _inside(e, text), (text, str(e))
             assert str(e).startswith(f"<string>:{e.line}:{e.col}: error: ")
