@@ -57,6 +57,7 @@ def run_config(args, model: str, seed: int, seq_len: int, hidden: int, rho: floa
                out: Path) -> dict:
     """Train one model on one setting; returns the row (accuracy, loss, wall time, the train-accuracy curve)."""
     from mirasc.train import TrainError
+    from mirasc.train.evaluate import accuracy_by_query
     from mirasc.train.loop import train
 
     kv = args.kv_pairs if args.kv_pairs else (max(1, seq_len // 16) if len(args.seq_lens) > 1 else 4)
@@ -94,7 +95,7 @@ def run_config(args, model: str, seed: int, seq_len: int, hidden: int, rho: floa
     row = {"model": model, "seed": seed, "seq_len": seq_len, "kv_pairs": cfg.get("kv_pairs"), "hidden_size": hidden,
            "contamination": rho, "chunk_size": chunk, "eval_len": seq_len, "accuracy": res.eval.get("accuracy"),
            "final_loss": res.final_loss, "tokens_per_s": res.tokens_per_s, "params": res.params, "wall_s": wall,
-           "curve": curve, "by_query": _queries(res.eval)}
+           "curve": curve, "by_query": accuracy_by_query(res.eval)}
     if not args.eval_lens:
         return [row]
     # the trained model on longer (or shorter) test sequences: one row per test length
@@ -103,13 +104,8 @@ def run_config(args, model: str, seed: int, seq_len: int, hidden: int, rho: floa
     rows = []
     for n in args.eval_lens:
         m = evaluate_checkpoint(res.checkpoint, task=args.task, seq_len=n, num_examples=args.eval_examples)
-        rows.append({**row, "eval_len": n, "accuracy": m["accuracy"], "by_query": _queries(m)})
+        rows.append({**row, "eval_len": n, "accuracy": m["accuracy"], "by_query": accuracy_by_query(m)})
     return rows
-
-
-def _queries(metrics: dict) -> list[float] | None:
-    """The accuracy at each query in sequence order (mirasc.train.evaluate.recall_accuracy), where measured."""
-    return next((v for k, v in metrics.items() if k.startswith("queries_")), None)
 
 
 def _by_query(row: dict) -> str:

@@ -56,6 +56,11 @@ def recall_accuracy(model, test_sets, device, batch_size: int = 64, amp: bool = 
     return metrics
 
 
+def accuracy_by_query(metrics: dict) -> list[float] | None:
+    """recall_accuracy's accuracy at each query in sequence order (its first slice's), or None where not measured."""
+    return next((v for k, v in metrics.items() if k.startswith("queries_")), None)
+
+
 @torch.no_grad()
 def niah_accuracy(model, task, device, num_examples: int | None = None, lengths=None, amp: bool = True) -> dict:
     """Per length: "accuracy" (the needle answer's log-likelihood beats every distractor's) and "token_accuracy"

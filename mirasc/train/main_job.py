@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--transformer-steps", type=int, default=TRANSFORMER_STEPS)
     p.add_argument("--quick", action="store_true", help="a few steps of each (a smoke test)")
     args = p.parse_args(argv)
+    from .evaluate import accuracy_by_query
     from .loop import train
 
     budgets = {"memory": args.memory_steps, "baseline": args.baseline_steps, "transformer": args.transformer_steps}
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
                          "final_loss": res.final_loss, "wall_s": res.wall_s, "tokens_per_s": res.tokens_per_s,
                          "params": res.params, "checkpoint": res.checkpoint, "metrics": res.metrics_path,
                          "plot": res.plot_path, "curve": curve,
-                         "by_query": next((v for k, v in res.eval.items() if k.startswith("queries_")), None)}
+                         "by_query": accuracy_by_query(res.eval)}
     wall = time.perf_counter() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
