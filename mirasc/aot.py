@@ -97,6 +97,11 @@ def job_of(kernel: str) -> str:
     return kernel.removeprefix("chunk_").replace("_kernel", "", 1)
 
 
+def kernel_names(text: str) -> list[str]:
+    """The kernels of a generated Triton module's source, in order (its other jit functions are helpers)."""
+    return re.findall(r"@triton\.jit[^\n]*\ndef (chunk_\w+_kernel)\(", text)
+
+
 def generated_description(text: str) -> dict:
     """The DESCRIPTION literal of a generated Triton module's source (read, not executed)."""
     start = text.index("DESCRIPTION = ") + len("DESCRIPTION = ")
@@ -190,12 +195,12 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
     consts = {"C": chunk_size, "D": head_dim, "HID": hidden, "BH": block_hidden or hidden_block(hidden, head_dim),
               "BC": sub_chunk or default_sub_chunk(chunk_size, on_gpu=True),
               "IS_VARLEN": False, "DTYPE": "fp32",
-              "DOT_DTYPE": dtype, "DOT_PRECISION": "tf32" if dtype == "fp32" else "ieee"}
+              "DOT_DTYPE": dtype, "DOT_PRECISION": "tf32" if dtype == "fp32" else "ieee", "ON_GPU": True}
     reports = []
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"{checked.name}_triton.py"
         path.write_text(text, encoding="utf-8")
-        names = re.findall(r"@triton\.jit[^\n]*\ndef (\w+)\(", text)
+        names = kernel_names(text)
         unknown = sorted(set(only or ()) - set(names))
         if unknown:
             raise ValueError(f"only: {checked.name} has no kernel {', '.join(unknown)}; "

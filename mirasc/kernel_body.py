@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from . import ir
 from .emit_triton import (
     OFFS,
+    SHAPE,
     SIZE,
     decayed_product,
     inlined,
@@ -41,14 +42,25 @@ from .kernel_plan import peak_units, schedule, summands, tile_units
 # Token inputs are [rows, T, rest...]: a program reads tokens bos + c*C + offs_t of its row. Every other tensor is
 # [count, axes...], indexed by the program (initial and final state, chunk-start states by chunk) or by the row
 # (static gates and outer parameters). Offsets use the axes' extents in memory (SIZE); offs_h is the current block's.
-def _offsets(axes: tuple[str, ...], token: bool) -> str:
+def _offsets(axes: tuple[str, ...], token: bool, private: bool = False) -> str:
     terms, stride = [], []
     for a in reversed(axes):
-        idx = "(tok + offs_t)" if (a == "t" and token) else OFFS[a]
+        idx = _private(a) if private else OFFS[a]
+        idx = f"(tok + {idx})" if a == "t" and token else idx
         terms.append(" * ".join([_index(idx, a, axes)] + stride))
         if not (a == "t" and token):
             stride = [SIZE[a]] + stride
     return " + ".join(reversed(terms)) if terms else "0"
+
+
+def _private(axis: str) -> str:
+    """The axis's offsets made for one token access alone (the module's `private_index`). An MLP memory's kernels
+    (`private`) take them: there the hidden-block loops lie between a kernel's token accesses, and an address tile
+    shared across them spilled (Yaad at sm_90a, D = 64: 2,496 B of stack in all its kernels, 1,040 B with private
+    offsets); the linear memories' kernels are short and spilled a little more with them (Gated DeltaNet 0 → 24 B,
+    TTT-Linear 224 → 368 B), so they share theirs (bench/README.md, "Token tiles' addresses made where they are
+    used")."""
+    return f"private_index({OFFS[axis]}, {SHAPE[axis]}, tok, ON_GPU)"
 
 
 def _size(axes, token: bool = False) -> str:
@@ -66,20 +78,23 @@ def _token_mask(axes: tuple[str, ...]) -> str:
     return _index("(offs_t < nv)", "t", axes)
 
 
-def load(ptr: str, axes: tuple[str, ...], index: str, token: bool = False, other: float = 0.0) -> str:
+def load(ptr: str, axes: tuple[str, ...], index: str, token: bool = False, other: float = 0.0,
+         private: bool = False) -> str:
     """A tile of the tensor at ptr: the token tile of this chunk (token), else entry `index` of its first axis.
-    Token tiles keep their dtype (bf16 q, k, v feed tl.dot as they are; arithmetic promotes them to DTYPE)."""
+    Token tiles keep their dtype (bf16 q, k, v feed tl.dot as they are; arithmetic promotes them to DTYPE); with
+    `private` their offsets are this access's own (`_private`)."""
     if token:
         base = f"{ptr} + (row * T + bos) * {_size(axes, True)}"
-        return f"tl.load({base} + {_offsets(axes, True)}, mask={_token_mask(axes)}, other={other})"
-    return f"tl.load({ptr} + {index} * {_size(axes)} + {_offsets(axes, False)}).to(DTYPE)"
+        return f"tl.load({base} + {_offsets(axes, True, private)}, mask={_token_mask(axes)}, other={other})"
+    return f"tl.load({ptr} + {index} * {_size(axes)} + {_offsets(axes, False, private)}).to(DTYPE)"
 
 
-def store(ptr: str, axes: tuple[str, ...], index: str, value: str, token: bool = False, mask: str = "") -> str:
+def store(ptr: str, axes: tuple[str, ...], index: str, value: str, token: bool = False, mask: str = "",
+          private: bool = False) -> str:
     val = f"{value}.to({ptr}.dtype.element_ty)"
     if token:
         base = f"{ptr} + (row * T + bos) * {_size(axes, True)}"
-        return f"tl.store({base} + {_offsets(axes, True)}, {val}, mask={_token_mask(axes)})"
+        return f"tl.store({base} + {_offsets(axes, True, private)}, {val}, mask={_token_mask(axes)})"
     where = f", mask={mask}" if mask else ""
     return f"tl.store({ptr} + {index} * {_size(axes)} + {_offsets(axes, False)}, {val}{where})"
 

@@ -120,7 +120,7 @@ class _Assembler:
         states, rest, token, axes = io.states, io.rest, io.token, io.axes
         self.hidden = any(set(axes[s]) & {"h", "g"} for s in states)  # the state lives in memory, by blocks
         self.at = "(first_chunk + c)"
-        self.tokens = {n: load(f"{n}_ptr", axes[n], "", True, io.pad[n]) for n in rest if token[n]}
+        self.tokens = {n: load(f"{n}_ptr", axes[n], "", True, io.pad[n], self.hidden) for n in rest if token[n]}
         self.static_loads = [f"{n} = {load(f'{n}_ptr', axes[n], 'row')}" for n in rest if not token[n]]
         self.made = stored_values(self.fwd)
         self.kept = [f"stored_{j}" for j in range(len(self.made))]
@@ -135,6 +135,9 @@ class _Assembler:
         local = self.local.outputs if self.local else {}
         self.local_args = [f"{n}_ptr" for n in local]
         self.local_reads = {n: load(f"{n}_ptr", v.axes, self.at) for n, v in local.items()}
+        # the gradient kernels of an MLP memory read them with offsets of their own, as the token tiles
+        # (kernel_body._private); the backward state pass spilled more so (Yaad at sm_90a, D = 64: 104 → 184 B)
+        self.local_reads_private = {n: load(f"{n}_ptr", v.axes, self.at, private=self.hidden) for n, v in local.items()}
 
     def sources(self, names: list[str], ptr: str, index: str) -> dict[str, tuple[str, str]]:
         return {n: (ptr.format(n), index) for n in names}
@@ -265,7 +268,8 @@ def _outputs(a: _Assembler) -> Kernel:
     args = [f"starts_{s}_ptr" for s in a.io.states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + ["out_ptr"]
     return Kernel("chunk_out_fwd_kernel", "one chunk's outputs, from its stored start state", "chunk",
                   args + (["scratch_ptr"] if b.scratch else []), a.static_loads,
-                  b.lines + [store("out_ptr", part.outputs["out"].axes, "", name(part.outputs["out"]), token=True)],
+                  b.lines + [store("out_ptr", part.outputs["out"].axes, "", name(part.outputs["out"]), token=True,
+                                   private=a.hidden)],
                   [], b.scratch, value_blocks="columns" if not a.hidden and value_local(part) else "none",
                   tiles=b.tiles, sub_chunked=b.products)
 
@@ -338,7 +342,8 @@ def _state_backward(a: _Assembler) -> list[Kernel]:
     states, axes = a.io.states, a.io.axes
     bwd = a.backward
     part = _only(bwd, [f"d_{s}" for s in states])
-    loads = {**a.tokens, **a.reads, **a.local_reads, "d_out": load("d_out_ptr", bwd.inputs["d_out"].axes, "", True)}
+    d_out = load("d_out_ptr", bwd.inputs["d_out"].axes, "", True, private=a.hidden)
+    loads = {**a.tokens, **a.reads, **a.local_reads, "d_out": d_out}
     first = [_local_values(a)] if a.local else []
     args = ([f"starts_{s}_ptr" for s in states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + a.local_args +
             ["d_out_ptr"] + [f"d_final_{s}_ptr" for s in states] + [f"d_init_{s}_ptr" for s in states] +
@@ -370,7 +375,8 @@ def _state_backward(a: _Assembler) -> list[Kernel]:
 def _local_values(a: _Assembler) -> Kernel:
     """One chunk's carry-free values of the backward state pass."""
     made = a.local
-    loads = {**a.tokens, **a.reads, "d_out": load("d_out_ptr", made.inputs["d_out"].axes, "", True)}
+    d_out = load("d_out_ptr", made.inputs["d_out"].axes, "", True, private=a.hidden)
+    loads = {**a.tokens, **a.reads, "d_out": d_out}
     args = [f"starts_{s}_ptr" for s in a.io.states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + ["d_out_ptr"]
     return _per_chunk(a, "local_bwd", "one chunk's values of the backward state pass that need no adjoint from the "
                       "next chunk", made, loads, args, listed=True, sources=a.starts)
@@ -379,7 +385,8 @@ def _local_values(a: _Assembler) -> Kernel:
 def _gradients(a: _Assembler) -> list[Kernel]:
     states, rest, token, axes = a.io.states, a.io.rest, a.io.token, a.io.axes
     bwd = a.backward
-    loads = {**a.tokens, **a.reads, **a.local_reads, "d_out": load("d_out_ptr", bwd.inputs["d_out"].axes, "", True)}
+    d_out = load("d_out_ptr", bwd.inputs["d_out"].axes, "", True, private=a.hidden)
+    loads = {**a.tokens, **a.reads, **a.local_reads_private, "d_out": d_out}
     if a.hidden:
         sources = {**a.starts,
                    **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}
@@ -398,7 +405,8 @@ def _gradients(a: _Assembler) -> list[Kernel]:
             # a value block's share of a sum over the value axis goes to its own copy of the gradient (the
             # launcher adds the copies); grad_block_stride is 0 for a kernel that does not run by value blocks
             ptr = "grad_block_ptr"
-            grad = (store(ptr, axes[n], "", g, token=True) if token[n] else store(ptr, axes[n], a.at, g, mask="nv > 0"))
+            grad = (store(ptr, axes[n], "", g, token=True, private=a.hidden) if token[n]
+                    else store(ptr, axes[n], a.at, g, mask="nv > 0"))
             args = ([f"starts_{s}_ptr" for s in states] + [f"carries_{s}_ptr" for s in states] + a.rest_args +
                     [f"{k}_ptr" for k in a.kept] + a.local_args + ["d_out_ptr", f"grad_{n}_ptr", "grad_block_stride"])
             kinds = None if a.hidden else value_kinds(part)

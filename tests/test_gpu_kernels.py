@@ -150,13 +150,13 @@ def test_replicated_products_are_read_from_the_layouts():
 def test_aot_finds_every_kernel_in_the_description():
     """mirasc aot reads each kernel's value blocks from DESCRIPTION: every kernel of a channel-decay spec's module has
     its entry there, and no kernel is a fallback for strongly decaying chunks (the decay is exact in every kernel)."""
-    from mirasc.aot import generated_description, job_of
+    from mirasc.aot import generated_description, job_of, kernel_names
     from mirasc.codegen import generate_triton
     from mirasc.loader import load
 
     text = generate_triton(load(Path(__file__).resolve().parents[1] / "bench" / "specs" / "gla.miras"))
     jobs = generated_description(text)["kernels"]
-    names = re.findall(r"@triton\.jit[^\n]*\ndef (\w+)\(", text)
+    names = kernel_names(text)
     assert not any(n.endswith("_cube") for n in names), names
     assert "DecayedProduct" not in text and "pairs in one sub-chunk" in text  # the decay is made by sub-chunks
     assert sorted(job_of(n) for n in names) == sorted(jobs)
@@ -606,3 +606,28 @@ def test_an_input_is_loaded_after_the_loops_before_its_first_reader():
     assert _inputs_where_read([unread, k, *loops], frozenset({"k"})) == [unread, k, *loops]
     straight = [k, unread, g.ew(lambda a, b: a + b, k, unread), *loops]
     assert _inputs_where_read(straight) == straight
+
+
+def test_mlp_memories_make_each_token_address_where_it_is_used():
+    """An MLP memory's kernels give every token load and store offsets of its own (private_index: an opaque zero in
+    inline PTX on a GPU, the plain offsets under the interpreter), and its gradient kernels their loads of the
+    carry-free values too, which the backward state pass shares; the linear memories' kernels share theirs. The
+    GPU form compiles for sm_90a and keeps its loads' alignment (the kernel still compiles with tensor cores)."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report, kernel_names
+    from mirasc.codegen import generate_triton
+
+    mlp = generate_triton(mirasc.load(model_path("ttt_mlp")))
+    for kernel in kernel_names(mlp):
+        source = mlp.split(f"def {kernel}(")[1].split("@triton.jit")[0]
+        token_accesses = re.findall(r"tl\.(?:load|store)\(\w+ \+ \(row \* T \+ bos\)[^\n]*", source)
+        assert token_accesses and all("private_index(offs_t, C, tok, ON_GPU)" in a for a in token_accesses), kernel
+        local_loads = re.findall(r"= tl\.load\(local_\d+_ptr[^\n]*", source)
+        if "_grad_" in kernel:
+            assert all("private_index(" in a for a in local_loads), kernel
+        elif kernel == "chunk_state_bwd_kernel":
+            assert local_loads and not any("private_index" in a for a in local_loads), kernel
+    assert any("private_index" in line for line in re.findall(r"= tl\.load\(local_\d+_ptr[^\n]*", mlp))
+    assert "def private_index(" not in generate_triton(mirasc.load(model_path("gated_deltanet")))
+    (row,) = aot_report("ttt_mlp", chunk_size=16, head_dim=16, only=["chunk_out_fwd_kernel"], timeout=240)
+    assert row.ok and row.mma > 0, row.error

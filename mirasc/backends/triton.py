@@ -212,7 +212,8 @@ class _Launch:
             varlen = True
         self.scalars = (self.cu, self.offsets, self.T, heads)
         self.consts = dict(C=self.C, D=self.D, HID=self.HID, BH=self.BH, IS_VARLEN=varlen, DTYPE=dtype,
-                           DOT_DTYPE=dot, DOT_PRECISION=prec, num_stages=num_stages(self.D, self.HID))
+                           DOT_DTYPE=dot, DOT_PRECISION=prec, ON_GPU=self.on_gpu,
+                           num_stages=num_stages(self.D, self.HID))
         if q.is_cuda and (ceiling := max_registers(_arch(device))) is not None:
             self.consts["maxnreg"] = ceiling
 
