@@ -208,14 +208,14 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
         jobs = generated_description(text)["kernels"]
         ctx = mp.get_context("spawn")
         for kernel in [n for n in names if only is None or n in only]:
-            warps_here = warps or num_warps(chunk_size, head_dim, hidden, jobs[job_of(kernel)]["tiles"])
+            job = jobs[job_of(kernel)]
+            warps_here = warps or num_warps(chunk_size, head_dim, hidden, job["tiles"], job["value_blocks"] != "none")
             stages_here = stages or num_stages(head_dim, hidden)
             row = KernelReport(checked.name, kernel, head_dim, hidden, chunk_size, dtype, arch, ok=False,
                                dots=_kernel_source(path, kernel).count("tl.dot("), num_warps=warps_here,
                                num_stages=stages_here)
-            blocked = jobs[job_of(kernel)]["value_blocks"]
             bv = block_value or value_block(head_dim, arch)
-            kernel_consts = {**consts, "BV": bv if blocked != "none" else head_dim}
+            kernel_consts = {**consts, "BV": bv if job["value_blocks"] != "none" else head_dim}
             queue = ctx.Queue()
             proc = ctx.Process(target=_compile_one, args=(str(path), kernel, kernel_consts, dtype, arch,
                                                           warps_here, stages_here, max_registers(arch), queue))

@@ -131,6 +131,10 @@ def test_warps_follow_the_live_tiles():
     assert num_warps(64, 64, 64, FOUR_WARP_TILES + 1) == 8
     assert num_warps(64, 128, 512, 20.0) == 8
     assert num_warps(16, 32, 32, 20.0) == 4  # (16, 32) tiles: 4 registers a thread at 4 warps
+    # a kernel that does not run by value blocks holds its (C, D) tiles D wide: at D = 128 each counts twice
+    assert num_warps(64, 128, 128, FOUR_WARP_TILES) == 4
+    assert num_warps(64, 128, 128, FOUR_WARP_TILES, value_blocked=False) == 8
+    assert num_warps(64, 64, 64, FOUR_WARP_TILES, value_blocked=False) == 4
 
 
 def test_replicated_products_are_read_from_the_layouts():

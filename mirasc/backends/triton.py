@@ -104,9 +104,10 @@ INTERPRETER_SCRATCH_BYTES: int | None = None  # tests set a small budget to run 
 FOUR_WARP_TILES = 3.0
 
 
-def num_warps(chunk_size: int, head_dim: int, hidden: int, tiles: float) -> int:
+def num_warps(chunk_size: int, head_dim: int, hidden: int, tiles: float, value_blocked: bool = True) -> int:
     """Warps per program: one warp group (4) unless a chunk's (C, D) tiles reach 64 x 64 and the kernel keeps more
-    than FOUR_WARP_TILES of them live at once (`tiles`, DESCRIPTION's estimate), then 8.
+    than FOUR_WARP_TILES of them live at once (`tiles`, DESCRIPTION's estimate, in 64 x 64 units: a kernel that is
+    not `value_blocked` holds its tiles D wide, so they count D / 64 units each), then 8.
 
     Why not always 8: Triton lays every matrix product that feeds another product with all warps along its rows
     (its rule for flash attention), and a warp group of 4 warps already covers 64 rows, so at C = 64 with 8 warps
@@ -117,8 +118,10 @@ def num_warps(chunk_size: int, head_dim: int, hidden: int, tiles: float) -> int:
     channel-decay spec (bench/specs/gla.miras) at D = 64 and 128, sm_90a and sm_80: no kernel of at most 3 tiles
     spills at 4 warps; at 4 tiles some do (the channel-decay spec's on sm_90a, 16 to 560 B, 7 kernels of the linear
     specs on sm_80, 8 to 160 B) where 8 warps spill less or not at all; above 4, 20 of the linear specs' 32 such
-    kernels spill at 4 warps against 9 at 8 (sm_90a, D = 64)."""
-    if chunk_size * max(head_dim, hidden) < 64 * 64 or tiles <= FOUR_WARP_TILES:
+    kernels spill at 4 warps against 9 at 8 (sm_90a, D = 64). At D = 128, TTT-Linear's kernels (a LayerNorm over the
+    value axis, so none runs by value blocks) of 3 tiles spilled up to 224 B at 4 warps and at most 16 at 8."""
+    units = tiles if value_blocked else tiles * max(head_dim, 64) / 64
+    if chunk_size * max(head_dim, hidden) < 64 * 64 or units <= FOUR_WARP_TILES:
         return 4
     return 8
 
@@ -226,7 +229,8 @@ class _Launch:
         the chunk (for a kernel with channel-decay products)."""
         bv = self.BV if info["value_blocks"] != "none" else self.D
         bc = sub_chunk(self.C, self.on_gpu) if info["sub_chunks"] else 0
-        return Config(num_warps(self.C, self.D, self.HID, info["tiles"]), bv, self.BH, bc)
+        return Config(num_warps(self.C, self.D, self.HID, info["tiles"], info["value_blocks"] != "none"), bv,
+                      self.BH, bc)
 
     def run(self, kernels: dict, job: str, *args) -> None:
         """Launch one job's kernel with its default config or, when autotuning is on, with the fastest of its
