@@ -55,9 +55,9 @@ def _offsets(axes: tuple[str, ...], token: bool, private: bool = False) -> str:
 
 def _private(axis: str) -> str:
     """The axis's offsets made for one access alone (the module's `private_index`). An MLP memory's kernels take them
-    for their token tiles and their gradient kernels for the carry-free values (`private`): there hidden-block loops
-    lie between the accesses, and one offsets tile held across them spilled (Yaad at sm_90a, D = 64: 2,496 B of
-    stack in all its kernels, 256 B with private offsets). The linear memories' kernels are short and spilled a
+    for their token tiles and the carry-free values (`private`): there hidden-block loops lie between the accesses,
+    and one offsets tile held across them spilled (the five MLP memories at sm_90a, D = 64: 18,584 B of stack in all
+    their kernels, 5,752 B with private offsets). The linear memories' kernels are short and spilled a
     little more with them (Gated DeltaNet 0 → 24 B, TTT-Linear 224 → 368 B), so they share theirs (bench/README.md,
     "Addresses made where they are used")."""
     return f"private_index({OFFS[axis]}, {SHAPE[axis]}, tok, ON_GPU)"

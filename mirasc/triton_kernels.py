@@ -134,10 +134,8 @@ class _Assembler:
         self.local, self.backward = _carry_free_split(_stored_as_inputs(self.bwd) if self.made else self.bwd, states)
         local = self.local.outputs if self.local else {}
         self.local_args = [f"{n}_ptr" for n in local]
-        self.local_reads = {n: load(f"{n}_ptr", v.axes, self.at) for n, v in local.items()}
-        # the gradient kernels of an MLP memory read them with offsets of their own, as the token tiles
-        # (kernel_body._private); the backward state pass spilled more so (Yaad at sm_90a, D = 64: 104 → 184 B)
-        self.local_reads_private = {n: load(f"{n}_ptr", v.axes, self.at, private=self.hidden) for n, v in local.items()}
+        # an MLP memory's kernels read them with offsets of their own, as the token tiles (kernel_body._private)
+        self.local_reads = {n: load(f"{n}_ptr", v.axes, self.at, private=self.hidden) for n, v in local.items()}
 
     def sources(self, names: list[str], ptr: str, index: str) -> dict[str, tuple[str, str]]:
         return {n: (ptr.format(n), index) for n in names}
@@ -386,7 +384,7 @@ def _gradients(a: _Assembler) -> list[Kernel]:
     states, rest, token, axes = a.io.states, a.io.rest, a.io.token, a.io.axes
     bwd = a.backward
     d_out = load("d_out_ptr", bwd.inputs["d_out"].axes, "", True, private=a.hidden)
-    loads = {**a.tokens, **a.reads, **a.local_reads_private, "d_out": d_out}
+    loads = {**a.tokens, **a.reads, **a.local_reads, "d_out": d_out}
     if a.hidden:
         sources = {**a.starts,
                    **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}

@@ -2257,8 +2257,8 @@ def chunk_state_bwd_kernel(
             v59_max = v59_new
         v59 = v59_max + tl.log(v59_sum)
         tl.debug_barrier()
-        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v98 = v81
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v98)  # park
@@ -2300,11 +2300,11 @@ def chunk_state_bwd_kernel(
         v91 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v117 = (v88 * v91)
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v66 = (local_0 * local_0)
         v67 = tl.sum((v66), axis=1)
         v68 = (v67 / (D))
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         v71 = tl.sum((v70), axis=1)
         v72 = (v71 / (D))
@@ -2312,7 +2312,7 @@ def chunk_state_bwd_kernel(
         v88 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v104 = v88
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2351,7 +2351,7 @@ def chunk_state_bwd_kernel(
             v122 = tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + 4 * HID * D + 4 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v122)
         tl.debug_barrier()
-        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2408,7 +2408,7 @@ def chunk_state_bwd_kernel(
             v109 = ((-1.0) * d_new_w2)
             tl.store(scratch + 6 * HID * D + 4 * HID + 13 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v109)
         tl.debug_barrier()
-        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2441,7 +2441,7 @@ def chunk_state_bwd_kernel(
         v104 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v112 = (v104 * v111)
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v112)  # park
-        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v112 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v124 = (v112 + local_6)

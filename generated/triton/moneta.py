@@ -1934,7 +1934,7 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v19 = (v18 / (D * HID))
         v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1968,7 +1968,7 @@ def chunk_state_bwd_kernel(
         v102 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v103 = tl.sum((v102), axis=0)
         v89 = v83
-        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v98 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2096,8 +2096,8 @@ def chunk_state_bwd_kernel(
         v62 = v62 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
-        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v48 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v73 = v48
@@ -2157,7 +2157,7 @@ def chunk_state_bwd_kernel(
             v67 = (v66 + v65)
             tl.store(scratch + 6 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
         tl.debug_barrier()
-        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2173,7 +2173,7 @@ def chunk_state_bwd_kernel(
             v166 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v164).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + 6 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v166)
         tl.debug_barrier()
-        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2259,11 +2259,11 @@ def chunk_state_bwd_kernel(
         v139_c0 = (tl.sqrt(v99))
         v139 = ((-0.5) * v138 / (v139_c0 * ((tl.full((), 1e-06, DTYPE) + v139_c0) * (tl.full((), 1e-06, DTYPE) + v139_c0))))
         v140 = (v139 / (D * HID))
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v32 = (local_0 * local_0)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v37 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v38 = tl.sum((v37), axis=1)
         v39 = (v38 / (D))
@@ -2309,7 +2309,7 @@ def chunk_state_bwd_kernel(
         v86 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v152 = (v86 * v151)
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v152)  # park
-        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v152 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v168 = (v152 + local_8)
@@ -2344,7 +2344,7 @@ def chunk_state_bwd_kernel(
         v198 = (v197 / (D))
         v199 = ((-0.5) * ln_weight[None, :] * local_2 * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 9 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v199)  # park
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v202 = ((-0.5) * local_0 * ln_weight[None, :] * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v202)  # park
         tl.debug_barrier()  # parked tiles other threads stored

@@ -1463,8 +1463,8 @@ def chunk_state_bwd_kernel(
         v65 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v66 = (v65 * v50)
         tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
-        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v109 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()  # parked tiles other threads stored
         v50 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
@@ -1489,11 +1489,11 @@ def chunk_state_bwd_kernel(
         v56 = tl.sum((v55), axis=1)
         v105 = (v63 * v56[:, None])
         tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v105)  # park
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v16 = (local_0 * local_0)
         v17 = tl.sum((v16), axis=1)
         v18 = (v17 / (D))
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v21 = tl.sum((v20), axis=1)
         v22 = (v21 / (D))
@@ -1526,7 +1526,7 @@ def chunk_state_bwd_kernel(
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
         tl.debug_barrier()
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1563,7 +1563,7 @@ def chunk_state_bwd_kernel(
             v112 = tl.trans(tl.dot(tl.trans(v72).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
         tl.debug_barrier()
-        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1571,7 +1571,7 @@ def chunk_state_bwd_kernel(
             v119 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v119)
         tl.debug_barrier()
-        local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1641,7 +1641,7 @@ def chunk_state_bwd_kernel(
             v86 = ((-1.0) * d_new_s2)
             tl.store(scratch + 4 * HID * D + 16 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
         tl.debug_barrier()
-        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1652,7 +1652,7 @@ def chunk_state_bwd_kernel(
             v91 = ((-1.0) * d_new_w2)
             tl.store(scratch + 4 * HID * D + 17 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v91)
         tl.debug_barrier()
-        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1699,7 +1699,7 @@ def chunk_state_bwd_kernel(
             v91 = tl.load(scratch + 4 * HID * D + 17 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v95 += tl.dot(v94.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_s[:, None] * D + offs_o[None, :], v95)  # park
-        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v88 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v95 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
@@ -1801,7 +1801,7 @@ def chunk_state_bwd_kernel(
             v70 = (v69 * v37[:, None])
             tl.store(scratch + 4 * HID * D + 24 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         tl.debug_barrier()
-        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h

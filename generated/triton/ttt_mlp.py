@@ -917,8 +917,8 @@ def chunk_state_bwd_kernel(
         v26 = gate_eta
         v33 = (v32 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])))
         tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v33)  # park
-        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v52 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v54 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])) * v52)
         tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
@@ -928,11 +928,11 @@ def chunk_state_bwd_kernel(
         v30 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
         v48 = (v30 * v28[:, None])
         tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v12 = (local_0 * local_0)
         v13 = tl.sum((v12), axis=1)
         v14 = (v13 / (D))
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v16 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v17 = tl.sum((v16), axis=1)
         v18 = (v17 / (D))
@@ -950,7 +950,7 @@ def chunk_state_bwd_kernel(
             v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
         tl.debug_barrier()
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -987,7 +987,7 @@ def chunk_state_bwd_kernel(
             v55 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
         tl.debug_barrier()
-        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1043,7 +1043,7 @@ def chunk_state_bwd_kernel(
             v42 = ((-1.0) * d_new_w2)
             tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v42)
         tl.debug_barrier()
-        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1077,7 +1077,7 @@ def chunk_state_bwd_kernel(
             v42 = tl.load(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :])
             v44 += tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v44)  # park
-        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v44 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v57 = (v44 + local_7)

@@ -1507,8 +1507,8 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
         v39 = (q * v36)
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
-        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v31 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v48 = v31
@@ -1558,7 +1558,7 @@ def chunk_state_bwd_kernel(
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v10)
         tl.debug_barrier()
-        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1603,7 +1603,7 @@ def chunk_state_bwd_kernel(
             v72 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v72)
         tl.debug_barrier()
-        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1667,7 +1667,7 @@ def chunk_state_bwd_kernel(
         v54 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v62 = (v54 * v61)
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v62)  # park
-        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v62 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v74 = (v62 + local_7)
@@ -1679,7 +1679,7 @@ def chunk_state_bwd_kernel(
         v95 = ((-1.0) * v94)
         v96 = (v92 + v95[:, None])
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v96)  # park
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v98 = (2.0 * local_0 * v96)
@@ -1696,7 +1696,7 @@ def chunk_state_bwd_kernel(
         v104 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v108 = (v104 + v107)
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v108)  # park
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v18 = gate_delta
         tl.debug_barrier()  # parked tiles other threads stored
@@ -1705,7 +1705,7 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v109)  # park
         v111 = ((-0.5) * local_0 * ln_weight[None, :] * v109 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v112 = tl.sum((v111), axis=1)
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v102 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * (tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v103 = tl.sum((v102), axis=1)
         tl.debug_barrier()  # parked tiles other threads stored
@@ -1766,7 +1766,7 @@ def chunk_state_bwd_kernel(
             v73 = tl.trans(tl.dot(tl.trans(v47).to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + 15 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         tl.debug_barrier()
-        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
