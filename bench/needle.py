@@ -1,7 +1,7 @@
 """One needle in a repetitive haystack, at the op alone: what a memory keeps of it with its gates at their starts.
 
-    python -m bench.needle [--models titans ttt_mlp ...] [--chunk-sizes 1 16 64] [--haystack 90] [--no-norm]
-                           [--lr X] [--decay X] [--trials 8]
+    python -m bench.needle [--models titans ttt_mlp moneta:normalisation=none ...] [--chunk-sizes 1 16 64]
+                           [--haystack 90] [--no-norm | --norm-eps X] [--lr X] [--decay X] [--trials 8]
 
 No training: the keys are given, not learned. Every key is a unit vector in D = 32: the haystack cycles through
 --haystack distinct keys (S-NIAH's haystack repeats its few sentences, so a model's keys repeat with it), each
@@ -13,7 +13,8 @@ Scored on the change the needle makes to the last readout (the same sequence wit
 its cosine with the needle's value, and whether that value is the nearest of 10 candidates (the other 9 random),
 averaged over --trials draws; a draw whose readout is not finite (the memory diverged) is counted as a miss and
 left out of the mean cosine. `--no-norm` drops the LayerNorm of an MLP memory (`norm = none` in a copy of the
-spec's text), the ablation of bench/README.md's S-NIAH section.
+spec's text), the ablation of bench/README.md's S-NIAH section; `--norm-eps X` sets its eps instead (as
+bench.step_gain does), and `NAME:option=value` picks a spec option (as bench.tasks does).
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ import mirasc
 from mirasc.nn.gates import gate_init_value
 from mirasc.resources import prebuilt_path
 
+from .step_gain import with_norm_eps
+from .tasks import spec_and_options
+
 D, T, NEEDLE_AT, CANDIDATES = 32, 256, 100, 10
 
 
-def spec_text(name: str, no_norm: bool) -> str:
+def spec_text(name: str, no_norm: bool, norm_eps: float | None = None) -> str:
     path = prebuilt_path(name)
     if path is None:
         raise SystemExit(f"{name}: not a prebuilt spec (one of {', '.join(mirasc.prebuilt_names())})")
@@ -38,6 +42,8 @@ def spec_text(name: str, no_norm: bool) -> str:
         if "norm = layernorm" not in text:
             raise SystemExit(f"{name}: its memory has no LayerNorm to drop")
         text = text.replace("norm = layernorm", "norm = none")
+    elif norm_eps is not None:
+        text = with_norm_eps(name, text, norm_eps)
     return text
 
 
@@ -86,13 +92,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-norm", action="store_true", help="drop an MLP memory's LayerNorm")
     ap.add_argument("--lr", type=float, help="the inner learning rate's value (role `lr`)")
     ap.add_argument("--decay", type=float, help="the retention's value (role `decay`)")
+    ap.add_argument("--norm-eps", type=float, help="the memory LayerNorm's eps (a copy of the spec)")
     ap.add_argument("--trials", type=int, default=8)
     args = ap.parse_args(argv)
     overrides = {r: x for r, x in (("lr", args.lr), ("decay", args.decay)) if x is not None}
     print("| model | chunk | cosine with the needle's value | needle's value nearest of 10 |")
     print("|---|---|---|---|")
-    for name in args.models:
-        op = mirasc.compile(spec_text(name, args.no_norm), backend="torch")
+    for model in args.models:
+        name, options = spec_and_options(model)
+        op = mirasc.compile(spec_text(name, args.no_norm, args.norm_eps), backend="torch", options=options)
         gates = gate_values(op, overrides)
         for chunk in args.chunk_sizes:
             runs = [trial(op, gates, chunk, args.haystack, seed) for seed in range(args.trials)]
@@ -100,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             cos = f"{sum(finite) / len(finite):+.3f}" if finite else "–"
             if len(finite) < len(runs):
                 cos += f" ({len(runs) - len(finite)} of {len(runs)} diverged)"
-            print(f"| {name} | {chunk} | {cos} | {sum(h for _, h in runs) / len(runs):.2f} |", flush=True)
+            print(f"| {model} | {chunk} | {cos} | {sum(h for _, h in runs) / len(runs):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -32,12 +32,15 @@ def spec_text(name: str, norm_eps: float | None) -> str:
     if path is None:
         raise SystemExit(f"{name}: not a prebuilt spec (one of {', '.join(mirasc.prebuilt_names())})")
     text = path.read_text()
-    if norm_eps is not None:  # an ablation of the LayerNorm's eps, through the spec's own argument
-        if "norm = layernorm" not in text:
-            raise SystemExit(f"{name}: its memory has no LayerNorm")
-        # every memory statement of the spec (one per option where an option picks the eps) gets this eps
-        text = re.sub(r"norm = layernorm(, norm_eps = [^,)]+)?", f"norm = layernorm, norm_eps = {norm_eps!r}", text)
-    return text
+    return text if norm_eps is None else with_norm_eps(name, text, norm_eps)
+
+
+def with_norm_eps(name: str, text: str, norm_eps: float) -> str:
+    """The spec's text with its memory LayerNorm's eps set (an ablation through the spec's own argument)."""
+    if "norm = layernorm" not in text:
+        raise SystemExit(f"{name}: its memory has no LayerNorm")
+    # every memory statement of the spec (one per option where an option picks the eps) gets this eps
+    return re.sub(r"norm = layernorm(, norm_eps = [^,)]+)?", f"norm = layernorm, norm_eps = {norm_eps!r}", text)
 
 
 def step_gain(layer: MirasLayer, keys: int, seed: int = 0) -> float:

@@ -30,3 +30,30 @@ def test_a_small_layernorm_eps_multiplies_the_step_by_the_inverse_spread_squared
 def test_the_eps_switch_refuses_a_memory_without_a_layernorm():
     with pytest.raises(SystemExit, match="no LayerNorm"):
         spec_text("deltanet", 1.0)
+
+
+def _needle_rows(capsys, *argv: str) -> dict[str, tuple[float, float]]:
+    """bench.needle's table as {model: (mean cosine, share nearest)}."""
+    from bench.needle import main
+
+    main([*argv, "--chunk-sizes", "64", "--trials", "4"])
+    rows = [line.strip("|").split("|") for line in capsys.readouterr().out.splitlines()[2:]]
+    return {r[0].strip(): (float(r[2]), float(r[3])) for r in rows}
+
+
+def test_a_delta_rule_keeps_the_needle(capsys):
+    # one write of a new unit key into a gated delta rule: its readout at that key moves by η_s (v − W k), the
+    # haystack's later writes (other keys) move it little, so the needle's value is the nearest candidate
+    cosine, nearest = _needle_rows(capsys, "--models", "gated_deltanet")["gated_deltanet"]
+    assert cosine > 0.8 and nearest == 1.0
+
+
+def test_the_needle_tool_takes_spec_options_and_the_layernorm_eps(capsys):
+    # Moneta's p-norm map (q = 4, W = sign(A) |A|^3 / mu^2) passes a write δA to an entry on as about 3 (A / mu)^2 δA,
+    # so a new key's write, to entries that are small against their matrix's power mean, barely moves the readout;
+    # with the identity map (normalisation = none) and eps = 1 it moves towards the needle's value (bench/README.md,
+    # S-NIAH, "Moneta's map and the needle")
+    shipped = _needle_rows(capsys, "--models", "moneta")
+    identity = _needle_rows(capsys, "--models", "moneta:normalisation=none", "--norm-eps", "1")
+    assert set(identity) == {"moneta:normalisation=none"}
+    assert shipped["moneta"][0] < 0.2 < 0.4 < identity["moneta:normalisation=none"][0]
