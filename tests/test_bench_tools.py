@@ -49,10 +49,9 @@ def test_a_delta_rule_keeps_the_needle(capsys):
 
 
 def test_the_needle_tool_takes_spec_options_and_the_layernorm_eps(capsys):
-    # Moneta's p-norm map (q = 4, W = sign(A) |A|^3 / mu^2) passes a write δA to an entry on as about 3 (A / mu)^2 δA,
-    # so a new key's write, to entries that are small against their matrix's power mean, barely moves the readout;
-    # with the identity map (normalisation = none) and eps = 1 it moves towards the needle's value (bench/README.md,
-    # S-NIAH, "Moneta's map and the needle")
+    # with its p-norm map Moneta's readout at the needle's key barely moves towards the needle's value; with the
+    # identity map (normalisation = none) and the LayerNorm's eps at 1 it does (bench/README.md, S-NIAH, "Moneta's
+    # map and the needle"): the options and the eps reach the op
     shipped = _needle_rows(capsys, "--models", "moneta")
     identity = _needle_rows(capsys, "--models", "moneta:normalisation=none", "--norm-eps", "1")
     assert set(identity) == {"moneta:normalisation=none"}
