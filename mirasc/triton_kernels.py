@@ -136,6 +136,7 @@ class _Assembler:
         self.local_args = [f"{n}_ptr" for n in local]
         # an MLP memory's kernels read them with offsets of their own, as the token tiles (kernel_body._private)
         self.local_reads = {n: load(f"{n}_ptr", v.axes, self.at, private=self.hidden) for n, v in local.items()}
+        self.d_out = load("d_out_ptr", self.bwd.inputs["d_out"].axes, "", True, private=self.hidden)  # a token tile
 
     def sources(self, names: list[str], ptr: str, index: str) -> dict[str, tuple[str, str]]:
         return {n: (ptr.format(n), index) for n in names}
@@ -340,8 +341,7 @@ def _state_backward(a: _Assembler) -> list[Kernel]:
     states, axes = a.io.states, a.io.axes
     bwd = a.backward
     part = _only(bwd, [f"d_{s}" for s in states])
-    d_out = load("d_out_ptr", bwd.inputs["d_out"].axes, "", True, private=a.hidden)
-    loads = {**a.tokens, **a.reads, **a.local_reads, "d_out": d_out}
+    loads = {**a.tokens, **a.reads, **a.local_reads, "d_out": a.d_out}
     first = [_local_values(a)] if a.local else []
     args = ([f"starts_{s}_ptr" for s in states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + a.local_args +
             ["d_out_ptr"] + [f"d_final_{s}_ptr" for s in states] + [f"d_init_{s}_ptr" for s in states] +
@@ -373,8 +373,7 @@ def _state_backward(a: _Assembler) -> list[Kernel]:
 def _local_values(a: _Assembler) -> Kernel:
     """One chunk's carry-free values of the backward state pass."""
     made = a.local
-    d_out = load("d_out_ptr", made.inputs["d_out"].axes, "", True, private=a.hidden)
-    loads = {**a.tokens, **a.reads, "d_out": d_out}
+    loads = {**a.tokens, **a.reads, "d_out": a.d_out}
     args = [f"starts_{s}_ptr" for s in a.io.states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + ["d_out_ptr"]
     return _per_chunk(a, "local_bwd", "one chunk's values of the backward state pass that need no adjoint from the "
                       "next chunk", made, loads, args, listed=True, sources=a.starts)
@@ -383,8 +382,7 @@ def _local_values(a: _Assembler) -> Kernel:
 def _gradients(a: _Assembler) -> list[Kernel]:
     states, rest, token, axes = a.io.states, a.io.rest, a.io.token, a.io.axes
     bwd = a.backward
-    d_out = load("d_out_ptr", bwd.inputs["d_out"].axes, "", True, private=a.hidden)
-    loads = {**a.tokens, **a.reads, **a.local_reads, "d_out": d_out}
+    loads = {**a.tokens, **a.reads, **a.local_reads, "d_out": a.d_out}
     if a.hidden:
         sources = {**a.starts,
                    **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}
