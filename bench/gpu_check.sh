@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 export MIRASC_CACHE=$OUT/cache TRITON_CACHE_DIR=$OUT/triton-cache
 
 # bf16 inputs against the fp32 torch backend, and fp64 against fp64, natively on the GPU (tests/test_triton.py)
-timeout 220 "$PY" -m pytest -q tests/test_triton.py -k "bf16_on_gpu or (float64 and (mamba2 or gated_deltanet \
+timeout 200 "$PY" -m pytest -q tests/test_triton.py -k "bf16_on_gpu or (float64 and (mamba2 or gated_deltanet \
 or moneta))" >"$OUT/tests.log" 2>&1
 echo "tests: $(tail -n 1 "$OUT/tests.log")"
 
@@ -30,9 +30,10 @@ bench() {  # spec, head dim, timeout (s), extra bench.ops flags
     || echo "bench $1: exit $? (timeout $3 s?), see $OUT/ops_$1.err"
 }
 # the linear specs also with autotuned launch configs (--autotune: a second Triton row, and the configs each kernel
-# chose in the JSON), to weigh tuning against the launcher's defaults
+# chose in the JSON), to weigh tuning against the launcher's defaults; --defaults-row: a row at the default configs
+# without the spill guard's replacements (the JSON's "spill_guard" lists them, with every candidate's stack bytes)
 bench mamba2 128 100 --no-titans --autotune          # beside fla chunk_simple_gla; goal: within 1.25x of it
-bench gated_deltanet 128 100 --no-titans --autotune  # beside fla chunk_gated_delta_rule
-bench moneta 64 180                      # beside titans-pytorch; goal: at least 10x faster
+bench gated_deltanet 128 100 --no-titans --autotune --defaults-row  # beside fla chunk_gated_delta_rule
+bench moneta 64 200 --defaults-row       # beside titans-pytorch; goal: at least 10x faster
 echo "== benchmark tables ($(tail -n 1 "$OUT/gpu.txt"))"
 cat "$OUT"/ops_*.txt

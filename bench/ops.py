@@ -2,6 +2,7 @@
 
     python -m bench.ops [--spec moneta] [--B 2 --T 1024 --H 4 --D 32 --chunk 64] [--repeats 5 --warmup 2]
                         [--json [PATH]] [--csv [PATH]] [--no-recurrent] [--no-titans] [--autotune]
+                        [--defaults-row]
 
 Rows, all in this one process, on CUDA when it is available and on the CPU otherwise:
   mirasc (chunk C)       the compiled torch backend, op(q, k, v, gates=..., params=..., chunk_size=C)
@@ -184,6 +185,35 @@ def autotuned_row(op, inputs, chunk: int, args, device, memory: bool, log) -> di
     return out
 
 
+def guard_choices() -> list[dict]:
+    """The kernels whose default config spilled on this GPU, what the spill guard chose instead and every
+    candidate's stack bytes (mirasc.backends.tuning.spill_guard_choices), as JSON."""
+    from mirasc.backends import tuning
+
+    return [{"kernel": r["kernel"], "chosen": dataclasses.asdict(r["chosen"]),
+             "stack_bytes": {str(dataclasses.astuple(c)): n for c, n in r["stack_bytes"].items()}}
+            for r in tuning.spill_guard_choices()]
+
+
+def defaults_row(op, inputs, chunk: int, args, device, memory: bool, log) -> dict:
+    """The Triton row again with the spill guard off (MIRASC_SPILL_GUARD=0): every kernel at the launcher's default
+    config, spills and all, to weigh the guard's choices."""
+    row = triton_row(op, inputs, chunk)
+    row.name += ", default configs (spill guard off)"
+    before = os.environ.get("MIRASC_SPILL_GUARD")
+    os.environ["MIRASC_SPILL_GUARD"] = "0"
+    try:
+        log(f"  {row.name}: first fwd+bwd (compiles the defaults not compiled yet) ...")
+        time_ms(row.fwdbwd, 1, 0, device)
+        out = run_row(row, args.repeats, args.warmup, device, memory, log)
+    finally:
+        if before is None:
+            os.environ.pop("MIRASC_SPILL_GUARD")
+        else:
+            os.environ["MIRASC_SPILL_GUARD"] = before
+    return out
+
+
 def fla_row(spec_name: str, inputs, chunk: int) -> Row | None:
     """flash-linear-attention's kernel for the same job, when the spec has one (None otherwise)."""
     q, k, v, gates, _ = inputs
@@ -350,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     ap.add_argument("--no-factored", action="store_true",
                     help="always run the (C, C, D) chunk programs for channel-wise decay (op.use_factored(False))")
+    ap.add_argument("--defaults-row", action="store_true",
+                    help="on CUDA, add a row of the Triton kernels at the launcher's default configs, without the "
+                         "spill guard's replacements for defaults that spill")
     ap.add_argument("--autotune", action="store_true",
                     help="on CUDA, add a row of the Triton kernels with their launch configs autotuned "
                          "(mirasc.backends.tuning; the first call times every candidate and is not in the times)")
@@ -392,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.insert(0, run_row(trow, args.repeats, args.warmup, device, memory, log))
         rows[0]["first_call_s"] = first_s
         rows[0]["note"] = f"first fwd+bwd {first_s:.1f} s (Triton compiles each kernel; not in the times)"
+        rows[0]["spill_guard"] = guard_choices()
+        if args.defaults_row:
+            rows.insert(1, defaults_row(top, inputs, C, args, device, memory, log))
         if args.autotune:
             rows.insert(1, autotuned_row(top, inputs, C, args, device, memory, log))
         try:

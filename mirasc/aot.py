@@ -8,6 +8,7 @@ Each kernel compiles in a fresh process with a time limit, so one that hangs is 
 
     mirasc aot SPEC... [--arch 90|80] [--chunk-size 64] [--head-dim 64] [--dtype bf16|fp16|fp32] [--json]
                [--num-warps N] [--num-stages N] [--block-hidden BH] [--block-value BV] [--only KERNEL]
+               [--no-spill-guard]
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ class KernelReport:
     dots: int = 0  # tl.dot calls in the kernel's source
     num_warps: int | None = None
     num_stages: int | None = None
+    block_value: int | None = None  # BV (the head dim in a kernel not run by value blocks)
+    block_hidden: int | None = None  # BH
+    sub_chunk: int | None = None  # BC of the channel-decay products (0: the kernel makes none)
+    default_stack: int | None = None  # the stack bytes of the launcher's default config, before the spill guard
+    configs_compiled: int = 1  # configs the spill guard compiled for this kernel (the default first)
+    compile_total_s: float | None = None  # their compile seconds in all: what a first launch on a GPU spends
     sass: int | None = None
     error: str = ""
     extra: dict = field(default_factory=dict)
@@ -162,20 +169,28 @@ def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, nu
         queue.put({"ok": False, "error": f"{type(e).__name__}: {str(e)[:400]}"})
 
 
+# Shared memory one program may take: an H100's 227 KiB, an A100's 163 KiB. A config that takes more does not launch.
+DEVICE_SHARED = {90: 227 * 1024, 80: 163 * 1024}
+
+
 def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, dtype: str = "bf16",
                timeout: float = 300.0, options: dict | None = None, block_hidden: int | None = None,
                only: list[str] | None = None, warps: int | None = None,
                block_value: int | None = None, stages: int | None = None,
-               sub_chunk: int | None = None) -> list[KernelReport]:
+               sub_chunk: int | None = None, spill_guard: bool = True) -> list[KernelReport]:
     """Compile every kernel of the spec's Triton module (or the ones named in `only`) for the target and report one
     row per kernel.
 
     spec: a prebuilt name, a path, spec text or a Spec (as mirasc.compile takes). The module is generated into a
     temporary folder; the kernels' sizes are those of a call with this chunk size, head dim and input dtype, and
-    the launcher's warps, pipelining stages, blocks and register ceiling for the target unless `warps`, `stages`,
-    `block_hidden`, `block_value` or `sub_chunk` (BC, of the channel-decay products) say otherwise."""
-    from .backends.triton import check_sizes, hidden_block, max_registers, num_stages, num_warps, value_block
+    the launcher's config unless `warps`, `stages`, `block_hidden`, `block_value` or `sub_chunk` (BC, of the
+    channel-decay products) say otherwise. The launcher's config is what a GPU launch takes: its default, or with
+    `spill_guard` (and no block or warps given) the first candidate that compiles without spills where the default
+    spills (mirasc.backends.tuning.SpillGuard, the same choice by the same rule); the row gives the default's stack
+    too."""
+    from .backends.triton import check_sizes, hidden_block, num_warps, value_block
     from .backends.triton import sub_chunk as default_sub_chunk
+    from .backends.tuning import Config, candidates
     from .codegen import generate_triton
     from .loader import load
 
@@ -192,10 +207,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
             raise ValueError(f"{what}: expected a power of two from 16 to {whole}, got {block}")
     if sub_chunk is not None and (sub_chunk < 1 or sub_chunk > chunk_size or sub_chunk & (sub_chunk - 1)):
         raise ValueError(f"sub_chunk: expected a power of two from 1 to the chunk size {chunk_size}, got {sub_chunk}")
-    consts = {"C": chunk_size, "D": head_dim, "HID": hidden, "BH": block_hidden or hidden_block(hidden, head_dim),
-              "BC": sub_chunk or default_sub_chunk(chunk_size, on_gpu=True),
-              "IS_VARLEN": False, "DTYPE": "fp32",
-              "DOT_DTYPE": dtype, "DOT_PRECISION": "tf32" if dtype == "fp32" else "ieee", "ON_GPU": True}
+    guard = spill_guard and warps is None and block_value is None and block_hidden is None and sub_chunk is None
     reports = []
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"{checked.name}_triton.py"
@@ -206,32 +218,81 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
             raise ValueError(f"only: {checked.name} has no kernel {', '.join(unknown)}; "
                              f"its kernels: {', '.join(names)}")
         jobs = generated_description(text)["kernels"]
-        ctx = mp.get_context("spawn")
+        target = _Target(str(path), checked.name, head_dim, hidden, chunk_size, dtype, arch, timeout, stages)
         for kernel in [n for n in names if only is None or n in only]:
             job = jobs[job_of(kernel)]
-            warps_here = warps or num_warps(chunk_size, head_dim, hidden, job["tiles"], job["value_blocks"] != "none")
-            stages_here = stages or num_stages(head_dim, hidden)
-            row = KernelReport(checked.name, kernel, head_dim, hidden, chunk_size, dtype, arch, ok=False,
-                               dots=_kernel_source(path, kernel).count("tl.dot("), num_warps=warps_here,
-                               num_stages=stages_here)
-            bv = block_value or value_block(head_dim, arch)
-            kernel_consts = {**consts, "BV": bv if job["value_blocks"] != "none" else head_dim}
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_compile_one, args=(str(path), kernel, kernel_consts, dtype, arch,
-                                                          warps_here, stages_here, max_registers(arch), queue))
-            proc.start()
-            proc.join(timeout)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-                row.error = f"did not compile within {timeout:g} s"
-            elif queue.empty():
-                row.error = f"the compiler process exited with code {proc.exitcode}"
-            else:
-                for key, value in queue.get().items():
-                    setattr(row, key, value)
-            reports.append(row)
+            by_value = job["value_blocks"] != "none"
+            default = Config(warps or num_warps(chunk_size, head_dim, hidden, job["tiles"], by_value),
+                             (block_value or value_block(head_dim, arch)) if by_value else head_dim,
+                             block_hidden or hidden_block(hidden, head_dim),
+                             (sub_chunk or default_sub_chunk(chunk_size, on_gpu=True)) if job["sub_chunks"] else 0)
+            configs = candidates(default, job["value_blocks"], head_dim, hidden, True, chunk_size) if guard \
+                else [default]
+            reports.append(target.guarded(kernel, configs))
     return reports
+
+
+@dataclass
+class _Target:
+    """What every kernel of one report is compiled for."""
+
+    path: str
+    spec: str
+    head_dim: int
+    hidden: int
+    chunk_size: int
+    dtype: str
+    arch: int
+    timeout: float
+    stages: int | None
+
+    def guarded(self, kernel: str, configs: list) -> KernelReport:
+        """The row of the config a GPU launch takes among `configs` (the default first): the first that compiles
+        without spills and fits the device's shared memory, else the one that spills least (SpillGuard's rule)."""
+        from .backends.tuning import SpillGuard
+
+        rows: dict = {}
+
+        def stack(config) -> int | None:
+            rows[config] = row = self.compile(kernel, config)
+            return row.stack if row.ok and (row.shared or 0) <= DEVICE_SHARED[self.arch] else None
+
+        chosen = rows[SpillGuard().choose(kernel, configs, stack)]
+        chosen.default_stack = rows[configs[0]].stack
+        chosen.configs_compiled = len(rows)
+        chosen.compile_total_s = round(sum(r.compile_s or 0 for r in rows.values()), 1)
+        return chosen
+
+    def compile(self, kernel: str, config) -> KernelReport:
+        """One kernel compiled with one launch config, in a child process with the time limit."""
+        from .backends.triton import max_registers, num_stages
+
+        stages = self.stages or num_stages(self.head_dim, self.hidden)
+        row = KernelReport(self.spec, kernel, self.head_dim, self.hidden, self.chunk_size, self.dtype, self.arch,
+                           ok=False, dots=_kernel_source(Path(self.path), kernel).count("tl.dot("),
+                           num_warps=config.num_warps, num_stages=stages, block_value=config.block_value,
+                           block_hidden=config.block_hidden, sub_chunk=config.sub_chunk)
+        consts = {"C": self.chunk_size, "D": self.head_dim, "HID": self.hidden, "BH": config.block_hidden,
+                  "BV": config.block_value, "BC": config.sub_chunk or self.chunk_size, "IS_VARLEN": False,
+                  "DTYPE": "fp32", "DOT_DTYPE": self.dtype,
+                  "DOT_PRECISION": "tf32" if self.dtype == "fp32" else "ieee", "ON_GPU": True}
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        proc = ctx.Process(
+            target=_compile_one, args=(self.path, kernel, consts, self.dtype, self.arch, config.num_warps, stages,
+                                       max_registers(self.arch), queue))
+        proc.start()
+        proc.join(self.timeout)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            row.error = f"did not compile within {self.timeout:g} s"
+        elif queue.empty():
+            row.error = f"the compiler process exited with code {proc.exitcode}"
+        else:
+            for key, value in queue.get().items():
+                setattr(row, key, value)
+        return row
 
 
 def meets_targets(r: KernelReport, max_compile_s: float = 30.0, max_shared: int = 227 * 1024) -> bool:
@@ -243,14 +304,17 @@ def meets_targets(r: KernelReport, max_compile_s: float = 30.0, max_shared: int 
 
 def format_rows(reports: list[KernelReport]) -> str:
     head = ("| spec | kernel | D | hidden | ok | compile s | regs | stack B | shared B | mma | replicated | dots "
-            "| warps | stages | targets |")
-    out = [head, "|" + "---|" * 15]
+            "| warps | stages | BV / BH / BC | default's stack B | targets |")
+    out = [head, "|" + "---|" * 17]
+
+    def cell(x) -> str:
+        return "-" if x is None else str(x)
+
     for r in reports:
         out.append(f"| {r.spec} | {r.kernel} | {r.head_dim} | {r.hidden} | {'yes' if r.ok else 'no'} | "
-                   f"{r.compile_s if r.compile_s is not None else '-'} | {r.regs if r.regs is not None else '-'} | "
-                   f"{r.stack if r.stack is not None else '-'} | {r.shared if r.shared is not None else '-'} | "
-                   f"{r.mma if r.mma is not None else '-'} | {r.replicated if r.replicated is not None else '-'} | "
-                   f"{r.dots} | {r.num_warps} | {r.num_stages} | "
+                   f"{cell(r.compile_s)} | {cell(r.regs)} | {cell(r.stack)} | {cell(r.shared)} | {cell(r.mma)} | "
+                   f"{cell(r.replicated)} | {r.dots} | {r.num_warps} | {r.num_stages} | "
+                   f"{r.block_value} / {r.block_hidden} / {r.sub_chunk} | {cell(r.default_stack)} | "
                    f"{'met' if meets_targets(r) else 'missed'} |" + (f" {r.error}" if r.error else ""))
     return "\n".join(out)
 

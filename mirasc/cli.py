@@ -147,7 +147,7 @@ def cmd_aot(args) -> int:
                                dtype=args.dtype, timeout=args.timeout, options=_options(args.option),
                                block_hidden=args.block_hidden, block_value=args.block_value,
                                warps=args.num_warps, stages=args.num_stages, only=args.only,
-                               sub_chunk=args.sub_chunk)
+                               sub_chunk=args.sub_chunk, spill_guard=not args.no_spill_guard)
         except SpecError as e:
             print(e, file=sys.stderr)
             status = 1
@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--num-stages", type=int, help="software-pipelining stages of the kernels' loops (default: the "
                    "launcher's choice)")
     a.add_argument("--only", action="append", metavar="KERNEL", help="compile only this kernel (repeatable)")
+    a.add_argument("--no-spill-guard", action="store_true", help="report the launcher's default configs alone, "
+                   "not the first candidate without spills that a GPU launch takes where a default spills")
     a.add_argument("--json", action="store_true", help="one JSON object per kernel and line")
     a.add_argument("-O", "--option", action="append", metavar="NAME=VALUE")
     a.set_defaults(fn=cmd_aot)

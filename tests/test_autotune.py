@@ -13,7 +13,15 @@ from helpers import make_inputs, outputs_and_grads, rel_rms
 
 import mirasc
 from mirasc.backends import tuning
-from mirasc.backends.tuning import Config, Tuner, autotune_enabled, candidates, tuned_configs
+from mirasc.backends.tuning import (
+    Config,
+    SpillGuard,
+    Tuner,
+    autotune_enabled,
+    candidates,
+    spill_guard_enabled,
+    tuned_configs,
+)
 
 pytest.importorskip("triton", reason="the Triton backend needs the triton package")
 
@@ -27,9 +35,11 @@ def test_candidates_start_with_the_default_and_keep_blocks_legal():
     # warp count), half the hidden block
     assert candidates(default, "columns", 64, 256, on_gpu=True) == [
         default, Config(4, 32, 32), Config(8, 16, 32), Config(4, 16, 32), Config(8, 32, 16)]
-    # a kernel whose value blocks write shares of a sum keeps its BV (the launcher sizes the shares' buffer from it);
-    # a linear memory (hidden = D) has no hidden block to vary
-    assert candidates(default, "partial", 64, 64, on_gpu=True) == [default, Config(4, 32, 32)]
+    # a kernel whose value blocks write shares of a sum varies its BV too (the launcher sizes the shares' buffer
+    # from the config it launches); a linear memory (hidden = D) has no hidden block to vary
+    assert candidates(default, "partial", 64, 64, on_gpu=True) == [
+        default, Config(4, 32, 32), Config(8, 16, 32), Config(4, 16, 32)]
+    assert candidates(default, "none", 64, 64, on_gpu=True) == [default, Config(4, 32, 32)]
     # blocks stay at least 16 on a GPU (tl.dot's smallest side): a value block of 16 (sm_80's) tries twice it, where
     # the head dim allows; under the interpreter warps mean nothing
     small = Config(num_warps=4, block_value=16, block_hidden=16)
@@ -46,7 +56,7 @@ def test_candidates_start_with_the_default_and_keep_blocks_legal():
         products, Config(8, 32, 32, 16), Config(4, 32, 32, 64)]
     assert candidates(Config(4, 32, 32, 64), "none", 64, 64, on_gpu=True, chunk_size=64) == [
         Config(4, 32, 32, 64), Config(8, 32, 32, 64)]
-    assert candidates(default, "partial", 64, 64, on_gpu=True, chunk_size=64) == [default, Config(4, 32, 32)]
+    assert candidates(default, "none", 64, 64, on_gpu=True, chunk_size=64) == [default, Config(4, 32, 32)]
 
 
 def test_autotuning_is_asked_for_and_needs_a_gpu_or_a_tuner_for_the_interpreter(monkeypatch):
@@ -76,7 +86,7 @@ def _max_error(a, b) -> float:
 
 # an MLP memory: ttt_mlp rather than titans, whose 28 kernels took 51 s here against 20 s
 @pytest.mark.parametrize("name, prefer", [
-    ("mamba2", lambda c: c.block_value),  # smallest value block first: the columns kernels change config
+    ("mamba2", lambda c: c.block_value),  # smallest value block first: the value-blocked kernels change config
     ("ttt_mlp", lambda c: c.block_hidden),  # smallest hidden block first
     ("gla", lambda c: -c.sub_chunk),  # channel decay: the whole chunk as one sub-chunk first
 ])
@@ -112,7 +122,7 @@ def test_tuned_kernels_match_torch_and_are_timed_once(name, prefer, monkeypatch)
         row = rows[f"chunk_{job}_kernel"]
         assert row["chosen"] == min(row["seconds"], key=row["seconds"].get)
         assert row["sizes"]["D"] == str(D)
-        if name == "mamba2" and info["value_blocks"] == "columns":
+        if name == "mamba2" and info["value_blocks"] != "none":  # "partial" too: their shares' buffer follows BV
             assert row["chosen"].block_value == D // 2, (job, row)
         if name == "ttt_mlp":
             assert row["chosen"].block_hidden == 2 * D, (job, row)  # hidden 4·D in two blocks
@@ -132,3 +142,64 @@ def test_a_candidate_that_does_not_fit_is_skipped():
     assert tuner.choose("k", configs, run) == Config(4, 32, 32)
     with pytest.raises(RuntimeError, match="no candidate config fits"):
         tuner.choose("k2", configs[:1], run)
+
+
+def test_the_spill_guard_takes_the_first_candidate_without_spills():
+    configs = [Config(8, 32, 32), Config(4, 32, 32), Config(8, 16, 32), Config(4, 16, 32)]
+    spills = {Config(8, 32, 32): 208, Config(4, 32, 32): 56, Config(8, 16, 32): 0, Config(4, 16, 32): 0}
+    compiled = []
+
+    def spill_bytes(config):
+        compiled.append(config)
+        return spills[config]
+
+    guard = SpillGuard()
+    assert guard.choose("k", configs, spill_bytes) == Config(8, 16, 32)
+    assert compiled == configs[:3]  # nothing past the first without spills is compiled
+    assert guard.choose("k", configs, spill_bytes) == Config(8, 16, 32) and len(compiled) == 3  # once per key
+    # a default without spills is kept and is the only compile
+    assert guard.choose("k2", configs, lambda c: 0) == configs[0]
+    # where every candidate spills: the least (the earlier of equals); one that does not fit is passed over
+    least = {Config(8, 32, 32): None, Config(4, 32, 32): 56, Config(8, 16, 32): 16, Config(4, 16, 32): 16}
+    assert guard.choose("k3", configs, least.get) == Config(8, 16, 32)
+    assert guard.spills["k3"] == least
+    # none fits: the default (the launcher then halves BH where shared memory is short)
+    assert guard.choose("k4", configs, lambda c: None) == configs[0]
+
+
+def test_the_spill_guard_is_on_for_gpu_launches_unless_turned_off(monkeypatch):
+    monkeypatch.delenv("MIRASC_SPILL_GUARD", raising=False)
+    assert spill_guard_enabled(True) and not spill_guard_enabled(False)
+    monkeypatch.setenv("MIRASC_SPILL_GUARD", "0")
+    assert not spill_guard_enabled(True)
+
+
+def test_guarded_launches_match_torch(monkeypatch):
+    """The launcher's path with the spill guard on, under the interpreter: a fake compile in which only the smaller
+    value block is free of spills. Every value-blocked kernel launches with it (the share buffers of the "partial"
+    kernels sized from it), each kernel is compiled once per set of sizes, and the results are the torch backend's."""
+    from mirasc.backends import triton as launcher
+
+    tri = mirasc.compile(MODELS / "gated_deltanet.miras", backend="triton")
+    ref = mirasc.compile(MODELS / "gated_deltanet.miras", backend="torch")
+    probed = []
+
+    def spill_bytes(self, fn, info, config, args):
+        probed.append((fn.__name__, config))
+        return 0 if config.block_value < D or info["value_blocks"] == "none" else 64
+
+    guard = SpillGuard()
+    monkeypatch.setattr(tuning, "SPILL_GUARD", guard)
+    monkeypatch.setattr(launcher, "spill_guard_enabled", lambda on_gpu: True)
+    monkeypatch.setattr(launcher._Launch, "spill_bytes", spill_bytes)
+    ins = make_inputs(ref, 1, 13, 2, D, dtype=torch.float64, seed=5)
+    err = _max_error(_run(tri, ins, 8), _run(ref, ins, 8))
+    assert err < 1e-10, err
+    jobs = tri.triton_module.DESCRIPTION["kernels"]
+    assert len(guard.chosen) == len(jobs)
+    for key, config in guard.chosen.items():
+        info = jobs[dict(key[1:])["job"]]
+        assert config.block_value == (D // 2 if info["value_blocks"] != "none" else D), (key[-1], config)
+    count = len(probed)
+    _run(tri, make_inputs(ref, 1, 13, 2, D, dtype=torch.float64, seed=6), 8)
+    assert len(probed) == count  # the same sizes again: the choices are reused

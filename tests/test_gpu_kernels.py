@@ -236,6 +236,23 @@ def test_an_a100_gets_the_narrower_value_block():
     assert row.ok and row.stack == 0 and row.mma > 0, (row.stack, row.error)
 
 
+def test_aot_reports_the_config_the_spill_guard_takes():
+    """Gated DeltaNet's first key-gradient term at D = 128 spills 208 B a thread at the launcher's default (8 warps,
+    BV = 32, sm_90a). A GPU launch replaces that default by the first candidate that compiles without spills
+    (mirasc.backends.tuning.SpillGuard), and `mirasc aot` reports that choice: 4 warps and BV = 16, after the
+    default, 4 warps alone (56 B) and BV = 16 alone; with the guard off, the default."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report
+
+    only = ["chunk_grad_k_0_bwd_kernel"]
+    (row,) = aot_report("gated_deltanet", head_dim=128, only=only, timeout=240)
+    assert row.ok and row.stack == 0 and row.default_stack > 0 and row.configs_compiled == 4, row
+    assert (row.num_warps, row.block_value) == (4, 16), row
+    (plain,) = aot_report("gated_deltanet", head_dim=128, only=only, timeout=240, spill_guard=False)
+    assert plain.stack == row.default_stack and plain.configs_compiled == 1, plain
+    assert (plain.num_warps, plain.block_value) == (8, 32), plain
+
+
 @pytest.mark.parametrize("stem", ["titans", "memora"])
 def test_a_sum_of_hidden_axis_contractions_keeps_one_accumulator(stem):
     """Where a value is the plain sum of contractions over the hidden axis made in one loop (titans' weights and

@@ -24,7 +24,7 @@ from types import ModuleType
 import torch
 
 from . import tuning
-from .tuning import Config, autotune_enabled, candidates
+from .tuning import Config, autotune_enabled, candidates, spill_guard_enabled
 
 PRECISIONS = ("tf32", "ieee")
 
@@ -66,8 +66,9 @@ def value_block(head_dim: int, arch: int = 90) -> int:
     gated_deltanet's kernels at D = 128 spill 416 B in all with BV = 32 and 120 B with 16 (two key-gradient terms);
     with 16 and 4 warps in every kernel none spills and no product repeats, with 32 and 4 warps 224 B (four
     kernels); DeltaNet's kernels, spill-free as launched, spill 16 B in one kernel with 16 and 4 warps. 32 stays
-    there, for tensor-core tiles twice as wide and half the per-block work repeated; the autotuner tries 16 with the
-    other warp count.
+    there, for tensor-core tiles twice as wide and half the per-block work repeated; a kernel that spills at 32 is
+    launched at the first of its other candidates that does not (the spill guard, mirasc.backends.tuning: Gated
+    DeltaNet's two key-gradient terms take 4 warps and BV = 16), and the autotuner tries them all.
 
     sm_80 (255 registers a thread, mma.sync's accumulators in registers, no wgmma): the value-blocked gradient terms
     spill at BV = 32 and spill less at 16 in every spec. Stack bytes of all kernels (mirasc aot SPEC --arch 80
@@ -233,32 +234,64 @@ class _Launch:
                       self.BH, bc)
 
     def run(self, kernels: dict, job: str, *args) -> None:
-        """Launch one job's kernel with its default config or, when autotuning is on, with the fastest of its
-        candidates at these sizes (mirasc.backends.tuning; the candidates are timed on the first launch)."""
+        """Launch one job's kernel with the config `choose` gives it."""
+        fn, info = kernels[job]
+        self.launch(fn, info, self.choose(kernels, job, lambda config: args), args)
+
+    def choose(self, kernels: dict, job: str, args_for) -> Config:
+        """A job's launch config at these sizes: its default or, on a GPU, the first of its candidates that compiles
+        without spills (mirasc.backends.tuning.SpillGuard), or, when autotuning is on, the fastest of them (the
+        candidates are compiled, or timed, on the first launch). `args_for(config)`: the kernel's arguments under
+        that config (a kernel whose value blocks write shares of a sum has a buffer sized by its value block)."""
         fn, info = kernels[job]
         config = self.config(info)
+        key = (fn, *((k, str(v)) for k, v in self.consts.items()), ("job", job))
+        configs = candidates(config, info["value_blocks"], self.D, self.HID, self.on_gpu, self.C)
         if autotune_enabled(self.on_gpu, tuning.TUNER):
-            key = (fn, *((k, str(v)) for k, v in self.consts.items()), ("job", job))
-            configs = candidates(config, info["value_blocks"], self.D, self.HID, self.on_gpu, self.C)
-            config = tuning.TUNER.choose(key, configs, lambda c: self.launch(fn, info, c, args))
-        self.launch(fn, info, config, args)
+            return tuning.TUNER.choose(key, configs, lambda c: self.launch(fn, info, c, args_for(c)))
+        if spill_guard_enabled(self.on_gpu):
+            return tuning.SPILL_GUARD.choose(key, configs, lambda c: self.spill_bytes(fn, info, c, args_for(c)))
+        return config
 
     def launch(self, fn, info: dict, config: Config, args: tuple) -> None:
         """One program per sequence, or per chunk in waves of chunks (all of them at once unless the kernel's scratch
         memory, a slot per program, would pass the scratch budget)."""
+        for grid, wave_args, consts in self.waves(info, config, args):
+            launch_fitting(fn, grid, wave_args, consts)
+
+    def waves(self, info: dict, config: Config, args: tuple):
+        """(grid, arguments, constexprs) of each launch a kernel's call makes with `config`."""
         bv = config.block_value
         blocks = self.D // bv  # programs per chunk along the value axis, each with its own scratch slot
         consts = {**self.consts, "BV": bv, "BH": config.block_hidden, "BC": config.sub_chunk or self.C,
                   "num_warps": config.num_warps}
         if info["grid"] != "chunks":
             scratch = self.scratch(info, self.programs * blocks, bv)
-            launch_fitting(fn, (self.programs, 1, blocks), (*args, *scratch, *self.scalars, 0), consts)
+            yield (self.programs, 1, blocks), (*args, *scratch, *self.scalars, 0), consts
             return
         wave = self.wave(info, bv)
         scratch = self.scratch(info, self.programs * wave * blocks, bv)  # one buffer: the waves run in turn
         for base in range(0, self.max_chunks, wave):
             grid = (self.programs, min(wave, self.max_chunks - base), blocks)
-            launch_fitting(fn, grid, (*args, *scratch, *self.scalars, base), consts)
+            yield grid, (*args, *scratch, *self.scalars, base), consts
+
+    def spill_bytes(self, fn, info: dict, config: Config, args: tuple) -> int | None:
+        """Stack bytes a thread of fn compiled with `config` for this call keeps (ptxas's spills: Triton reads CUDA's
+        local size per thread and reports it in 4-byte words), compiled, not run; None where it does not fit the
+        device."""
+        from triton.runtime.errors import OutOfResources
+
+        grid, wave_args, consts = next(self.waves(info, config, args))
+        try:
+            compiled = fn.warmup(*wave_args, grid=grid, **consts)
+            if hasattr(compiled, "result"):  # Triton's asynchronous compile mode hands back a future
+                compiled = compiled.result()
+            if compiled is None:  # a compile hook declined it
+                return None
+            compiled._init_handles()  # loads the binary: its registers and spills, and the device's limits
+        except OutOfResources:
+            return None
+        return 4 * compiled.n_spills
 
     def scratch_per_program(self, info: dict, bv: int) -> int:
         """Elements of one program's scratch memory (DESCRIPTION's scratch axes; the value axis by its block)."""
@@ -359,15 +392,23 @@ class TritonChunkwise(torch.autograd.Function):
             total = None
             jobs = itertools.takewhile(kernels.__contains__, (f"grad_{name}_{j}_bwd" for j in itertools.count()))
             for job in jobs:  # one kernel per summand of the gradient, numbered from 0
-                # a kernel run by value blocks that each add a share of a sum over the value axis: a copy per block
-                copies = launch.D // launch.BV if kernels[job][1]["value_blocks"] == "partial" else 1
-                shape = (copies, *x.shape) if tok else (copies, launch.n_chunks, *x.shape[1:])
-                wide = x.dtype if copies == 1 else launch.dtype  # the shares are added in fp32 (fp64)
-                term = written_in_full(shape, x.device, wide) if tok else \
-                    torch.zeros(shape, device=x.device, dtype=launch.dtype)
-                launch.run(kernels, job, *starts, *carries, *rest, *local, d_out, term,
-                           term[0].numel() if copies > 1 else 0)
-                term = term[0] if copies == 1 else term.sum(0).to(x.dtype if tok else launch.dtype)
+                fn, info = kernels[job]
+
+                def args_for(config, x=x, tok=tok, info=info):
+                    # a kernel run by value blocks that each add a share of a sum over the value axis: a copy per
+                    # block
+                    copies = launch.D // config.block_value if info["value_blocks"] == "partial" else 1
+                    shape = (copies, *x.shape) if tok else (copies, launch.n_chunks, *x.shape[1:])
+                    wide = x.dtype if copies == 1 else launch.dtype  # the shares are added in fp32 (fp64)
+                    term = written_in_full(shape, x.device, wide) if tok else \
+                        torch.zeros(shape, device=x.device, dtype=launch.dtype)
+                    return (*starts, *carries, *rest, *local, d_out, term, term[0].numel() if copies > 1 else 0)
+
+                config = launch.choose(kernels, job, args_for)
+                args = args_for(config)
+                launch.launch(fn, info, config, args)
+                term = args[-2]
+                term = term[0] if len(term) == 1 else term.sum(0).to(x.dtype if tok else launch.dtype)
                 total = term if total is None else total + term
             grads.append(total)
         grads = [g if tok else _per_row(g, x, launch) for g, x, tok in zip(grads, rest, launch.token)]

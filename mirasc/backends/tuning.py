@@ -1,4 +1,5 @@
-"""Choosing each kernel's launch config by timing the candidates on the GPU (autotuning), once per set of sizes.
+"""Choosing each kernel's launch config among its candidates on the GPU, once per set of sizes: by timing them
+(autotuning), or by their register spills (the spill guard).
 
 The launcher (mirasc.backends.triton) has a default config per kernel: its warps from the kernel's register tiles,
 the value block BV and the hidden block BH from the head dim, all read from ahead-of-time compiles. Those compiles
@@ -7,10 +8,13 @@ D = 128, 4 warps repeat no products but spill where 8 do not), and only a GPU ca
 products and the number of programs. With tuning on, the first launch of a kernel at a set of sizes runs each
 candidate (`candidates`) and keeps the fastest; later launches at those sizes use it.
 
-Off by default: every candidate is a compile (1 to 30 s per kernel on the CPU of a GPU machine, the MLP memories'
-the slowest), and no GPU timing has yet shown what tuning gains over the defaults. `MIRASC_AUTOTUNE=1` (read at each
-launch) or `set_autotune(True)` turns it on; under the Triton interpreter it runs only with a `Tuner` given a timer
-(the tests), since interpreter times say nothing about a GPU.
+Without tuning, a GPU launch still checks the default: where it spills registers, the first candidate that compiles
+without spills replaces it (`SpillGuard`, compiles only; `MIRASC_SPILL_GUARD=0` turns it off).
+
+Tuning is off by default: every candidate is a compile (1 to 30 s per kernel on the CPU of a GPU machine, the MLP
+memories' the slowest), and no GPU timing has yet shown what tuning gains over the defaults. `MIRASC_AUTOTUNE=1`
+(read at each launch) or `set_autotune(True)` turns it on; under the Triton interpreter it runs only with a `Tuner`
+given a timer (the tests), since interpreter times say nothing about a GPU.
 """
 
 from __future__ import annotations
@@ -43,14 +47,14 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     with BV = 16 none, sm_90a ahead of time), half the hidden block for an MLP memory's kernel, and for a kernel with
     channel-decay products the whole chunk as one sub-chunk (every pair of tokens made exactly: more exponentials, no
     matrix products across sub-chunks, fewer live tiles). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
-    A kernel whose blocks each write a share of a sum (value_blocks "partial") keeps the default BV: the launcher
-    sizes those shares' buffer from it."""
+    A kernel whose blocks each write a share of a sum (value_blocks "partial") varies its BV too: the launcher sizes
+    those shares' buffer from the config it launches."""
     smallest = 16 if on_gpu else 1
     out = [default]
     if on_gpu:
         out.append(replace(default, num_warps=12 - default.num_warps))  # 4 <-> 8
     other_value = _other_value_block(default.block_value, head_dim, smallest)
-    if value_blocks == "columns" and other_value:
+    if value_blocks != "none" and other_value:
         out.append(replace(default, block_value=other_value))
         if on_gpu:  # both at once: the one spill-free config of some kernels
             out.append(replace(default, num_warps=12 - default.num_warps, block_value=other_value))
@@ -114,7 +118,39 @@ class Tuner:
         return self.best[key]
 
 
+class SpillGuard:
+    """Each kernel's first candidate (`candidates` order, the default first) that ptxas compiles without register
+    spills, by key (the kernel and its compile-time sizes), found on first use; where every candidate spills, the
+    one that spills least (the earlier wins ties), and where none fits the device, the default.
+
+    The defaults come from ahead-of-time compiles of whole spec families and do not suit every kernel: Gated
+    DeltaNet's two key-gradient terms at D = 128 spill 208 B a thread each at the default 8 warps and BV = 32, and
+    none at 4 warps and BV = 16 (sm_90a, bench/README.md). Spilled registers live in local memory, which every
+    read and write of them goes through. Choosing by spills costs compiles, not runs: the default's compile is
+    needed anyway, and only a kernel whose default spills compiles more. `spill_bytes(config)` gives the stack bytes
+    a thread of the compiled kernel keeps (ptxas's spills; CUDA's local size), or None where the config does not
+    fit the device. Timing (Tuner), when asked for, decides instead."""
+
+    def __init__(self):
+        self.chosen: dict[Hashable, Config] = {}
+        self.spills: dict[Hashable, dict[Config, int | None]] = {}
+
+    def choose(self, key: Hashable, configs: list[Config], spill_bytes: Callable[[Config], int | None]) -> Config:
+        if key in self.chosen:
+            return self.chosen[key]
+        seen: dict[Config, int | None] = {}
+        for config in configs:
+            seen[config] = spill_bytes(config)
+            if seen[config] == 0:
+                break
+        fitting = {c: n for c, n in seen.items() if n is not None}
+        self.chosen[key] = min(fitting, key=fitting.__getitem__) if fitting else configs[0]
+        self.spills[key] = seen
+        return self.chosen[key]
+
+
 TUNER = Tuner()
+SPILL_GUARD = SpillGuard()
 _AUTOTUNE: bool | None = None  # None: the environment's MIRASC_AUTOTUNE decides
 
 
@@ -131,6 +167,25 @@ def autotune_enabled(on_gpu: bool, tuner: Tuner) -> bool:
     return asked and (on_gpu or tuner.interpreter)
 
 
+def spill_guard_enabled(on_gpu: bool) -> bool:
+    """Whether launches on a GPU choose each kernel's config by its spills (SpillGuard): yes unless
+    MIRASC_SPILL_GUARD=0 (read at each launch). The interpreter compiles nothing to read spills from."""
+    return on_gpu and os.environ.get("MIRASC_SPILL_GUARD", "1") != "0"
+
+
+def spill_guard_choices(guard: SpillGuard | None = None) -> list[dict]:
+    """What the spill guard replaced so far: one row per kernel and set of sizes whose default spilled, with the
+    stack bytes of every candidate compiled (None: did not fit the device) and the config chosen (for reports)."""
+    guard = guard or SPILL_GUARD
+    rows = []
+    for key, seen in guard.spills.items():
+        if len(seen) > 1:
+            kernel, *sizes = key
+            rows.append({"kernel": getattr(kernel, "__name__", str(kernel)), "sizes": dict(sizes),
+                         "chosen": guard.chosen[key], "stack_bytes": dict(seen)})
+    return rows
+
+
 def tuned_configs(tuner: Tuner | None = None) -> list[dict]:
     """What tuning chose so far: one row per kernel and set of sizes, with every candidate's time (for reports)."""
     tuner = tuner or TUNER
@@ -142,5 +197,5 @@ def tuned_configs(tuner: Tuner | None = None) -> list[dict]:
     return rows
 
 
-__all__ = ["Config", "TUNER", "Tuner", "autotune_enabled", "candidates", "cuda_time", "set_autotune",
-           "tuned_configs"]
+__all__ = ["Config", "SPILL_GUARD", "SpillGuard", "TUNER", "Tuner", "autotune_enabled", "candidates", "cuda_time",
+           "set_autotune", "spill_guard_choices", "spill_guard_enabled", "tuned_configs"]
