@@ -204,7 +204,7 @@ def test_mlp_memory_kernels_compile_for_an_h100():
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
     from mirasc.aot import aot_report
 
-    rows = aot_report("moneta", chunk_size=16, head_dim=16, timeout=240,
+    rows = aot_report("moneta", chunk_size=16, head_dim=16, timeout=240, spill_guard=False,
                       only=["chunk_state_bwd_kernel", "chunk_grad_v_0_bwd_kernel"])
     assert len(rows) == 2
     for r in rows:
@@ -219,7 +219,8 @@ def test_an_a100_gets_the_register_ceiling():
     from mirasc.backends.triton import max_registers
 
     assert max_registers(80) == 255 and max_registers(90) is None
-    (row,) = aot_report("titans", arch=80, chunk_size=64, head_dim=64, only=["chunk_out_fwd_kernel"], timeout=240)
+    (row,) = aot_report("titans", arch=80, chunk_size=64, head_dim=64, only=["chunk_out_fwd_kernel"], timeout=240,
+                        spill_guard=False)
     assert row.ok and row.regs > 128 and row.stack < 5200, (row.regs, row.stack, row.error)
 
 
