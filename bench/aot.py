@@ -18,13 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import re
 import time
 from pathlib import Path
 
-from mirasc.aot import KernelReport, _cuobjdump, aot_report, as_json, format_rows, replicated_dots
+from mirasc.aot import (
+    KernelReport,
+    _cuobjdump,
+    aot_report,
+    as_json,
+    compile_in_child,
+    format_rows,
+    replicated_dots,
+)
 
 SPECS = [("mamba2", "mamba2"), ("gated_deltanet", "gated_deltanet"),
          ("gla (channel decay)", str(Path(__file__).parent / "specs" / "gla.miras")), ("ttt_linear", "ttt_linear")]
@@ -143,24 +150,9 @@ def _count_dots(fn) -> int:
 
 def fla_report(op: str, head_dim: int, chunk: int, dtype: str, arch: int, timeout: float) -> list[KernelReport]:
     consts = _fla_constexprs(head_dim, chunk)
-    ctx = mp.get_context("spawn")
-    rows = []
-    for module, kernel, overrides in FLA[op]:
-        row = KernelReport(f"fla {op}", kernel, head_dim, head_dim, chunk, dtype, arch, ok=False)
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_compile_fla, args=(module, kernel, {**consts, **overrides}, dtype, arch, queue))
-        proc.start()
-        proc.join(timeout)
-        if proc.is_alive():
-            proc.kill()
-            row.error = f"did not compile within {timeout:g} s"
-        elif queue.empty():
-            row.error = f"the compiler process exited with code {proc.exitcode}"
-        else:
-            for key, value in queue.get().items():
-                setattr(row, key, value)
-        rows.append(row)
-    return rows
+    return [compile_in_child(KernelReport(f"fla {op}", kernel, head_dim, head_dim, chunk, dtype, arch, ok=False),
+                             _compile_fla, (module, kernel, {**consts, **overrides}, dtype, arch), timeout)
+            for module, kernel, overrides in FLA[op]]
 
 
 def main() -> None:

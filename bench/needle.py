@@ -25,25 +25,19 @@ import torch
 
 import mirasc
 from mirasc.nn.gates import gate_init_value
-from mirasc.resources import prebuilt_path
 
-from .step_gain import with_norm_eps
+from . import step_gain
 from .tasks import spec_and_options
 
 D, T, NEEDLE_AT, CANDIDATES = 32, 256, 100, 10
 
 
 def spec_text(name: str, no_norm: bool, norm_eps: float | None = None) -> str:
-    path = prebuilt_path(name)
-    if path is None:
-        raise SystemExit(f"{name}: not a prebuilt spec (one of {', '.join(mirasc.prebuilt_names())})")
-    text = path.read_text()
+    text = step_gain.spec_text(name, None if no_norm else norm_eps)
     if no_norm:  # an ablation of the memory's normalisation, not a spec option
         if "norm = layernorm" not in text:
             raise SystemExit(f"{name}: its memory has no LayerNorm to drop")
         text = text.replace("norm = layernorm", "norm = none")
-    elif norm_eps is not None:
-        text = with_norm_eps(name, text, norm_eps)
     return text
 
 

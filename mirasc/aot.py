@@ -276,23 +276,28 @@ class _Target:
                   "BV": config.block_value, "BC": config.sub_chunk or self.chunk_size, "IS_VARLEN": False,
                   "DTYPE": "fp32", "DOT_DTYPE": self.dtype,
                   "DOT_PRECISION": "tf32" if self.dtype == "fp32" else "ieee", "ON_GPU": True}
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        proc = ctx.Process(
-            target=_compile_one, args=(self.path, kernel, consts, self.dtype, self.arch, config.num_warps, stages,
-                                       max_registers(self.arch), queue))
-        proc.start()
-        proc.join(self.timeout)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-            row.error = f"did not compile within {self.timeout:g} s"
-        elif queue.empty():
-            row.error = f"the compiler process exited with code {proc.exitcode}"
-        else:
-            for key, value in queue.get().items():
-                setattr(row, key, value)
-        return row
+        return compile_in_child(row, _compile_one, (self.path, kernel, consts, self.dtype, self.arch,
+                                                     config.num_warps, stages, max_registers(self.arch)), self.timeout)
+
+
+def compile_in_child(row: KernelReport, compile_fn, args: tuple, timeout: float) -> KernelReport:
+    """`compile_fn(*args, queue)` in a fresh process with a time limit; its figures (or why it gave none) go onto
+    `row`, which is returned. A compile that hangs is a result, not a hang."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=compile_fn, args=(*args, queue))
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        row.error = f"did not compile within {timeout:g} s"
+    elif queue.empty():
+        row.error = f"the compiler process exited with code {proc.exitcode}"
+    else:
+        for key, value in queue.get().items():
+            setattr(row, key, value)
+    return row
 
 
 def meets_targets(r: KernelReport, max_compile_s: float = 30.0, max_shared: int = 227 * 1024) -> bool:
@@ -325,4 +330,5 @@ def as_json(r: KernelReport) -> dict:
     return d
 
 
-__all__ = ["KernelReport", "aot_report", "as_json", "format_rows", "meets_targets", "replicated_dots"]
+__all__ = ["KernelReport", "aot_report", "as_json", "compile_in_child", "format_rows", "meets_targets",
+           "replicated_dots"]
