@@ -361,7 +361,10 @@ def _state_backward(a: _Assembler) -> list[Kernel]:
                **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}
     outputs = {f"d_{s}": [(f"carries_{s}_ptr", f"({a.at} - 1)", "c > 0"), (f"d_init_{s}_ptr", "pid", "c == 0")]
                for s in states}
-    b = a.body(part, loads, sources, outputs)
+    # the carry-free values are parked by loading them again, as in the gradient kernels: holding them through the
+    # pass's loops spilled more in every MLP memory's pass (bench/README.md, "The backward state pass loads its
+    # carry-free values again")
+    b = a.body(part, loads, sources, outputs, reload_locals=True)
     last = "(first_chunk + tl.cdiv(seq_len, C) - 1)"
     prologue = a.static_loads + _copy_blocks(states, axes, "d_final_{}_ptr", "pid", "carries_{}_ptr", last)
     return first + [Kernel(

@@ -543,14 +543,15 @@ def test_mlp_memory_gradient_kernels_read_the_carry_free_values(stem):
     """An MLP memory's backward state pass has carry-free (C, D) values too (the chunk's memory outputs, the inner
     loss's gradient, the LayerNorm's adjoints: made from the chunk's start state, not from the adjoint carried in),
     made for every chunk at once by local_bwd. The pass and the gradient kernels read them instead of making the
-    chunk's forward pass again for them; a gradient kernel loads one again from its buffer before a reader far
-    from the first ("# again") where it would hold its registers through the hidden-block loops between; the
-    sequential pass does not (reloading there spilled more: Moneta's 1,112 -> 1,776 B, mirasc aot, D = 64)."""
+    chunk's forward pass again for them, and load one again from its buffer before a reader far from the first
+    ("# again") where it would hold its registers through the hidden-block loops between (in the pass this spills
+    less than holding them: titans 576 -> 472 B, mirasc aot, sm_90a, D = 64)."""
     text, kernels_by_name = _module_kernels(stem)
     local_bwd = kernels_by_name["chunk_local_bwd_kernel"]
     assert "tl.store(local_0_ptr" in local_bwd and "for hb in range(0, HID, BH)" in local_bwd
-    assert "local_0 = tl.load(local_0_ptr" in kernels_by_name["chunk_state_bwd_kernel"]
-    assert "# again" not in kernels_by_name["chunk_state_bwd_kernel"]
+    state_bwd = kernels_by_name["chunk_state_bwd_kernel"]
+    assert "local_0 = tl.load(local_0_ptr" in state_bwd
+    assert "# again" in state_bwd and "tl.store(local_" not in state_bwd  # parked with no store
     grads = [k for n, k in kernels_by_name.items() if n.startswith("chunk_grad_")]
     assert sum("= tl.load(local_" in k for k in grads) > len(grads) // 2
     assert any("# again" in k for k in grads)

@@ -186,10 +186,6 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['s', 'o'],
                                        ['t', 's'],
                                        ['s', 'o'],
-                                       ['s', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
@@ -1882,7 +1878,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 17 * C * BV + 4 * C * C)  # v84, v15, v29, v21, v41, v60, v85, v105, v30, v75, v91, v101, v106, v142, v154, v156, v66, v58, v64, v67, v159, v166, v176, v178, v185, v232, v177, v155, v157, v181, v184, v186, v136, v148, v149, v153, v68, v171, v187, v223, v242, v150, v174, v228, v160, v188, v233, v234, v61, v48, local_4, v76, causal, v48, v53, v49, v54, v55, v59, v80, v57, v62, v73, v74, v164, v86, v152, v169, v190, v194, v195, v199, v202, v207, v208, v214, v218, v70, v72
+        scratch = scratch_ptr + slot * (11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 13 * C * BV + 4 * C * C)  # v84, v15, v29, v21, v41, v60, v85, v105, v30, v75, v91, v101, v106, v142, v154, v156, v66, v58, v64, v67, v159, v166, v176, v178, v185, v232, v177, v155, v157, v181, v184, v186, v136, v148, v149, v153, v68, v171, v187, v223, v242, v150, v174, v228, v160, v188, v233, v234, v61, v48, local_4, v76, causal, v48, v53, v49, v54, v55, v59, v80, v57, v62, v73, v74, v164, v86, v169, v194, v195, v199, v207, v208, v218, v70, v72
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v47 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v48 = tl.cumsum(v47, axis=0, reverse=False)
@@ -2096,10 +2092,9 @@ def chunk_state_bwd_kernel(
         v62 = v62 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        tl.debug_barrier()  # parked tiles other threads stored
-        v48 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v73 = v48
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v73)  # park
         tl.debug_barrier()  # parked tiles other threads stored
@@ -2108,6 +2103,8 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v74)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v73 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v164 = tl.zeros((C, C), DTYPE)
@@ -2128,6 +2125,7 @@ def chunk_state_bwd_kernel(
         v164 = v164 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v164)  # park
+        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2157,7 +2155,7 @@ def chunk_state_bwd_kernel(
             v67 = (v66 + v65)
             tl.store(scratch + 6 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
         tl.debug_barrier()
-        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2173,7 +2171,7 @@ def chunk_state_bwd_kernel(
             v166 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v164).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + 6 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v166)
         tl.debug_barrier()
-        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2270,6 +2268,7 @@ def chunk_state_bwd_kernel(
         v55 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v86 = v55
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v86)  # park
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2308,13 +2307,10 @@ def chunk_state_bwd_kernel(
             v151 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v86 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v152 = (v86 * v151)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v152)  # park
         local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        tl.debug_barrier()  # parked tiles other threads stored
-        v152 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v168 = (v152 + local_8)
         v169 = v168
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
         v189 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2327,64 +2323,60 @@ def chunk_state_bwd_kernel(
             v21 = tl.load(scratch + 2 * HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v189 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v187).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
-        v169 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v169 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v190 = (v169 + v189)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v190)  # park
         v191 = tl.sum((v190), axis=1)
         v192 = (v191 / (D))
         v193 = ((-1.0) * v192)
-        tl.debug_barrier()  # parked tiles other threads stored
-        v190 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v194 = (v190 + v193[:, None])
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v194)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v194)  # park
         v195 = (2.0 * v39[:, None] * v194)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 8 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v195)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v195)  # park
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v196 = (2.0 * local_0 * v194)
         v197 = tl.sum((v196), axis=1)
         v198 = (v197 / (D))
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v199 = ((-0.5) * ln_weight[None, :] * local_2 * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 9 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v199)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v199)  # park
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v202 = ((-0.5) * local_0 * ln_weight[None, :] * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v202)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v205 = (ln_weight[None, :] * v194 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        v202 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v206 = (v202 + v205)
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v207_c0 = (local_1 * local_1)
         v207_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v207_c0)))
         v207 = (v206 * ((3.0 * v207_c1) + (3.0 * v207_c0 / (v207_c1))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 11 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v207)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 8 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v207)  # park
         v208 = (ln_weight[None, :] * v207 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 12 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v208)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 9 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v208)  # park
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v200 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * (tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v201 = tl.sum((v200), axis=1)
         tl.debug_barrier()  # parked tiles other threads stored
-        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v203 = ((-0.5) * ln_weight[None, :] * local_2 * v194 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v204 = tl.sum((v203), axis=1)
-        v207 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 11 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v207 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 8 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v209 = ((-0.5) * local_0 * ln_weight[None, :] * v207 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v210 = tl.sum((v209), axis=1)
         v211 = (v201 + v204 + v210)
         v212 = (v211 / (D))
         v213 = (2.0 * local_0 * v212[:, None])
-        v195 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 8 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v199 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 9 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v208 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 12 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v195 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v199 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v208 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 9 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v214 = (v195 + v199 + v208 + v213)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 13 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v214)  # park
         v215 = ((-1.0) * v214)
         v216 = tl.sum((v215), axis=1)
         v217 = (v216 / (D))
-        tl.debug_barrier()  # parked tiles other threads stored
-        v214 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 13 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v218 = (v214 + v217[:, None])
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 14 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v218)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v218)  # park
         v230 = (3.0 * v24 * v180)
-        tl.debug_barrier()  # parked tiles other threads stored
-        v218 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 14 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2421,7 +2413,8 @@ def chunk_state_bwd_kernel(
         v53 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v69 = v53
         v70 = ((-1.0) + v69)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 15 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 11 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2448,9 +2441,9 @@ def chunk_state_bwd_kernel(
             v68 = tl.load(scratch + 10 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v71 += tl.dot(v68.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v70 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 15 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v70 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 11 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v72 = (v70 * v71)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 16 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 12 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
         v76 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2461,6 +2454,7 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # parked tiles other threads stored
         v73 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v74 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v76)
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
         tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2481,8 +2475,9 @@ def chunk_state_bwd_kernel(
             v78_b = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v78_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v78 += v78_x[:, None] * v78_y * v78_m[:, None] * tl.exp(tl.minimum(v73 - v78_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v72 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 16 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v72 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 12 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v79 = (v72 - v78)
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v161 = (v79 * local_6)
         v162 = tl.sum(tl.sum((v161), axis=1), axis=0)
         v225 = (3.0 * v20 * v162)
@@ -2497,6 +2492,7 @@ def chunk_state_bwd_kernel(
             v160 = tl.trans(tl.dot(tl.trans(v68).to(DOT_DTYPE), local_6.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + 11 * HID * D + 22 * C * HID + 9 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v160)
         tl.debug_barrier()
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2504,7 +2500,7 @@ def chunk_state_bwd_kernel(
             v188 = tl.dot(tl.trans(local_3).to(DOT_DTYPE), v187.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 11 * HID * D + 22 * C * HID + 10 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v188)
         tl.debug_barrier()
-        v218 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 14 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v218 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v27 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)

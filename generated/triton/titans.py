@@ -133,9 +133,6 @@ DESCRIPTION = {'spec': 'titans',
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'o'],
-                                       ['s', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
@@ -1423,7 +1420,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 11 * C * BV)  # v104, v59, v62, v12, v24, v64, v68, v13, v72, v112, v119, v125, v131, v99, v101, v102, v106, v126, v129, v132, v86, v90, v91, v97, v69, v117, v87, v94, v133, v168, v93, v70, v123, v134, v98, v103, v85, v92, v71, v58, v47, v60, v63, v65, v49, v50, v66, v111, v100, v105, v88, v95, v115, v136, v140, v141, v145, v148, v152, v153, v163
+        scratch = scratch_ptr + slot * (6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV)  # v104, v59, v62, v12, v24, v64, v68, v13, v72, v112, v119, v125, v131, v99, v101, v102, v106, v126, v129, v132, v86, v90, v91, v97, v69, v117, v87, v94, v133, v168, v93, v70, v123, v134, v98, v103, v85, v92, v71, v58, v47, v60, v63, v65, v49, v50, v66, v111, v100, v105, v88, v115, v140, v141, v145, v152, v153, v163
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v30 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v31 = tl.cumsum(v30, axis=0, reverse=False)
@@ -1463,6 +1460,7 @@ def chunk_state_bwd_kernel(
         v65 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v66 = (v65 * v50)
         tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v109 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -1470,6 +1468,8 @@ def chunk_state_bwd_kernel(
         v50 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v111 = (v50 * v109)
         tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v111)  # park
+        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v43 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v44 = tl.sum((v43), axis=0)
@@ -1489,6 +1489,8 @@ def chunk_state_bwd_kernel(
         v56 = tl.sum((v55), axis=1)
         v105 = (v63 * v56[:, None])
         tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v16 = (local_0 * local_0)
         v17 = tl.sum((v16), axis=1)
@@ -1497,6 +1499,7 @@ def chunk_state_bwd_kernel(
         v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v21 = tl.sum((v20), axis=1)
         v22 = (v21 / (D))
+        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v58 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1526,7 +1529,7 @@ def chunk_state_bwd_kernel(
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
         tl.debug_barrier()
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1563,7 +1566,7 @@ def chunk_state_bwd_kernel(
             v112 = tl.trans(tl.dot(tl.trans(v72).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
         tl.debug_barrier()
-        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1571,7 +1574,7 @@ def chunk_state_bwd_kernel(
             v119 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v119)
         tl.debug_barrier()
-        local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1641,7 +1644,7 @@ def chunk_state_bwd_kernel(
             v86 = ((-1.0) * d_new_s2)
             tl.store(scratch + 4 * HID * D + 16 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
         tl.debug_barrier()
-        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1652,7 +1655,7 @@ def chunk_state_bwd_kernel(
             v91 = ((-1.0) * d_new_w2)
             tl.store(scratch + 4 * HID * D + 17 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v91)
         tl.debug_barrier()
-        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1698,14 +1701,12 @@ def chunk_state_bwd_kernel(
             v94 = tl.load(scratch + 4 * HID * D + 21 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v91 = tl.load(scratch + 4 * HID * D + 17 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v95 += tl.dot(v94.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_s[:, None] * D + offs_o[None, :], v95)  # park
-        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v88 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v95 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v114 = (v88 + v95 + local_8)
         v115 = v114
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
         v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1718,54 +1719,55 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v135 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
-        v115 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v136 = (v115 + v135)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v136)  # park
         v137 = tl.sum((v136), axis=1)
         v138 = (v137 / (D))
         v139 = ((-1.0) * v138)
-        tl.debug_barrier()  # parked tiles other threads stored
-        v136 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v140 = (v136 + v139[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v140)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v140)  # park
         v141 = (2.0 * v22[:, None] * v140)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v142 = (2.0 * local_0 * v140)
         v143 = tl.sum((v142), axis=1)
         v144 = (v143 / (D))
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v145 = ((-0.5) * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
         v148 = ((-0.5) * local_0 * ln_weight[None, :] * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v151 = (ln_weight[None, :] * v140 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        v148 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v152 = (v148 + v151)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
         v153 = (ln_weight[None, :] * v152 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v146 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * (tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v147 = tl.sum((v146), axis=1)
         tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v149 = ((-0.5) * ln_weight[None, :] * local_1 * v140 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v150 = tl.sum((v149), axis=1)
-        v152 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v152 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v154 = ((-0.5) * local_0 * ln_weight[None, :] * v152 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v155 = tl.sum((v154), axis=1)
         v156 = (v147 + v150 + v155)
         v157 = (v156 / (D))
         v158 = (2.0 * local_0 * v157[:, None])
-        v141 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v145 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v153 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v141 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v145 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v153 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v159 = (v141 + v145 + v153 + v158)
         v160 = ((-1.0) * v159)
         v161 = tl.sum((v160), axis=1)
         v162 = (v161 / (D))
         v163 = (v159 + v162[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v163)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v163)  # park
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v78 = (v46 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v79 = tl.sum((v78), axis=0)
         v76 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -1801,7 +1803,7 @@ def chunk_state_bwd_kernel(
             v70 = (v69 * v37[:, None])
             tl.store(scratch + 4 * HID * D + 24 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         tl.debug_barrier()
-        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1809,6 +1811,7 @@ def chunk_state_bwd_kernel(
             v123 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), local_6.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + 4 * HID * D + 25 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v123)
         tl.debug_barrier()
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1816,7 +1819,7 @@ def chunk_state_bwd_kernel(
             v134 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 4 * HID * D + 25 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v134)
         tl.debug_barrier()
-        v163 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v163 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1856,6 +1859,7 @@ def chunk_state_bwd_kernel(
             v71 = (v69 * v53[:, None])
             tl.store(scratch + 6 * HID * D + 25 * C * HID + 7 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v71)
         tl.debug_barrier()
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h

@@ -138,14 +138,9 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 's'],
                                        ['t', 'i'],
                                        ['t', 'i'],
-                                       ['t', 'o'],
                                        ['t', 's'],
                                        ['s', 'i'],
                                        ['s', 'o'],
-                                       ['t', 'o'],
-                                       ['s', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
@@ -1464,7 +1459,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 14 * C * BV + 2 * C * C)  # v10, v24, v42, v45, v46, v11, v50, v72, v82, v83, v84, v65, v86, v89, v59, v121, v47, v73, v125, v126, v122, v90, v43, v31, local_4, v41, v37, v43, v31, v32, v44, v36, v39, v48, v70, v67, v54, v91, v62, v96, v104, v108, v109, v115, v110, v97, v116, v120
+        scratch = scratch_ptr + slot * (17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 9 * C * BV + 2 * C * C)  # v10, v24, v42, v45, v46, v11, v50, v72, v82, v83, v84, v65, v86, v89, v59, v121, v47, v73, v125, v126, v122, v90, v43, v31, local_4, v41, v37, v43, v31, v32, v44, v36, v39, v70, v67, v54, v91, v96, v108, v109, v115, v110, v120
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v41 = k
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
@@ -1503,6 +1498,7 @@ def chunk_state_bwd_kernel(
         v44 = v44 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v44)  # park
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v36 = tl.exp(v31)  # cumulative decay in the chunk
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
         v39 = (q * v36)
@@ -1512,11 +1508,10 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # parked tiles other threads stored
         v31 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v48 = v31
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v48)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
         v32 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v49 = v32
-        v48 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v70 = tl.zeros((C, C), DTYPE)
@@ -1536,7 +1531,8 @@ def chunk_state_bwd_kernel(
             v70 += tl.where(tl.arange(0, C)[None, :] == v70_p[:, None], v70_d[:, None], 0.0)
         v70 = v70 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v70)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v70)  # park
+        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         tl.debug_barrier()  # parked tiles other threads stored
         v31 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -1548,9 +1544,9 @@ def chunk_state_bwd_kernel(
         v38 = (v35 * v37)
         v41 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v67 = (v38 * v41)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
         v54 = v38
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1558,7 +1554,7 @@ def chunk_state_bwd_kernel(
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v10)
         tl.debug_barrier()
-        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1595,7 +1591,7 @@ def chunk_state_bwd_kernel(
             v50 = v11
             tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
         tl.debug_barrier()
-        v70 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v70 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1603,7 +1599,7 @@ def chunk_state_bwd_kernel(
             v72 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v72)
         tl.debug_barrier()
-        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1629,7 +1625,7 @@ def chunk_state_bwd_kernel(
             v65 = ((-1.0) * d_new_w1)
             tl.store(scratch + 11 * C * HID + offs_h[:, None] * D + offs_i[None, :], v65)
         tl.debug_barrier()
-        v67 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v67 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1655,7 +1651,7 @@ def chunk_state_bwd_kernel(
             v59 = ((-1.0) * d_new_w2)
             tl.store(scratch + 13 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v59)
         tl.debug_barrier()
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
         v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1664,24 +1660,19 @@ def chunk_state_bwd_kernel(
             v59 = tl.load(scratch + 13 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
             v61 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
-        v54 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v54 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v62 = (v54 * v61)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v62)  # park
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        tl.debug_barrier()  # parked tiles other threads stored
-        v62 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v74 = (v62 + local_7)
         v75 = v74
-        v91 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v91 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v92 = (v75 + v91)
         v93 = tl.sum((v92), axis=1)
         v94 = (v93 / (D))
         v95 = ((-1.0) * v94)
         v96 = (v92 + v95[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v96)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v96)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        tl.debug_barrier()  # parked tiles other threads stored
-        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v98 = (2.0 * local_0 * v96)
         v99 = tl.sum((v98), axis=1)
         v100 = (v99 / (D))
@@ -1689,64 +1680,57 @@ def chunk_state_bwd_kernel(
         v15 = tl.sum((v14), axis=1)
         v16 = (v15 / (D))
         v104 = ((-0.5) * local_0 * ln_weight[None, :] * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v104)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v107 = (ln_weight[None, :] * v96 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        v104 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v108 = (v104 + v107)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v108)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v108)  # park
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v18 = gate_delta
         tl.debug_barrier()  # parked tiles other threads stored
-        v108 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v108 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v109 = (v108 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v109)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v109)  # park
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v111 = ((-0.5) * local_0 * ln_weight[None, :] * v109 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v112 = tl.sum((v111), axis=1)
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v102 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * (tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v103 = tl.sum((v102), axis=1)
         tl.debug_barrier()  # parked tiles other threads stored
-        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v105 = ((-0.5) * ln_weight[None, :] * local_2 * v96 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v106 = tl.sum((v105), axis=1)
         v113 = (v103 + v106 + v112)
         v114 = (v113 / (D))
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v115 = (2.0 * local_0 * v114[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 9 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v115)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v115)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v109 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v109 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v110 = (ln_weight[None, :] * v109 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 10 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v21 = tl.sum((v20), axis=1)
         v22 = (v21 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v97 = (2.0 * v22[:, None] * v96)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 11 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v97)  # park
         v101 = ((-0.5) * ln_weight[None, :] * local_2 * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        tl.debug_barrier()  # parked tiles other threads stored
-        v97 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 11 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v110 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 10 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v115 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 9 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v110 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v116 = (v97 + v101 + v110 + v115)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 12 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v116)  # park
         v117 = ((-1.0) * v116)
         v118 = tl.sum((v117), axis=1)
         v119 = (v118 / (D))
-        tl.debug_barrier()  # parked tiles other threads stored
-        v116 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 12 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v120 = (v116 + v119[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 13 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v36 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v52 = (v36 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v53 = tl.sum((v52), axis=0)
         v55 = v53
-        v120 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 13 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1758,7 +1742,7 @@ def chunk_state_bwd_kernel(
             v47 = (v47_c0 * (1.0 + tl.math.erf((v47_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
         tl.debug_barrier()
-        v70 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v70 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1766,7 +1750,7 @@ def chunk_state_bwd_kernel(
             v73 = tl.trans(tl.dot(tl.trans(v47).to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + 15 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         tl.debug_barrier()
-        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1810,7 +1794,7 @@ def chunk_state_bwd_kernel(
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v128.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v128.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
         tl.debug_barrier()
-        v120 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 13 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v120 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1818,6 +1802,7 @@ def chunk_state_bwd_kernel(
             v122 = tl.trans(tl.dot(tl.trans(v11).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             tl.store(scratch + 17 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v122)
         tl.debug_barrier()
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1825,6 +1810,7 @@ def chunk_state_bwd_kernel(
             v90 = tl.dot(tl.trans(local_3).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 17 * C * HID + 2 * HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v90)
         tl.debug_barrier()
+        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
