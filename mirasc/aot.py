@@ -265,7 +265,7 @@ class _Target:
 
     def compile(self, kernel: str, config) -> KernelReport:
         """One kernel compiled with one launch config, in a child process with the time limit."""
-        from .backends.triton import max_registers, num_stages
+        from .backends.triton import head_block, max_registers, num_stages
 
         stages = self.stages or num_stages(self.head_dim, self.hidden)
         row = KernelReport(self.spec, kernel, self.head_dim, self.hidden, self.chunk_size, self.dtype, self.arch,
@@ -273,7 +273,8 @@ class _Target:
                            num_warps=config.num_warps, num_stages=stages, block_value=config.block_value,
                            block_hidden=config.block_hidden, sub_chunk=config.sub_chunk)
         consts = {"C": self.chunk_size, "D": self.head_dim, "HID": self.hidden, "BH": config.block_hidden,
-                  "BV": config.block_value, "BC": config.sub_chunk or self.chunk_size, "IS_VARLEN": False,
+                  "BV": config.block_value, "BC": config.sub_chunk or self.chunk_size,
+                  "BK": head_block(self.head_dim), "IS_VARLEN": False,
                   "DTYPE": "fp32", "DOT_DTYPE": self.dtype,
                   "DOT_PRECISION": "tf32" if self.dtype == "fp32" else "ieee", "ON_GPU": True}
         return compile_in_child(row, _compile_one, (self.path, kernel, consts, self.dtype, self.arch,

@@ -11,7 +11,7 @@ would hold too many of the chunk's tiles through its blocks is split (`_split_lo
 without reading it waits in scratch memory rather than in registers (`_parked`), as do, between the loops, the
 tiles read again furthest away whenever more than PARK_UNITS would be live at once.
 A narrow output the caller names in `early_stores` is stored on the line after it is made, so that it leaves the
-registers there.
+registers there. A linear memory's scores (q·kᵀ, k·kᵀ) are made by blocks of BK head columns ("head-axis blocks").
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import ir
+from .dotform import is_dot
 from .emit_triton import (
     OFFS,
     SHAPE,
     SIZE,
     decayed_product,
+    dot_expr,
     inlined,
     line,
     name,
@@ -35,7 +37,7 @@ from .emit_triton import (
     wide,
 )
 from .ir import Graph, Value
-from .kernel_plan import peak_units, schedule, summands, tile_units
+from .kernel_plan import peak_units, schedule, summands, tile_units, value_kinds
 
 
 # ------------------------------------------------------------------------------------------------ memory access
@@ -281,6 +283,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     held_out = {i for i, n in out_of.items() if n not in early_stores}  # the caller stores these after the lines
     evicted = _parked(segments, held_out | accumulated | set(running), set(reload))
     by_id = {v.id: v for v in order}
+    blocked = _head_blocked(graph, segments, order, loads, set(out_of))
     park_slot = {}  # a slot of its own, even for a tile kept above (that slot may be written after it is read)
     for v in (v for seg in segments for v in (seg.values if isinstance(seg, _Loop) else [seg])
               if v.id in evicted and v.id not in reload):
@@ -308,9 +311,13 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         reads = _segment_reads(seg)
         parking.read_back(j, reads, lines)
         if not isinstance(seg, _Loop):
-            if isinstance(seg.op, ir.Input):
+            if seg.id in blocked.skipped:  # read only by products made by head-axis blocks
+                pass
+            elif isinstance(seg.op, ir.Input):
                 if seg.op.name in loads:
                     lines.append(f"{seg.op.name} = {loads[seg.op.name]}")
+            elif seg.id in blocked.dots:
+                lines += _with_hint(seg, _head_blocked_dot(seg, loads))
             elif isinstance(seg.op, ir.DecayedProduct):
                 lines += _decayed_product_lines(seg, slot, staged)
             elif seg.id in running_totals:  # its running terms are in its tile already: the others join
@@ -354,6 +361,92 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         parking.made(seg.values, lines)
     products = any(isinstance(v.op, ir.DecayedProduct) for v in order)
     return Body(lines, [v.axes for v in kept], peak_units(graph, order), products)
+
+
+# ------------------------------------------------------------------------------------------------ head-axis blocks
+# The scores of a chunk, a matrix product over the head axis of two token tiles read from memory as they are (q·kᵀ,
+# the delta rule's k·kᵀ), are made in blocks of BK along that axis, each block's operands loaded inside the loop and
+# the products summed in an fp32 tile, as flash-linear-attention makes its scores by blocks of K. Whole, the right
+# operand at D = 128 is a (128, C) tile, and on an A100 (mma.sync, its operands in registers) every warp holds all of
+# it: Mamba2's and RetNet's gate-gradient terms spilled 176 and 192 B a thread there (sm_80, C = 64, bf16), none by
+# blocks of 64; Gated DeltaNet's kernels 1,504 B in all, 120 by blocks. Products with the stored state (k·Wᵀ) stay
+# whole: in TTT-Linear's outputs kernel they spilled more by blocks (72 -> 528 B). So do all products in a kernel
+# that holds whole value rows (value_kinds None: TTT-Linear's LayerNorm over the value axis), whose (C, D) rows fill
+# the registers already: TTT-Linear's kernels at D = 128 spilled 5,688 -> 6,344 B in all at sm_90a and 6,528 ->
+# 6,744 at sm_80 with their scores by blocks. And only in kernels without hidden-block loops (an MLP memory's
+# operands are read in several loops).
+HEAD_AXIS = "i"
+_TOKEN_AXIS = "t"  # a token tile's chunk axis (its relabellings may call it s or u)
+
+
+@dataclass
+class _HeadBlocked:
+    dots: set[int] = field(default_factory=set)  # products made by head-axis blocks
+    skipped: set[int] = field(default_factory=set)  # their operands' whole tiles, which nothing else reads
+
+
+def _loaded(v: Value, loads: dict[str, str]) -> str | None:
+    """The name of the input whose tile v is, where that input is read from memory with the head axis and v is it or
+    a relabelling of it that keeps the axes in place; else None."""
+    while isinstance(v.op, ir.Rename):
+        arg, mapping = v.args[0], dict(v.op.mapping)
+        if [mapping.get(x, x) for x in arg.axes] != list(v.axes):
+            return None
+        v = arg
+    if isinstance(v.op, ir.Input) and HEAD_AXIS in v.axes and v.op.name in loads:
+        return v.op.name
+    return None
+
+
+def _head_blocked(graph: Graph, segments: list[Value | _Loop], order: list[Value], loads: dict[str, str],
+                  outputs: set[int]) -> _HeadBlocked:
+    """The products a kernel makes by head-axis blocks, and the whole tiles it then loads for nothing."""
+    out = _HeadBlocked()
+    if any(isinstance(seg, _Loop) for seg in segments) or value_kinds(graph) is None:
+        return out
+    out.dots = {v.id for v in order if _scores_of_loaded_tokens(v, loads)}
+    readers: dict[int, list[int]] = {}
+    for v in order:
+        for a in _read(v):
+            readers.setdefault(a.id, []).append(v.id)
+    for v in reversed(order):  # a relabelling before the input it relabels
+        if (isinstance(v.op, (ir.Input, ir.Rename)) and v.id not in outputs and readers.get(v.id)
+                and all(r in out.dots or r in out.skipped for r in readers[v.id])):
+            out.skipped.add(v.id)
+    return out
+
+
+def _scores_of_loaded_tokens(v: Value, loads: dict[str, str]) -> bool:
+    """Whether v is a product over the head axis of two token tiles read from memory: a (C, C) matrix of scores."""
+    if not (isinstance(v.op, ir.Einsum) and is_dot(v) and not wide(v)):
+        return False
+    a, b = v.args
+    return (set(a.axes) & set(b.axes) == {HEAD_AXIS}
+            and all(_loaded(x, loads) and _TOKEN_AXIS in _source(x).axes for x in (a, b)))
+
+
+def _source(v: Value) -> Value:
+    """The value a chain of relabellings starts from."""
+    while isinstance(v.op, ir.Rename):
+        v = v.args[0]
+    return v
+
+
+def _head_blocked_dot(v: Value, loads: dict[str, str]) -> list[str]:
+    """The lines of a product over the head axis by blocks of BK: each operand's block loaded (offs_k in place of
+    offs_i), the blocks' products summed."""
+    a, b = v.args
+    sources = {n: f"{n}_block" for n in (_loaded(a, loads), _loaded(b, loads))}
+    block_loads = [f"    {block} = {_head_block(loads[n])}" for n, block in sources.items()]
+    product = dot_expr(sources[_loaded(a, loads)], a.axes, sources[_loaded(b, loads)], b.axes, v.axes)
+    return [f"{name(v)} = tl.zeros(({', '.join(SHAPE[x] for x in v.axes)}), DTYPE)",
+            "for kb in range(0, D, BK):  # the head axis, a block at a time",
+            "    offs_k = kb + tl.arange(0, BK)", *block_loads, f"    {name(v)} += {product}"]
+
+
+def _head_block(load_line: str) -> str:
+    """A load of one block of BK head-axis columns (offs_k) in place of the whole axis."""
+    return load_line.replace("private_index(offs_i, D,", "private_index(offs_k, BK,").replace("offs_i", "offs_k")
 
 
 # ------------------------------------------------------------------------------------------------ parked tiles

@@ -237,6 +237,27 @@ def test_an_a100_gets_the_narrower_value_block():
     assert row.ok and row.stack == 0 and row.mma > 0, (row.stack, row.error)
 
 
+def test_an_a100_makes_the_scores_by_head_blocks():
+    """Mamba2's decay-gradient term makes its scores q·kᵀ over the head axis; whole at D = 128, sm_80 holds all of kᵀ
+    in every warp and spilled 176 B a thread. By blocks of BK = 64 head columns (mirasc.kernel_body, "head-axis
+    blocks"), loaded inside the loop, it spills none."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report
+    from mirasc.backends.triton import head_block
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
+
+    assert (head_block(128), head_block(64), head_block(16)) == (64, 64, 16)
+    kernel = "chunk_grad_gate_alpha_3_bwd_kernel"
+    source = generate_triton(load(model_path("mamba2")))
+    body = source[source.index(f"def {kernel}("):].split("@triton.jit")[0]
+    assert "for kb in range(0, D, BK):" in body and "k_block = tl.load(" in body
+    # TTT-Linear's kernels hold whole value rows (its LayerNorm), where blocks spilled more: they keep products whole
+    assert "for kb in range(" not in generate_triton(load(model_path("ttt_linear")))
+    (row,) = aot_report("mamba2", arch=80, chunk_size=64, head_dim=128, only=[kernel], timeout=240)
+    assert row.ok and row.stack == 0 and row.mma > 0, (row.stack, row.error)
+
+
 def test_aot_reports_the_config_the_spill_guard_takes():
     """Gated DeltaNet's first key-gradient term at D = 128 spills 208 B a thread at the launcher's default (8 warps,
     BV = 32, sm_90a). A GPU launch replaces that default by the first candidate that compiles without spills

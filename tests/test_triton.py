@@ -389,6 +389,25 @@ def test_triton_value_blocks_match_torch(ops, name, monkeypatch):
     assert max(err.values()) < 1e-10, err
 
 
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "mamba2"])
+def test_triton_head_blocks_match_torch(ops, name, monkeypatch):
+    """The chunk's scores (q·kᵀ, the delta rule's k·kᵀ) made in four blocks of D/4 head columns
+    (mirasc.kernel_body, "head-axis blocks") give what the torch backend gives, in fp64, every output and
+    gradient."""
+    import inspect
+
+    import mirasc.backends.triton as backend
+
+    tri, ref = ops(name)
+    assert "for kb in range(0, D, BK):" in inspect.getsource(tri.triton_module)
+    ins = make_inputs(ref, 1, 21, 2, D, dtype=torch.float64, seed=8)
+    monkeypatch.setattr(backend, "INTERPRETER_HEAD_BLOCK", D // 4)
+    blocks = _run(tri, _to(ins), 16)
+    blocks = (blocks[0].cpu(), [x.cpu() for x in blocks[1]], {n: x.cpu() for n, x in blocks[2].items()})
+    err = _errors(blocks, _run(ref, ins, 16))
+    assert max(err.values()) < 1e-10, err
+
+
 def test_triton_channel_decay_by_value_blocks_matches_torch(monkeypatch):
     """A channel-decay linear memory (bench/specs/gla.miras) with the value axis in four blocks: its products' factors
     go through scratch memory, one slot per program and block of value columns, in waves of one chunk reusing one

@@ -82,6 +82,17 @@ def value_block(head_dim: int, arch: int = 90) -> int:
 INTERPRETER_VALUE_BLOCK: int | None = None  # as INTERPRETER_HIDDEN_BLOCK, for the value axis
 
 
+def head_block(head_dim: int) -> int:
+    """BK, the head-axis columns a matrix product over that axis of two tiles read from memory takes at a time
+    (mirasc.kernel_body, "head-axis blocks"): 64, as flash-linear-attention's chunk kernels take at most, or the
+    whole head where it is smaller."""
+    return min(head_dim, HEAD_BLOCK)
+
+
+HEAD_BLOCK = 64
+INTERPRETER_HEAD_BLOCK: int | None = None  # as INTERPRETER_HIDDEN_BLOCK, for the head axis
+
+
 def sub_chunk(chunk_size: int, on_gpu: bool) -> int:
     """BC, the sub-chunk of a channel-decay product (mirasc.emit_triton.decayed_product): pairs of tokens in one
     sub-chunk are made a pair at a time, the rest by matrix products. 16 on a GPU (flash-linear-attention's chunk_gla
@@ -192,6 +203,7 @@ class _Launch:
         # the interpreter runs every block's operations one by one)
         self.BH = hidden_block(self.HID, self.D) if q.is_cuda else min(self.HID, INTERPRETER_HIDDEN_BLOCK or self.HID)
         self.BV = value_block(self.D, _arch(q.device)) if q.is_cuda else min(self.D, INTERPRETER_VALUE_BLOCK or self.D)
+        self.BK = head_block(self.D) if q.is_cuda else min(self.D, INTERPRETER_HEAD_BLOCK or self.D)
         check_sizes(self.C, self.D, self.HID, on_gpu=q.is_cuda)
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
@@ -215,7 +227,7 @@ class _Launch:
             self.max_chunks = int(chunks.max())
             varlen = True
         self.scalars = (self.cu, self.offsets, self.T, heads)
-        self.consts = dict(C=self.C, D=self.D, HID=self.HID, BH=self.BH, IS_VARLEN=varlen, DTYPE=dtype,
+        self.consts = dict(C=self.C, D=self.D, HID=self.HID, BH=self.BH, BK=self.BK, IS_VARLEN=varlen, DTYPE=dtype,
                            DOT_DTYPE=dot, DOT_PRECISION=prec, ON_GPU=self.on_gpu,
                            num_stages=num_stages(self.D, self.HID))
         if q.is_cuda and (ceiling := max_registers(_arch(device))) is not None:
