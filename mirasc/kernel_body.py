@@ -369,7 +369,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
 # the products summed in an fp32 tile, as flash-linear-attention makes its scores by blocks of K. Whole, the right
 # operand at D = 128 is a (128, C) tile, and on an A100 (mma.sync, its operands in registers) every warp holds all of
 # it: Mamba2's and RetNet's gate-gradient terms spilled 176 and 192 B a thread there (sm_80, C = 64, bf16), none by
-# blocks of 64; Gated DeltaNet's kernels 1,504 B in all, 120 by blocks. Products with the stored state (k·Wᵀ) stay
+# blocks of 64 or 32 (BK: mirasc.backends.triton.head_block). Products with the stored state (k·Wᵀ) stay
 # whole: in TTT-Linear's outputs kernel they spilled more by blocks (72 -> 528 B). So do all products in a kernel
 # that holds whole value rows (value_kinds None: TTT-Linear's LayerNorm over the value axis), whose (C, D) rows fill
 # the registers already: TTT-Linear's kernels at D = 128 spilled 5,688 -> 6,344 B in all at sm_90a and 6,528 ->

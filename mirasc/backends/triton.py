@@ -82,11 +82,14 @@ def value_block(head_dim: int, arch: int = 90) -> int:
 INTERPRETER_VALUE_BLOCK: int | None = None  # as INTERPRETER_HIDDEN_BLOCK, for the value axis
 
 
-def head_block(head_dim: int) -> int:
-    """BK, the head-axis columns a matrix product over that axis of two tiles read from memory takes at a time
-    (mirasc.kernel_body, "head-axis blocks"): 64, as flash-linear-attention's chunk kernels take at most, or the
-    whole head where it is smaller."""
-    return min(head_dim, HEAD_BLOCK)
+def head_block(head_dim: int, arch: int = 90) -> int:
+    """BK, the head-axis columns of a chunk's scores (q·kᵀ) a kernel makes at a time (mirasc.kernel_body, "head-axis
+    blocks"): 64 from sm_90, 32 below (or the whole head where it is smaller). On sm_80 (mma.sync: every warp holds
+    a product's whole right operand in registers) 32 spills less, from ahead-of-time compiles (C = 64, bf16, 8
+    warps, BV = 16): Gated DeltaNet's gate-gradient terms 3, 6 and η's 2 at D = 64, 160 / 160 / 136 B by blocks of
+    64 (the whole head), none by 32; Mamba2's at D = 128, none either way. sm_90a spills in no linear spec's kernel
+    with 64 (wgmma reads its operands from shared memory)."""
+    return min(head_dim, HEAD_BLOCK if arch >= 90 else HEAD_BLOCK // 2)
 
 
 HEAD_BLOCK = 64
@@ -203,7 +206,7 @@ class _Launch:
         # the interpreter runs every block's operations one by one)
         self.BH = hidden_block(self.HID, self.D) if q.is_cuda else min(self.HID, INTERPRETER_HIDDEN_BLOCK or self.HID)
         self.BV = value_block(self.D, _arch(q.device)) if q.is_cuda else min(self.D, INTERPRETER_VALUE_BLOCK or self.D)
-        self.BK = head_block(self.D) if q.is_cuda else min(self.D, INTERPRETER_HEAD_BLOCK or self.D)
+        self.BK = head_block(self.D, _arch(q.device)) if q.is_cuda else min(self.D, INTERPRETER_HEAD_BLOCK or self.D)
         check_sizes(self.C, self.D, self.HID, on_gpu=q.is_cuda)
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
