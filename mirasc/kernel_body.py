@@ -364,17 +364,17 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
 
 
 # ------------------------------------------------------------------------------------------------ head-axis blocks
-# The scores of a chunk, a matrix product over the head axis of two token tiles read from memory as they are (q·kᵀ,
-# the delta rule's k·kᵀ), are made in blocks of BK along that axis, each block's operands loaded inside the loop and
-# the products summed in an fp32 tile, as flash-linear-attention makes its scores by blocks of K. Whole, the right
-# operand at D = 128 is a (128, C) tile, and on an A100 (mma.sync, its operands in registers) every warp holds all of
-# it: Mamba2's and RetNet's gate-gradient terms spilled 176 and 192 B a thread there (sm_80, C = 64, bf16), none by
-# blocks of 64 or 32 (BK: mirasc.backends.triton.head_block). Products with the stored state (k·Wᵀ) stay
-# whole: in TTT-Linear's outputs kernel they spilled more by blocks (72 -> 528 B). So do all products in a kernel
-# that holds whole value rows (value_kinds None: TTT-Linear's LayerNorm over the value axis), whose (C, D) rows fill
-# the registers already: TTT-Linear's kernels at D = 128 spilled 5,688 -> 6,344 B in all at sm_90a and 6,528 ->
-# 6,744 at sm_80 with their scores by blocks. And only in kernels without hidden-block loops (an MLP memory's
-# operands are read in several loops).
+# The scores of a chunk, a matrix product over the head axis of two token tiles read from memory as they are (q·kᵀ, the
+# delta rule's k·kᵀ), are made in blocks of BK along that axis, each block's operands loaded inside the loop and the
+# products summed in an fp32 tile, as flash-linear-attention makes its scores by blocks of K. Whole, the right operand
+# at D = 128 is a (128, C) tile, and on an A100 (mma.sync, its operands in registers) every warp holds all of it:
+# Mamba2's and RetNet's gate-gradient terms spilled 176 and 192 B a thread there (sm_80, C = 64, bf16), none by blocks
+# of 64 or 32 (BK: mirasc.backends.triton.head_block). Products with the stored state (k·Wᵀ) stay whole: in TTT-Linear's
+# outputs kernel they spilled more by blocks (72 -> 528 B, sm_80, D = 128). So do all products in a kernel that holds
+# whole value rows (value_kinds None: TTT-Linear's LayerNorm over the value axis), whose (C, D) rows fill the registers
+# already: TTT-Linear's kernels at D = 128 spilled 5,688 -> 6,344 B in all at sm_90a and 6,528 -> 6,744 at sm_80 with
+# their scores by blocks. And only in kernels without hidden-block loops (an MLP memory's operands are read in several
+# loops).
 HEAD_AXIS = "i"
 _TOKEN_AXIS = "t"  # a token tile's chunk axis (its relabellings may call it s or u)
 
