@@ -385,16 +385,16 @@ class _HeadBlocked:
     skipped: set[int] = field(default_factory=set)  # their operands' whole tiles, which nothing else reads
 
 
-def _loaded(v: Value, loads: dict[str, str]) -> str | None:
-    """The name of the input whose tile v is, where that input is read from memory with the head axis and v is it or
-    a relabelling of it that keeps the axes in place; else None."""
+def _loaded_input(v: Value, loads: dict[str, str]) -> Value | None:
+    """The input whose tile v is, where that input is read from memory with the head axis and v is it or a
+    relabelling of it that keeps the axes in place; else None."""
     while isinstance(v.op, ir.Rename):
         arg, mapping = v.args[0], dict(v.op.mapping)
         if [mapping.get(x, x) for x in arg.axes] != list(v.axes):
             return None
         v = arg
     if isinstance(v.op, ir.Input) and HEAD_AXIS in v.axes and v.op.name in loads:
-        return v.op.name
+        return v
     return None
 
 
@@ -421,24 +421,17 @@ def _scores_of_loaded_tokens(v: Value, loads: dict[str, str]) -> bool:
     if not (isinstance(v.op, ir.Einsum) and is_dot(v) and not wide(v)):
         return False
     a, b = v.args
-    return (set(a.axes) & set(b.axes) == {HEAD_AXIS}
-            and all(_loaded(x, loads) and _TOKEN_AXIS in _source(x).axes for x in (a, b)))
-
-
-def _source(v: Value) -> Value:
-    """The value a chain of relabellings starts from."""
-    while isinstance(v.op, ir.Rename):
-        v = v.args[0]
-    return v
+    inputs = [_loaded_input(x, loads) for x in (a, b)]
+    return set(a.axes) & set(b.axes) == {HEAD_AXIS} and all(x and _TOKEN_AXIS in x.axes for x in inputs)
 
 
 def _head_blocked_dot(v: Value, loads: dict[str, str]) -> list[str]:
     """The lines of a product over the head axis by blocks of BK: each operand's block loaded (offs_k in place of
     offs_i), the blocks' products summed."""
     a, b = v.args
-    sources = {n: f"{n}_block" for n in (_loaded(a, loads), _loaded(b, loads))}
-    block_loads = [f"    {block} = {_head_block(loads[n])}" for n, block in sources.items()]
-    product = dot_expr(sources[_loaded(a, loads)], a.axes, sources[_loaded(b, loads)], b.axes, v.axes)
+    lhs, rhs = (_loaded_input(x, loads).op.name for x in (a, b))
+    block_loads = [f"    {n}_block = {_head_block(loads[n])}" for n in dict.fromkeys((lhs, rhs))]
+    product = dot_expr(f"{lhs}_block", a.axes, f"{rhs}_block", b.axes, v.axes)
     return [f"{name(v)} = tl.zeros(({', '.join(SHAPE[x] for x in v.axes)}), DTYPE)",
             "for kb in range(0, D, BK):  # the head axis, a block at a time",
             "    offs_k = kb + tl.arange(0, BK)", *block_loads, f"    {name(v)} += {product}"]
