@@ -77,8 +77,11 @@ def _read_secret(path: Path) -> bytes | None:
 
 def _cache_secret(folder: Path) -> bytes:
     """The cache's signing secret, made on first use. A malformed one is replaced (every signature made with the
-    old one then fails, and those modules are regenerated)."""
+    old one then fails, and those modules are regenerated). A key that was missing when read is only ever linked
+    into place: where another process made one in the meantime, that key stays (replacing it would void the
+    signatures that process has just made with it)."""
     path = folder / "key"
+    present = os.path.lexists(path)  # before the read: a key present but unreadable is malformed
     secret = _read_secret(path)
     if secret is not None:
         return secret
@@ -86,7 +89,7 @@ def _cache_secret(folder: Path) -> bytes:
     try:
         with os.fdopen(fd, "w", encoding="ascii") as f:
             f.write(secrets.token_hex(32) + "\n")
-        if os.path.lexists(path):
+        if present:
             os.replace(tmp, path)
         else:
             try:

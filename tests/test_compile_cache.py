@@ -244,6 +244,28 @@ def test_unsigned_module_is_not_executed(tmp_path, monkeypatch):
     assert not canary.exists() and op2 is not op and _signature_holds(planted, key)
 
 
+def test_a_key_another_process_makes_first_is_kept(tmp_path, monkeypatch):
+    """Two processes start on an empty cache: the one that finds no key, and then finds the other's in place when it
+    links its own, signs with the other's (replacing it would void what the other has just signed)."""
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    theirs = bytes(range(32))
+    read = module_cache._read_secret
+    calls = []
+
+    def read_while_another_writes(path):
+        calls.append(path)
+        if len(calls) == 1:  # no key yet when read; the other process links its key right after
+            path.write_text(theirs.hex() + "\n")
+            return None
+        return read(path)
+
+    monkeypatch.setattr(module_cache, "_read_secret", read_while_another_writes)
+    assert module_cache._cache_secret(cache) == theirs
+    assert read(cache / "key") == theirs
+    assert not [p for p in cache.iterdir() if p.name != "key"]  # no temporary key left behind
+
+
 def test_cache_folder_is_private(tmp_path, monkeypatch):
     cache = tmp_path / "a" / "b" / "cache"
     monkeypatch.setenv("MIRASC_CACHE", str(cache))
