@@ -45,12 +45,13 @@ class KernelReport:
     shared: int | None = None  # bytes
     mma: int | None = None  # tensor-core instructions in the SASS
     replicated: int | None = None  # matrix products whose warps' tiles overlap: the same MMA work done twice or more
-    dots: int = 0  # tl.dot calls in the kernel's source
+    dots: int = 0  # tl.dot products in the kernel's source (one written both ways counted once)
     num_warps: int | None = None
     num_stages: int | None = None
     block_value: int | None = None  # BV (the head dim in a kernel not run by value blocks)
     block_hidden: int | None = None  # BH
     sub_chunk: int | None = None  # BC of the channel-decay products (0: the kernel makes none)
+    swap_products: bool = False  # its transposed products made with their operands swapped (SWAP_PRODUCTS)
     default_stack: int | None = None  # the stack bytes of the launcher's default config, before the spill guard
     configs_compiled: int = 1  # configs the spill guard compiled for this kernel (the default first)
     compile_total_s: float | None = None  # their compile seconds in all: what a first launch on a GPU spends
@@ -64,6 +65,11 @@ def _kernel_source(path: Path, kernel: str) -> str:
     start = text.index(f"def {kernel}(")
     nxt = text.find("\n@triton.jit", start)
     return text[start:] if nxt < 0 else text[start:nxt]
+
+
+def _products(source: str) -> int:
+    """The kernel's tl.dot products, a product written both ways (emit_triton.dot_expr) counted once."""
+    return source.count("tl.dot(") - source.count(" if SWAP_PRODUCTS else ")
 
 
 def _cuobjdump(cubin: bytes) -> tuple[str, str]:
@@ -226,8 +232,8 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
                              (block_value or value_block(head_dim, arch)) if by_value else head_dim,
                              block_hidden or hidden_block(hidden, head_dim),
                              (sub_chunk or default_sub_chunk(chunk_size, on_gpu=True)) if job["sub_chunks"] else 0)
-            configs = candidates(default, job["value_blocks"], head_dim, hidden, True, chunk_size) if guard \
-                else [default]
+            configs = candidates(default, job["value_blocks"], head_dim, hidden, True, chunk_size,
+                                 job["swappable"]) if guard else [default]
             reports.append(target.guarded(kernel, configs))
     return reports
 
@@ -269,12 +275,13 @@ class _Target:
 
         stages = self.stages or num_stages(self.head_dim, self.hidden)
         row = KernelReport(self.spec, kernel, self.head_dim, self.hidden, self.chunk_size, self.dtype, self.arch,
-                           ok=False, dots=_kernel_source(Path(self.path), kernel).count("tl.dot("),
+                           ok=False, dots=_products(_kernel_source(Path(self.path), kernel)),
                            num_warps=config.num_warps, num_stages=stages, block_value=config.block_value,
-                           block_hidden=config.block_hidden, sub_chunk=config.sub_chunk)
+                           block_hidden=config.block_hidden, sub_chunk=config.sub_chunk,
+                           swap_products=config.swap_products)
         consts = {"C": self.chunk_size, "D": self.head_dim, "HID": self.hidden, "BH": config.block_hidden,
                   "BV": config.block_value, "BC": config.sub_chunk or self.chunk_size,
-                  "BK": head_block(self.head_dim, self.arch), "IS_VARLEN": False,
+                  "BK": head_block(self.head_dim, self.arch), "SWAP_PRODUCTS": config.swap_products, "IS_VARLEN": False,
                   "DTYPE": "fp32", "DOT_DTYPE": self.dtype,
                   "DOT_PRECISION": "tf32" if self.dtype == "fp32" else "ieee", "ON_GPU": True}
         return compile_in_child(row, _compile_one, (self.path, kernel, consts, self.dtype, self.arch,
@@ -310,7 +317,7 @@ def meets_targets(r: KernelReport, max_compile_s: float = 30.0, max_shared: int 
 
 def format_rows(reports: list[KernelReport]) -> str:
     head = ("| spec | kernel | D | hidden | ok | compile s | regs | stack B | shared B | mma | replicated | dots "
-            "| warps | stages | BV / BH / BC | default's stack B | targets |")
+            "| warps | stages | BV / BH / BC (/ swapped products) | default's stack B | targets |")
     out = [head, "|" + "---|" * 17]
 
     def cell(x) -> str:
@@ -320,7 +327,8 @@ def format_rows(reports: list[KernelReport]) -> str:
         out.append(f"| {r.spec} | {r.kernel} | {r.head_dim} | {r.hidden} | {'yes' if r.ok else 'no'} | "
                    f"{cell(r.compile_s)} | {cell(r.regs)} | {cell(r.stack)} | {cell(r.shared)} | {cell(r.mma)} | "
                    f"{cell(r.replicated)} | {r.dots} | {r.num_warps} | {r.num_stages} | "
-                   f"{r.block_value} / {r.block_hidden} / {r.sub_chunk} | {cell(r.default_stack)} | "
+                   f"{r.block_value} / {r.block_hidden} / {r.sub_chunk}{' / swapped' if r.swap_products else ''} | "
+                   f"{cell(r.default_stack)} | "
                    f"{'met' if meets_targets(r) else 'missed'} |" + (f" {r.error}" if r.error else ""))
     return "\n".join(out)
 

@@ -164,7 +164,8 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         job = k.name.removeprefix("chunk_").removesuffix("_kernel")
         jobs[job] = {"grid": "chunks" if k.mode == "chunk" else "sequences",
                      "scratch": [list(axes) for axes in k.scratch], "value_blocks": k.value_blocks,
-                     "tiles": round(k.tiles, 2), "sub_chunks": k.sub_chunked}
+                     "tiles": round(k.tiles, 2), "sub_chunks": k.sub_chunked,
+                     "swappable": k.swappable}
         found.append(k)
     description = {
         "spec": spec.name,
@@ -174,7 +175,9 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         # kernels by job: their grid (one program per chunk or per sequence), the axes of
         # each value they keep in scratch memory, per program, and how they run by blocks of BV value columns
         # ("columns", "partial": each block writes its share of a sum to its own copy, "none": one block), and the
-        # most register tiles (64 x 64 fp32) live at once, which sets the launcher's warps
+        # most register tiles (64 x 64 fp32) live at once, which sets the launcher's warps; whether it makes
+        # channel-decay products (their sub-chunk BC) and products written both ways (SWAP_PRODUCTS), which its
+        # configs vary
         "kernels": jobs,
         # values stored per chunk for the other kernels: made by the stored_fwd kernel where no state reaches them,
         # else by the state pass

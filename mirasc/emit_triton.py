@@ -106,14 +106,26 @@ def _dot(v: Value) -> str:
 
 def dot_expr(lhs: str, lhs_axes: tuple[str, ...], rhs: str, rhs_axes: tuple[str, ...],
              out_axes: tuple[str, ...]) -> str:
-    """tl.dot of two 2-D tiles over their shared axis, transposed as their axes and the result's require."""
+    """tl.dot of two 2-D tiles over their shared axis, transposed as their axes and the result's require. A result
+    whose rows are rhs's is made both ways, the constexpr SWAP_PRODUCTS choosing: the product transposed (the
+    default) or the operands swapped (rhs first), which leaves the result in the tensor cores' own layout. Neither
+    spills less in every kernel, so the launcher's spill guard picks per kernel (mirasc.backends.tuning)."""
     (kax,) = set(lhs_axes) & set(rhs_axes)
     x_ax = next(x for x in lhs_axes if x != kax)
     y_ax = next(x for x in rhs_axes if x != kax)
-    lhs = lhs if tuple(lhs_axes) == (x_ax, kax) else f"tl.trans({lhs})"
-    rhs = rhs if tuple(rhs_axes) == (kax, y_ax) else f"tl.trans({rhs})"
-    out = f"tl.dot({lhs}.to(DOT_DTYPE), {rhs}.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)"
-    return out if tuple(out_axes) == (x_ax, y_ax) else f"tl.trans({out})"
+    product = _dot_call(_oriented(lhs, lhs_axes, (x_ax, kax)), _oriented(rhs, rhs_axes, (kax, y_ax)))
+    if tuple(out_axes) == (x_ax, y_ax):
+        return product
+    swapped = _dot_call(_oriented(rhs, rhs_axes, (y_ax, kax)), _oriented(lhs, lhs_axes, (kax, x_ax)))
+    return f"({swapped} if SWAP_PRODUCTS else tl.trans({product}))"
+
+
+def _oriented(tile: str, axes: tuple[str, ...], wanted: tuple[str, str]) -> str:
+    return tile if tuple(axes) == wanted else f"tl.trans({tile})"
+
+
+def _dot_call(lhs: str, rhs: str) -> str:
+    return f"tl.dot({lhs}.to(DOT_DTYPE), {rhs}.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)"
 
 
 def _einsum_expr(v: Value) -> str:

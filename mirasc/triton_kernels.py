@@ -75,6 +75,11 @@ class Kernel:
     makes: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
     @property
+    def swappable(self) -> bool:
+        """It makes a product whose result is transposed, written both ways (emit_triton.dot_expr)."""
+        return any("SWAP_PRODUCTS" in line for line in (*self.prologue, *self.loop, *self.epilogue))
+
+    @property
     def offsets(self) -> list[str]:
         return offsets(self.value_blocks != "none")
 

@@ -57,6 +57,10 @@ def test_candidates_start_with_the_default_and_keep_blocks_legal():
     assert candidates(Config(4, 32, 32, 64), "none", 64, 64, on_gpu=True, chunk_size=64) == [
         Config(4, 32, 32, 64), Config(8, 32, 32, 64)]
     assert candidates(default, "none", 64, 64, on_gpu=True, chunk_size=64) == [default, Config(4, 32, 32)]
+    # a kernel whose transposed products are written both ways: the default with them swapped, last, on a GPU only
+    assert candidates(default, "none", 64, 64, on_gpu=True, swappable=True) == [
+        default, Config(4, 32, 32), Config(8, 32, 32, swap_products=True)]
+    assert candidates(default, "none", 64, 64, on_gpu=False, swappable=True) == [default]
 
 
 def test_autotuning_is_asked_for_and_needs_a_gpu_or_a_tuner_for_the_interpreter(monkeypatch):

@@ -151,6 +151,19 @@ def test_replicated_products_are_read_from_the_layouts():
     assert replicated_dots(ir) == 1
 
 
+def test_a_transposed_product_is_written_both_ways_and_counted_once():
+    """A product whose result's rows are its right operand's is written transposed and, under SWAP_PRODUCTS, as the
+    product of the operands in swapped order (no transpose of the result); `mirasc aot` counts it as one product."""
+    from mirasc.aot import _products
+    from mirasc.emit_triton import dot_expr
+
+    both = dot_expr("a", ("o", "h"), "b", ("t", "o"), ("t", "h"))
+    assert both.startswith("(tl.dot(b.to(DOT_DTYPE), a.to(DOT_DTYPE),") and " if SWAP_PRODUCTS else tl.trans(" in both
+    assert both.count("tl.dot(") == 2 and _products(both) == 1
+    one = dot_expr("a", ("t", "o"), "b", ("o", "h"), ("t", "h"))
+    assert "SWAP_PRODUCTS" not in one and _products(one) == 1
+
+
 def test_aot_finds_every_kernel_in_the_description():
     """mirasc aot reads each kernel's value blocks from DESCRIPTION: every kernel of a channel-decay spec's module has
     its entry there, and no kernel is a fallback for strongly decaying chunks (the decay is exact in every kernel)."""

@@ -408,6 +408,33 @@ def test_triton_head_blocks_match_torch(ops, name, monkeypatch):
     assert max(err.values()) < 1e-10, err
 
 
+@pytest.mark.parametrize("name", ["deltanet", "ttt_mlp"])
+def test_triton_swapped_products_match_torch(ops, name, monkeypatch):
+    """Every kernel launched with SWAP_PRODUCTS (a transposed product made as the product of its transposed operands
+    in swapped order, the spill guard's candidate on a GPU) gives what the torch backend gives, in fp64, every output
+    and gradient."""
+    from dataclasses import replace
+
+    import mirasc.backends.triton as backend
+
+    tri, ref = ops(name)
+    jobs = tri.triton_module.DESCRIPTION["kernels"]
+    assert sum(info["swappable"] for info in jobs.values()) >= 3, jobs
+    default = backend._Launch.config
+    launched = []
+
+    def swapped(self, info):
+        launched.append(info["swappable"])
+        return replace(default(self, info), swap_products=info["swappable"])
+
+    monkeypatch.setattr(backend._Launch, "config", swapped)
+    ins = make_inputs(ref, 1, 21, 2, D, dtype=torch.float64, seed=9)
+    out = _run(tri, _to(ins), 16)
+    out = (out[0].cpu(), [x.cpu() for x in out[1]], {n: x.cpu() for n, x in out[2].items()})
+    err = _errors(out, _run(ref, ins, 16))
+    assert any(launched) and max(err.values()) < 1e-10, err
+
+
 def test_triton_channel_decay_by_value_blocks_matches_torch(monkeypatch):
     """A channel-decay linear memory (bench/specs/gla.miras) with the value axis in four blocks: its products' factors
     go through scratch memory, one slot per program and block of value columns, in waves of one chunk reusing one

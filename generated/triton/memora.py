@@ -11,7 +11,9 @@ the chunks in reverse and stores the adjoint entering every chunk's end (the val
 the next chunk, if any, made for all chunks at once before it: local_bwd); the inputs' gradients are then computed
 for all chunks at once, a kernel per summand. The chunk bodies are emitted from the chunk IR in dot form
 (mirasc.lower, mirasc.grad, mirasc.dotform): every contraction is a tl.dot with DOT_DTYPE operands; arithmetic and
-state are in DTYPE (fp32, or fp64 for fp64 inputs).
+state are in DTYPE (fp32, or fp64 for fp64 inputs). A product whose result is transposed is written both ways: as
+`tl.trans(tl.dot(a, b))` and, where SWAP_PRODUCTS is set, as the dot of the transposed operands in swapped order (the
+launcher's spill guard chooses per kernel).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
@@ -49,7 +51,8 @@ DESCRIPTION = {'spec': 'memora',
                                        ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 9.0,
-                           'sub_chunks': False},
+                           'sub_chunks': False,
+                           'swappable': True},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['h'],
                                      ['h'],
@@ -88,7 +91,8 @@ DESCRIPTION = {'spec': 'memora',
                                      ['t', 'o']],
                          'value_blocks': 'none',
                          'tiles': 12.0,
-                         'sub_chunks': True},
+                         'sub_chunks': True,
+                         'swappable': True},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [['h'],
                                        ['h'],
@@ -132,7 +136,8 @@ DESCRIPTION = {'spec': 'memora',
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 16.0,
-                           'sub_chunks': True},
+                           'sub_chunks': True,
+                           'swappable': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['h'],
@@ -200,12 +205,14 @@ DESCRIPTION = {'spec': 'memora',
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 22.0,
-                           'sub_chunks': True},
+                           'sub_chunks': True,
+                           'swappable': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 2.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -234,7 +241,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 13.0,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['h'],
                                           ['h'],
@@ -259,7 +267,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 11.0,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['h'],
                                           ['h'],
@@ -290,7 +299,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 14.0,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -325,7 +335,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 13.5,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -370,7 +381,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 13.5,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_k_3_bwd': {'grid': 'chunks',
                               'scratch': [['h'],
                                           ['h'],
@@ -435,7 +447,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 22.0,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -470,7 +483,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 13.5,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['h'],
                                           ['h'],
@@ -523,7 +537,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 21.5,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['h'],
                                                    ['h'],
@@ -575,7 +590,8 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 23.0,
-                                       'sub_chunks': True},
+                                       'sub_chunks': True,
+                                       'swappable': True},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['h', 'i'],
@@ -638,7 +654,8 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 22.0,
-                                       'sub_chunks': True},
+                                       'sub_chunks': True,
+                                       'swappable': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['h'],
                                                  ['h'],
@@ -675,7 +692,8 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 15.0,
-                                     'sub_chunks': True},
+                                     'sub_chunks': True,
+                                     'swappable': True},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['h'],
                                                  ['h'],
@@ -736,7 +754,8 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 21.0,
-                                     'sub_chunks': True},
+                                     'sub_chunks': True,
+                                     'swappable': True},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -763,7 +782,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 10.0,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -798,7 +818,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's']],
                                       'value_blocks': 'none',
                                       'tiles': 14.5,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -833,7 +854,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's']],
                                       'value_blocks': 'none',
                                       'tiles': 13.5,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -868,7 +890,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's']],
                                       'value_blocks': 'none',
                                       'tiles': 13.5,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_weight_4_bwd': {'grid': 'chunks',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -921,7 +944,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 21.5,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_weight_5_bwd': {'grid': 'chunks',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -974,7 +998,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 21.5,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_weight_6_bwd': {'grid': 'chunks',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -1027,12 +1052,14 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 21.5,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
                                     'tiles': 1.0,
-                                    'sub_chunks': False},
+                                    'sub_chunks': False,
+                                    'swappable': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['h', 'i'],
                                                 ['h'],
@@ -1067,7 +1094,8 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 's']],
                                     'value_blocks': 'none',
                                     'tiles': 13.5,
-                                    'sub_chunks': True},
+                                    'sub_chunks': True,
+                                    'swappable': True},
              'grad_ln_bias_2_bwd': {'grid': 'chunks',
                                     'scratch': [['h'],
                                                 ['h'],
@@ -1120,7 +1148,8 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 21.5,
-                                    'sub_chunks': True}},
+                                    'sub_chunks': True,
+                                    'swappable': True}},
  'stored': [],
  'local': [['local_0', ['t', 'o']],
            ['local_1', ['t', 'o']],
@@ -1150,8 +1179,8 @@ def private_index(offs, align: tl.constexpr, anchor, ON_GPU: tl.constexpr):
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -1338,7 +1367,7 @@ def chunk_state_fwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-            v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v86 = (tl.dot(v85.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
             v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1350,7 +1379,7 @@ def chunk_state_fwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-            v106 = tl.trans(tl.dot(tl.trans(v105).to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v106 = (tl.dot(tl.trans(v102).to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v105).to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v109 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
             v110 = (v109 - v106)  # layer 1 end state
             tl.store(starts_w1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v110.to(starts_w1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
@@ -1380,8 +1409,8 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -1604,7 +1633,7 @@ def chunk_out_fwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v86 = (tl.dot(v85.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1697,8 +1726,8 @@ def chunk_out_fwd_kernel(
 def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
     pid = tl.program_id(0)
@@ -1938,7 +1967,7 @@ def chunk_local_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v86 = (tl.dot(v85.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2073,8 +2102,8 @@ def chunk_local_bwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -2316,7 +2345,7 @@ def chunk_state_bwd_kernel(
             v58 = tl.load(scratch + 4 * HID * D + 4 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
             tl.store(scratch + 4 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-            v74 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v74 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 4 * HID * D + 4 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v74)
             v63 = tl.load(scratch + 4 * HID * D + 4 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v75_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -2345,7 +2374,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v100 = tl.load(scratch + 4 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-            v122 = tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v122 = (tl.dot(v120.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 4 * HID * D + 4 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v122)
         tl.debug_barrier()
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2353,7 +2382,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v60 = tl.load(scratch + 4 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-            v129 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v129 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v122 = tl.load(scratch + 4 * HID * D + 4 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v131 = (v122 + v129)
             v96 = tl.load(scratch + 4 * HID * D + 4 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -2366,7 +2395,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v132 = tl.load(scratch + 4 * HID * D + 4 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-            v137 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v137 = (tl.dot(tl.trans(v132).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 4 * HID * D + 4 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v137)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v115 = ((-1.0) * d_new_w1)
@@ -2422,7 +2451,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v97 = tl.load(scratch + 6 * HID * D + 4 * HID + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-            v123 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v123 = (tl.dot(tl.trans(v120).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v114 = tl.load(scratch + 6 * HID * D + 4 * HID + 13 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
             v126 = (v114 + v123)
             v127 = v126
@@ -2451,7 +2480,7 @@ def chunk_state_bwd_kernel(
             v139 = (v136 * (0.5 + (0.5 * tl.math.erf(v139_c0)) + (v139_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
             tl.store(scratch + 6 * HID * D + 4 * HID + 16 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v139)
             v60 = tl.load(scratch + 4 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-            v141 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()
         v125 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v142 = (v125 + v141)
@@ -2506,7 +2535,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v60 = tl.load(scratch + 4 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-            v170 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v170 = (tl.dot(v169.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v127 = tl.load(scratch + 6 * HID * D + 4 * HID + 15 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v172 = (v127 + v170)
             v63 = tl.load(scratch + 4 * HID * D + 4 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -2520,7 +2549,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v174 = tl.load(scratch + 6 * HID * D + 4 * HID + 17 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-            v175 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v175 = (tl.dot(tl.trans(v174).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v116 = tl.load(scratch + 2 * HID * D + 4 * HID + offs_h[:, None] * D + offs_i[None, :])
             v137 = tl.load(scratch + 4 * HID * D + 4 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
             v189 = (v116 + v137 + v175)
@@ -2556,7 +2585,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v97 = tl.load(scratch + 6 * HID * D + 4 * HID + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-            v130 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v130 = (tl.dot(tl.trans(local_7).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 7 * HID * D + 6 * HID + 18 * C * HID + 4 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v130)
         tl.debug_barrier()
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2573,7 +2602,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v64 = tl.load(scratch + 4 * HID * D + 4 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-            v171 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v171 = (tl.dot(tl.trans(v169).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v110 = tl.load(scratch + 7 * HID * D + 6 * HID + 18 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v130 = tl.load(scratch + 7 * HID * D + 6 * HID + 18 * C * HID + 4 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v140 = tl.load(scratch + 7 * HID * D + 6 * HID + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
@@ -2672,8 +2701,8 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2711,8 +2740,8 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2897,7 +2926,7 @@ def chunk_grad_q_1_bwd_kernel(
         v58 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v68 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v68 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v69_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v69 = (v68 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2932,7 +2961,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v95 = tl.trans(tl.dot(tl.trans(v86).to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v95 = (tl.dot(v93.to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v86).to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v95)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2940,7 +2969,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v97 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v97 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v95 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v98 = (v95 + v97)
         v83 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -2955,7 +2984,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_g = offs_h
         v79 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v101 += tl.trans(tl.dot(v79.to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v101 += (tl.dot(v100.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v79.to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v73 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v80 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -2985,8 +3014,8 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -3169,7 +3198,7 @@ def chunk_grad_q_2_bwd_kernel(
         v58 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v68 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v68 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v69_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v69 = (v68 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3204,7 +3233,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v86 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v95 = tl.trans(tl.dot(tl.trans(v86).to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v95 = (tl.dot(v93.to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v86).to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v95)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3212,7 +3241,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v97 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v97 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v95 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v98 = (v95 + v97)
         v83 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -3226,7 +3255,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_g = offs_h
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v100 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v100 += (tl.dot(v99.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v74 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v101 = (v74 * v100)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v101.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3235,8 +3264,8 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -3421,7 +3450,7 @@ def chunk_grad_k_0_bwd_kernel(
         v58 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v68 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v68 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v69_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v69 = (v68 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3456,7 +3485,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v105 = tl.trans(tl.dot(tl.trans(v93).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v105 = (tl.dot(v103.to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v93).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3464,7 +3493,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v107 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v107 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v105 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v108 = (v105 + v107)
         v90 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -3479,7 +3508,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_g = offs_h
         v86 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v111 += tl.trans(tl.dot(v86.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v111 += (tl.dot(v110.to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v86.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
@@ -3534,8 +3563,8 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -3786,7 +3815,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v71 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v71 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v72 = (v71 * (0.5 + (0.5 * tl.math.erf(v72_c0)) + (v72_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3808,7 +3837,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v112 = tl.trans(tl.dot(tl.trans(v96).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = (tl.dot(v110.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v96).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v112)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3816,7 +3845,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v116 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v116 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v117 = (v112 + v116)
         v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -3845,7 +3874,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v124 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
@@ -3866,8 +3895,8 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -4075,7 +4104,7 @@ def chunk_grad_k_2_bwd_kernel(
         v58 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v74 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v74)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v111 = ((-1.0) * d_new_w1)
@@ -4123,7 +4152,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v100 = tl.load(scratch + 3 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v117 = tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v117 = (tl.dot(v115.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v117)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4131,7 +4160,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v124 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v124 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v117 = tl.load(scratch + 3 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v125 = (v117 + v124)
         v96 = tl.load(scratch + 3 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -4179,7 +4208,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v97 = tl.load(scratch + 3 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v118 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v115.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v118 = (tl.dot(tl.trans(v115).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v115.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v110 = tl.load(scratch + 3 * HID * D + 2 * HID + 11 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v121 = (v110 + v118)
         v122 = v121
@@ -4207,7 +4236,7 @@ def chunk_grad_k_2_bwd_kernel(
         v132_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v132 = (v130 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v133 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v133 += (tl.dot(v132.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v120 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v134 = (v120 + v133)
@@ -4256,7 +4285,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v162 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v161).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v162 = (tl.dot(v161.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v161).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v122 = tl.load(scratch + 3 * HID * D + 2 * HID + 13 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v163 = (v122 + v162)
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -4272,15 +4301,15 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v165 = tl.load(scratch + 3 * HID * D + 2 * HID + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v166 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v166 += (tl.dot(v165.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v166.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -4519,7 +4548,7 @@ def chunk_grad_k_3_bwd_kernel(
         v58 = tl.load(scratch + 5 * HID + 3 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 5 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v74 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * HID + 3 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v74)
         v63 = tl.load(scratch + 5 * HID + 3 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v75_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -4548,7 +4577,7 @@ def chunk_grad_k_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v100 = tl.load(scratch + 5 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v122 = tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v122 = (tl.dot(v120.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * HID + 3 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v122)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4556,7 +4585,7 @@ def chunk_grad_k_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 5 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v129 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v122 = tl.load(scratch + 5 * HID + 3 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v131 = (v122 + v129)
         v96 = tl.load(scratch + 5 * HID + 3 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -4569,7 +4598,7 @@ def chunk_grad_k_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v132 = tl.load(scratch + 5 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (tl.dot(tl.trans(v132).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v137)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v115 = ((-1.0) * d_new_w1)
@@ -4625,7 +4654,7 @@ def chunk_grad_k_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v97 = tl.load(scratch + 5 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v123 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v123 = (tl.dot(tl.trans(v120).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v114 = tl.load(scratch + 5 * HID + 5 * HID * D + 13 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v126 = (v114 + v123)
         v127 = v126
@@ -4654,7 +4683,7 @@ def chunk_grad_k_3_bwd_kernel(
         v139 = (v136 * (0.5 + (0.5 * tl.math.erf(v139_c0)) + (v139_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 5 * HID + 5 * HID * D + 16 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v139)
         v60 = tl.load(scratch + 5 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v141 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
     v125 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
@@ -4709,7 +4738,7 @@ def chunk_grad_k_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 5 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v170 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v170 = (tl.dot(v169.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v127 = tl.load(scratch + 5 * HID + 5 * HID * D + 15 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v172 = (v127 + v170)
         v63 = tl.load(scratch + 5 * HID + 3 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -4724,7 +4753,7 @@ def chunk_grad_k_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v174 = tl.load(scratch + 5 * HID + 5 * HID * D + 17 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v175 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v175 = (tl.dot(tl.trans(v174).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v116 = tl.load(scratch + 5 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v137 = tl.load(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
         v187 = (v116 + v137 + v175)
@@ -4749,7 +4778,7 @@ def chunk_grad_k_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v97 = tl.load(scratch + 5 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = (tl.dot(tl.trans(local_7).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * HID + 6 * HID * D + 18 * C * HID + 4 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v130)
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4766,7 +4795,7 @@ def chunk_grad_k_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 5 * HID + 3 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v171 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v171 = (tl.dot(tl.trans(v169).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v110 = tl.load(scratch + 5 * HID + 6 * HID * D + 18 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v130 = tl.load(scratch + 5 * HID + 6 * HID * D + 18 * C * HID + 4 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.load(scratch + 5 * HID + 6 * HID * D + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
@@ -4862,8 +4891,8 @@ def chunk_grad_k_3_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -5114,7 +5143,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v71 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v71 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v72 = (v71 * (0.5 + (0.5 * tl.math.erf(v72_c0)) + (v72_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5136,7 +5165,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v112 = tl.trans(tl.dot(tl.trans(v96).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = (tl.dot(v110.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v96).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v112)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5144,7 +5173,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v116 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v116 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v117 = (v112 + v116)
         v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -5173,7 +5202,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v124 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
@@ -5194,8 +5223,8 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -5431,7 +5460,7 @@ def chunk_grad_v_1_bwd_kernel(
         v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v74 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v75_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -5457,7 +5486,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v97 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = (tl.dot(tl.trans(local_7).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v130)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v115 = ((-1.0) * d_new_w1)
@@ -5482,7 +5511,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v122 = tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v122 = (tl.dot(v120.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v122)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5490,7 +5519,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v129 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v122 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v131 = (v122 + v129)
         v96 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -5545,7 +5574,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_g = offs_h
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v141 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
@@ -5599,7 +5628,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v171 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v171 = (tl.dot(tl.trans(v169).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v110 = tl.load(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v130 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
@@ -5628,7 +5657,7 @@ def chunk_grad_v_1_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v116 = (v103[None, :] * d_new_w1)
         v132 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (tl.dot(tl.trans(v132).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v136 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 12 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -5640,16 +5669,16 @@ def chunk_grad_v_1_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v114 = tl.dot(local_4.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v97 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v123 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v123 = (tl.dot(tl.trans(v120).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v126 = (v114 + v123)
         v127 = v126
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v170 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v170 = (tl.dot(v169.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v172 = (v127 + v170)
         v173_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v173 = (v172 * (0.5 + (0.5 * tl.math.erf(v173_c0)) + (v173_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v174 = (v138 + v173)
-        v175 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v175 = (tl.dot(tl.trans(v174).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v185 = (v116 + v137 + v175)
         v52 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
         v53 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h)
@@ -5685,8 +5714,8 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -5847,7 +5876,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v58 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v68 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v68 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v69_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v69 = (v68 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5987,7 +6016,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v95 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v141 = tl.trans(tl.dot(tl.trans(v95).to(DOT_DTYPE), tl.trans(v136).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v141 = (tl.dot(v136.to(DOT_DTYPE), v95.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v95).to(DOT_DTYPE), tl.trans(v136).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v141)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5995,7 +6024,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v145 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v145 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v141 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v148 = (v141 + v145)
         v88 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -6009,7 +6038,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_g = offs_h
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v149 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v156 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v156 += (tl.dot(v149.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v157 = (q * v156)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v157)  # park
     v112 = tl.zeros((BV,), DTYPE)
@@ -6045,7 +6074,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v149 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v150 = ((-1.0) * v149)
         v84 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v151 += tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v150).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v151 += (tl.dot(v150.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v150).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v151)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -6193,8 +6222,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -6434,7 +6463,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v58 = tl.load(scratch + 5 * HID * D + 3 * HID + 2 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 5 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v74 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * HID * D + 3 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v74)
         v63 = tl.load(scratch + 5 * HID * D + 3 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v75_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -6463,7 +6492,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v100 = tl.load(scratch + 5 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v122 = tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v122 = (tl.dot(v120.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * HID * D + 3 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v122)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6471,7 +6500,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 5 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v129 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v122 = tl.load(scratch + 5 * HID * D + 3 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v131 = (v122 + v129)
         v96 = tl.load(scratch + 5 * HID * D + 3 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -6484,7 +6513,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v132 = tl.load(scratch + 5 * HID * D + 3 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (tl.dot(tl.trans(v132).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * HID * D + 3 * HID + 9 * C * HID + 3 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v137)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v115 = ((-1.0) * d_new_w1)
@@ -6540,7 +6569,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v97 = tl.load(scratch + 7 * HID * D + 3 * HID + 14 * C * HID + 4 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v123 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v123 = (tl.dot(tl.trans(v120).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v114 = tl.load(scratch + 7 * HID * D + 3 * HID + 13 * C * HID + 4 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v126 = (v114 + v123)
         v127 = v126
@@ -6569,7 +6598,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v139 = (v136 * (0.5 + (0.5 * tl.math.erf(v139_c0)) + (v139_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 7 * HID * D + 3 * HID + 16 * C * HID + 4 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v139)
         v60 = tl.load(scratch + 5 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v141 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
     v125 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
@@ -6624,7 +6653,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 5 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v170 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v170 = (tl.dot(v169.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v127 = tl.load(scratch + 7 * HID * D + 3 * HID + 15 * C * HID + 4 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v172 = (v127 + v170)
         v63 = tl.load(scratch + 5 * HID * D + 3 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -6639,7 +6668,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v174 = tl.load(scratch + 7 * HID * D + 3 * HID + 17 * C * HID + 4 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v175 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v175 = (tl.dot(tl.trans(v174).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v116 = tl.load(scratch + 3 * HID * D + 3 * HID + offs_h[:, None] * D + offs_i[None, :])
         v137 = tl.load(scratch + 5 * HID * D + 3 * HID + 9 * C * HID + 3 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
         v184 = (v116 + v137 + v175)
@@ -6662,7 +6691,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v97 = tl.load(scratch + 7 * HID * D + 3 * HID + 14 * C * HID + 4 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = (tl.dot(tl.trans(local_7).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v130)
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6679,7 +6708,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 5 * HID * D + 3 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v171 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v171 = (tl.dot(tl.trans(v169).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v110 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 4 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v130 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 6 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
@@ -6710,8 +6739,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -6898,7 +6927,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v58 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v68 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v68 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v69_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v69 = (v68 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6933,7 +6962,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v113 = tl.trans(tl.dot(tl.trans(v93).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v113 = (tl.dot(v109.to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v93).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v113)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6941,7 +6970,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v116 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v116 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v113 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v117 = (v113 + v116)
         v89 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -6956,7 +6985,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_g = offs_h
         v85 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v120 += tl.trans(tl.dot(v85.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v120 += (tl.dot(v119.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v85.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v120)
@@ -7066,8 +7095,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -7305,7 +7334,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v58 = tl.load(scratch + 4 * HID + 3 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 4 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v74 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 4 * HID + 3 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v74)
         v63 = tl.load(scratch + 4 * HID + 3 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v75_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -7334,7 +7363,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v100 = tl.load(scratch + 4 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v122 = tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v122 = (tl.dot(v120.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 4 * HID + 3 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v122)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -7342,7 +7371,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 4 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v129 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v122 = tl.load(scratch + 4 * HID + 3 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v131 = (v122 + v129)
         v96 = tl.load(scratch + 4 * HID + 3 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -7355,7 +7384,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v132 = tl.load(scratch + 4 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (tl.dot(tl.trans(v132).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 4 * HID + 3 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v137)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v115 = ((-1.0) * d_new_w1)
@@ -7411,7 +7440,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v97 = tl.load(scratch + 4 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v123 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v123 = (tl.dot(tl.trans(v120).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v114 = tl.load(scratch + 4 * HID + 5 * HID * D + 13 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v126 = (v114 + v123)
         v127 = v126
@@ -7440,7 +7469,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v139 = (v136 * (0.5 + (0.5 * tl.math.erf(v139_c0)) + (v139_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 4 * HID + 5 * HID * D + 16 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v139)
         v60 = tl.load(scratch + 4 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v141 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
     v125 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
@@ -7495,7 +7524,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 4 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v170 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v170 = (tl.dot(v169.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v127 = tl.load(scratch + 4 * HID + 5 * HID * D + 15 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v172 = (v127 + v170)
         v63 = tl.load(scratch + 4 * HID + 3 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -7510,7 +7539,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v174 = tl.load(scratch + 4 * HID + 5 * HID * D + 17 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v175 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v175 = (tl.dot(tl.trans(v174).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v116 = tl.load(scratch + 4 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v137 = tl.load(scratch + 4 * HID + 3 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
         v184 = (v116 + v137 + v175)
@@ -7533,7 +7562,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v97 = tl.load(scratch + 4 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = (tl.dot(tl.trans(local_7).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 4 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v130)
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -7550,7 +7579,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 4 * HID + 3 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v171 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v171 = (tl.dot(tl.trans(v169).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v110 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v130 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 4 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
@@ -7581,8 +7610,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -7739,7 +7768,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v58 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v68 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v68 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v69_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v69 = (v68 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -7837,8 +7866,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -8090,7 +8119,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v71 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v71 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v72 = (v71 * (0.5 + (0.5 * tl.math.erf(v72_c0)) + (v72_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -8112,7 +8141,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v112 = tl.trans(tl.dot(tl.trans(v96).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = (tl.dot(v110.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v96).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v112)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -8120,7 +8149,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v116 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v116 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v117 = (v112 + v116)
         v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -8149,7 +8178,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v124 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
@@ -8169,8 +8198,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -8422,7 +8451,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v71 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v71 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v72 = (v71 * (0.5 + (0.5 * tl.math.erf(v72_c0)) + (v72_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -8444,7 +8473,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v112 = tl.trans(tl.dot(tl.trans(v96).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = (tl.dot(v110.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v96).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v112)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -8452,7 +8481,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v116 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v116 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v117 = (v112 + v116)
         v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -8481,7 +8510,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v124 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
@@ -8497,8 +8526,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -8749,7 +8778,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v71 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v71 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v72 = (v71 * (0.5 + (0.5 * tl.math.erf(v72_c0)) + (v72_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -8771,7 +8800,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v112 = tl.trans(tl.dot(tl.trans(v96).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = (tl.dot(v110.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v96).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v112)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -8779,7 +8808,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v116 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v116 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v117 = (v112 + v116)
         v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -8808,7 +8837,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v124 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
@@ -8830,8 +8859,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_weight_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -9067,7 +9096,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v74 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v75_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -9093,7 +9122,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v97 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = (tl.dot(tl.trans(local_7).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v130)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v115 = ((-1.0) * d_new_w1)
@@ -9118,7 +9147,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v122 = tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v122 = (tl.dot(v120.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v122)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9126,7 +9155,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v129 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v122 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v131 = (v122 + v129)
         v96 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -9181,7 +9210,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_g = offs_h
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v141 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
@@ -9235,7 +9264,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v171 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v171 = (tl.dot(tl.trans(v169).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v110 = tl.load(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v130 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
@@ -9264,7 +9293,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v116 = (v103[None, :] * d_new_w1)
         v132 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (tl.dot(tl.trans(v132).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v136 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 12 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -9276,16 +9305,16 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v114 = tl.dot(local_4.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v97 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v123 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v123 = (tl.dot(tl.trans(v120).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v126 = (v114 + v123)
         v127 = v126
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v170 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v170 = (tl.dot(v169.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v172 = (v127 + v170)
         v173_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v173 = (v172 * (0.5 + (0.5 * tl.math.erf(v173_c0)) + (v173_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v174 = (v138 + v173)
-        v175 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v175 = (tl.dot(tl.trans(v174).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v185 = (v116 + v137 + v175)
         v52 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
         v53 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h)
@@ -9317,8 +9346,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
 def chunk_grad_ln_weight_5_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 5 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -9554,7 +9583,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v74 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v75_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -9580,7 +9609,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v97 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = (tl.dot(tl.trans(local_7).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v130)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v115 = ((-1.0) * d_new_w1)
@@ -9605,7 +9634,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v122 = tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v122 = (tl.dot(v120.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v122)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9613,7 +9642,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v129 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v122 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v131 = (v122 + v129)
         v96 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -9668,7 +9697,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         offs_g = offs_h
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v141 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
@@ -9722,7 +9751,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v171 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v171 = (tl.dot(tl.trans(v169).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v110 = tl.load(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v130 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
@@ -9751,7 +9780,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v116 = (v103[None, :] * d_new_w1)
         v132 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (tl.dot(tl.trans(v132).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v136 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 12 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -9763,16 +9792,16 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v114 = tl.dot(local_4.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v97 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v123 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v123 = (tl.dot(tl.trans(v120).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v126 = (v114 + v123)
         v127 = v126
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v170 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v170 = (tl.dot(v169.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v172 = (v127 + v170)
         v173_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v173 = (v172 * (0.5 + (0.5 * tl.math.erf(v173_c0)) + (v173_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v174 = (v138 + v173)
-        v175 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v175 = (tl.dot(tl.trans(v174).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v185 = (v116 + v137 + v175)
         v52 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
         v53 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h)
@@ -9801,8 +9830,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
 def chunk_grad_ln_weight_6_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 6 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -10038,7 +10067,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v74 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v75_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -10064,7 +10093,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v97 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = (tl.dot(tl.trans(local_7).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v130)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v115 = ((-1.0) * d_new_w1)
@@ -10089,7 +10118,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v122 = tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v122 = (tl.dot(v120.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v122)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -10097,7 +10126,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v129 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v122 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v131 = (v122 + v129)
         v96 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -10152,7 +10181,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         offs_g = offs_h
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v141 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
@@ -10206,7 +10235,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v171 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v171 = (tl.dot(tl.trans(v169).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v110 = tl.load(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v130 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
@@ -10235,7 +10264,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v116 = (v103[None, :] * d_new_w1)
         v132 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (tl.dot(tl.trans(v132).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v136 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 12 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -10247,16 +10276,16 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v114 = tl.dot(local_4.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v97 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v123 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v123 = (tl.dot(tl.trans(v120).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v126 = (v114 + v123)
         v127 = v126
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v170 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v170 = (tl.dot(v169.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v172 = (v127 + v170)
         v173_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v173 = (v172 * (0.5 + (0.5 * tl.math.erf(v173_c0)) + (v173_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v174 = (v138 + v173)
-        v175 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v175 = (tl.dot(tl.trans(v174).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v185 = (v116 + v137 + v175)
         v52 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
         v53 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h)
@@ -10291,8 +10320,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -10330,8 +10359,8 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -10582,7 +10611,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v71 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v71 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v72 = (v71 * (0.5 + (0.5 * tl.math.erf(v72_c0)) + (v72_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -10604,7 +10633,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v112 = tl.trans(tl.dot(tl.trans(v96).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = (tl.dot(v110.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v96).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v112)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -10612,7 +10641,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v116 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v116 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v117 = (v112 + v116)
         v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
@@ -10641,7 +10670,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_g = offs_h
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v124 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
@@ -10662,8 +10691,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
 def chunk_grad_ln_bias_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -10899,7 +10928,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v74 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 = (tl.dot(local_2.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v75_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
@@ -10925,7 +10954,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v97 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = (tl.dot(tl.trans(local_7).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), local_7.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v130)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v115 = ((-1.0) * d_new_w1)
@@ -10950,7 +10979,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v122 = tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v122 = (tl.dot(v120.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v100).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v122)
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -10958,7 +10987,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v129 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v129 = (tl.dot(local_7.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v122 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v131 = (v122 + v129)
         v96 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -11013,7 +11042,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_g = offs_h
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v141 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
@@ -11067,7 +11096,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v171 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v171 = (tl.dot(tl.trans(v169).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v110 = tl.load(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v130 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v140 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
@@ -11096,7 +11125,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v116 = (v103[None, :] * d_new_w1)
         v132 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v137 = (tl.dot(tl.trans(v132).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v136 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 12 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -11108,16 +11137,16 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v114 = tl.dot(local_4.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v97 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v123 = tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v123 = (tl.dot(tl.trans(v120).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v97).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v126 = (v114 + v123)
         v127 = v126
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v170 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v170 = (tl.dot(v169.to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v172 = (v127 + v170)
         v173_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v173 = (v172 * (0.5 + (0.5 * tl.math.erf(v173_c0)) + (v173_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v174 = (v138 + v173)
-        v175 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v175 = (tl.dot(tl.trans(v174).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v185 = (v116 + v137 + v175)
         v52 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
         v53 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h)

@@ -11,7 +11,9 @@ the chunks in reverse and stores the adjoint entering every chunk's end (the val
 the next chunk, if any, made for all chunks at once before it: local_bwd); the inputs' gradients are then computed
 for all chunks at once, a kernel per summand. The chunk bodies are emitted from the chunk IR in dot form
 (mirasc.lower, mirasc.grad, mirasc.dotform): every contraction is a tl.dot with DOT_DTYPE operands; arithmetic and
-state are in DTYPE (fp32, or fp64 for fp64 inputs).
+state are in DTYPE (fp32, or fp64 for fp64 inputs). A product whose result is transposed is written both ways: as
+`tl.trans(tl.dot(a, b))` and, where SWAP_PRODUCTS is set, as the dot of the transposed operands in swapped order (the
+launcher's spill guard chooses per kernel).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
@@ -41,7 +43,8 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 8.0,
-                           'sub_chunks': False},
+                           'sub_chunks': False,
+                           'swappable': True},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['h', 'i'],
                                      ['t', 'h'],
@@ -80,7 +83,8 @@ DESCRIPTION = {'spec': 'moneta',
                                      ['t', 'o']],
                          'value_blocks': 'none',
                          'tiles': 14.0,
-                         'sub_chunks': True},
+                         'sub_chunks': True,
+                         'swappable': True},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [['h', 'i'],
                                        ['t', 'h'],
@@ -118,7 +122,8 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 18.0,
-                           'sub_chunks': True},
+                           'sub_chunks': True,
+                           'swappable': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['h', 'i'],
@@ -197,7 +202,8 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 24.5,
-                           'sub_chunks': True},
+                           'sub_chunks': True,
+                           'swappable': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -210,12 +216,14 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 5.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 2.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': False},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -239,7 +247,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 10.5,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_q_3_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -265,7 +274,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 13.5,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_q_4_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -290,7 +300,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 11.5,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -328,7 +339,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 15.5,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -367,7 +379,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 15.0,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -416,7 +429,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 16.5,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -455,7 +469,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 15.0,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -494,7 +509,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 15.0,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -517,7 +533,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 10.0,
-                                       'sub_chunks': True},
+                                       'sub_chunks': True,
+                                       'swappable': True},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -544,7 +561,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 15.5,
-                                       'sub_chunks': True},
+                                       'sub_chunks': True,
+                                       'swappable': True},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -581,7 +599,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 14.5,
-                                       'sub_chunks': True},
+                                       'sub_chunks': True,
+                                       'swappable': True},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -602,7 +621,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
-                                       'sub_chunks': False},
+                                       'sub_chunks': False,
+                                       'swappable': True},
              'grad_gate_alpha_4_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -648,7 +668,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 16.5,
-                                       'sub_chunks': True},
+                                       'sub_chunks': True,
+                                       'swappable': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['h', 'i'],
                                                  ['t', 'h'],
@@ -671,7 +692,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['s', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 9.0,
-                                     'sub_chunks': True},
+                                     'sub_chunks': True,
+                                     'swappable': True},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['h', 'i'],
                                                  ['t', 'h'],
@@ -698,7 +720,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 's']],
                                      'value_blocks': 'none',
                                      'tiles': 14.5,
-                                     'sub_chunks': True},
+                                     'sub_chunks': True,
+                                     'swappable': True},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -718,7 +741,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 7.5,
-                                     'sub_chunks': False},
+                                     'sub_chunks': False,
+                                     'swappable': True},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -729,7 +753,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['s', 'i']],
                                       'value_blocks': 'none',
                                       'tiles': 5.5,
-                                      'sub_chunks': False},
+                                      'sub_chunks': False,
+                                      'swappable': True},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -757,7 +782,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 10.5,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -796,7 +822,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 's']],
                                       'value_blocks': 'none',
                                       'tiles': 15.0,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -835,7 +862,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 's']],
                                       'value_blocks': 'none',
                                       'tiles': 15.0,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_weight_4_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -874,17 +902,20 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 's']],
                                       'value_blocks': 'none',
                                       'tiles': 15.0,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
                                     'tiles': 2.0,
-                                    'sub_chunks': False},
+                                    'sub_chunks': False,
+                                    'swappable': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
                                     'tiles': 2.0,
-                                    'sub_chunks': False},
+                                    'sub_chunks': False,
+                                    'swappable': False},
              'grad_ln_bias_2_bwd': {'grid': 'chunks',
                                     'scratch': [['h', 'i'],
                                                 ['t', 'h'],
@@ -923,7 +954,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                 ['t', 's']],
                                     'value_blocks': 'none',
                                     'tiles': 15.0,
-                                    'sub_chunks': True}},
+                                    'sub_chunks': True,
+                                    'swappable': True}},
  'stored': [],
  'local': [['local_0', ['t', 'o']],
            ['local_1', ['t', 'o']],
@@ -955,8 +987,8 @@ def private_index(offs, align: tl.constexpr, anchor, ON_GPU: tl.constexpr):
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -1084,7 +1116,7 @@ def chunk_state_fwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v21 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v46 = (tl.dot(v45.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v22 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
             v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
             v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1096,7 +1128,7 @@ def chunk_state_fwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v62 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v66 = (tl.dot(tl.trans(v62).to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v69 = (v68[None, :] * w1)
             v70 = (v69 - v66)  # layer 1 end state
@@ -1125,8 +1157,8 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -1280,7 +1312,7 @@ def chunk_out_fwd_kernel(
         v128 = (v127 * (v118 * v118) * tl.abs(v118) * tl.where(v118 > 0, 1.0, tl.where(v118 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v128)
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v54 = (tl.dot(v53.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1293,7 +1325,7 @@ def chunk_out_fwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v108 = tl.trans(tl.dot(tl.trans(v107).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v108 = (tl.dot(tl.trans(v73).to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v107).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v111 = (v110[None, :] * w1)
         v112 = (v111 - v108)  # layer 1 end state
@@ -1493,8 +1525,8 @@ def chunk_out_fwd_kernel(
 def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
     pid = tl.program_id(0)
@@ -1658,7 +1690,7 @@ def chunk_local_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v54 = (tl.dot(v53.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1843,8 +1875,8 @@ def chunk_local_bwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -1937,7 +1969,7 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
             tl.store(scratch + 2 * HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-            v41 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v41 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 2 * HID * D + C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v41)
             v29 = tl.load(scratch + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v42_c0 = (0.5 * v29 * tl.full((), 1.4142135623730951, DTYPE))
@@ -1951,7 +1983,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v60 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v81 = tl.trans(tl.dot(tl.trans(v80).to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v81 = (tl.dot(tl.trans(v60).to(DOT_DTYPE), v80.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v80).to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v84 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
             v85 = (v84 - v81)  # layer 1 end state
             tl.store(scratch + 2 * HID * D + 3 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :], v85)
@@ -2160,7 +2192,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v21 = tl.load(scratch + 2 * HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v159 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v159 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 6 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v159)
         tl.debug_barrier()
         v164 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
@@ -2168,7 +2200,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v75 = tl.load(scratch + 3 * HID * D + 4 * C * HID + BV * HID + HID + offs_s[:, None] * HID + offs_h[None, :])
-            v166 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v164).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v166 = (tl.dot(v164.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v164).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 6 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v166)
         tl.debug_barrier()
         local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2176,7 +2208,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v173 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v173 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v159 = tl.load(scratch + 6 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v166 = tl.load(scratch + 6 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v175 = (v159 + v166 + v173)
@@ -2193,7 +2225,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v178 = tl.load(scratch + 6 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v185 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), v178.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v185 = (tl.dot(tl.trans(v178).to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), v178.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 6 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v185)
             v64 = tl.load(scratch + 6 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v176 = tl.load(scratch + 6 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -2209,7 +2241,7 @@ def chunk_state_bwd_kernel(
             v232 = (2.0 * w1 * v231)
             tl.store(scratch + 7 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v232)
             v176 = tl.load(scratch + 6 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v177 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v177 = (tl.dot(tl.trans(v176).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 8 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v177)
             v154 = tl.load(scratch + 4 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
             v155 = ((-1.0) * v154)
@@ -2292,7 +2324,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v68 = tl.load(scratch + 10 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v167 = tl.trans(tl.dot(tl.trans(v68).to(DOT_DTYPE), v164.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v167 = (tl.dot(tl.trans(v164).to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v68).to(DOT_DTYPE), v164.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v153 = tl.load(scratch + 10 * HID * D + 17 * C * HID + 6 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
             v170 = (v153 + v167)
             v171 = v170
@@ -2321,7 +2353,7 @@ def chunk_state_bwd_kernel(
             v187 = (v184 * (0.5 + (0.5 * tl.math.erf(v187_c0)) + (v187_c0 * tl.exp(((-0.5) * (v29 * v29))) / (tl.full((), 1.772453850905516, DTYPE)))))
             tl.store(scratch + 10 * HID * D + 20 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v187)
             v21 = tl.load(scratch + 2 * HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v189 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v187).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v189 += (tl.dot(v187.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v187).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()
         v169 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v190 = (v169 + v189)
@@ -2381,7 +2413,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v21 = tl.load(scratch + 2 * HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v219 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v218).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v219 = (tl.dot(v218.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v218).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v171 = tl.load(scratch + 10 * HID * D + 19 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v221 = (v171 + v219)
             v29 = tl.load(scratch + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
@@ -2396,7 +2428,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v223 = tl.load(scratch + 10 * HID * D + 21 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v224 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v223.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v224 = (tl.dot(tl.trans(v223).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v223.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v177 = tl.load(scratch + 8 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
             v241 = (v177 + v224)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -2431,7 +2463,7 @@ def chunk_state_bwd_kernel(
             v150 = (v89[:, None] * v148)
             tl.store(scratch + 11 * HID * D + 22 * C * HID + 6 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v150)
             v68 = tl.load(scratch + 10 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v174 = tl.trans(tl.dot(tl.trans(v68).to(DOT_DTYPE), local_9.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v174 = (tl.dot(tl.trans(local_9).to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v68).to(DOT_DTYPE), local_9.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 11 * HID * D + 22 * C * HID + 7 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v174)
         tl.debug_barrier()
         v71 = tl.zeros((C, BV), DTYPE)
@@ -2489,7 +2521,7 @@ def chunk_state_bwd_kernel(
             v228 = (2.0 * w2 * v227)
             tl.store(scratch + 11 * HID * D + 22 * C * HID + 8 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v228)
             v68 = tl.load(scratch + 10 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v160 = tl.trans(tl.dot(tl.trans(v68).to(DOT_DTYPE), local_6.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v160 = (tl.dot(tl.trans(local_6).to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v68).to(DOT_DTYPE), local_6.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 11 * HID * D + 22 * C * HID + 9 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v160)
         tl.debug_barrier()
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2506,7 +2538,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v30 = tl.load(scratch + 3 * HID * D + 3 * C * HID + BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
-            v220 = tl.trans(tl.dot(tl.trans(v30).to(DOT_DTYPE), v218.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v220 = (tl.dot(tl.trans(v218).to(DOT_DTYPE), v30.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v30).to(DOT_DTYPE), v218.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v160 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 9 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v188 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 10 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v233 = (v160 + v188 + v220)
@@ -2552,8 +2584,8 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2639,7 +2671,7 @@ def chunk_grad_q_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        v28 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v28 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v22 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v29_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
         v29 = (v28 * (0.5 + (0.5 * tl.math.erf(v29_c0)) + (v29_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2652,7 +2684,7 @@ def chunk_grad_q_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v44 = tl.load(scratch + HID * D + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v48 = tl.trans(tl.dot(tl.trans(v47).to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v48 = (tl.dot(tl.trans(v44).to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v47).to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v51 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v52 = (v51 - v48)  # layer 1 end state
         tl.store(scratch + HID * D + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v52)
@@ -2740,8 +2772,8 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2780,8 +2812,8 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2885,7 +2917,7 @@ def chunk_grad_q_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v32 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v32 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v33_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2965,7 +2997,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v65 = tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v65 = (tl.dot(v63.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2973,7 +3005,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v61 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2981,7 +3013,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v61 + v65 + v67)
@@ -2996,15 +3028,15 @@ def chunk_grad_q_2_bwd_kernel(
         offs_g = offs_h
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v69 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v70 += tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v70 += (tl.dot(v69.to(DOT_DTYPE), v15.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v70.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -3069,7 +3101,7 @@ def chunk_grad_q_3_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v32 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v32 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v33_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3181,7 +3213,7 @@ def chunk_grad_q_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v61 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v27_c0 = (0.5 * v26)
@@ -3194,7 +3226,7 @@ def chunk_grad_q_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v65 = tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v65 = (tl.dot(v63.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3202,7 +3234,7 @@ def chunk_grad_q_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v61 + v65 + v67)
@@ -3219,7 +3251,7 @@ def chunk_grad_q_3_bwd_kernel(
         offs_g = offs_h
         v44 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v72 += tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v72 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -3249,8 +3281,8 @@ def chunk_grad_q_3_bwd_kernel(
 def chunk_grad_q_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -3355,7 +3387,7 @@ def chunk_grad_q_4_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v32 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v32 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v33_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3435,7 +3467,7 @@ def chunk_grad_q_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v65 = tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v65 = (tl.dot(v63.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3443,7 +3475,7 @@ def chunk_grad_q_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v61 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3451,7 +3483,7 @@ def chunk_grad_q_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v61 + v65 + v67)
@@ -3467,7 +3499,7 @@ def chunk_grad_q_4_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v71 += (tl.dot(v70.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v40 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v72 = (v40 * v71)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v72.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3476,8 +3508,8 @@ def chunk_grad_q_4_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -3567,7 +3599,7 @@ def chunk_grad_k_0_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v32 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v32 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v33_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3583,7 +3615,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v64 = tl.trans(tl.dot(tl.trans(v63).to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v64 = (tl.dot(tl.trans(v51).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v63).to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v67 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v68 = (v67 - v64)  # layer 1 end state
         tl.store(scratch + 2 * HID * D + 2 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :], v68)
@@ -3791,7 +3823,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v128 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v128 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v128)
     tl.debug_barrier()
     v130 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
@@ -3799,7 +3831,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v61 = tl.load(scratch + 3 * HID * D + 2 * C * HID + BV * HID + HID + offs_s[:, None] * HID + offs_h[None, :])
-        v132 = tl.trans(tl.dot(tl.trans(v61).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v132 = (tl.dot(v130.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v61).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 4 * HID * D + 7 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3807,7 +3839,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v134 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v134 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v128 = tl.load(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         v132 = tl.load(scratch + 4 * HID * D + 7 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         v135 = (v128 + v132 + v134)
@@ -3824,7 +3856,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_g = offs_h
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v138 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
-        v139 += tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v138).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v139 += (tl.dot(v138.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v138).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v139)
@@ -3859,8 +3891,8 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -3948,7 +3980,7 @@ def chunk_grad_k_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v35 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v35 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v36_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v36 = (v35 * (0.5 + (0.5 * tl.math.erf(v36_c0)) + (v36_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3961,7 +3993,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v67 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(tl.trans(v54).to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = (v69[None, :] * w1)
         v71 = (v70 - v67)  # layer 1 end state
@@ -4205,7 +4237,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v146 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v146 = (tl.dot(v144.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v146)
     tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4213,7 +4245,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v142 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v142 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v142)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4221,7 +4253,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v150 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v150 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v142 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v146 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v151 = (v142 + v146 + v150)
@@ -4252,7 +4284,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v159 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
@@ -4280,8 +4312,8 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -4369,7 +4401,7 @@ def chunk_grad_k_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v38 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v38 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v38)
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v39_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
@@ -4383,7 +4415,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v57 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v71 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v71 = (tl.dot(tl.trans(v57).to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v74 = (v73[None, :] * w1)
         v75 = (v74 - v71)  # layer 1 end state
@@ -4628,7 +4660,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v68 = tl.load(scratch + 2 * HID * D + 3 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v151 = tl.trans(tl.dot(tl.trans(v68).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v151 = (tl.dot(v149.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v68).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 8 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v151)
     tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4636,7 +4668,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v147 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v147 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v147)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4644,7 +4676,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v158 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v158 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v147 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v151 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 = (v147 + v151 + v158)
@@ -4676,7 +4708,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v167 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v168 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v168 += (tl.dot(v167.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v154 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v169 = (v154 + v168)
     v170 = tl.sum((v169), axis=1)
@@ -4731,7 +4763,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v198 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v198 = (tl.dot(v197.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 13 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v198)
     tl.debug_barrier()
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4751,7 +4783,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v65 = tl.load(scratch + 3 * HID * D + 15 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v152 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v149.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v152 = (tl.dot(tl.trans(v149).to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v149.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v142 = tl.load(scratch + 3 * HID * D + 14 * C * HID + 5 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v155 = (v142 + v152)
         v156 = v155
@@ -4776,15 +4808,15 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v201 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v202 += tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v201).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v202 += (tl.dot(v201.to(DOT_DTYPE), v15.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), tl.trans(v201).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v202.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -4872,7 +4904,7 @@ def chunk_grad_v_0_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v35 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v35 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v36_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v36 = (v35 * (0.5 + (0.5 * tl.math.erf(v36_c0)) + (v36_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -4885,7 +4917,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v67 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(tl.trans(v54).to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = (v69[None, :] * w1)
         v71 = (v70 - v67)  # layer 1 end state
@@ -5129,7 +5161,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v146 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v146 = (tl.dot(v144.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v146)
     tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5137,7 +5169,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v142 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v142 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v142)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5145,7 +5177,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v150 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v150 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v142 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v146 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v151 = (v142 + v146 + v150)
@@ -5176,7 +5208,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v159 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
@@ -5202,8 +5234,8 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -5291,7 +5323,7 @@ def chunk_grad_v_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v35 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v35 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v36_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v36 = (v35 * (0.5 + (0.5 * tl.math.erf(v36_c0)) + (v36_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5304,7 +5336,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v67 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(tl.trans(v54).to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = (v69[None, :] * w1)
         v71 = (v70 - v67)  # layer 1 end state
@@ -5548,7 +5580,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v146 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v146 = (tl.dot(v144.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v146)
     tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5556,7 +5588,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v142 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v142 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v142)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5564,7 +5596,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v150 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v150 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v142 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v146 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v151 = (v142 + v146 + v150)
@@ -5595,7 +5627,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v159 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
@@ -5618,8 +5650,8 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -5724,7 +5756,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        v32 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v32 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v33_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5821,8 +5853,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -5892,7 +5924,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v32 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v32 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v33_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6005,7 +6037,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v61 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v27_c0 = (0.5 * v26)
@@ -6018,7 +6050,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v65 = tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v65 = (tl.dot(v63.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6026,7 +6058,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v61 + v65 + v67)
@@ -6043,7 +6075,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_g = offs_h
         v44 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v72 += tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v72 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -6076,8 +6108,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -6164,7 +6196,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v36 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v36 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6177,7 +6209,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v55 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v70 = tl.trans(tl.dot(tl.trans(v69).to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v70 = (tl.dot(tl.trans(v55).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v69).to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v73 = (v72[None, :] * w1)
         v74 = (v73 - v70)  # layer 1 end state
@@ -6418,7 +6450,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v67 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v151 = tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v151 = (tl.dot(v149.to(DOT_DTYPE), v67.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v67).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v151)
     tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6426,7 +6458,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v146 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v146 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v146)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6434,7 +6466,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v153 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v153 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v146 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v151 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v156 = (v146 + v151 + v153)
@@ -6450,7 +6482,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v158 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v159 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v159 += (tl.dot(v158.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v160 = (q * v159)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v160)  # park
     v64 = tl.zeros((C, BV), DTYPE)
@@ -6485,8 +6517,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -6570,7 +6602,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        v28 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v28 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v22 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v29_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
         v29 = (v28 * (0.5 + (0.5 * tl.math.erf(v29_c0)) + (v29_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6583,7 +6615,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v44 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v49 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v49 = (tl.dot(tl.trans(v44).to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v52 = (v51[None, :] * w1)
         v53 = (v52 - v49)  # layer 1 end state
@@ -6742,8 +6774,8 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
 def chunk_grad_gate_alpha_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -6830,7 +6862,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v32 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v32 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v33_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6843,7 +6875,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v67 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(tl.trans(v51).to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = (v69[None, :] * w1)
         v71 = (v70 - v67)  # layer 1 end state
@@ -7101,7 +7133,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v62 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v149 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v145).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v149 = (tl.dot(v145.to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v145).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v149)
     tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -7109,7 +7141,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v143 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v143 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v143)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -7117,7 +7149,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v152 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v152 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v143 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v149 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v153 = (v143 + v149 + v152)
@@ -7134,7 +7166,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_g = offs_h
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v156 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v157 += tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v157 += (tl.dot(v156.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
@@ -7209,8 +7241,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -7313,7 +7345,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        v32 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v32 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v33_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -7410,8 +7442,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -7478,7 +7510,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v32 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v32 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v33_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -7589,7 +7621,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v61 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v27_c0 = (0.5 * v26)
@@ -7602,7 +7634,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v65 = tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v65 = (tl.dot(v63.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -7610,7 +7642,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v61 + v65 + v67)
@@ -7627,7 +7659,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_g = offs_h
         v44 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v72 += tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v72 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
@@ -7660,8 +7692,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -7744,7 +7776,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        v28 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v28 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v22 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v29_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
         v29 = (v28 * (0.5 + (0.5 * tl.math.erf(v29_c0)) + (v29_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -7757,7 +7789,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v44 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v49 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v49 = (tl.dot(tl.trans(v44).to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v52 = (v51[None, :] * w1)
         v53 = (v52 - v49)  # layer 1 end state
@@ -7911,8 +7943,8 @@ def chunk_grad_gate_eta_2_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -7993,7 +8025,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        v28 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v28 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v22 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v29_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
         v29 = (v28 * (0.5 + (0.5 * tl.math.erf(v29_c0)) + (v29_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -8006,7 +8038,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v44 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v48 = tl.trans(tl.dot(tl.trans(v47).to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v48 = (tl.dot(tl.trans(v44).to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v47).to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v51 = (v50[None, :] * w1)
         v52 = (v51 - v48)  # layer 1 end state
@@ -8071,8 +8103,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -8177,7 +8209,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v36 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v36 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -8319,8 +8351,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -8408,7 +8440,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v35 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v35 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v36_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v36 = (v35 * (0.5 + (0.5 * tl.math.erf(v36_c0)) + (v36_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -8421,7 +8453,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v67 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(tl.trans(v54).to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = (v69[None, :] * w1)
         v71 = (v70 - v67)  # layer 1 end state
@@ -8665,7 +8697,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v146 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v146 = (tl.dot(v144.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v146)
     tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -8673,7 +8705,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v142 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v142 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v142)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -8681,7 +8713,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v150 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v150 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v142 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v146 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v151 = (v142 + v146 + v150)
@@ -8712,7 +8744,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v159 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
@@ -8735,8 +8767,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -8824,7 +8856,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v35 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v35 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v36_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v36 = (v35 * (0.5 + (0.5 * tl.math.erf(v36_c0)) + (v36_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -8837,7 +8869,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v67 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(tl.trans(v54).to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = (v69[None, :] * w1)
         v71 = (v70 - v67)  # layer 1 end state
@@ -9081,7 +9113,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v146 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v146 = (tl.dot(v144.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v146)
     tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9089,7 +9121,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v142 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v142 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v142)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9097,7 +9129,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v150 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v150 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v142 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v146 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v151 = (v142 + v146 + v150)
@@ -9128,7 +9160,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v159 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
@@ -9148,8 +9180,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_weight_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -9237,7 +9269,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v35 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v35 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v36_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v36 = (v35 * (0.5 + (0.5 * tl.math.erf(v36_c0)) + (v36_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -9250,7 +9282,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v67 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(tl.trans(v54).to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = (v69[None, :] * w1)
         v71 = (v70 - v67)  # layer 1 end state
@@ -9494,7 +9526,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v146 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v146 = (tl.dot(v144.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v146)
     tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9502,7 +9534,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v142 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v142 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v142)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9510,7 +9542,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v150 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v150 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v142 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v146 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v151 = (v142 + v146 + v150)
@@ -9541,7 +9573,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v159 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
@@ -9570,8 +9602,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -9610,8 +9642,8 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -9650,8 +9682,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
 def chunk_grad_ln_bias_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -9739,7 +9771,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
         tl.store(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v35 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v35 = (tl.dot(local_3.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v26 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v36_c0 = (0.5 * v26 * tl.full((), 1.4142135623730951, DTYPE))
         v36 = (v35 * (0.5 + (0.5 * tl.math.erf(v36_c0)) + (v36_c0 * tl.exp(((-0.5) * (v26 * v26))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -9752,7 +9784,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v54 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v67 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(tl.trans(v54).to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = (v69[None, :] * w1)
         v71 = (v70 - v67)  # layer 1 end state
@@ -9996,7 +10028,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v146 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v146 = (tl.dot(v144.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v146)
     tl.debug_barrier()
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -10004,7 +10036,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v142 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v142 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v142)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -10012,7 +10044,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v150 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v150 = (tl.dot(local_9.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v142 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v146 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v151 = (v142 + v146 + v150)
@@ -10043,7 +10075,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v159 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)

@@ -11,7 +11,9 @@ the chunks in reverse and stores the adjoint entering every chunk's end (the val
 the next chunk, if any, made for all chunks at once before it: local_bwd); the inputs' gradients are then computed
 for all chunks at once, a kernel per summand. The chunk bodies are emitted from the chunk IR in dot form
 (mirasc.lower, mirasc.grad, mirasc.dotform): every contraction is a tl.dot with DOT_DTYPE operands; arithmetic and
-state are in DTYPE (fp32, or fp64 for fp64 inputs).
+state are in DTYPE (fp32, or fp64 for fp64 inputs). A product whose result is transposed is written both ways: as
+`tl.trans(tl.dot(a, b))` and, where SWAP_PRODUCTS is set, as the dot of the transposed operands in swapped order (the
+launcher's spill guard chooses per kernel).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
@@ -42,7 +44,8 @@ DESCRIPTION = {'spec': 'titans',
                                        ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 7.0,
-                           'sub_chunks': False},
+                           'sub_chunks': False,
+                           'swappable': True},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'],
                                      ['t', 'h'],
@@ -61,7 +64,8 @@ DESCRIPTION = {'spec': 'titans',
                                      ['t', 's']],
                          'value_blocks': 'none',
                          'tiles': 8.0,
-                         'sub_chunks': False},
+                         'sub_chunks': False,
+                         'swappable': True},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
@@ -80,7 +84,8 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'i']],
                            'value_blocks': 'none',
                            'tiles': 13.0,
-                           'sub_chunks': False},
+                           'sub_chunks': False,
+                           'swappable': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['t', 'h'],
@@ -142,12 +147,14 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 18.0,
-                           'sub_chunks': False},
+                           'sub_chunks': False,
+                           'swappable': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 2.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -166,7 +173,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 7.5,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -186,7 +194,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 6.5,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_q_3_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -206,7 +215,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 6.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -230,7 +240,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 8.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -264,7 +275,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 9.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -310,7 +322,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 10.5,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -344,7 +357,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 9.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -378,7 +392,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 9.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -398,7 +413,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 7.0,
-                                       'sub_chunks': False},
+                                       'sub_chunks': False,
+                                       'swappable': True},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -408,7 +424,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 4.0,
-                                       'sub_chunks': False},
+                                       'sub_chunks': False,
+                                       'swappable': True},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -433,7 +450,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
-                                       'sub_chunks': False},
+                                       'sub_chunks': False,
+                                       'swappable': True},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -459,7 +477,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 11.5,
-                                       'sub_chunks': False},
+                                       'sub_chunks': False,
+                                       'swappable': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -469,7 +488,8 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 4.0,
-                                     'sub_chunks': False},
+                                     'sub_chunks': False,
+                                     'swappable': True},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -494,7 +514,8 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['s', 'u']],
                                      'value_blocks': 'none',
                                      'tiles': 9.5,
-                                     'sub_chunks': False},
+                                     'sub_chunks': False,
+                                     'swappable': True},
              'grad_gate_theta_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -514,7 +535,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 8.0,
-                                       'sub_chunks': False},
+                                       'sub_chunks': False,
+                                       'swappable': True},
              'grad_gate_theta_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -524,7 +546,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 4.0,
-                                       'sub_chunks': False},
+                                       'sub_chunks': False,
+                                       'swappable': True},
              'grad_gate_theta_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -549,7 +572,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'u']],
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
-                                       'sub_chunks': False},
+                                       'sub_chunks': False,
+                                       'swappable': True},
              'grad_gate_theta_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -575,7 +599,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'u']],
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
-                                       'sub_chunks': False},
+                                       'sub_chunks': False,
+                                       'swappable': True},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
@@ -591,7 +616,8 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 's']],
                                       'value_blocks': 'none',
                                       'tiles': 6.0,
-                                      'sub_chunks': False},
+                                      'sub_chunks': False,
+                                      'swappable': True},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -625,7 +651,8 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
-                                      'sub_chunks': False},
+                                      'sub_chunks': False,
+                                      'swappable': True},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -659,7 +686,8 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
-                                      'sub_chunks': False},
+                                      'sub_chunks': False,
+                                      'swappable': True},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -693,12 +721,14 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
-                                      'sub_chunks': False},
+                                      'sub_chunks': False,
+                                      'swappable': True},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
                                     'tiles': 1.0,
-                                    'sub_chunks': False},
+                                    'sub_chunks': False,
+                                    'swappable': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'],
                                                 ['s', 'h'],
@@ -732,7 +762,8 @@ DESCRIPTION = {'spec': 'titans',
                                                 ['s', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 9.0,
-                                    'sub_chunks': False}},
+                                    'sub_chunks': False,
+                                    'swappable': True}},
  'stored': [],
  'local': [['local_0', ['t', 'o']],
            ['local_1', ['t', 'o']],
@@ -765,8 +796,8 @@ def private_index(offs, align: tl.constexpr, anchor, ON_GPU: tl.constexpr):
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, s1_ptr, s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, final_s1_ptr, final_s2_ptr, starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -890,7 +921,7 @@ def chunk_state_fwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v36 = (tl.dot(v35.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -962,8 +993,8 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -1074,7 +1105,7 @@ def chunk_out_fwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v36 = (tl.dot(v35.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1156,8 +1187,8 @@ def chunk_out_fwd_kernel(
 def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
     pid = tl.program_id(0)
@@ -1289,7 +1320,7 @@ def chunk_local_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v36 = (tl.dot(v35.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1383,8 +1414,8 @@ def chunk_local_bwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_final_s1_ptr, d_final_s2_ptr, d_init_w1_ptr, d_init_w2_ptr, d_init_s1_ptr, d_init_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -1463,7 +1494,7 @@ def chunk_state_bwd_kernel(
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v109 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v109 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()  # parked tiles other threads stored
         v50 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v111 = (v50 * v109)
@@ -1534,7 +1565,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v24 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v24 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
             v12 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v25_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
@@ -1563,7 +1594,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v72 = tl.load(scratch + HID * D + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v112 = tl.trans(tl.dot(tl.trans(v72).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v112 = (tl.dot(v111.to(DOT_DTYPE), v72.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v72).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
         tl.debug_barrier()
         local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -1571,7 +1602,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v119 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v119 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v119)
         tl.debug_barrier()
         local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -1579,7 +1610,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v122 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v122 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v112 = tl.load(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v119 = tl.load(scratch + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v124 = (v112 + v119 + v122)
@@ -1593,7 +1624,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v125 = tl.load(scratch + HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v131 = tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v125.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v131 = (tl.dot(tl.trans(v125).to(DOT_DTYPE), v58.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v125.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + HID * D + 11 * C * HID + offs_h[:, None] * D + offs_i[None, :], v131)
             d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v99 = ((-1.0) * d_new_s1)
@@ -1672,7 +1703,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v69 = tl.load(scratch + 4 * HID * D + 18 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v113 = tl.trans(tl.dot(tl.trans(v69).to(DOT_DTYPE), v111.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v113 = (tl.dot(tl.trans(v111).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v69).to(DOT_DTYPE), v111.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v90 = tl.load(scratch + 4 * HID * D + 16 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v97 = tl.load(scratch + 4 * HID * D + 17 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v116 = (v90 + v97 + v113)
@@ -1717,7 +1748,7 @@ def chunk_state_bwd_kernel(
             v133 = (v129 * (0.5 + (0.5 * tl.math.erf(v133_c0)) + (v133_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
             tl.store(scratch + 4 * HID * D + 22 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v135 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v135 += (tl.dot(v133.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()
         v115 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v136 = (v115 + v135)
@@ -1776,7 +1807,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v164 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v164 = (tl.dot(v163.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v117 = tl.load(scratch + 4 * HID * D + 19 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v166 = (v117 + v164)
             v12 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -1790,7 +1821,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v168 = tl.load(scratch + 4 * HID * D + 23 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v169 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v168.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v169 = (tl.dot(tl.trans(v168).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v168.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v104 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
             v131 = tl.load(scratch + HID * D + 11 * C * HID + offs_h[:, None] * D + offs_i[None, :])
             v173 = (v104 + v131 + v169)
@@ -1808,7 +1839,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v70 = tl.load(scratch + 4 * HID * D + 24 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v123 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), local_6.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v123 = (tl.dot(tl.trans(local_6).to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), local_6.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 4 * HID * D + 25 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v123)
         tl.debug_barrier()
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -1824,7 +1855,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v13 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v165 = tl.trans(tl.dot(tl.trans(v13).to(DOT_DTYPE), v163.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v165 = (tl.dot(tl.trans(v163).to(DOT_DTYPE), v13.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v13).to(DOT_DTYPE), v163.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v93 = tl.load(scratch + 4 * HID * D + 24 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v123 = tl.load(scratch + 4 * HID * D + 25 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v134 = tl.load(scratch + 4 * HID * D + 25 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
@@ -1843,7 +1874,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v125 = tl.load(scratch + HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v130 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), v125.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v130 = (tl.dot(tl.trans(v125).to(DOT_DTYPE), v60.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), v125.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v98 = tl.load(scratch + 4 * HID * D + 25 * C * HID + 5 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
             v103 = tl.load(scratch + 5 * HID * D + 25 * C * HID + 5 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
             v171 = (v98 + v103 + v130)
@@ -1864,7 +1895,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v71 = tl.load(scratch + 6 * HID * D + 25 * C * HID + 7 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v120 = tl.trans(tl.dot(tl.trans(v71).to(DOT_DTYPE), local_6.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v120 = (tl.dot(tl.trans(local_6).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v71).to(DOT_DTYPE), local_6.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v85 = tl.load(scratch + 6 * HID * D + 25 * C * HID + 5 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v92 = tl.load(scratch + 6 * HID * D + 25 * C * HID + 6 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v170 = (v85 + v92 + v120)
@@ -1878,8 +1909,8 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -1917,8 +1948,8 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -1986,7 +2017,7 @@ def chunk_grad_q_1_bwd_kernel(
     tl.store(scratch + 9 * C * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v60 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v60 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v34 = tl.load(scratch + 9 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v62 = (v34 * v60)
@@ -2005,7 +2036,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2050,7 +2081,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v49 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v63 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = (tl.dot(v62.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2058,7 +2089,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v65 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v65 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2066,7 +2097,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v63 + v65 + v67)
@@ -2082,19 +2113,19 @@ def chunk_grad_q_1_bwd_kernel(
         offs_g = offs_h
         v44 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v70 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 += tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v71 += (tl.dot(v70.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v34 = tl.load(scratch + 9 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v72 = (v34 * v71)
     v43 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v73 = tl.trans(tl.dot(tl.trans(v43).to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v73 = (tl.dot(v72.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v43).to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v73.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2164,7 +2195,7 @@ def chunk_grad_q_2_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v60 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v60 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v34 = tl.load(scratch + 9 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v62 = (v34 * v60)
@@ -2202,7 +2233,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2229,7 +2260,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v49 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v63 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = (tl.dot(v62.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2237,7 +2268,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v65 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v65 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2245,7 +2276,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v63 + v65 + v67)
@@ -2261,15 +2292,15 @@ def chunk_grad_q_2_bwd_kernel(
         offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 += tl.trans(tl.dot(tl.trans(s1).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v71 += (tl.dot(v70.to(DOT_DTYPE), s1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s1).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v71.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2339,7 +2370,7 @@ def chunk_grad_q_3_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v60 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v60 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v34 = tl.load(scratch + 9 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v62 = (v34 * v60)
@@ -2377,7 +2408,7 @@ def chunk_grad_q_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2404,7 +2435,7 @@ def chunk_grad_q_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v49 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v63 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = (tl.dot(v62.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2412,7 +2443,7 @@ def chunk_grad_q_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v65 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v65 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2420,7 +2451,7 @@ def chunk_grad_q_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v63 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v63 + v65 + v67)
@@ -2436,15 +2467,15 @@ def chunk_grad_q_3_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v71 += (tl.dot(v70.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v71.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -2514,7 +2545,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.store(scratch + 10 * C * HID + HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v79 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v79 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v43 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v81 = (v43 * v79)
@@ -2533,7 +2564,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2578,7 +2609,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v62 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v82 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v82 = (tl.dot(v81.to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2586,7 +2617,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v84 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v84 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v84)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2594,7 +2625,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v86 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v82 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v84 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = (v82 + v84 + v86)
@@ -2610,10 +2641,10 @@ def chunk_grad_k_0_bwd_kernel(
         offs_g = offs_h
         v57 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v89 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v90 += tl.trans(tl.dot(v57.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v90 += (tl.dot(v89.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v57.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v43 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v43 * v90)
-    v92 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v92 = (tl.dot(tl.trans(v91).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 10 * C * HID + HID * D + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v92)  # park
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -2662,8 +2693,8 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -2734,7 +2765,7 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
@@ -2772,7 +2803,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2817,7 +2848,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = (tl.dot(v91.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2825,7 +2856,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v96 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2833,7 +2864,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v98 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
@@ -2886,7 +2917,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v106 += (tl.dot(v105.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
         tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
@@ -2945,8 +2976,8 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -3034,7 +3065,7 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v95 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v95 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v50 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v97 = (v50 * v95)
@@ -3064,7 +3095,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v24 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v24 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v87 = ((-1.0) * d_new_s1)
@@ -3133,7 +3164,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v70 = tl.load(scratch + 8 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v98 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v98 = (tl.dot(v97.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 9 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v98)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3141,7 +3172,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v105 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v105 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 10 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3149,7 +3180,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v107 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v107 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v98 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v105 = tl.load(scratch + 10 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v108 = (v98 + v105 + v107)
@@ -3210,7 +3241,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v69 = tl.load(scratch + 16 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v99 = tl.trans(tl.dot(tl.trans(v69).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v99 = (tl.dot(tl.trans(v97).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v69).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v81 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v86 = tl.load(scratch + 15 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = (v81 + v86 + v99)
@@ -3254,7 +3285,7 @@ def chunk_grad_k_2_bwd_kernel(
         v115_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v115 = (v113 * (0.5 + (0.5 * tl.math.erf(v115_c0)) + (v115_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v116 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v116 += (tl.dot(v115.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v101 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v101 + v116)
@@ -3303,7 +3334,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v145 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v145 = (tl.dot(v144.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v103 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v146 = (v103 + v145)
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
@@ -3319,15 +3350,15 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v148 = tl.load(scratch + 20 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v149 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v148).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v149 += (tl.dot(v148.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v148).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v149.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -3398,7 +3429,7 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
@@ -3436,7 +3467,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3481,7 +3512,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = (tl.dot(v91.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3489,7 +3520,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v96 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3497,7 +3528,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v98 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
@@ -3550,7 +3581,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v106 += (tl.dot(v105.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
         tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
@@ -3607,8 +3638,8 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -3679,7 +3710,7 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
@@ -3717,7 +3748,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3762,7 +3793,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = (tl.dot(v91.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3770,7 +3801,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v96 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3778,7 +3809,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v98 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
@@ -3831,7 +3862,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v106 += (tl.dot(v105.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
         tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
@@ -3885,8 +3916,8 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -3955,7 +3986,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + 10 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v68 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v68 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v70 = (v35 * v68)
@@ -3975,7 +4006,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -4020,7 +4051,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v51 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v71 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v71 = (tl.dot(v70.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v71)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4028,7 +4059,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v73 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4036,7 +4067,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v75 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v71 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v73 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v79 = (v71 + v73 + v75)
@@ -4092,8 +4123,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -4159,7 +4190,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -4208,8 +4239,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -4280,7 +4311,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.store(scratch + 10 * C * HID + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v69 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v69 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 10 * C * HID + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
@@ -4301,7 +4332,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -4346,7 +4377,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v51 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v73 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v73 = (tl.dot(v71.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4354,7 +4385,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v75 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v75 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4362,7 +4393,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v80 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v80 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v73 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v75 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v81 = (v73 + v75 + v80)
@@ -4418,7 +4449,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v82 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v83 = ((-1.0) * v82)
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v84 += tl.trans(tl.dot(v45.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v84 += (tl.dot(v83.to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v45.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v46 = tl.load(scratch + 10 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v85 = (v46 * v84)
@@ -4436,7 +4467,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v85 = tl.load(scratch + 10 * C * HID + 8 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v72 + v85)
     v34 = tl.load(scratch + 10 * C * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v92 = tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v92 = (tl.dot(v91.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v90 = tl.load(scratch + 10 * C * HID + 7 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v93 = (v90 + v92)
     v94 = v93
@@ -4450,8 +4481,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -4532,7 +4563,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -4639,7 +4670,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v90 = tl.sum((v89), axis=1)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v81 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v81 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v39 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
@@ -4650,7 +4681,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v55 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v85 = tl.trans(tl.dot(tl.trans(v55).to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v85 = (tl.dot(v83.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v55).to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v85)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4658,7 +4689,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v87 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v87 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 8 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v87)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4666,7 +4697,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v85 = tl.load(scratch + 7 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87 = tl.load(scratch + 8 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v93 = (v85 + v87 + v92)
@@ -4705,14 +4736,14 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v94 = tl.load(scratch + 9 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v95 = ((-1.0) * v94)
         v49 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v96 += tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v96 += (tl.dot(v95.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v50 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v97 = (v50 * v96)
     v84 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v107 = (v84 + v97)
     v38 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v108 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v108 = (tl.dot(v107.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v106 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v109 = (v106 + v108)
     v110 = v109
@@ -4728,8 +4759,8 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -4803,7 +4834,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -4832,8 +4863,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -4904,7 +4935,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v77 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v77 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
@@ -4924,7 +4955,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -4969,7 +5000,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v81 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v81 = (tl.dot(v79.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4977,7 +5008,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v83 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v83 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v83)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4985,7 +5016,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v85 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v85 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v81 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v83 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v86 = (v81 + v83 + v85)
@@ -5001,7 +5032,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_g = offs_h
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v88 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 += tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 += (tl.dot(v88.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v52 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v52 * v89)
     tl.store(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
@@ -5020,7 +5051,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v90 = tl.load(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v93 = (v80 + v90)
     v37 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v94 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v94 = (tl.dot(tl.trans(v93).to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v69 = tl.zeros((C,), DTYPE)
@@ -5066,8 +5097,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_gate_theta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_theta`."""
     pid = tl.program_id(0)
@@ -5136,7 +5167,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     tl.store(scratch + 10 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v74 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v74 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v76 = (v35 * v74)
@@ -5156,7 +5187,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5201,7 +5232,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v51 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v77 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v77 = (tl.dot(v76.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5209,7 +5240,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v79 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v79 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5217,7 +5248,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v84 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v84 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v77 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v79 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v85 = (v77 + v79 + v84)
@@ -5291,8 +5322,8 @@ def chunk_grad_gate_theta_0_bwd_kernel(
 def chunk_grad_gate_theta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_theta`."""
     pid = tl.program_id(0)
@@ -5367,7 +5398,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5400,8 +5431,8 @@ def chunk_grad_gate_theta_1_bwd_kernel(
 def chunk_grad_gate_theta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_theta`."""
     pid = tl.program_id(0)
@@ -5472,7 +5503,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v77 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v77 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
@@ -5492,7 +5523,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5537,7 +5568,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v81 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v81 = (tl.dot(v79.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5545,7 +5576,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v83 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v83 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v83)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5553,7 +5584,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v85 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v85 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v81 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v83 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v86 = (v81 + v83 + v85)
@@ -5569,7 +5600,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         offs_g = offs_h
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v88 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 += tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v89 += (tl.dot(v88.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v52 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v52 * v89)
     tl.store(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
@@ -5588,7 +5619,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v90 = tl.load(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v93 = (v80 + v90)
     v37 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v94 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v94 = (tl.dot(tl.trans(v93).to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v69 = tl.zeros((C,), DTYPE)
@@ -5636,8 +5667,8 @@ def chunk_grad_gate_theta_2_bwd_kernel(
 def chunk_grad_gate_theta_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_theta`."""
     pid = tl.program_id(0)
@@ -5708,7 +5739,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v87 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v87 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v42 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
@@ -5728,7 +5759,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5773,7 +5804,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v91 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v91 = (tl.dot(v89.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5781,7 +5812,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v93 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v93 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5789,7 +5820,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v95 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v95 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v93 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 = (v91 + v93 + v95)
@@ -5805,7 +5836,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         offs_g = offs_h
         v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v98 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v99 += tl.trans(tl.dot(v53.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v99 += (tl.dot(v98.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v53.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v54 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v100 = (v54 * v99)
     tl.store(scratch + 9 * C * HID + 2 * HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v100)  # park
@@ -5824,7 +5855,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v100 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v105 = (v90 + v100)
     v39 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v106 = tl.trans(tl.dot(tl.trans(v39).to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v106 = (tl.dot(tl.trans(v105).to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v39).to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 9 * C * HID + 2 * HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v106)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v75 = tl.zeros((C,), DTYPE)
@@ -5904,8 +5935,8 @@ def chunk_grad_gate_theta_3_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -6004,7 +6035,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v18 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v19_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v19 = (v18 * (0.5 + (0.5 * tl.math.erf(v19_c0)) + (v19_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6066,8 +6097,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -6138,7 +6169,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
@@ -6176,7 +6207,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6221,7 +6252,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = (tl.dot(v91.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6229,7 +6260,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v96 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6237,7 +6268,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v98 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
@@ -6290,7 +6321,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v106 += (tl.dot(v105.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
         tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
@@ -6348,8 +6379,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -6420,7 +6451,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
@@ -6458,7 +6489,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6503,7 +6534,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = (tl.dot(v91.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6511,7 +6542,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v96 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6519,7 +6550,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v98 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
@@ -6572,7 +6603,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v106 += (tl.dot(v105.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
         tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
@@ -6627,8 +6658,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -6699,7 +6730,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
@@ -6737,7 +6768,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6782,7 +6813,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = (tl.dot(v91.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6790,7 +6821,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v96 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6798,7 +6829,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v98 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
@@ -6851,7 +6882,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v106 += (tl.dot(v105.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
         tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
@@ -6911,8 +6942,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -6950,8 +6981,8 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -7022,7 +7053,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
@@ -7060,7 +7091,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -7105,7 +7136,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = (tl.dot(v91.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -7113,7 +7144,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v96 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
     tl.debug_barrier()
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -7121,7 +7152,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v98 = (tl.dot(local_10.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v92 + v96 + v98)
@@ -7174,7 +7205,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v105 = tl.load(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v106 += (tl.dot(v105.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v78 = (v66 * v53[:, None])
         tl.store(scratch + 12 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)

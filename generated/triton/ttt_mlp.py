@@ -11,7 +11,9 @@ the chunks in reverse and stores the adjoint entering every chunk's end (the val
 the next chunk, if any, made for all chunks at once before it: local_bwd); the inputs' gradients are then computed
 for all chunks at once, a kernel per summand. The chunk bodies are emitted from the chunk IR in dot form
 (mirasc.lower, mirasc.grad, mirasc.dotform): every contraction is a tl.dot with DOT_DTYPE operands; arithmetic and
-state are in DTYPE (fp32, or fp64 for fp64 inputs).
+state are in DTYPE (fp32, or fp64 for fp64 inputs). A product whose result is transposed is written both ways: as
+`tl.trans(tl.dot(a, b))` and, where SWAP_PRODUCTS is set, as the dot of the transposed operands in swapped order (the
+launcher's spill guard chooses per kernel).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
@@ -38,7 +40,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 7.0,
-                           'sub_chunks': False},
+                           'sub_chunks': False,
+                           'swappable': True},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'],
                                      ['t', 'h'],
@@ -52,7 +55,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                      ['t', 'o']],
                          'value_blocks': 'none',
                          'tiles': 7.0,
-                         'sub_chunks': False},
+                         'sub_chunks': False,
+                         'swappable': True},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
@@ -69,7 +73,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 's']],
                            'value_blocks': 'none',
                            'tiles': 10.0,
-                           'sub_chunks': False},
+                           'sub_chunks': False,
+                           'swappable': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
@@ -108,12 +113,14 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 16.0,
-                           'sub_chunks': False},
+                           'sub_chunks': False,
+                           'swappable': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 2.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -127,7 +134,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 6.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -140,7 +148,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 5.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -154,7 +163,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 6.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -175,7 +185,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 6.5,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -206,7 +217,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 10.5,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -227,7 +239,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 6.5,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -248,7 +261,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 6.5,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -258,7 +272,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                  ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 4.0,
-                                     'sub_chunks': False},
+                                     'sub_chunks': False,
+                                     'swappable': True},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -274,7 +289,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                  ['t', 's']],
                                      'value_blocks': 'none',
                                      'tiles': 6.0,
-                                     'sub_chunks': False},
+                                     'sub_chunks': False,
+                                     'swappable': True},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
@@ -285,7 +301,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 5.0,
-                                      'sub_chunks': False},
+                                      'sub_chunks': False,
+                                      'swappable': True},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -306,7 +323,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 6.5,
-                                      'sub_chunks': False},
+                                      'sub_chunks': False,
+                                      'swappable': True},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -327,7 +345,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 6.5,
-                                      'sub_chunks': False},
+                                      'sub_chunks': False,
+                                      'swappable': True},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -348,12 +367,14 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 6.5,
-                                      'sub_chunks': False},
+                                      'sub_chunks': False,
+                                      'swappable': True},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
                                     'tiles': 1.0,
-                                    'sub_chunks': False},
+                                    'sub_chunks': False,
+                                    'swappable': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'],
                                                 ['s', 'h'],
@@ -374,7 +395,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 6.5,
-                                    'sub_chunks': False}},
+                                    'sub_chunks': False,
+                                    'swappable': True}},
  'stored': [],
  'local': [['local_0', ['t', 'o']],
            ['local_1', ['t', 'o']],
@@ -404,8 +426,8 @@ def private_index(offs, align: tl.constexpr, anchor, ON_GPU: tl.constexpr):
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -497,7 +519,7 @@ def chunk_state_fwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v32 = (tl.dot(v31.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
             v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -537,8 +559,8 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -623,7 +645,7 @@ def chunk_out_fwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v32 = (tl.dot(v31.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -689,8 +711,8 @@ def chunk_out_fwd_kernel(
 def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
     pid = tl.program_id(0)
@@ -795,7 +817,7 @@ def chunk_local_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v32 = (tl.dot(v31.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -868,8 +890,8 @@ def chunk_local_bwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -916,7 +938,7 @@ def chunk_state_bwd_kernel(
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v52 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v52 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v54 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])) * v52)
         tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -955,7 +977,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v20 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v20 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v20)
             v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v21_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
@@ -984,7 +1006,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v37 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v55 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v55 = (tl.dot(v54.to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
         tl.debug_barrier()
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -992,7 +1014,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v61 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v61 = (tl.dot(local_5.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v55 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v63 = (v55 + v61)
             v35 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -1004,7 +1026,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v64 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v69 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v69 = (tl.dot(tl.trans(v64).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v69)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v47 = ((-1.0) * d_new_w1)
@@ -1060,7 +1082,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v36 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v56 = tl.trans(tl.dot(tl.trans(v36).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v56 = (tl.dot(tl.trans(v54).to(DOT_DTYPE), v36.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v36).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v46 = tl.load(scratch + 13 * C * HID + 2 * HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v59 = (v46 + v56)
             v60 = v59
@@ -1090,7 +1112,7 @@ def chunk_state_bwd_kernel(
             v71 = (v68 * (0.5 + (0.5 * tl.math.erf(v71_c0)) + (v71_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
             tl.store(scratch + 17 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v71)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v73 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v73 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()
         v58 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v74 = (v58 + v73)
@@ -1144,7 +1166,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v102 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v102 = (tl.dot(v101.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v60 = tl.load(scratch + 15 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v104 = (v60 + v102)
             v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -1158,7 +1180,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v106 = tl.load(scratch + 18 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v107 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v106.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v107 = (tl.dot(tl.trans(v106).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v106.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v69 = tl.load(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
             v109 = (d_new_w1 + v69 + v107)
@@ -1170,7 +1192,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v36 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v62 = tl.trans(tl.dot(tl.trans(v36).to(DOT_DTYPE), local_5.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v62 = (tl.dot(tl.trans(local_5).to(DOT_DTYPE), v36.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v36).to(DOT_DTYPE), local_5.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 19 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v62)
         tl.debug_barrier()
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -1186,7 +1208,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v9 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v103 = tl.trans(tl.dot(tl.trans(v9).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v103 = (tl.dot(tl.trans(v101).to(DOT_DTYPE), v9.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v9).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v62 = tl.load(scratch + 19 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v72 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
@@ -1201,8 +1223,8 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -1240,8 +1262,8 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -1285,7 +1307,7 @@ def chunk_grad_q_1_bwd_kernel(
     tl.store(scratch + 7 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v22)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v33 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v33 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v35 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v33)
     tl.store(scratch + 7 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -1301,7 +1323,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v13 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v13 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1335,7 +1357,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v25 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v36 = tl.trans(tl.dot(tl.trans(v25).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v36 = (tl.dot(v35.to(DOT_DTYPE), v25.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v25).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
     tl.debug_barrier()
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -1343,7 +1365,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v37 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v37 = (tl.dot(local_5.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v36 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v38 = (v36 + v37)
         v24 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -1358,18 +1380,18 @@ def chunk_grad_q_1_bwd_kernel(
         offs_g = offs_h
         v20 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v40 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v41 += tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v40).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v41 += (tl.dot(v40.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v40).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v42 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v41)
     v19 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.trans(tl.dot(tl.trans(v19).to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v43 = (tl.dot(v42.to(DOT_DTYPE), v19.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v19).to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v43.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -1412,7 +1434,7 @@ def chunk_grad_q_2_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v33 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v33 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v35 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v33)
     tl.store(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -1435,7 +1457,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v13 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v13 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1462,7 +1484,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v25 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v36 = tl.trans(tl.dot(tl.trans(v25).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v36 = (tl.dot(v35.to(DOT_DTYPE), v25.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v25).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
     tl.debug_barrier()
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -1470,7 +1492,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v37 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v37 = (tl.dot(local_5.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v36 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v38 = (v36 + v37)
         v24 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -1484,15 +1506,15 @@ def chunk_grad_q_2_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v39 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v40 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v40 += (tl.dot(v39.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v40.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -1535,7 +1557,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.store(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :], v26)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v40 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v40 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v42 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v19[None, :])) * v40)
     tl.store(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v42)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -1551,7 +1573,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v13 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v13 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1585,7 +1607,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v29 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v43 = tl.trans(tl.dot(tl.trans(v29).to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v43 = (tl.dot(v42.to(DOT_DTYPE), v29.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v29).to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -1593,7 +1615,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v44 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v44 = (tl.dot(local_5.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v43 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v45 = (v43 + v44)
         v28 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -1608,9 +1630,9 @@ def chunk_grad_k_0_bwd_kernel(
         offs_g = offs_h
         v24 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v47 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v48 += tl.trans(tl.dot(v24.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v48 += (tl.dot(v47.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v24.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v19[None, :])) * v48)
-    v50 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v50 = (tl.dot(tl.trans(v49).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 7 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v18 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v21 = (v18 * v19)
@@ -1633,8 +1655,8 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -1678,7 +1700,7 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -1701,7 +1723,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1735,7 +1757,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = (tl.dot(v49.to(DOT_DTYPE), v33.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -1743,7 +1765,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v53 = (tl.dot(local_5.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
         v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -1783,7 +1805,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 += (tl.dot(v60.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
         tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)
@@ -1826,8 +1848,8 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -1874,7 +1896,7 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v33)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v52 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v52 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v54 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])) * v52)
     tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -1900,7 +1922,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v20 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v20 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v20)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v47 = ((-1.0) * d_new_w1)
@@ -1947,7 +1969,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v37 = tl.load(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v55 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v55 = (tl.dot(v54.to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v55)
     tl.debug_barrier()
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -1955,7 +1977,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v61 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 = (tl.dot(local_5.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v55 = tl.load(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v62 = (v55 + v61)
         v35 = tl.load(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
@@ -2003,7 +2025,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v36 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v56 = tl.trans(tl.dot(tl.trans(v36).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v56 = (tl.dot(tl.trans(v54).to(DOT_DTYPE), v36.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v36).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v59 = (v46 + v56)
         v60 = v59
@@ -2032,7 +2054,7 @@ def chunk_grad_k_2_bwd_kernel(
         v69_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v69 = (v67 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v70 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v70 += (tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v58 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v58 + v70)
@@ -2081,7 +2103,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v99 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v99 = (tl.dot(v98.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v60 = tl.load(scratch + 13 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v100 = (v60 + v99)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
@@ -2097,15 +2119,15 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v102 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v103 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v103 += (tl.dot(v102.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v103.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -2149,7 +2171,7 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -2172,7 +2194,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2206,7 +2228,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = (tl.dot(v49.to(DOT_DTYPE), v33.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2214,7 +2236,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v53 = (tl.dot(local_5.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
         v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -2254,7 +2276,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 += (tl.dot(v60.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
         tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)
@@ -2295,8 +2317,8 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -2340,7 +2362,7 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -2363,7 +2385,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2397,7 +2419,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = (tl.dot(v49.to(DOT_DTYPE), v33.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2405,7 +2427,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v53 = (tl.dot(local_5.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
         v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -2445,7 +2467,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 += (tl.dot(v60.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
         tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)
@@ -2483,8 +2505,8 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -2551,7 +2573,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v13 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v13 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2580,8 +2602,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -2625,7 +2647,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v22)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v35 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v35 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     v37 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v35)
     tl.store(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v37)  # park
@@ -2642,7 +2664,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v13 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v13 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2676,7 +2698,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v26 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v39 = tl.trans(tl.dot(tl.trans(v26).to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v39 = (tl.dot(v37.to(DOT_DTYPE), v26.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v26).to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2684,7 +2706,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v40 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v40 = (tl.dot(local_5.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v39 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v41 = (v39 + v40)
         v24 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -2699,7 +2721,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_g = offs_h
         v20 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v43 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v44 += tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v43).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v44 += (tl.dot(v43.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v43).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v21 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
     v45 = (v21 * v44)
     tl.store(scratch + 7 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
@@ -2726,8 +2748,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -2787,7 +2809,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v14 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v15_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v15 = (v14 * (0.5 + (0.5 * tl.math.erf(v15_c0)) + (v15_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2848,8 +2870,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -2893,7 +2915,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -2916,7 +2938,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2950,7 +2972,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = (tl.dot(v49.to(DOT_DTYPE), v33.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2958,7 +2980,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v53 = (tl.dot(local_5.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
         v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -2998,7 +3020,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 += (tl.dot(v60.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
         tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)
@@ -3040,8 +3062,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -3085,7 +3107,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -3108,7 +3130,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3142,7 +3164,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = (tl.dot(v49.to(DOT_DTYPE), v33.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3150,7 +3172,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v53 = (tl.dot(local_5.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
         v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -3190,7 +3212,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 += (tl.dot(v60.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
         tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)
@@ -3229,8 +3251,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -3274,7 +3296,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -3297,7 +3319,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3331,7 +3353,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = (tl.dot(v49.to(DOT_DTYPE), v33.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3339,7 +3361,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v53 = (tl.dot(local_5.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
         v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -3379,7 +3401,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 += (tl.dot(v60.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
         tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)
@@ -3423,8 +3445,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -3462,8 +3484,8 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -3507,7 +3529,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
     tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -3530,7 +3552,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3564,7 +3586,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = (tl.dot(v49.to(DOT_DTYPE), v33.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3572,7 +3594,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v53 = (tl.dot(local_5.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v50 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v54 = (v50 + v53)
         v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -3612,7 +3634,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v60 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 += (tl.dot(v60.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v33 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v39 = (v33 * v25[:, None])
         tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v39)

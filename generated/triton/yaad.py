@@ -11,7 +11,9 @@ the chunks in reverse and stores the adjoint entering every chunk's end (the val
 the next chunk, if any, made for all chunks at once before it: local_bwd); the inputs' gradients are then computed
 for all chunks at once, a kernel per summand. The chunk bodies are emitted from the chunk IR in dot form
 (mirasc.lower, mirasc.grad, mirasc.dotform): every contraction is a tl.dot with DOT_DTYPE operands; arithmetic and
-state are in DTYPE (fp32, or fp64 for fp64 inputs).
+state are in DTYPE (fp32, or fp64 for fp64 inputs). A product whose result is transposed is written both ways: as
+`tl.trans(tl.dot(a, b))` and, where SWAP_PRODUCTS is set, as the dot of the transposed operands in swapped order (the
+launcher's spill guard chooses per kernel).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
@@ -41,7 +43,8 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 8.0,
-                           'sub_chunks': False},
+                           'sub_chunks': False,
+                           'swappable': True},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'],
                                      ['t', 'h'],
@@ -70,7 +73,8 @@ DESCRIPTION = {'spec': 'yaad',
                                      ['s', 'o']],
                          'value_blocks': 'none',
                          'tiles': 12.0,
-                         'sub_chunks': True},
+                         'sub_chunks': True,
+                         'swappable': True},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
@@ -103,7 +107,8 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 17.0,
-                           'sub_chunks': True},
+                           'sub_chunks': True,
+                           'swappable': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
@@ -150,12 +155,14 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 19.0,
-                           'sub_chunks': True},
+                           'sub_chunks': True,
+                           'swappable': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 2.0,
-                              'sub_chunks': False},
+                              'sub_chunks': False,
+                              'swappable': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -178,7 +185,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 13.0,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -199,7 +207,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 11.0,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -226,7 +235,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 14.0,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -255,7 +265,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 14.5,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -294,7 +305,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 13.5,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -323,7 +335,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 14.5,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -351,7 +364,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 14.5,
-                              'sub_chunks': True},
+                              'sub_chunks': True,
+                              'swappable': True},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -372,7 +386,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 10.0,
-                                       'sub_chunks': True},
+                                       'sub_chunks': True,
+                                       'swappable': True},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -396,7 +411,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 15.0,
-                                       'sub_chunks': True},
+                                       'sub_chunks': True,
+                                       'swappable': True},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -427,7 +443,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 15.0,
-                                       'sub_chunks': True},
+                                       'sub_chunks': True,
+                                       'swappable': True},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -437,7 +454,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 4.5,
-                                       'sub_chunks': False},
+                                       'sub_chunks': False,
+                                       'swappable': True},
              'grad_gate_alpha_4_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -470,7 +488,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 18.5,
-                                       'sub_chunks': True},
+                                       'sub_chunks': True,
+                                       'swappable': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -491,7 +510,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['s', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 9.0,
-                                     'sub_chunks': True},
+                                     'sub_chunks': True,
+                                     'swappable': True},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -516,7 +536,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 's']],
                                      'value_blocks': 'none',
                                      'tiles': 14.0,
-                                     'sub_chunks': True},
+                                     'sub_chunks': True,
+                                     'swappable': True},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -527,7 +548,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['s', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 5.5,
-                                     'sub_chunks': False},
+                                     'sub_chunks': False,
+                                     'swappable': True},
              'grad_gate_delta_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -556,7 +578,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 14.5,
-                                       'sub_chunks': True},
+                                       'sub_chunks': True,
+                                       'swappable': True},
              'grad_gate_delta_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -584,7 +607,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 14.5,
-                                       'sub_chunks': True},
+                                       'sub_chunks': True,
+                                       'swappable': True},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -606,7 +630,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -633,7 +658,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 's']],
                                       'value_blocks': 'none',
                                       'tiles': 14.5,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -660,7 +686,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 's']],
                                       'value_blocks': 'none',
                                       'tiles': 13.5,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -689,12 +716,14 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 14.5,
-                                      'sub_chunks': True},
+                                      'sub_chunks': True,
+                                      'swappable': True},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
                                     'tiles': 1.0,
-                                    'sub_chunks': False},
+                                    'sub_chunks': False,
+                                    'swappable': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'],
                                                 ['s', 'h'],
@@ -723,7 +752,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 14.5,
-                                    'sub_chunks': True}},
+                                    'sub_chunks': True,
+                                    'swappable': True}},
  'stored': [],
  'local': [['local_0', ['t', 'o']],
            ['local_1', ['t', 'o']],
@@ -754,8 +784,8 @@ def private_index(offs, align: tl.constexpr, anchor, ON_GPU: tl.constexpr):
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -862,7 +892,7 @@ def chunk_state_fwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v36 = (tl.dot(v35.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v10 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -874,7 +904,7 @@ def chunk_state_fwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v52 = tl.load(scratch + HID * D + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v56 = tl.trans(tl.dot(tl.trans(v55).to(DOT_DTYPE), v52.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v56 = (tl.dot(tl.trans(v52).to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v55).to(DOT_DTYPE), v52.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v59 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
             v60 = (v59 - v56)  # layer 1 end state
             tl.store(starts_w1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v60.to(starts_w1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
@@ -904,8 +934,8 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -1043,7 +1073,7 @@ def chunk_out_fwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v36 = (tl.dot(v35.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1137,8 +1167,8 @@ def chunk_out_fwd_kernel(
 def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
     pid = tl.program_id(0)
@@ -1289,7 +1319,7 @@ def chunk_local_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v36 = (tl.dot(v35.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -1424,8 +1454,8 @@ def chunk_local_bwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -1559,7 +1589,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v24 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v24 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
             v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
             v25_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
@@ -1596,7 +1626,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v50 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v72 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v72 = (tl.dot(v70.to(DOT_DTYPE), v50.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v72)
         tl.debug_barrier()
         local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -1604,7 +1634,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v79 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v79 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             v72 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v81 = (v72 + v79)
             v46 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -1646,7 +1676,7 @@ def chunk_state_bwd_kernel(
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v89 = tl.load(scratch + 12 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-            v91 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v91 += (tl.dot(v89.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v59 = ((-1.0) * d_new_w2)
             tl.store(scratch + 13 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v59)
@@ -1735,7 +1765,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v121 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v121 = (tl.dot(v120.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 13 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v121)
             v46 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v47_c0 = (0.5 * v46)
@@ -1747,7 +1777,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v47 = tl.load(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v73 = tl.trans(tl.dot(tl.trans(v47).to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v73 = (tl.dot(tl.trans(v70).to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v47).to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 15 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         tl.debug_barrier()
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -1778,7 +1808,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v125 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v126 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v125.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v126 = (tl.dot(tl.trans(v125).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v125.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 17 * C * HID + HID * D + BV * HID + offs_h[:, None] * D + offs_i[None, :], v126)
         tl.debug_barrier()
         v39 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -1786,7 +1816,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v82 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = tl.trans(tl.dot(tl.trans(v39).to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v87 = (tl.dot(tl.trans(v82).to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v39).to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v66 = (v53[None, :] * d_new_w1)
             v126 = tl.load(scratch + 17 * C * HID + HID * D + BV * HID + offs_h[:, None] * D + offs_i[None, :])
@@ -1799,7 +1829,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v11 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v122 = tl.trans(tl.dot(tl.trans(v11).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v122 = (tl.dot(tl.trans(v120).to(DOT_DTYPE), v11.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v11).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 17 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v122)
         tl.debug_barrier()
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -1815,7 +1845,7 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v47 = tl.load(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v80 = tl.trans(tl.dot(tl.trans(v47).to(DOT_DTYPE), local_8.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v80 = (tl.dot(tl.trans(local_8).to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v47).to(DOT_DTYPE), local_8.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v60 = (v55[:, None] * d_new_w2)
             v90 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
@@ -1831,8 +1861,8 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -1870,8 +1900,8 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -1987,7 +2017,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v16 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v17_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v17 = (v16 * (0.5 + (0.5 * tl.math.erf(v17_c0)) + (v17_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2022,7 +2052,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v34 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v43 = tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v43 = (tl.dot(v41.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2030,7 +2060,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v45 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v45 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v43 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v46 = (v43 + v45)
         v31 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -2045,7 +2075,7 @@ def chunk_grad_q_1_bwd_kernel(
         offs_g = offs_h
         v27 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v49 += tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v49 += (tl.dot(v48.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v20 = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v28 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -2075,8 +2105,8 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2200,7 +2230,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v16 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v17_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v17 = (v16 * (0.5 + (0.5 * tl.math.erf(v17_c0)) + (v17_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2227,7 +2257,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v34 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v43 = tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v43 = (tl.dot(v41.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2235,7 +2265,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v45 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v45 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v43 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v46 = (v43 + v45)
         v31 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -2249,7 +2279,7 @@ def chunk_grad_q_2_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v47 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v48 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v48 += (tl.dot(v47.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v22 = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v49 = (v22 * v48)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v49.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2258,8 +2288,8 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -2377,7 +2407,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v16 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v17_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v17 = (v16 * (0.5 + (0.5 * tl.math.erf(v17_c0)) + (v17_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2412,7 +2442,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v41 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v53 = tl.trans(tl.dot(tl.trans(v41).to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v53 = (tl.dot(v51.to(DOT_DTYPE), v41.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v41).to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2420,7 +2450,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v55 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v55 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v53 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v56 = (v53 + v55)
         v38 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -2435,7 +2465,7 @@ def chunk_grad_k_0_bwd_kernel(
         offs_g = offs_h
         v34 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v58 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v59 += tl.trans(tl.dot(v34.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v59 += (tl.dot(v58.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v34.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v23 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v24 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v59)
@@ -2490,8 +2520,8 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -2621,7 +2651,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -2656,7 +2686,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v62 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v62 = (tl.dot(v60.to(DOT_DTYPE), v46.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2664,7 +2694,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v66 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v62 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 = (v62 + v66)
         v43 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -2704,7 +2734,7 @@ def chunk_grad_k_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v74 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
@@ -2750,8 +2780,8 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -2888,7 +2918,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v24 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v24 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v61 = ((-1.0) * d_new_w1)
@@ -2936,7 +2966,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v50 = tl.load(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v67 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 = (tl.dot(v65.to(DOT_DTYPE), v50.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v67)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2944,7 +2974,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v74 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v67 = tl.load(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v75 = (v67 + v74)
         v46 = tl.load(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
@@ -2992,7 +3022,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v47 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v68 = tl.trans(tl.dot(tl.trans(v47).to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v68 = (tl.dot(tl.trans(v65).to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v47).to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = (v60 + v68)
         v72 = v71
@@ -3020,7 +3050,7 @@ def chunk_grad_k_2_bwd_kernel(
         v82_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v82 = (v80 * (0.5 + (0.5 * tl.math.erf(v82_c0)) + (v82_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v83 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v83 += (tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v70 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v84 = (v70 + v83)
@@ -3075,7 +3105,7 @@ def chunk_grad_k_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v113 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v112).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v113 = (tl.dot(v112.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v112).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v72 = tl.load(scratch + 13 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 = (v72 + v113)
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
@@ -3091,15 +3121,15 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v116 = tl.load(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v117 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v117 += (tl.dot(v116.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v117.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -3229,7 +3259,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3264,7 +3294,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v62 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v62 = (tl.dot(v60.to(DOT_DTYPE), v46.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3272,7 +3302,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v66 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v62 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 = (v62 + v66)
         v43 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -3312,7 +3342,7 @@ def chunk_grad_v_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v74 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
@@ -3356,8 +3386,8 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -3529,7 +3559,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3551,7 +3581,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v46 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v62 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v62 = (tl.dot(v60.to(DOT_DTYPE), v46.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3559,7 +3589,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v66 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v62 = tl.load(scratch + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 = (v62 + v66)
         v43 = tl.load(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -3588,7 +3618,7 @@ def chunk_grad_v_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v74 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v64 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
@@ -3606,8 +3636,8 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -3703,7 +3733,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v16 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v17_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v17 = (v16 * (0.5 + (0.5 * tl.math.erf(v17_c0)) + (v17_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3777,8 +3807,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -3901,7 +3931,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v16 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v17_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v17 = (v16 * (0.5 + (0.5 * tl.math.erf(v17_c0)) + (v17_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -3936,7 +3966,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v34 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v43 = tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v43 = (tl.dot(v41.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3944,7 +3974,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v45 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v45 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v43 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v46 = (v43 + v45)
         v31 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -3959,7 +3989,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_g = offs_h
         v27 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v49 += tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v49 += (tl.dot(v48.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v28 = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -3992,8 +4022,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -4082,7 +4112,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -4224,7 +4254,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v40 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v75 = tl.trans(tl.dot(tl.trans(v40).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v75 = (tl.dot(v73.to(DOT_DTYPE), v40.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v40).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4232,7 +4262,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v77 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v77 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v75 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80 = (v75 + v77)
         v33 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -4246,7 +4276,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v81 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v82 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v82 += (tl.dot(v81.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v83 = (q * v82)
     tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v83)  # park
     v55 = tl.zeros((BV,), DTYPE)
@@ -4282,8 +4312,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -4331,7 +4361,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v16 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v17_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v17 = (v16 * (0.5 + (0.5 * tl.math.erf(v17_c0)) + (v17_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -4392,8 +4422,8 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
 def chunk_grad_gate_alpha_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -4517,7 +4547,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v16 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v17_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v17 = (v16 * (0.5 + (0.5 * tl.math.erf(v17_c0)) + (v17_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -4552,7 +4582,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v40 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v60 = tl.trans(tl.dot(tl.trans(v40).to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v60 = (tl.dot(v56.to(DOT_DTYPE), v40.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v40).to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4560,7 +4590,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v63 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v64 = (v60 + v63)
         v36 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -4575,7 +4605,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_g = offs_h
         v32 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v67 += tl.trans(tl.dot(v32.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v67 += (tl.dot(v66.to(DOT_DTYPE), tl.trans(v32).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v32.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v23 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v24 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
@@ -4688,8 +4718,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -4782,7 +4812,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v16 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v17_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v17 = (v16 * (0.5 + (0.5 * tl.math.erf(v17_c0)) + (v17_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -4856,8 +4886,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -4977,7 +5007,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v16 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v17_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v17 = (v16 * (0.5 + (0.5 * tl.math.erf(v17_c0)) + (v17_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5012,7 +5042,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v34 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v43 = tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v43 = (tl.dot(v41.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5020,7 +5050,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v45 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v45 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v43 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v46 = (v43 + v45)
         v31 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -5035,7 +5065,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_g = offs_h
         v27 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v49 += tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v49 += (tl.dot(v48.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
@@ -5068,8 +5098,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -5126,7 +5156,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v16 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v17_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v17 = (v16 * (0.5 + (0.5 * tl.math.erf(v17_c0)) + (v17_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5175,8 +5205,8 @@ def chunk_grad_gate_eta_2_bwd_kernel(
 def chunk_grad_gate_delta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_delta`."""
     pid = tl.program_id(0)
@@ -5306,7 +5336,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5341,7 +5371,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v62 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v62 = (tl.dot(v60.to(DOT_DTYPE), v46.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5349,7 +5379,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v66 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v62 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 = (v62 + v66)
         v43 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -5389,7 +5419,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v74 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
@@ -5433,8 +5463,8 @@ def chunk_grad_gate_delta_0_bwd_kernel(
 def chunk_grad_gate_delta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_delta`."""
     pid = tl.program_id(0)
@@ -5606,7 +5636,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5628,7 +5658,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v46 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v62 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v62 = (tl.dot(v60.to(DOT_DTYPE), v46.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5636,7 +5666,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v66 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v62 = tl.load(scratch + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 = (v62 + v66)
         v43 = tl.load(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -5665,7 +5695,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v74 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v64 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
@@ -5683,8 +5713,8 @@ def chunk_grad_gate_delta_1_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -5770,7 +5800,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v17 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v18_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -5868,8 +5898,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -6038,7 +6068,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v20 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v20 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v21_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v21 = (v20 * (0.5 + (0.5 * tl.math.erf(v21_c0)) + (v21_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6060,7 +6090,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v61 = tl.trans(tl.dot(tl.trans(v45).to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 = (tl.dot(v59.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v45).to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6068,7 +6098,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v65 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v65 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v61 = tl.load(scratch + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = (v61 + v65)
         v42 = tl.load(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -6097,7 +6127,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v72 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v73 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v73 += (tl.dot(v72.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v63 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v63 + v73)
     v75 = tl.sum((v74), axis=1)
@@ -6117,8 +6147,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -6287,7 +6317,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v20 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v20 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v21_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v21 = (v20 * (0.5 + (0.5 * tl.math.erf(v21_c0)) + (v21_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6309,7 +6339,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v61 = tl.trans(tl.dot(tl.trans(v45).to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 = (tl.dot(v59.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v45).to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6317,7 +6347,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v65 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v65 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v61 = tl.load(scratch + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = (v61 + v65)
         v42 = tl.load(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -6346,7 +6376,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v72 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v73 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v73 += (tl.dot(v72.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v63 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v63 + v73)
     v75 = tl.sum((v74), axis=1)
@@ -6362,8 +6392,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -6493,7 +6523,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6528,7 +6558,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v62 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v62 = (tl.dot(v60.to(DOT_DTYPE), v46.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6536,7 +6566,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v66 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v62 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 = (v62 + v66)
         v43 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -6576,7 +6606,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v74 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
@@ -6624,8 +6654,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -6663,8 +6693,8 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -6794,7 +6824,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v21 = (tl.dot(local_3.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v22_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
@@ -6829,7 +6859,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v62 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v62 = (tl.dot(v60.to(DOT_DTYPE), v46.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
     tl.debug_barrier()
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6837,7 +6867,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v66 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = (tl.dot(local_8.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v62 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 = (v62 + v66)
         v43 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
@@ -6877,7 +6907,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v74 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)

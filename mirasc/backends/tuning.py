@@ -29,24 +29,29 @@ import torch
 
 @dataclass(frozen=True)
 class Config:
-    """One launch config of a kernel: warps per program, the value block BV, the hidden block BH and the sub-chunk BC
-    of its channel-decay products (0 for a kernel that makes none)."""
+    """One launch config of a kernel: warps per program, the value block BV, the hidden block BH, the sub-chunk BC
+    of its channel-decay products (0 for a kernel that makes none), and SWAP_PRODUCTS: its transposed products made
+    with their operands swapped (emit_triton.dot_expr)."""
 
     num_warps: int
     block_value: int
     block_hidden: int
     sub_chunk: int = 0
+    swap_products: bool = False
 
 
 def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, on_gpu: bool,
-               chunk_size: int = 0) -> list[Config]:
+               chunk_size: int = 0, swappable: bool = False) -> list[Config]:
     """The configs tried for one kernel, the default first (it wins ties): the other warp count (4 or 8) on a GPU,
     another value block for a kernel run by blocks of value columns, half the default or, where half would pass
     below 16 (sm_80's default), twice it (on a GPU also with the other warp count: of Gated DeltaNet's two
     key-gradient terms that spill at D = 128, 208 B each at 8 warps and BV = 32, 4 warps alone leave 56 B and 4 warps
     with BV = 16 none, sm_90a ahead of time), half the hidden block for an MLP memory's kernel, and for a kernel with
     channel-decay products the whole chunk as one sub-chunk (every pair of tokens made exactly: more exponentials, no
-    matrix products across sub-chunks, fewer live tiles). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
+    matrix products across sub-chunks, fewer live tiles), and on a GPU, for a kernel whose transposed products are
+    written both ways (`swappable`), the default with them swapped: neither form spills less in every kernel (Memora's
+    kernels at D = 64, sm_90a: 1,256 B in all transposed, 992 swapped; Gated DeltaNet's at D = 128, sm_80: 144 and
+    2,424; bench/README.md, "Products in either order"). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
     A kernel whose blocks each write a share of a sum (value_blocks "partial") varies its BV too: the launcher sizes
     those shares' buffer from the config it launches."""
     smallest = 16 if on_gpu else 1
@@ -62,6 +67,8 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
         out.append(replace(default, block_hidden=default.block_hidden // 2))
     if 0 < default.sub_chunk < chunk_size:
         out.append(replace(default, sub_chunk=chunk_size))
+    if on_gpu and swappable:
+        out.append(replace(default, swap_products=True))
     return out
 
 
