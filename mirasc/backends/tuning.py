@@ -49,9 +49,10 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     with BV = 16 none, sm_90a ahead of time), half the hidden block for an MLP memory's kernel, and for a kernel with
     channel-decay products the whole chunk as one sub-chunk (every pair of tokens made exactly: more exponentials, no
     matrix products across sub-chunks, fewer live tiles), and on a GPU, for a kernel whose transposed products are
-    written both ways (`swappable`), the default with them swapped: neither form spills less in every kernel (Memora's
-    kernels at D = 64, sm_90a: 1,256 B in all transposed, 992 swapped; Gated DeltaNet's at D = 128, sm_80: 144 and
-    2,424; bench/README.md, "Products in either order"). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
+    written both ways (`swappable`), the default with them swapped, and so the half hidden block: neither form spills
+    less in every kernel (Memora's kernels at D = 64, sm_90a: 1,256 B in all transposed, 992 swapped, most of the
+    gain with BH halved too; Gated DeltaNet's at D = 128, sm_80: 144 and 2,424; bench/README.md, "Products in either
+    order"). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
     A kernel whose blocks each write a share of a sum (value_blocks "partial") varies its BV too: the launcher sizes
     those shares' buffer from the config it launches."""
     smallest = 16 if on_gpu else 1
@@ -63,12 +64,15 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
         out.append(replace(default, block_value=other_value))
         if on_gpu:  # both at once: the one spill-free config of some kernels
             out.append(replace(default, num_warps=12 - default.num_warps, block_value=other_value))
-    if hidden > head_dim and default.block_hidden // 2 >= smallest:
+    half_hidden = hidden > head_dim and default.block_hidden // 2 >= smallest
+    if half_hidden:
         out.append(replace(default, block_hidden=default.block_hidden // 2))
     if 0 < default.sub_chunk < chunk_size:
         out.append(replace(default, sub_chunk=chunk_size))
     if on_gpu and swappable:
         out.append(replace(default, swap_products=True))
+        if half_hidden:
+            out.append(replace(default, block_hidden=default.block_hidden // 2, swap_products=True))
     return out
 
 
