@@ -46,6 +46,12 @@ def _run(op, ins, chunk):
                                     chunk_size=chunk), *ins)
 
 
+def _on_cpu(result):
+    """_run's (output, final states, gradients) moved to the CPU, to compare with the torch backend's."""
+    out, states, grads = result
+    return out.cpu(), [x.cpu() for x in states], {n: x.cpu() for n, x in grads.items()}
+
+
 def _errors(a, b) -> dict[str, float]:
     out = {"out": rel_rms(a[0], b[0])}
     out.update({f"final state {j}": rel_rms(x, y) for j, (x, y) in enumerate(zip(a[1], b[1]))})
@@ -88,8 +94,7 @@ def test_triton_matches_torch(ops, name, chunk, T):
     B, H = (1, 1) if chunk == 64 else (2, 2)
     ins32 = make_inputs(ref, B, T, H, D, dtype=torch.float32, seed=T)
     ins64 = make_inputs(ref, B, T, H, D, dtype=torch.float64, seed=T)
-    got = _run(tri, _to(ins32), chunk)
-    got = (got[0].cpu(), [x.cpu() for x in got[1]], {n: x.cpu() for n, x in got[2].items()})
+    got = _on_cpu(_run(tri, _to(ins32), chunk))
     want32 = _run(ref, ins32, chunk)
     want64 = _run(ref, ins64, chunk)
     assert got[0].dtype == torch.float32
@@ -120,8 +125,7 @@ def test_triton_float64_matches_torch(ops, name):
     """fp64 is fp64 throughout the kernels (constants included): the two backends agree to rounding."""
     tri, ref = ops(name)
     ins = make_inputs(ref, 1, 37, 1, D, dtype=torch.float64, seed=3)  # one head: the MLP memories took 20 s with two
-    got = _run(tri, _to(ins), 16)
-    got = (got[0].cpu(), [x.cpu() for x in got[1]], {n: x.cpu() for n, x in got[2].items()})
+    got = _on_cpu(_run(tri, _to(ins), 16))
     err = _errors(got, _run(ref, ins, 16))
     assert max(err.values()) < 1e-10, err
 
@@ -146,8 +150,7 @@ def test_triton_any_channel_decay_is_exact(ops, name, dtype):
     want = _run(ref, ins, 16)
     cast = [x.to(dtype) if torch.is_tensor(x) else ({n: t.to(dtype) for n, t in x.items()} if isinstance(x, dict)
             else [t.to(dtype) for t in x]) for x in ins]
-    got = _run(tri, _to(cast), 16)
-    got = (got[0].cpu(), [x.cpu() for x in got[1]], {n: x.cpu() for n, x in got[2].items()})
+    got = _on_cpu(_run(tri, _to(cast), 16))
     for part in [got[0], *got[1], *got[2].values()]:
         assert torch.isfinite(part).all()
     for grads in (got[2], want[2]):
@@ -204,8 +207,7 @@ def test_triton_channel_weights_need_no_cube(name):
     assert bool(products) == (name == "static_channel_decay"), [v.hint for v in products]
     tri, ref = mirasc.compile(text, backend="triton"), mirasc.compile(text, backend="torch")
     ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=4)
-    got = _run(tri, _to(ins), 16)
-    got = (got[0].cpu(), [x.cpu() for x in got[1]], {n: x.cpu() for n, x in got[2].items()})
+    got = _on_cpu(_run(tri, _to(ins), 16))
     err = _errors(got, _run(ref, ins, 16))
     assert max(err.values()) < 1e-10, err
 
@@ -353,8 +355,7 @@ def test_triton_hidden_blocks_match_one_block(ops, name, monkeypatch):
     waves = []
     launch = backend.launch_fitting
     monkeypatch.setattr(backend, "launch_fitting", lambda fn, grid, *a: (waves.append(grid), launch(fn, grid, *a)))
-    blocks = _run(tri, _to(ins), 16)
-    blocks = (blocks[0].cpu(), [x.cpu() for x in blocks[1]], {n: x.cpu() for n, x in blocks[2].items()})
+    blocks = _on_cpu(_run(tri, _to(ins), 16))
     err = _errors(blocks, _run(ref, ins, 16))
     assert max(err.values()) < 1e-10, err
     jobs = tri.triton_module.DESCRIPTION["kernels"].values()
@@ -383,8 +384,7 @@ def test_triton_value_blocks_match_torch(ops, name, monkeypatch):
     assert grads == ({"none", "columns", "partial"} if name == "ttt_linear" else {"columns", "partial"}), kinds
     ins = make_inputs(ref, 1, 21, 2, D, dtype=torch.float64, seed=6)
     monkeypatch.setattr(backend, "INTERPRETER_VALUE_BLOCK", D // 4)
-    blocks = _run(tri, _to(ins), 16)
-    blocks = (blocks[0].cpu(), [x.cpu() for x in blocks[1]], {n: x.cpu() for n, x in blocks[2].items()})
+    blocks = _on_cpu(_run(tri, _to(ins), 16))
     err = _errors(blocks, _run(ref, ins, 16))
     assert max(err.values()) < 1e-10, err
 
@@ -402,8 +402,7 @@ def test_triton_head_blocks_match_torch(ops, name, monkeypatch):
     assert "for kb in range(0, D, BK):" in inspect.getsource(tri.triton_module)
     ins = make_inputs(ref, 1, 21, 2, D, dtype=torch.float64, seed=8)
     monkeypatch.setattr(backend, "INTERPRETER_HEAD_BLOCK", D // 4)
-    blocks = _run(tri, _to(ins), 16)
-    blocks = (blocks[0].cpu(), [x.cpu() for x in blocks[1]], {n: x.cpu() for n, x in blocks[2].items()})
+    blocks = _on_cpu(_run(tri, _to(ins), 16))
     err = _errors(blocks, _run(ref, ins, 16))
     assert max(err.values()) < 1e-10, err
 
@@ -429,8 +428,7 @@ def test_triton_swapped_products_match_torch(ops, name, monkeypatch):
 
     monkeypatch.setattr(backend._Launch, "config", swapped)
     ins = make_inputs(ref, 1, 21, 2, D, dtype=torch.float64, seed=9)
-    out = _run(tri, _to(ins), 16)
-    out = (out[0].cpu(), [x.cpu() for x in out[1]], {n: x.cpu() for n, x in out[2].items()})
+    out = _on_cpu(_run(tri, _to(ins), 16))
     err = _errors(out, _run(ref, ins, 16))
     assert any(launched) and max(err.values()) < 1e-10, err
 
@@ -451,8 +449,7 @@ def test_triton_channel_decay_by_value_blocks_matches_torch(monkeypatch):
     launch = backend.launch_fitting
     monkeypatch.setattr(backend, "launch_fitting", lambda fn, grid, args, consts: _every_slot_written(
         launch, fn, grid, args, consts))
-    got = _run(tri, _to(ins), 16)
-    got = (got[0].cpu(), [x.cpu() for x in got[1]], {n: x.cpu() for n, x in got[2].items()})
+    got = _on_cpu(_run(tri, _to(ins), 16))
     err = _errors(got, _run(ref, ins, 16))
     assert max(err.values()) < 1e-10, err
 
@@ -472,8 +469,7 @@ def test_triton_channel_decay_any_sub_chunk_matches_torch(monkeypatch, sub_chunk
     alpha[:, :, :, : D // 2] = alpha[:, :, :, : D // 2] ** 40  # half the channels decay strongly
     ins[3] = {**ins[3], "alpha": alpha}
     monkeypatch.setattr(backend, "INTERPRETER_SUB_CHUNK", sub_chunk)
-    got = _run(tri, _to(ins), 16)
-    got = (got[0].cpu(), [x.cpu() for x in got[1]], {n: x.cpu() for n, x in got[2].items()})
+    got = _on_cpu(_run(tri, _to(ins), 16))
     want = _run(ref, ins, 16)
     for grads in (got[2], want[2]):
         grads["gate alpha"] = grads["gate alpha"] * alpha  # its gradient in log space (see the e^{-46} test above)
