@@ -80,7 +80,8 @@ def _spread(expr: str, axes: tuple[str, ...], out_axes: tuple[str, ...]) -> str:
     return f"{expr}[{', '.join(':' if a in axes else 'None' for a in out_axes)}]"
 
 
-def _shape(axes) -> str:
+def tile_shape(axes) -> str:
+    """A register tile's shape over `axes`, as Triton source: "(C, BV)", "(BH,)"."""
     return "(" + ", ".join(SHAPE[a] for a in axes) + ("," if len(axes) == 1 else "") + ")"
 
 
@@ -146,12 +147,12 @@ def reduction_lines(v: Value, into: Value | None = None) -> tuple[list[str], lis
     nm = name(v)
     if isinstance(v.op, ir.Einsum):
         target = name(into) if into is not None else nm
-        return [f"{target} = tl.zeros({_shape(v.axes)}, DTYPE)"], [f"{target} += {_einsum_expr(v)}"], []
+        return [f"{target} = tl.zeros({tile_shape(v.axes)}, DTYPE)"], [f"{target} += {_einsum_expr(v)}"], []
     if isinstance(v.op, ir.LogSumExp):  # online: a running maximum and the sum of exponentials below it
         a = v.args[0]
         k = a.axes.index(v.op.axis)
         keep = f"[{', '.join('None' if x == v.op.axis else ':' for x in a.axes)}]"
-        shape = _shape(v.axes)
+        shape = tile_shape(v.axes)
         below = f"tl.sum(tl.exp({name(a)} - {nm}_new{keep}), axis={k})"
         return ([f"{nm}_max = tl.full({shape}, float('-inf'), DTYPE)", f"{nm}_sum = tl.zeros({shape}, DTYPE)"],
                 [f"{nm}_new = tl.maximum({nm}_max, tl.max({name(a)}, axis={k}))",
@@ -194,7 +195,7 @@ def _elementwise(v: Value) -> list[str]:
         env[t] = str(t)
     lines.append(f"{name(v)} = {TritonPrinter(env)(expr)}")
     if not any(isinstance(a.op, _TILE_OPS) for a in v.args):  # only constants and sizes: make it a tile
-        lines.append(f"{name(v)} = tl.full({_shape(v.axes)}, {name(v)}, DTYPE)")
+        lines.append(f"{name(v)} = tl.full({tile_shape(v.axes)}, {name(v)}, DTYPE)")
     return lines
 
 
@@ -294,7 +295,7 @@ def decayed_product(v: Value, bases: dict[int, str]) -> list[str]:
                f"    {nm} += tl.where({pos}[None, :] == {nm}_p[:, None], {nm}_d[:, None], 0.0)"]
     else:
         add = [f"    {nm} += {term}"]
-    lines = [f"{nm} = tl.zeros({_shape(v.axes)}, DTYPE)",
+    lines = [f"{nm} = tl.zeros({tile_shape(v.axes)}, DTYPE)",
              f"{nm}_r = ({pos} // BC) * BC  # where each token's sub-chunk starts",
              *_across_sub_chunks(v, bases, rows(bases[a.id], f"{nm}_r")),
              f"for {nm}_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk",
@@ -381,6 +382,6 @@ def line(v: Value) -> list[str]:  # noqa: C901 - one case per op
     if isinstance(op, ir.Broadcast):
         a = v.args[0]
         if isinstance(a.op, ir.Const):
-            return [f"{nm} = tl.full({_shape(v.axes)}, {align(a, ())}, DTYPE)"]
-        return [f"{nm} = tl.broadcast_to({align(a, v.axes)}, {_shape(v.axes)})"]
+            return [f"{nm} = tl.full({tile_shape(v.axes)}, {align(a, ())}, DTYPE)"]
+        return [f"{nm} = tl.broadcast_to({align(a, v.axes)}, {tile_shape(v.axes)})"]
     raise TypeError(f"no Triton emission for {describe(v)}")

@@ -34,6 +34,7 @@ from .emit_triton import (
     same_tile,
     stage,
     staged_factors,
+    tile_shape,
     wide,
 )
 from .ir import Graph, Value
@@ -432,7 +433,7 @@ def _head_blocked_dot(v: Value, loads: dict[str, str]) -> list[str]:
     lhs, rhs = (_loaded_input(x, loads).op.name for x in (a, b))
     block_loads = [f"    {n}_block = {_head_block(loads[n])}" for n in dict.fromkeys((lhs, rhs))]
     product = dot_expr(f"{lhs}_block", a.axes, f"{rhs}_block", b.axes, v.axes)
-    return [f"{name(v)} = tl.zeros(({', '.join(SHAPE[x] for x in v.axes)}), DTYPE)",
+    return [f"{name(v)} = tl.zeros({tile_shape(v.axes)}, DTYPE)",
             "for kb in range(0, D, BK):  # the head axis, a block at a time",
             "    offs_k = kb + tl.arange(0, BK)", *block_loads, f"    {name(v)} += {product}"]
 
