@@ -3,7 +3,8 @@
 `triton.compile(..., target=GPUTarget("cuda", ARCH, 32))` builds the real cubin with the ptxas shipped in the
 triton wheel; `cuobjdump` (also in the wheel) reads back its registers, stack (bytes of register spills per
 thread), shared memory and SASS, where tensor-core instructions (HMMA, HGMMA, DMMA) are counted, and the TritonGPU
-IR, where products whose warps repeat each other's rows are counted (`replicated_dots`). Nothing is launched.
+IR, where products whose warps repeat each other's rows are counted (`replicated_dots`); for a kernel that spills,
+`nvdisasm -g` (also in the wheel) says which source lines the spills come from (`spill_sites`). Nothing is launched.
 Each kernel compiles in a fresh process with a time limit, so one that hangs is a result, not a hang.
 
     mirasc aot SPEC... [--arch 90|80] [--chunk-size 64] [--head-dim 64] [--dtype bf16|fp16|fp32] [--json]
@@ -56,6 +57,7 @@ class KernelReport:
     configs_compiled: int = 1  # configs the spill guard compiled for this kernel (the default first)
     compile_total_s: float | None = None  # their compile seconds in all: what a first launch on a GPU spends
     sass: int | None = None
+    spill_sites: list[dict] = field(default_factory=list)  # where the spills are (`spill_sites`), most first
     error: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -82,6 +84,50 @@ def _cuobjdump(cubin: bytes) -> tuple[str, str]:
         usage = subprocess.run([str(tool), "-res-usage", str(f)], capture_output=True, text=True).stdout
         sass = subprocess.run([str(tool), "-sass", str(f)], capture_output=True, text=True).stdout
     return usage, sass
+
+
+# A SASS instruction's line in `nvdisasm -g` output, and the source line the instructions after it come from.
+_SASS_LINE = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/")
+_SOURCE_MARK = re.compile(r'//## File "(.*)", line (\d+)')
+_SPILL_OP = re.compile(r"\b(STL|LDL)(\.\w+)*\b")
+
+
+def spill_sites(cubin: bytes, source: str, top: int = 5) -> list[dict]:
+    """Where a kernel's spills are: the source lines whose SASS stores registers to local memory or loads them back
+    (STL, LDL), the `top` with the most such instructions, each {"line", "code", "stores", "loads"}. Lines of the
+    kernel's own module (path `source`) carry their code; a line of Triton's library (say the combine of a tl.sum,
+    which ptxas keeps apart from its caller's line) is named "file:line (function)". The line table is the one
+    Triton compiles in (off only under TRITON_DISABLE_LINE_INFO=1, and then this is empty); `nvdisasm -g` reads it."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "k.cubin"
+        f.write_bytes(cubin)
+        listing = subprocess.run([str(tool), "-g", "-c", str(f)], capture_output=True, text=True).stdout
+    counts: dict[tuple[str, int], list[int]] = {}
+    here: tuple[str, int] | None = None
+    for ln in listing.splitlines():
+        mark = _SOURCE_MARK.search(ln)
+        if mark:
+            here = (mark.group(1), int(mark.group(2)))
+        elif here and _SASS_LINE.match(ln) and (op := _SPILL_OP.search(ln)):
+            counts.setdefault(here, [0, 0])[op.group(1) == "LDL"] += 1
+    ranked = sorted(counts.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return [{**_source_line(path, line, source), "stores": st, "loads": ld} for (path, line), (st, ld) in ranked]
+
+
+def _source_line(path: str, line: int, source: str) -> dict:
+    """A line of the kernel's module with its code, or of another file with its enclosing function's name."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {"line": f"{Path(path).name}:{line}", "code": ""}
+    if os.path.samefile(path, source):
+        return {"line": line, "code": text[line - 1].strip() if line <= len(text) else ""}
+    defs = [t.strip() for t in text[:line] if t.lstrip().startswith("def ")]
+    where = f" ({defs[-1][4:].split('(')[0]})" if defs else ""
+    return {"line": f"{Path(path).name}:{line}{where}", "code": ""}
 
 
 _MMA_LAYOUT = re.compile(r"^#(\w+) = #ttg\.nvidia_mma<\{versionMajor = (\d+), versionMinor = \d+, "
@@ -165,12 +211,14 @@ def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, nu
             m = re.search(rf"\b{name}:(\d+)", usage)
             return int(m.group(1)) if m else None
 
-        lines = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", ln)]
-        queue.put({"ok": True, "compile_s": round(seconds, 1), "regs": field_of("REG"), "stack": field_of("STACK"),
+        lines = [ln for ln in sass.splitlines() if _SASS_LINE.match(ln)]
+        stack = field_of("STACK")
+        queue.put({"ok": True, "compile_s": round(seconds, 1), "regs": field_of("REG"), "stack": stack,
                    "shared": compiled.metadata.shared, "num_warps": compiled.metadata.num_warps,
                    "num_stages": compiled.metadata.num_stages, "sass": len(lines),
                    "mma": sum(1 for ln in lines if re.search(r"\b(HGMMA|HMMA|DMMA)", ln)),
-                   "replicated": replicated_dots(compiled.asm["ttgir"])})
+                   "replicated": replicated_dots(compiled.asm["ttgir"]),
+                   "spill_sites": spill_sites(compiled.asm["cubin"], path) if stack else []})
     except Exception as e:  # noqa: BLE001 - a kernel that does not compile is a result to report
         queue.put({"ok": False, "error": f"{type(e).__name__}: {str(e)[:400]}"})
 
@@ -333,11 +381,22 @@ def format_rows(reports: list[KernelReport]) -> str:
     return "\n".join(out)
 
 
+def format_spill_sites(reports: list[KernelReport], top: int = 3) -> str:
+    """Below the table: for each kernel that spills, the source lines with the most spill instructions."""
+    out = []
+    for r in reports:
+        if r.spill_sites:
+            out.append(f"{r.spec} {r.kernel}, {r.stack} B of stack; spill stores / loads by source line:")
+            out += [f"  {s['stores']} / {s['loads']}  line {s['line']}" + (f": {s['code'][:100]}" if s["code"] else "")
+                    for s in r.spill_sites[:top]]
+    return "\n".join(out)
+
+
 def as_json(r: KernelReport) -> dict:
     d = asdict(r)
     d.pop("extra")
     return d
 
 
-__all__ = ["KernelReport", "aot_report", "as_json", "compile_in_child", "format_rows", "meets_targets",
-           "replicated_dots"]
+__all__ = ["KernelReport", "aot_report", "as_json", "compile_in_child", "format_rows", "format_spill_sites",
+           "meets_targets", "replicated_dots", "spill_sites"]

@@ -136,7 +136,7 @@ def cmd_compile(args) -> int:
 def cmd_aot(args) -> int:
     import json
 
-    from .aot import aot_report, as_json, format_rows
+    from .aot import aot_report, as_json, format_rows, format_spill_sites
     from .emit_triton import CubeTileError
     from .errors import SpecError
 
@@ -166,6 +166,8 @@ def cmd_aot(args) -> int:
         rows += found
     if not args.json and rows:
         print(format_rows(rows))
+        sites = format_spill_sites(rows)
+        print(f"\n{sites}" if sites else "", end="\n" if sites else "")
     return status
 
 

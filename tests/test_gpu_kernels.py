@@ -224,6 +224,35 @@ def test_mlp_memory_kernels_compile_for_an_h100():
         assert r.ok and r.mma > 0, (r.kernel, r.error)
 
 
+def test_aot_names_the_lines_that_spill(capsys):
+    """A kernel that spills gets its spill sites: the lines of its module whose SASS stores registers to local
+    memory or loads them back, most first, each with its code. One warp holding linear attention's (64, 64) output
+    tiles spills for sure; its default config does not, and gets none."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report, format_spill_sites
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
+
+    only = ["chunk_out_fwd_kernel"]
+    (tight,) = aot_report("linear_attention", chunk_size=64, head_dim=64, warps=1, only=only, timeout=240,
+                          spill_guard=False)
+    (roomy,) = aot_report("linear_attention", chunk_size=64, head_dim=64, only=only, timeout=240, spill_guard=False)
+    assert tight.ok and tight.stack > 0 and tight.spill_sites, (tight.stack, tight.error)
+    assert roomy.ok and roomy.stack == 0 and roomy.spill_sites == [], roomy
+    counts = [s["stores"] + s["loads"] for s in tight.spill_sites]
+    assert counts == sorted(counts, reverse=True) and counts[-1] > 0, tight.spill_sites
+    module = generate_triton(load("linear_attention")).splitlines()
+    for site in tight.spill_sites:
+        if isinstance(site["line"], int):  # a line of the generated module: its code, as the module has it
+            assert module[site["line"] - 1].strip() == site["code"] != "", site
+        else:  # a line of Triton's library: file, line and function
+            assert re.fullmatch(r"\w+\.py:\d+( \(\w+\))?", site["line"]), site
+    assert any(isinstance(s["line"], int) for s in tight.spill_sites), tight.spill_sites
+    printed = format_spill_sites([tight, roomy])
+    assert "linear_attention chunk_out_fwd_kernel" in printed and tight.spill_sites[0]["code"][:60] in printed
+    assert printed.count("spill stores / loads") == 1
+
+
 def test_an_a100_gets_the_register_ceiling():
     """ptxas for sm_80, left to itself, gave titans' outputs kernel 32 registers a thread and 5,200 B of spills; with
     the launcher's ceiling of 255 (Triton's maxnreg) it takes the registers it needs."""
