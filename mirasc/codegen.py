@@ -193,5 +193,5 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         spec_hash=spec_hash(spec.source, options, "triton"),
         description=pprint.pformat(description, width=110, sort_dicts=False),
         kernels=found,
-        private_index=any("private_index(" in line for k in found for line in k.loop + k.epilogue),
+        private_index=any("private_index(" in line for k in found for line in k.chunk_offsets + k.loop + k.epilogue),
     )

@@ -40,6 +40,24 @@ def offsets(value_blocks: bool) -> list[str]:
     return [f"offs_{a} = {start.get(a, '')}tl.arange(0, {SHAPE[a]})" for a in ir.AXIS_ORDER]
 
 
+# A kernel that walks the chunks (a state pass) can make its index vectors again at the top of every chunk, each one
+# opaque to the compiler (the module's `private_index`), where the constexpr INDEX_PER_CHUNK is set. Made once before
+# the loop, the vectors and every layout and address tile derived from them are loop-invariant, so the compiler makes
+# them once and holds them through every chunk, where they can spill: TTT-Linear's backward state pass at sm_90a,
+# D = 64 spilled 224 B, 31 spill instructions on the line making offs_t (`mirasc aot`'s spill sites), and 96 B with
+# its vectors made per chunk. It is not the default: the MLP memories' passes spilled up to three times more that way
+# (titans' backward pass 472 -> 1,440 B), and TTT-Linear's at sm_80, D = 128 too (3,792 -> 4,728), so it is a
+# candidate of the spill guard (mirasc.backends.tuning.candidates). A hidden-block loop makes its block's vectors
+# (offs_h, offs_g) itself.
+_PER_CHUNK_AXES = tuple(a for a in ir.AXIS_ORDER if a not in ("h", "g"))
+
+
+def chunk_offsets(value_blocks: bool) -> list[str]:
+    """The index vectors a chunk-walking kernel makes again for each chunk (`_PER_CHUNK_AXES`)."""
+    made = dict(line.split(" = ", 1) for line in offsets(value_blocks))
+    return [f"offs_{a} = private_index({made[f'offs_{a}']}, {SHAPE[a]}, tok, ON_GPU)" for a in _PER_CHUNK_AXES]
+
+
 # ------------------------------------------------------------------------------------------------ kernels
 @dataclass(frozen=True)
 class KernelIO:
@@ -82,6 +100,11 @@ class Kernel:
     @property
     def offsets(self) -> list[str]:
         return offsets(self.value_blocks != "none")
+
+    @property
+    def chunk_offsets(self) -> list[str]:
+        """The index vectors made again at the top of each chunk, in a kernel that walks the chunks."""
+        return chunk_offsets(self.value_blocks != "none") if self.mode in ("up", "down") else []
 
 
 def _only(graph: Graph, names: list[str]) -> Graph:

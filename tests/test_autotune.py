@@ -63,6 +63,10 @@ def test_candidates_start_with_the_default_and_keep_blocks_legal():
     assert candidates(default, "none", 64, 64, on_gpu=False, swappable=True) == [default]
     assert candidates(default, "none", 64, 256, on_gpu=True, swappable=True)[-3:] == [
         Config(8, 32, 16), Config(8, 32, 32, swap_products=True), Config(8, 32, 16, swap_products=True)]
+    # a kernel that walks the chunks: the default with its index vectors made per chunk, last, on a GPU only
+    assert candidates(default, "none", 64, 64, on_gpu=True, swappable=True, walks_chunks=True) == [
+        default, Config(4, 32, 32), Config(8, 32, 32, swap_products=True), Config(8, 32, 32, index_per_chunk=True)]
+    assert candidates(default, "none", 64, 64, on_gpu=False, walks_chunks=True) == [default]
 
 
 def test_autotuning_is_asked_for_and_needs_a_gpu_or_a_tuner_for_the_interpreter(monkeypatch):

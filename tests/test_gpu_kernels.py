@@ -253,6 +253,19 @@ def test_aot_names_the_lines_that_spill(capsys):
     assert printed.count("spill stores / loads") == 1
 
 
+def test_the_spill_guard_makes_a_state_pass_index_vectors_per_chunk():
+    """TTT-Linear's backward state pass at sm_90a, D = 64 spills with its index vectors made once before the chunk
+    loop (224 B when this was written) and less with them made again for each chunk (96 B): the spill guard's
+    INDEX_PER_CHUNK candidate, which mirasc aot reports. A kernel that does not walk the chunks has no such
+    candidate. (Should the default stop spilling, the guard keeps it and this test needs another kernel.)"""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report
+
+    (row,) = aot_report("ttt_linear", chunk_size=64, head_dim=64, only=["chunk_state_bwd_kernel"], timeout=240)
+    assert row.ok and row.default_stack > 0 and row.index_per_chunk, row
+    assert row.stack < row.default_stack, (row.stack, row.default_stack)
+
+
 def test_an_a100_gets_the_register_ceiling():
     """ptxas for sm_80, left to itself, gave titans' outputs kernel 32 registers a thread and 5,200 B of spills; with
     the launcher's ceiling of 255 (Triton's maxnreg) it takes the registers it needs."""
@@ -697,7 +710,8 @@ def test_an_input_is_loaded_after_the_loops_before_its_first_reader():
 def test_mlp_memories_make_each_token_address_where_it_is_used():
     """An MLP memory's kernels give every token load and store offsets of its own (private_index: an opaque zero in
     inline PTX on a GPU, the plain offsets under the interpreter), and every load of a carry-free value too; the
-    linear memories' kernels share theirs. The
+    linear memories' kernels share theirs (their one use of private_index makes a state pass's index vectors per
+    chunk, under INDEX_PER_CHUNK). The
     GPU form compiles for sm_90a and keeps its loads' alignment (the kernel still compiles with tensor cores)."""
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
     from mirasc.aot import aot_report, kernel_names
@@ -711,6 +725,9 @@ def test_mlp_memories_make_each_token_address_where_it_is_used():
         local_loads = re.findall(r"= tl\.load\(local_\d+_ptr[^\n]*", source)
         assert all("private_index(" in a for a in local_loads), kernel
     assert re.findall(r"= tl\.load\(local_\d+_ptr[^\n]*", mlp)  # the carry-free values are read somewhere
-    assert "def private_index(" not in generate_triton(mirasc.load(model_path("gated_deltanet")))
+    linear = generate_triton(mirasc.load(model_path("gated_deltanet")))  # the helper serves INDEX_PER_CHUNK alone
+    uses = [ln.strip() for ln in linear.splitlines() if "private_index(" in ln and "def private_index(" not in ln]
+    assert uses and all(re.fullmatch(r"offs_\w = private_index\(.*tl\.arange\(0, \w+\), \w+, tok, ON_GPU\)", u)
+                        for u in uses), uses
     (row,) = aot_report("ttt_mlp", chunk_size=16, head_dim=16, only=["chunk_out_fwd_kernel"], timeout=240)
     assert row.ok and row.mma > 0, row.error

@@ -433,6 +433,32 @@ def test_triton_swapped_products_match_torch(ops, name, monkeypatch):
     assert any(launched) and max(err.values()) < 1e-10, err
 
 
+@pytest.mark.parametrize("name", ["ttt_linear", "gated_deltanet"])
+def test_triton_index_per_chunk_matches_torch(ops, name, monkeypatch):
+    """The state passes launched with INDEX_PER_CHUNK (their index vectors made again for each chunk, a spill guard
+    candidate on a GPU) give what the torch backend gives, in fp64, every output and gradient, over several chunks
+    (the vectors are made in the chunk loop, and a partial last chunk masks with them)."""
+    from dataclasses import replace
+
+    import mirasc.backends.triton as backend
+
+    tri, ref = ops(name)
+    text = Path(tri.triton_module.__file__).read_text(encoding="utf-8")
+    assert text.count("if INDEX_PER_CHUNK:") == 2, "the forward and the backward state pass"
+    default = backend._Launch.config
+    launched = []
+
+    def per_chunk(self, info):
+        launched.append(info["grid"] == "sequences")
+        return replace(default(self, info), index_per_chunk=info["grid"] == "sequences")
+
+    monkeypatch.setattr(backend._Launch, "config", per_chunk)
+    ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=11)
+    out = _on_cpu(_run(tri, _to(ins), 16))
+    err = _errors(out, _run(ref, ins, 16))
+    assert sum(launched) >= 2 and max(err.values()) < 1e-10, err
+
+
 def test_triton_channel_decay_by_value_blocks_matches_torch(monkeypatch):
     """A channel-decay linear memory (bench/specs/gla.miras) with the value axis in four blocks: its products' factors
     go through scratch memory, one slot per program and block of value columns, in waves of one chunk reusing one

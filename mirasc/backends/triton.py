@@ -261,7 +261,8 @@ class _Launch:
         fn, info = kernels[job]
         config = self.config(info)
         key = (fn, *((k, str(v)) for k, v in self.consts.items()), ("job", job))
-        configs = candidates(config, info["value_blocks"], self.D, self.HID, self.on_gpu, self.C, info["swappable"])
+        configs = candidates(config, info["value_blocks"], self.D, self.HID, self.on_gpu, self.C, info["swappable"],
+                             info["grid"] == "sequences")
         if autotune_enabled(self.on_gpu, tuning.TUNER):
             return tuning.TUNER.choose(key, configs, lambda c: self.launch(fn, info, c, args_for(c)))
         if spill_guard_enabled(self.on_gpu):
@@ -279,7 +280,8 @@ class _Launch:
         bv = config.block_value
         blocks = self.D // bv  # programs per chunk along the value axis, each with its own scratch slot
         consts = {**self.consts, "BV": bv, "BH": config.block_hidden, "BC": config.sub_chunk or self.C,
-                  "SWAP_PRODUCTS": config.swap_products, "num_warps": config.num_warps}
+                  "SWAP_PRODUCTS": config.swap_products, "INDEX_PER_CHUNK": config.index_per_chunk,
+                  "num_warps": config.num_warps}
         if info["grid"] != "chunks":
             scratch = self.scratch(info, self.programs * blocks, bv)
             yield (self.programs, 1, blocks), (*args, *scratch, *self.scalars, 0), consts

@@ -30,18 +30,20 @@ import torch
 @dataclass(frozen=True)
 class Config:
     """One launch config of a kernel: warps per program, the value block BV, the hidden block BH, the sub-chunk BC
-    of its channel-decay products (0 for a kernel that makes none), and SWAP_PRODUCTS: its transposed products made
-    with their operands swapped (emit_triton.dot_expr)."""
+    of its channel-decay products (0 for a kernel that makes none), SWAP_PRODUCTS: its transposed products made
+    with their operands swapped (emit_triton.dot_expr), and INDEX_PER_CHUNK: a chunk-walking kernel's index vectors
+    made again for each chunk (mirasc.triton_kernels.chunk_offsets)."""
 
     num_warps: int
     block_value: int
     block_hidden: int
     sub_chunk: int = 0
     swap_products: bool = False
+    index_per_chunk: bool = False
 
 
 def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, on_gpu: bool,
-               chunk_size: int = 0, swappable: bool = False) -> list[Config]:
+               chunk_size: int = 0, swappable: bool = False, walks_chunks: bool = False) -> list[Config]:
     """The configs tried for one kernel, the default first (it wins ties): the other warp count (4 or 8) on a GPU,
     another value block for a kernel run by blocks of value columns, half the default or, where half would pass
     below 16 (sm_80's default), twice it (on a GPU also with the other warp count: of Gated DeltaNet's two
@@ -52,7 +54,10 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     written both ways (`swappable`), the default with them swapped, and so the half hidden block: neither form spills
     less in every kernel (Memora's kernels at D = 64, sm_90a: 1,256 B in all transposed, 992 swapped, most of the
     gain with BH halved too; Gated DeltaNet's at D = 128, sm_80: 144 and 2,424; bench/README.md, "Products in either
-    order"). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
+    order"), and, for a kernel that walks the chunks (a state pass), the default with its index vectors made again
+    for each chunk: TTT-Linear's backward state pass at sm_90a spilled 224 B at D = 64 and 2,688 at D = 128 with the
+    vectors made once, 96 and 1,944 per chunk, but titans' 472 and 2,640 against 1,440 and 3,464 (bench/README.md,
+    "Where the spills are"). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
     A kernel whose blocks each write a share of a sum (value_blocks "partial") varies its BV too: the launcher sizes
     those shares' buffer from the config it launches."""
     smallest = 16 if on_gpu else 1
@@ -73,6 +78,8 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
         out.append(replace(default, swap_products=True))
         if half_hidden:
             out.append(replace(default, block_hidden=default.block_hidden // 2, swap_products=True))
+    if on_gpu and walks_chunks:
+        out.append(replace(default, index_per_chunk=True))
     return out
 
 
