@@ -22,6 +22,7 @@ import argparse
 import itertools
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +52,25 @@ def _gate_init(pairs: list[str]) -> dict[str, float]:
             raise SystemExit(f"--gate-init: expected ROLE=VALUE with ROLE one of {sorted(GATE_INIT)}, got {p!r}")
         out[role.strip()] = float(value)
     return out
+
+
+def unreached_gate_inits(models: list[str], inits: dict[str, float]) -> list[str]:
+    """One line for each gate that --gate-init's roles name but cannot reach: a gate whose spec declares its start
+    with `init` keeps it (mirasc.nn.gates.gate_init_value), so the run would train from the spec's start, not the
+    one asked for."""
+    import mirasc
+    from mirasc.train.config import TRANSFORMER_NAMES
+
+    lines = []
+    for model in models:
+        spec, options = spec_and_options(model)
+        if spec in TRANSFORMER_NAMES:
+            continue
+        for g in mirasc.compile(spec, options=options, backend="torch").meta.gates:
+            for role in (r for r in g.roles if r in inits and g.init is not None):
+                lines.append(f"--gate-init {role}={inits[role]:g} does not reach {model}'s gate {g.name}: its spec "
+                             f"starts it at {g.init:g} (`init`); a param of the spec sets that start")
+    return lines
 
 
 def run_config(args, model: str, seed: int, seq_len: int, hidden: int, rho: float, chunk: int | None,
@@ -188,10 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         MirasLayer.qkv_init_std = args.qkv_init_std
     if args.norm_gain_init is not None:
         MirasLayer.norm_gain_init = args.norm_gain_init
-    for name, value in _gate_init(args.gate_init).items():  # for every spec, whatever its map
+    inits = _gate_init(args.gate_init)
+    for name, value in inits.items():  # for every spec, whatever its map
         gates.GATE_INIT[name] = value
         for per_map in gates.GATE_INIT_FOR_MAP.values():
             per_map.pop(name, None)
+    for line in unreached_gate_inits(args.models, inits):
+        print(f"bench.tasks: warning: {line}", file=sys.stderr)
 
     out = Path(args.out)
     chunks = args.chunk_sizes or [None]

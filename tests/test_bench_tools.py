@@ -56,3 +56,14 @@ def test_the_needle_tool_takes_spec_options_and_the_layernorm_eps(capsys):
     identity = _needle_rows(capsys, "--models", "moneta:normalisation=none", "--norm-eps", "1")
     assert set(identity) == {"moneta:normalisation=none"}
     assert shipped["moneta"][0] < 0.2 and identity["moneta:normalisation=none"][0] > 0.4
+
+
+def test_gate_init_says_which_gates_it_cannot_reach():
+    """bench.tasks --gate-init sets a start by role, but a gate whose spec declares `init` keeps it (Moneta's η
+    starts at its param eta_init): the run says so instead of training from a start nobody asked for."""
+    from bench.tasks import unreached_gate_inits
+
+    (line,) = unreached_gate_inits(["moneta", "yaad", "transformer"], {"lr": 1.0})
+    assert line.startswith("--gate-init lr=1 does not reach moneta's gate eta") and "at 0.2" in line, line
+    assert "at 0.5" in unreached_gate_inits(["moneta:eta_init=0.5"], {"lr": 1.0})[0]
+    assert unreached_gate_inits(["moneta", "yaad"], {"decay": 0.999}) == []
