@@ -167,7 +167,8 @@ def cmd_aot(args) -> int:
     if not args.json and rows:
         print(format_rows(rows))
         sites = format_spill_sites(rows)
-        print(f"\n{sites}" if sites else "", end="\n" if sites else "")
+        if sites:
+            print(f"\n{sites}")
     return status
 
 
