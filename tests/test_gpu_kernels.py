@@ -224,7 +224,7 @@ def test_mlp_memory_kernels_compile_for_an_h100():
         assert r.ok and r.mma > 0, (r.kernel, r.error)
 
 
-def test_aot_names_the_lines_that_spill(capsys):
+def test_aot_names_the_lines_that_spill():
     """A kernel that spills gets its spill sites: the lines of its module whose SASS stores registers to local
     memory or loads them back, most first, each with its code. One warp holding linear attention's (64, 64) output
     tiles spills for sure; its default config does not, and gets none."""
@@ -256,8 +256,8 @@ def test_aot_names_the_lines_that_spill(capsys):
 def test_the_spill_guard_makes_a_state_pass_index_vectors_per_chunk():
     """TTT-Linear's backward state pass at sm_90a, D = 64 spills with its index vectors made once before the chunk
     loop (224 B when this was written) and less with them made again for each chunk (96 B): the spill guard's
-    INDEX_PER_CHUNK candidate, which mirasc aot reports. A kernel that does not walk the chunks has no such
-    candidate. (Should the default stop spilling, the guard keeps it and this test needs another kernel.)"""
+    INDEX_PER_CHUNK candidate, which mirasc aot reports. (Should the default stop spilling, the guard keeps it and
+    this test needs another kernel.)"""
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
     from mirasc.aot import aot_report
 
