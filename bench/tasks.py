@@ -62,7 +62,7 @@ def unreached_gate_inits(models: list[str], inits: dict[str, float]) -> list[str
     from mirasc.train.config import TRANSFORMER_NAMES
 
     lines = []
-    for model in models:
+    for model in models if inits else []:  # nothing to check (or compile) without --gate-init
         spec, options = spec_and_options(model)
         if spec in TRANSFORMER_NAMES:
             continue

@@ -67,3 +67,4 @@ def test_gate_init_says_which_gates_it_cannot_reach():
     assert line.startswith("--gate-init lr=1 does not reach moneta's gate eta") and "at 0.2" in line, line
     assert "at 0.5" in unreached_gate_inits(["moneta:eta_init=0.5"], {"lr": 1.0})[0]
     assert unreached_gate_inits(["moneta", "yaad"], {"decay": 0.999}) == []
+    assert unreached_gate_inits(["not_a_spec"], {}) == []  # without --gate-init nothing is compiled
