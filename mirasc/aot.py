@@ -54,6 +54,7 @@ class KernelReport:
     sub_chunk: int | None = None  # BC of the channel-decay products (0: the kernel makes none)
     swap_products: bool = False  # its transposed products made with their operands swapped (SWAP_PRODUCTS)
     index_per_chunk: bool = False  # a state pass's index vectors made again for each chunk (INDEX_PER_CHUNK)
+    reread_inputs: bool = False  # input tiles loaded again after the loops that do not read them (REREAD_INPUTS)
     default_stack: int | None = None  # the stack bytes of the launcher's default config, before the spill guard
     configs_compiled: int = 1  # configs the spill guard compiled for this kernel (the default first)
     compile_total_s: float | None = None  # their compile seconds in all: what a first launch on a GPU spends
@@ -282,7 +283,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
                              block_hidden or hidden_block(hidden, head_dim),
                              (sub_chunk or default_sub_chunk(chunk_size, on_gpu=True)) if job["sub_chunks"] else 0)
             configs = candidates(default, job["value_blocks"], head_dim, hidden, True, chunk_size,
-                                 job["swappable"], job["grid"] == "sequences") if guard else [default]
+                                 job["swappable"], job["grid"] == "sequences", job["rereads"]) if guard else [default]
             reports.append(target.guarded(kernel, configs))
     return reports
 
@@ -327,11 +328,12 @@ class _Target:
                            ok=False, dots=_products(_kernel_source(Path(self.path), kernel)),
                            num_warps=config.num_warps, num_stages=stages, block_value=config.block_value,
                            block_hidden=config.block_hidden, sub_chunk=config.sub_chunk,
-                           swap_products=config.swap_products, index_per_chunk=config.index_per_chunk)
+                           swap_products=config.swap_products, index_per_chunk=config.index_per_chunk,
+                           reread_inputs=config.reread_inputs)
         consts = {"C": self.chunk_size, "D": self.head_dim, "HID": self.hidden, "BH": config.block_hidden,
                   "BV": config.block_value, "BC": config.sub_chunk or self.chunk_size,
                   "BK": head_block(self.head_dim, self.arch), "SWAP_PRODUCTS": config.swap_products,
-                  "INDEX_PER_CHUNK": config.index_per_chunk, "IS_VARLEN": False,
+                  "INDEX_PER_CHUNK": config.index_per_chunk, "REREAD_INPUTS": config.reread_inputs, "IS_VARLEN": False,
                   "DTYPE": "fp32", "DOT_DTYPE": self.dtype,
                   "DOT_PRECISION": "tf32" if self.dtype == "fp32" else "ieee", "ON_GPU": True}
         return compile_in_child(row, _compile_one, (self.path, kernel, consts, self.dtype, self.arch,
@@ -367,7 +369,8 @@ def meets_targets(r: KernelReport, max_compile_s: float = 30.0, max_shared: int 
 
 def format_rows(reports: list[KernelReport]) -> str:
     head = ("| spec | kernel | D | hidden | ok | compile s | regs | stack B | shared B | mma | replicated | dots "
-            "| warps | stages | BV / BH / BC (/ swapped products, index per chunk) | default's stack B | targets |")
+            "| warps | stages | BV / BH / BC (/ swapped products, index per chunk, inputs reread) | default's stack B "
+            "| targets |")
     out = [head, "|" + "---|" * 17]
 
     def cell(x) -> str:
@@ -378,7 +381,8 @@ def format_rows(reports: list[KernelReport]) -> str:
                    f"{cell(r.compile_s)} | {cell(r.regs)} | {cell(r.stack)} | {cell(r.shared)} | {cell(r.mma)} | "
                    f"{cell(r.replicated)} | {r.dots} | {r.num_warps} | {r.num_stages} | "
                    f"{r.block_value} / {r.block_hidden} / {r.sub_chunk}{' / swapped' if r.swap_products else ''}"
-                   f"{' / index per chunk' if r.index_per_chunk else ''} | "
+                   f"{' / index per chunk' if r.index_per_chunk else ''}"
+                   f"{' / inputs reread' if r.reread_inputs else ''} | "
                    f"{cell(r.default_stack)} | "
                    f"{'met' if meets_targets(r) else 'missed'} |" + (f" {r.error}" if r.error else ""))
     return "\n".join(out)

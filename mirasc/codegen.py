@@ -165,7 +165,7 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         jobs[job] = {"grid": "chunks" if k.mode == "chunk" else "sequences",
                      "scratch": [list(axes) for axes in k.scratch], "value_blocks": k.value_blocks,
                      "tiles": round(k.tiles, 2), "sub_chunks": k.sub_chunked,
-                     "swappable": k.swappable}
+                     "swappable": k.swappable, "rereads": k.rereads}
         found.append(k)
     description = {
         "spec": spec.name,
@@ -176,8 +176,8 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         # each value they keep in scratch memory, per program, and how they run by blocks of BV value columns
         # ("columns", "partial": each block writes its share of a sum to its own copy, "none": one block), and the
         # most register tiles (64 x 64 fp32) live at once, which sets the launcher's warps; whether it makes
-        # channel-decay products (their sub-chunk BC) and products written both ways (SWAP_PRODUCTS), which its
-        # configs vary
+        # channel-decay products (their sub-chunk BC), products written both ways (SWAP_PRODUCTS) and input tiles
+        # it can load again after its loops (REREAD_INPUTS), which its configs vary
         "kernels": jobs,
         # values stored per chunk for the other kernels: made by the stored_fwd kernel where no state reaches them,
         # else by the state pass

@@ -103,6 +103,12 @@ class Kernel:
         return any("SWAP_PRODUCTS" in line for line in (*self.prologue, *self.loop, *self.epilogue))
 
     @property
+    def rereads(self) -> bool:
+        """It can load input tiles again rather than hold them through its loops (kernel_body, REREAD_INPUTS)."""
+        lines = (*self.prologue, *self.loop, *self.epilogue)
+        return any(line.lstrip().startswith("if REREAD_INPUTS:") for line in lines)
+
+    @property
     def offsets(self) -> list[str]:
         return offsets(self.value_blocks != "none")
 

@@ -67,6 +67,10 @@ def test_candidates_start_with_the_default_and_keep_blocks_legal():
     assert candidates(default, "none", 64, 64, on_gpu=True, swappable=True, walks_chunks=True) == [
         default, Config(4, 32, 32), Config(8, 32, 32, swap_products=True), Config(8, 32, 32, index_per_chunk=True)]
     assert candidates(default, "none", 64, 64, on_gpu=False, walks_chunks=True) == [default]
+    # a kernel that can load its input tiles again after its loops: that form of the default, last, on a GPU only
+    assert candidates(default, "none", 64, 64, on_gpu=True, walks_chunks=True, rereads=True)[-2:] == [
+        Config(8, 32, 32, index_per_chunk=True), Config(8, 32, 32, reread_inputs=True)]
+    assert candidates(default, "none", 64, 64, on_gpu=False, rereads=True) == [default]
 
 
 def test_autotuning_is_asked_for_and_needs_a_gpu_or_a_tuner_for_the_interpreter(monkeypatch):

@@ -459,6 +459,32 @@ def test_triton_index_per_chunk_matches_torch(ops, name, monkeypatch):
     assert sum(launched) >= 2 and max(err.values()) < 1e-10, err
 
 
+@pytest.mark.parametrize("name", ["titans", "moneta"])
+def test_triton_inputs_reread_match_torch(ops, name, monkeypatch):
+    """Every kernel that can load its input tiles again after its hidden-block loops (REREAD_INPUTS, a spill guard
+    candidate on a GPU), launched that way, gives what the torch backend gives, in fp64, every output and gradient,
+    over several chunks and a partial last one."""
+    from dataclasses import replace
+
+    import mirasc.backends.triton as backend
+
+    tri, ref = ops(name)
+    jobs = tri.triton_module.DESCRIPTION["kernels"]
+    assert jobs["state_fwd"]["rereads"] and jobs["state_bwd"]["rereads"], jobs
+    default = backend._Launch.config
+    launched = []
+
+    def reread(self, info):
+        launched.append(info["rereads"])
+        return replace(default(self, info), reread_inputs=info["rereads"])
+
+    monkeypatch.setattr(backend._Launch, "config", reread)
+    ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=12)
+    out = _on_cpu(_run(tri, _to(ins), 16))
+    err = _errors(out, _run(ref, ins, 16))
+    assert sum(launched) >= 4 and max(err.values()) < 1e-10, err
+
+
 def test_triton_channel_decay_by_value_blocks_matches_torch(monkeypatch):
     """A channel-decay linear memory (bench/specs/gla.miras) with the value axis in four blocks: its products' factors
     go through scratch memory, one slot per program and block of value columns, in waves of one chunk reusing one

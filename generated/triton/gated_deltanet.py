@@ -14,7 +14,9 @@ for all chunks at once, a kernel per summand. The chunk bodies are emitted from 
 state are in DTYPE (fp32, or fp64 for fp64 inputs). A product whose result is transposed is written both ways: as
 `tl.trans(tl.dot(a, b))` and, where SWAP_PRODUCTS is set, as the dot of the transposed operands in swapped order (the
 launcher's spill guard chooses per kernel). A kernel that walks the chunks makes its index vectors again at the top
-of each chunk where INDEX_PER_CHUNK is set (another of the spill guard's choices).
+of each chunk where INDEX_PER_CHUNK is set, and a kernel with hidden-block loops loads the q, k, v (and other
+token) tiles again after a loop that does not read them where REREAD_INPUTS is set, rather than hold them through
+it (two more of the spill guard's choices).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
@@ -34,145 +36,169 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                             'value_blocks': 'columns',
                             'tiles': 3.0,
                             'sub_chunks': False,
-                            'swappable': False},
+                            'swappable': False,
+                            'rereads': False},
              'state_fwd': {'grid': 'sequences',
                            'scratch': [],
                            'value_blocks': 'columns',
                            'tiles': 5.0,
                            'sub_chunks': False,
-                           'swappable': False},
+                           'swappable': False,
+                           'rereads': False},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [],
                          'value_blocks': 'columns',
                          'tiles': 6.0,
                          'sub_chunks': False,
-                         'swappable': False},
+                         'swappable': False,
+                         'rereads': False},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [],
                            'value_blocks': 'columns',
                            'tiles': 3.0,
                            'sub_chunks': False,
-                           'swappable': False},
+                           'swappable': False,
+                           'rereads': False},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [],
                            'value_blocks': 'columns',
                            'tiles': 6.0,
                            'sub_chunks': False,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': False},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 4.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 5.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_k_3_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 5.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_k_4_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'columns',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'columns',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 5.0,
                                        'sub_chunks': False,
-                                       'swappable': False},
+                                       'swappable': False,
+                                       'rereads': False},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
-                                       'swappable': False},
+                                       'swappable': False,
+                                       'rereads': False},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': False},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 6.0,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': False},
              'grad_gate_alpha_4_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
-                                       'swappable': False},
+                                       'swappable': False,
+                                       'rereads': False},
              'grad_gate_alpha_5_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': False},
              'grad_gate_alpha_6_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 6.0,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
-                                     'swappable': False},
+                                     'swappable': False,
+                                     'rereads': False},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': False},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
                                      'tiles': 6.0,
                                      'sub_chunks': False,
-                                     'swappable': True}},
+                                     'swappable': True,
+                                     'rereads': False}},
  'stored': [['stored_0', ['t', 's']]],
  'local': [['local_0', ['s', 'o']]]}
 
@@ -196,7 +222,7 @@ def chunk_stored_fwd_kernel(
     q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's stored values, which no state reaches."""
     pid = tl.program_id(0)
@@ -248,7 +274,7 @@ def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, final_w1_ptr, starts_w1_ptr, stored_0_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state."""
     pid = tl.program_id(0)
@@ -318,7 +344,7 @@ def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -381,7 +407,7 @@ def chunk_local_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, local_0_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
     pid = tl.program_id(0)
@@ -431,7 +457,7 @@ def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -509,7 +535,7 @@ def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -567,7 +593,7 @@ def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -610,7 +636,7 @@ def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -684,7 +710,7 @@ def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -746,7 +772,7 @@ def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -805,7 +831,7 @@ def chunk_grad_k_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -880,7 +906,7 @@ def chunk_grad_k_4_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -942,7 +968,7 @@ def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -999,7 +1025,7 @@ def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -1040,7 +1066,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -1114,7 +1140,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -1181,7 +1207,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -1248,7 +1274,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -1331,7 +1357,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -1397,7 +1423,7 @@ def chunk_grad_gate_alpha_5_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 5 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -1465,7 +1491,7 @@ def chunk_grad_gate_alpha_6_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 6 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -1549,7 +1575,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -1611,7 +1637,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -1674,7 +1700,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)

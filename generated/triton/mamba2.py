@@ -14,7 +14,9 @@ for all chunks at once, a kernel per summand. The chunk bodies are emitted from 
 state are in DTYPE (fp32, or fp64 for fp64 inputs). A product whose result is transposed is written both ways: as
 `tl.trans(tl.dot(a, b))` and, where SWAP_PRODUCTS is set, as the dot of the transposed operands in swapped order (the
 launcher's spill guard chooses per kernel). A kernel that walks the chunks makes its index vectors again at the top
-of each chunk where INDEX_PER_CHUNK is set (another of the spill guard's choices).
+of each chunk where INDEX_PER_CHUNK is set, and a kernel with hidden-block loops loads the q, k, v (and other
+token) tiles again after a loop that does not read them where REREAD_INPUTS is set, rather than hold them through
+it (two more of the spill guard's choices).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
@@ -33,79 +35,92 @@ DESCRIPTION = {'spec': 'mamba2',
                            'value_blocks': 'columns',
                            'tiles': 4.0,
                            'sub_chunks': False,
-                           'swappable': False},
+                           'swappable': False,
+                           'rereads': False},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [],
                          'value_blocks': 'columns',
                          'tiles': 4.0,
                          'sub_chunks': False,
-                         'swappable': False},
+                         'swappable': False,
+                         'rereads': False},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [],
                            'value_blocks': 'columns',
                            'tiles': 4.0,
                            'sub_chunks': False,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': False},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'columns',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'columns',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 3.0,
                                        'sub_chunks': False,
-                                       'swappable': False},
+                                       'swappable': False,
+                                       'rereads': False},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 3.0,
                                        'sub_chunks': False,
-                                       'swappable': False},
+                                       'swappable': False,
+                                       'rereads': False},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': False},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
-                                       'swappable': True}},
+                                       'swappable': True,
+                                       'rereads': False}},
  'stored': [],
  'local': []}
 
@@ -129,7 +144,7 @@ def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, final_w1_ptr, starts_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -195,7 +210,7 @@ def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -253,7 +268,7 @@ def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -309,7 +324,7 @@ def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -361,7 +376,7 @@ def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -404,7 +419,7 @@ def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -459,7 +474,7 @@ def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -511,7 +526,7 @@ def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -566,7 +581,7 @@ def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -620,7 +635,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -672,7 +687,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -733,7 +748,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -793,7 +808,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)

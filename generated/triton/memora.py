@@ -14,7 +14,9 @@ for all chunks at once, a kernel per summand. The chunk bodies are emitted from 
 state are in DTYPE (fp32, or fp64 for fp64 inputs). A product whose result is transposed is written both ways: as
 `tl.trans(tl.dot(a, b))` and, where SWAP_PRODUCTS is set, as the dot of the transposed operands in swapped order (the
 launcher's spill guard chooses per kernel). A kernel that walks the chunks makes its index vectors again at the top
-of each chunk where INDEX_PER_CHUNK is set (another of the spill guard's choices).
+of each chunk where INDEX_PER_CHUNK is set, and a kernel with hidden-block loops loads the q, k, v (and other
+token) tiles again after a loop that does not read them where REREAD_INPUTS is set, rather than hold them through
+it (two more of the spill guard's choices).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
@@ -53,7 +55,8 @@ DESCRIPTION = {'spec': 'memora',
                            'value_blocks': 'none',
                            'tiles': 9.0,
                            'sub_chunks': False,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['h'],
                                      ['h'],
@@ -93,7 +96,8 @@ DESCRIPTION = {'spec': 'memora',
                          'value_blocks': 'none',
                          'tiles': 12.0,
                          'sub_chunks': True,
-                         'swappable': True},
+                         'swappable': True,
+                         'rereads': True},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [['h'],
                                        ['h'],
@@ -138,7 +142,8 @@ DESCRIPTION = {'spec': 'memora',
                            'value_blocks': 'none',
                            'tiles': 16.0,
                            'sub_chunks': True,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['h'],
@@ -207,13 +212,15 @@ DESCRIPTION = {'spec': 'memora',
                            'value_blocks': 'none',
                            'tiles': 22.0,
                            'sub_chunks': True,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 2.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -243,7 +250,8 @@ DESCRIPTION = {'spec': 'memora',
                               'value_blocks': 'none',
                               'tiles': 13.0,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['h'],
                                           ['h'],
@@ -269,7 +277,8 @@ DESCRIPTION = {'spec': 'memora',
                               'value_blocks': 'none',
                               'tiles': 11.0,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['h'],
                                           ['h'],
@@ -301,7 +310,8 @@ DESCRIPTION = {'spec': 'memora',
                               'value_blocks': 'none',
                               'tiles': 14.0,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -337,7 +347,8 @@ DESCRIPTION = {'spec': 'memora',
                               'value_blocks': 'none',
                               'tiles': 13.5,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -383,7 +394,8 @@ DESCRIPTION = {'spec': 'memora',
                               'value_blocks': 'none',
                               'tiles': 13.5,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_3_bwd': {'grid': 'chunks',
                               'scratch': [['h'],
                                           ['h'],
@@ -449,7 +461,8 @@ DESCRIPTION = {'spec': 'memora',
                               'value_blocks': 'none',
                               'tiles': 22.0,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -485,7 +498,8 @@ DESCRIPTION = {'spec': 'memora',
                               'value_blocks': 'none',
                               'tiles': 13.5,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['h'],
                                           ['h'],
@@ -539,7 +553,8 @@ DESCRIPTION = {'spec': 'memora',
                               'value_blocks': 'none',
                               'tiles': 21.5,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['h'],
                                                    ['h'],
@@ -592,7 +607,8 @@ DESCRIPTION = {'spec': 'memora',
                                        'value_blocks': 'none',
                                        'tiles': 23.0,
                                        'sub_chunks': True,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['h', 'i'],
@@ -656,7 +672,8 @@ DESCRIPTION = {'spec': 'memora',
                                        'value_blocks': 'none',
                                        'tiles': 22.0,
                                        'sub_chunks': True,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['h'],
                                                  ['h'],
@@ -694,7 +711,8 @@ DESCRIPTION = {'spec': 'memora',
                                      'value_blocks': 'none',
                                      'tiles': 15.0,
                                      'sub_chunks': True,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': True},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['h'],
                                                  ['h'],
@@ -756,7 +774,8 @@ DESCRIPTION = {'spec': 'memora',
                                      'value_blocks': 'none',
                                      'tiles': 21.0,
                                      'sub_chunks': True,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': True},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -784,7 +803,8 @@ DESCRIPTION = {'spec': 'memora',
                                       'value_blocks': 'none',
                                       'tiles': 10.0,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -820,7 +840,8 @@ DESCRIPTION = {'spec': 'memora',
                                       'value_blocks': 'none',
                                       'tiles': 14.5,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -856,7 +877,8 @@ DESCRIPTION = {'spec': 'memora',
                                       'value_blocks': 'none',
                                       'tiles': 13.5,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -892,7 +914,8 @@ DESCRIPTION = {'spec': 'memora',
                                       'value_blocks': 'none',
                                       'tiles': 13.5,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_4_bwd': {'grid': 'chunks',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -946,7 +969,8 @@ DESCRIPTION = {'spec': 'memora',
                                       'value_blocks': 'none',
                                       'tiles': 21.5,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_5_bwd': {'grid': 'chunks',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -1000,7 +1024,8 @@ DESCRIPTION = {'spec': 'memora',
                                       'value_blocks': 'none',
                                       'tiles': 21.5,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_6_bwd': {'grid': 'chunks',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -1054,13 +1079,15 @@ DESCRIPTION = {'spec': 'memora',
                                       'value_blocks': 'none',
                                       'tiles': 21.5,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
                                     'tiles': 1.0,
                                     'sub_chunks': False,
-                                    'swappable': False},
+                                    'swappable': False,
+                                    'rereads': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['h', 'i'],
                                                 ['h'],
@@ -1096,7 +1123,8 @@ DESCRIPTION = {'spec': 'memora',
                                     'value_blocks': 'none',
                                     'tiles': 13.5,
                                     'sub_chunks': True,
-                                    'swappable': True},
+                                    'swappable': True,
+                                    'rereads': True},
              'grad_ln_bias_2_bwd': {'grid': 'chunks',
                                     'scratch': [['h'],
                                                 ['h'],
@@ -1150,7 +1178,8 @@ DESCRIPTION = {'spec': 'memora',
                                     'value_blocks': 'none',
                                     'tiles': 21.5,
                                     'sub_chunks': True,
-                                    'swappable': True}},
+                                    'swappable': True,
+                                    'rereads': True}},
  'stored': [],
  'local': [['local_0', ['t', 'o']],
            ['local_1', ['t', 'o']],
@@ -1181,7 +1210,7 @@ def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -1287,12 +1316,16 @@ def chunk_state_fwd_kernel(
         v94 = v93
         v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + C * D + offs_s[:, None] * D + offs_i[None, :], v97)  # park
+        if REREAD_INPUTS:  # not held through the loops above
+            gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
         v99 = v62
         tl.debug_barrier()  # parked tiles other threads stored
         v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v100 = (v97 * v99)
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v101 = k
         v105 = (v100 * v101)
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v105)  # park
@@ -1349,8 +1382,12 @@ def chunk_state_fwd_kernel(
         v70 = tl.sum((v69), axis=1)
         v71 = (v70 / (D))
         v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v73 = k
         v74 = (v72 + v73)  # memory output M(x)
+        if REREAD_INPUTS:  # not held through the loops above
+            v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v75 = (v74 - v)  # inner gradient signal g = dl/dy
         v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((1.0 + v71[:, None])))))
         tl.debug_barrier()  # parked tiles other threads stored
@@ -1417,7 +1454,7 @@ def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -1497,6 +1534,8 @@ def chunk_out_fwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1555,10 +1594,14 @@ def chunk_out_fwd_kernel(
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v73 = k
     tl.debug_barrier()  # parked tiles other threads stored
     v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
+    if REREAD_INPUTS:  # not held through the loops above
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
@@ -1583,11 +1626,15 @@ def chunk_out_fwd_kernel(
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v96 = k
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
@@ -1725,6 +1772,8 @@ def chunk_out_fwd_kernel(
     v119 = tl.sum((v118), axis=1)
     v120 = (v119 / (D))
     v121 = (ln_bias[None, :] + (v117 * ln_weight[None, :] / ((tl.sqrt((1.0 + v120[:, None]))))))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v122 = q
     v123 = (v121 + v122)  # read: M(q_t; W_t)
     tl.store(out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v123.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1734,7 +1783,7 @@ def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
     pid = tl.program_id(0)
@@ -1814,6 +1863,8 @@ def chunk_local_bwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1873,10 +1924,14 @@ def chunk_local_bwd_kernel(
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v73 = k
     tl.debug_barrier()  # parked tiles other threads stored
     v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
+    if REREAD_INPUTS:  # not held through the loops above
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v75.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
@@ -1904,6 +1959,8 @@ def chunk_local_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v117 = v85
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
@@ -1915,6 +1972,8 @@ def chunk_local_bwd_kernel(
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v119.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
@@ -2110,7 +2169,7 @@ def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -2201,6 +2260,8 @@ def chunk_state_bwd_kernel(
         v43 = tl.sum((v42), axis=0)
         v44 = (v43 / (D))
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        if REREAD_INPUTS:  # not held through the loops above
+            gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
         v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
         v81 = tl.cumsum(v80, axis=0, reverse=False)
@@ -2211,8 +2272,12 @@ def chunk_state_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v89 = (q * v86)
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v91 = k
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+        if REREAD_INPUTS:  # not held through the loops above
+            gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
         v87 = v62
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
@@ -2275,6 +2340,8 @@ def chunk_state_bwd_kernel(
             v90 = tl.dot(v89.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 4 * HID * D + 4 * HID + offs_t[:, None] * HID + offs_h[None, :], v90)
         tl.debug_barrier()
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v59_max = tl.full((BV,), float('-inf'), DTYPE)
         v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2558,6 +2625,8 @@ def chunk_state_bwd_kernel(
             v174 = (v138 + v173)
             tl.store(scratch + 6 * HID * D + 4 * HID + 17 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v174)
         tl.debug_barrier()
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2715,7 +2784,7 @@ def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2754,7 +2823,7 @@ def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2838,6 +2907,8 @@ def chunk_grad_q_1_bwd_kernel(
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v34 = v11
     v35 = v13
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2869,6 +2940,8 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v71 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v72 = tl.cumsum(v71, axis=0, reverse=False)
@@ -2877,6 +2950,8 @@ def chunk_grad_q_1_bwd_kernel(
     v76 = (q * v74)
     tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v76)  # park
     v78 = k
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v75 = v62
     v80 = (v78 * v75)
@@ -3028,7 +3103,7 @@ def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -3109,6 +3184,8 @@ def chunk_grad_q_2_bwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3142,10 +3219,14 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v78 = k
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v75 = v62
     v80 = (v78 * v75)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v71 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v72 = tl.cumsum(v71, axis=0, reverse=False)
@@ -3278,7 +3359,7 @@ def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -3359,6 +3440,8 @@ def chunk_grad_k_0_bwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3392,11 +3475,15 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v85 = k
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v81 = v62
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v81)  # park
     v87 = (v85 * v81)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v74 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v75 = tl.cumsum(v74, axis=0, reverse=False)
@@ -3522,6 +3609,8 @@ def chunk_grad_k_0_bwd_kernel(
         v86 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v111 += (tl.dot(v110.to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v86.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
@@ -3577,7 +3666,7 @@ def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -3683,6 +3772,8 @@ def chunk_grad_k_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3739,6 +3830,8 @@ def chunk_grad_k_1_bwd_kernel(
         v59_max = v59_new
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
     v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
@@ -3909,7 +4002,7 @@ def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -3993,6 +4086,8 @@ def chunk_grad_k_2_bwd_kernel(
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v34 = v11
     v35 = v13
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4024,6 +4119,8 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
@@ -4033,6 +4130,8 @@ def chunk_grad_k_2_bwd_kernel(
     v82 = v81
     tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
     v88 = (v85 * v87)
@@ -4322,7 +4421,7 @@ def chunk_grad_k_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -4411,6 +4510,8 @@ def chunk_grad_k_3_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
@@ -4478,6 +4579,8 @@ def chunk_grad_k_3_bwd_kernel(
         v90 = tl.dot(v89.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID + 3 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4761,6 +4864,8 @@ def chunk_grad_k_3_bwd_kernel(
         v174 = (v138 + v173)
         tl.store(scratch + 5 * HID + 5 * HID * D + 17 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v174)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v197 = tl.zeros((D,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4905,7 +5010,7 @@ def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -5011,6 +5116,8 @@ def chunk_grad_v_0_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5067,6 +5174,8 @@ def chunk_grad_v_0_bwd_kernel(
         v59_max = v59_new
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
     v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
@@ -5237,7 +5346,7 @@ def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -5329,6 +5438,8 @@ def chunk_grad_v_1_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
@@ -5403,6 +5514,8 @@ def chunk_grad_v_1_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5653,6 +5766,8 @@ def chunk_grad_v_1_bwd_kernel(
         v179 += tl.sum((v178), axis=1)
     tl.debug_barrier()
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
@@ -5728,7 +5843,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -5809,6 +5924,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5843,12 +5960,16 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v83 = k
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v83)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v80 = v62
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v80)  # park
     v85 = (v83 * v80)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v74 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
@@ -6052,6 +6173,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v149 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v156 += (tl.dot(v149.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v157 = (q * v156)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v157)  # park
     v112 = tl.zeros((BV,), DTYPE)
@@ -6090,6 +6213,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v151 += (tl.dot(v150.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v150).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v151)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
@@ -6210,6 +6335,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v152_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v152_p[:, None] * D + tl.arange(0, D)[None, :])
         v152 += v152_x * v152_y[:, None] * v152_m[:, None] * tl.exp(tl.minimum(v75 - v152_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v153 = (q * v152)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
@@ -6236,7 +6363,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -6319,6 +6446,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
@@ -6329,8 +6458,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
     tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
@@ -6392,6 +6525,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v90 = tl.dot(v89.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID * D + 3 * HID + offs_t[:, None] * HID + offs_h[None, :], v90)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6676,6 +6811,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v174 = (v138 + v173)
         tl.store(scratch + 7 * HID * D + 3 * HID + 17 * C * HID + 4 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v174)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v191 = tl.zeros((D,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6753,7 +6890,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -6834,6 +6971,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6868,10 +7007,14 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v84 = k
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v81 = v62
     v86 = (v84 * v81)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v74 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v75 = tl.cumsum(v74, axis=0, reverse=False)
@@ -6999,6 +7142,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v85 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v120 += (tl.dot(v119.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v85.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v120)
@@ -7109,7 +7254,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -7198,6 +7343,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
@@ -7264,6 +7411,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v90 = tl.dot(v89.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID + 3 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7547,6 +7696,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v174 = (v138 + v173)
         tl.store(scratch + 4 * HID + 5 * HID * D + 17 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v174)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v191 = tl.zeros((D,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7624,7 +7775,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -7705,6 +7856,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7738,10 +7891,14 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v78 = k
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v75 = v62
     v80 = (v78 * v75)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v71 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v72 = tl.cumsum(v71, axis=0, reverse=False)
@@ -7880,7 +8037,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -7987,6 +8144,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8043,6 +8202,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v59_max = v59_new
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
     v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
@@ -8212,7 +8373,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -8319,6 +8480,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8375,6 +8538,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v59_max = v59_new
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
     v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
@@ -8540,7 +8705,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -8646,6 +8811,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8702,6 +8869,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v59_max = v59_new
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
     v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
@@ -8873,7 +9042,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -8965,6 +9134,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
@@ -9039,6 +9210,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9289,6 +9462,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v179 += tl.sum((v178), axis=1)
     tl.debug_barrier()
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
@@ -9360,7 +9535,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 5 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -9452,6 +9627,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
@@ -9526,6 +9703,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9776,6 +9955,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v179 += tl.sum((v178), axis=1)
     tl.debug_barrier()
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
@@ -9844,7 +10025,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 6 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -9936,6 +10117,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
@@ -10010,6 +10193,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10260,6 +10445,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v179 += tl.sum((v178), axis=1)
     tl.debug_barrier()
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
@@ -10334,7 +10521,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -10373,7 +10560,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -10479,6 +10666,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10535,6 +10724,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v59_max = v59_new
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
     v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
@@ -10705,7 +10896,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -10797,6 +10988,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
@@ -10871,6 +11064,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11121,6 +11316,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v179 += tl.sum((v178), axis=1)
     tl.debug_barrier()
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)

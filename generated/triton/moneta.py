@@ -14,7 +14,9 @@ for all chunks at once, a kernel per summand. The chunk bodies are emitted from 
 state are in DTYPE (fp32, or fp64 for fp64 inputs). A product whose result is transposed is written both ways: as
 `tl.trans(tl.dot(a, b))` and, where SWAP_PRODUCTS is set, as the dot of the transposed operands in swapped order (the
 launcher's spill guard chooses per kernel). A kernel that walks the chunks makes its index vectors again at the top
-of each chunk where INDEX_PER_CHUNK is set (another of the spill guard's choices).
+of each chunk where INDEX_PER_CHUNK is set, and a kernel with hidden-block loops loads the q, k, v (and other
+token) tiles again after a loop that does not read them where REREAD_INPUTS is set, rather than hold them through
+it (two more of the spill guard's choices).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
@@ -45,7 +47,8 @@ DESCRIPTION = {'spec': 'moneta',
                            'value_blocks': 'none',
                            'tiles': 8.0,
                            'sub_chunks': False,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['h', 'i'],
                                      ['t', 'h'],
@@ -85,7 +88,8 @@ DESCRIPTION = {'spec': 'moneta',
                          'value_blocks': 'none',
                          'tiles': 14.0,
                          'sub_chunks': True,
-                         'swappable': True},
+                         'swappable': True,
+                         'rereads': True},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [['h', 'i'],
                                        ['t', 'h'],
@@ -124,7 +128,8 @@ DESCRIPTION = {'spec': 'moneta',
                            'value_blocks': 'none',
                            'tiles': 18.0,
                            'sub_chunks': True,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['h', 'i'],
@@ -204,7 +209,8 @@ DESCRIPTION = {'spec': 'moneta',
                            'value_blocks': 'none',
                            'tiles': 24.5,
                            'sub_chunks': True,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -218,13 +224,15 @@ DESCRIPTION = {'spec': 'moneta',
                               'value_blocks': 'none',
                               'tiles': 5.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 2.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -249,7 +257,8 @@ DESCRIPTION = {'spec': 'moneta',
                               'value_blocks': 'none',
                               'tiles': 10.5,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_q_3_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -276,7 +285,8 @@ DESCRIPTION = {'spec': 'moneta',
                               'value_blocks': 'none',
                               'tiles': 13.5,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_q_4_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -302,7 +312,8 @@ DESCRIPTION = {'spec': 'moneta',
                               'value_blocks': 'none',
                               'tiles': 11.5,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -341,7 +352,8 @@ DESCRIPTION = {'spec': 'moneta',
                               'value_blocks': 'none',
                               'tiles': 15.5,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -381,7 +393,8 @@ DESCRIPTION = {'spec': 'moneta',
                               'value_blocks': 'none',
                               'tiles': 15.0,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -431,7 +444,8 @@ DESCRIPTION = {'spec': 'moneta',
                               'value_blocks': 'none',
                               'tiles': 16.5,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -471,7 +485,8 @@ DESCRIPTION = {'spec': 'moneta',
                               'value_blocks': 'none',
                               'tiles': 15.0,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -511,7 +526,8 @@ DESCRIPTION = {'spec': 'moneta',
                               'value_blocks': 'none',
                               'tiles': 15.0,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -535,7 +551,8 @@ DESCRIPTION = {'spec': 'moneta',
                                        'value_blocks': 'none',
                                        'tiles': 10.0,
                                        'sub_chunks': True,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -563,7 +580,8 @@ DESCRIPTION = {'spec': 'moneta',
                                        'value_blocks': 'none',
                                        'tiles': 15.5,
                                        'sub_chunks': True,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -601,7 +619,8 @@ DESCRIPTION = {'spec': 'moneta',
                                        'value_blocks': 'none',
                                        'tiles': 14.5,
                                        'sub_chunks': True,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -623,7 +642,8 @@ DESCRIPTION = {'spec': 'moneta',
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_alpha_4_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -670,7 +690,8 @@ DESCRIPTION = {'spec': 'moneta',
                                        'value_blocks': 'none',
                                        'tiles': 16.5,
                                        'sub_chunks': True,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['h', 'i'],
                                                  ['t', 'h'],
@@ -694,7 +715,8 @@ DESCRIPTION = {'spec': 'moneta',
                                      'value_blocks': 'none',
                                      'tiles': 9.0,
                                      'sub_chunks': True,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': True},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['h', 'i'],
                                                  ['t', 'h'],
@@ -722,7 +744,8 @@ DESCRIPTION = {'spec': 'moneta',
                                      'value_blocks': 'none',
                                      'tiles': 14.5,
                                      'sub_chunks': True,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': True},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -743,7 +766,8 @@ DESCRIPTION = {'spec': 'moneta',
                                      'value_blocks': 'none',
                                      'tiles': 7.5,
                                      'sub_chunks': False,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': True},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -755,7 +779,8 @@ DESCRIPTION = {'spec': 'moneta',
                                       'value_blocks': 'none',
                                       'tiles': 5.5,
                                       'sub_chunks': False,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -784,7 +809,8 @@ DESCRIPTION = {'spec': 'moneta',
                                       'value_blocks': 'none',
                                       'tiles': 10.5,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -824,7 +850,8 @@ DESCRIPTION = {'spec': 'moneta',
                                       'value_blocks': 'none',
                                       'tiles': 15.0,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -864,7 +891,8 @@ DESCRIPTION = {'spec': 'moneta',
                                       'value_blocks': 'none',
                                       'tiles': 15.0,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_4_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -904,19 +932,22 @@ DESCRIPTION = {'spec': 'moneta',
                                       'value_blocks': 'none',
                                       'tiles': 15.0,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
                                     'tiles': 2.0,
                                     'sub_chunks': False,
-                                    'swappable': False},
+                                    'swappable': False,
+                                    'rereads': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
                                     'tiles': 2.0,
                                     'sub_chunks': False,
-                                    'swappable': False},
+                                    'swappable': False,
+                                    'rereads': False},
              'grad_ln_bias_2_bwd': {'grid': 'chunks',
                                     'scratch': [['h', 'i'],
                                                 ['t', 'h'],
@@ -956,7 +987,8 @@ DESCRIPTION = {'spec': 'moneta',
                                     'value_blocks': 'none',
                                     'tiles': 15.0,
                                     'sub_chunks': True,
-                                    'swappable': True}},
+                                    'swappable': True,
+                                    'rereads': True}},
  'stored': [],
  'local': [['local_0', ['t', 'o']],
            ['local_1', ['t', 'o']],
@@ -989,7 +1021,7 @@ def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -1075,6 +1107,8 @@ def chunk_state_fwd_kernel(
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (ln_bias[None, :] + (v27 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None]))))))
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v32 = k
         v33 = (v31 + v32)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1165,7 +1199,7 @@ def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -1242,6 +1276,8 @@ def chunk_out_fwd_kernel(
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
     v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v40 = k
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1304,6 +1340,8 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()
     v126 = (v125 / (D * HID))
     v127 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v126)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v72 = k
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
@@ -1370,6 +1408,8 @@ def chunk_out_fwd_kernel(
     v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
@@ -1431,6 +1471,8 @@ def chunk_out_fwd_kernel(
     v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1523,6 +1565,8 @@ def chunk_out_fwd_kernel(
     v102 = tl.sum((v101), axis=1)
     v103 = (v102 / (D))
     v104 = (ln_bias[None, :] + (v100 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None]))))))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v105 = q
     v106 = (v104 + v105)  # read: M(q_t; W_t)
     v146 = ((tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * v144[None, :]) + (v106 * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None])))
@@ -1533,7 +1577,7 @@ def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
     pid = tl.program_id(0)
@@ -1611,6 +1655,8 @@ def chunk_local_bwd_kernel(
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
     v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v40 = k
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1734,6 +1780,8 @@ def chunk_local_bwd_kernel(
     v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1883,7 +1931,7 @@ def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -1960,6 +2008,8 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v13 = (v12 / (HID * D))
         v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v18 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2091,6 +2141,8 @@ def chunk_state_bwd_kernel(
         v146 = (v145 / (HID * D))
         v53 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v56 = ((-1.0) + v53)
+        if REREAD_INPUTS:  # not held through the loops above
+            q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v57 = (q * v56)
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v57)  # park
         v23 = tl.zeros((), DTYPE)
@@ -2114,6 +2166,8 @@ def chunk_state_bwd_kernel(
         v54 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v59 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v61 = (v59 * v54)
+        if REREAD_INPUTS:  # not held through the loops above
+            q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v48 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v49 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
@@ -2171,6 +2225,8 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # every slice read before the slots are written again
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v164)  # park
         local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        if REREAD_INPUTS:  # not held through the loops above
+            q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2247,6 +2303,8 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v229 = (3.0 * v14 * v180)
         v231 = (v229 / (HID * D))
+        if REREAD_INPUTS:  # not held through the loops above
+            q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2436,6 +2494,8 @@ def chunk_state_bwd_kernel(
             v223 = (v186 + v222)
             tl.store(scratch + 10 * HID * D + 21 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v223)
         tl.debug_barrier()
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v244 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2598,7 +2658,7 @@ def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2664,6 +2724,8 @@ def chunk_grad_q_0_bwd_kernel(
     tl.debug_barrier()
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2786,7 +2848,7 @@ def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2826,7 +2888,7 @@ def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2903,6 +2965,8 @@ def chunk_grad_q_2_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2922,6 +2986,8 @@ def chunk_grad_q_2_bwd_kernel(
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2990,6 +3056,8 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3049,7 +3117,7 @@ def chunk_grad_q_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -3135,6 +3203,8 @@ def chunk_grad_q_3_bwd_kernel(
     v40 = ((-1.0) + v38)
     v41 = (q * v40)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
@@ -3193,6 +3263,8 @@ def chunk_grad_q_3_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3295,7 +3367,7 @@ def chunk_grad_q_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -3372,6 +3444,8 @@ def chunk_grad_q_4_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3392,6 +3466,8 @@ def chunk_grad_q_4_bwd_kernel(
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3460,6 +3536,8 @@ def chunk_grad_q_4_bwd_kernel(
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3522,7 +3600,7 @@ def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -3746,6 +3824,8 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v44 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = ((-1.0) + v44)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v48 = (q * v47)
     tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
@@ -3803,6 +3883,8 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v130)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3870,6 +3952,8 @@ def chunk_grad_k_0_bwd_kernel(
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v138 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         v139 += (tl.dot(v138.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v138).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v139)
@@ -3905,7 +3989,7 @@ def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -3966,6 +4050,8 @@ def chunk_grad_k_1_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4140,6 +4226,8 @@ def chunk_grad_k_1_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
@@ -4235,6 +4323,8 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4326,7 +4416,7 @@ def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -4387,6 +4477,8 @@ def chunk_grad_k_2_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4563,6 +4655,8 @@ def chunk_grad_k_2_bwd_kernel(
     v51 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = (v56 * v51)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v46 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
@@ -4658,6 +4752,8 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4829,7 +4925,7 @@ def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -4890,6 +4986,8 @@ def chunk_grad_v_0_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5064,6 +5162,8 @@ def chunk_grad_v_0_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
@@ -5159,6 +5259,8 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5248,7 +5350,7 @@ def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -5309,6 +5411,8 @@ def chunk_grad_v_1_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5483,6 +5587,8 @@ def chunk_grad_v_1_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
@@ -5578,6 +5684,8 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5664,7 +5772,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -5742,6 +5850,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5761,6 +5871,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v36 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
     tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5807,6 +5919,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v37 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = v37
     tl.store(scratch + HID * D + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5859,6 +5973,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v65 = (local_7 * v58)
     v67 = v65
     v69 = tl.cumsum(v67, axis=0, reverse=True)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v70 = (v69 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v70.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -5867,7 +5983,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -5914,6 +6030,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6017,6 +6135,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6112,8 +6232,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v73_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v73_p[:, None] * D + tl.arange(0, D)[None, :])
         v73 += v73_x * v73_y[:, None] * v73_m[:, None] * tl.exp(tl.minimum(v36 - v73_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v74 = (q * v73)
     v75 = tl.cumsum(v74, axis=0, reverse=True)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v76 = (v75 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v76.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -6122,7 +6246,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -6182,6 +6306,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6363,6 +6489,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v49 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = (v54 * v49)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v56)
@@ -6448,6 +6576,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6496,6 +6626,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v158 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v160 = (q * v159)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v160)  # park
     v64 = tl.zeros((C, BV), DTYPE)
@@ -6523,6 +6655,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v162 = (v161 * tl.exp(v43))
     v163 = tl.cumsum(v162, axis=0, reverse=True)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v164 = (v163 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v164.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -6531,7 +6665,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -6591,6 +6725,8 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6780,6 +6916,8 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v131 = tl.sum((v130), axis=0)
     v132 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v131[None, :])
     v133 = tl.cumsum(v132, axis=0, reverse=True)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v134 = (v133 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v134.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -6788,7 +6926,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -6848,6 +6986,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7044,6 +7184,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v52 = (v50 * v45)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v52)
@@ -7131,6 +7273,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v145)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7180,6 +7324,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v156 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v157 += (tl.dot(v156.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
@@ -7247,6 +7393,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v163 = (v150 + v159 + v162)
     v164 = v163
     v165 = tl.cumsum(v164, axis=0, reverse=True)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v166 = (v165 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v166.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -7255,7 +7403,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -7332,6 +7480,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7351,6 +7501,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v36 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
     tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7396,6 +7548,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v37 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = v37
     tl.store(scratch + HID * D + 6 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7456,7 +7610,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -7500,6 +7654,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7601,6 +7757,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7673,6 +7831,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v44 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
@@ -7706,7 +7866,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -7765,6 +7925,8 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7957,7 +8119,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -8014,6 +8176,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8117,7 +8281,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -8194,6 +8358,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8214,6 +8380,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = ((-1.0) + v42)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v45 = (q * v44)
     tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8256,6 +8424,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v57 = v42
     v58 = ((-1.0) + v57)
     tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8365,7 +8535,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -8426,6 +8596,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8600,6 +8772,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
@@ -8695,6 +8869,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8781,7 +8957,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -8842,6 +9018,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9016,6 +9194,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
@@ -9111,6 +9291,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9194,7 +9376,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -9255,6 +9437,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9429,6 +9613,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
@@ -9524,6 +9710,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9616,7 +9804,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -9656,7 +9844,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -9696,7 +9884,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -9757,6 +9945,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9931,6 +10121,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
@@ -10026,6 +10218,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h

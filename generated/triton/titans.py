@@ -14,7 +14,9 @@ for all chunks at once, a kernel per summand. The chunk bodies are emitted from 
 state are in DTYPE (fp32, or fp64 for fp64 inputs). A product whose result is transposed is written both ways: as
 `tl.trans(tl.dot(a, b))` and, where SWAP_PRODUCTS is set, as the dot of the transposed operands in swapped order (the
 launcher's spill guard chooses per kernel). A kernel that walks the chunks makes its index vectors again at the top
-of each chunk where INDEX_PER_CHUNK is set (another of the spill guard's choices).
+of each chunk where INDEX_PER_CHUNK is set, and a kernel with hidden-block loops loads the q, k, v (and other
+token) tiles again after a loop that does not read them where REREAD_INPUTS is set, rather than hold them through
+it (two more of the spill guard's choices).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
@@ -46,7 +48,8 @@ DESCRIPTION = {'spec': 'titans',
                            'value_blocks': 'none',
                            'tiles': 7.0,
                            'sub_chunks': False,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'],
                                      ['t', 'h'],
@@ -66,7 +69,8 @@ DESCRIPTION = {'spec': 'titans',
                          'value_blocks': 'none',
                          'tiles': 8.0,
                          'sub_chunks': False,
-                         'swappable': True},
+                         'swappable': True,
+                         'rereads': True},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
@@ -86,7 +90,8 @@ DESCRIPTION = {'spec': 'titans',
                            'value_blocks': 'none',
                            'tiles': 13.0,
                            'sub_chunks': False,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['t', 'h'],
@@ -149,13 +154,15 @@ DESCRIPTION = {'spec': 'titans',
                            'value_blocks': 'none',
                            'tiles': 18.0,
                            'sub_chunks': False,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 2.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -175,7 +182,8 @@ DESCRIPTION = {'spec': 'titans',
                               'value_blocks': 'none',
                               'tiles': 7.5,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -196,7 +204,8 @@ DESCRIPTION = {'spec': 'titans',
                               'value_blocks': 'none',
                               'tiles': 6.5,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_q_3_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -217,7 +226,8 @@ DESCRIPTION = {'spec': 'titans',
                               'value_blocks': 'none',
                               'tiles': 6.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -242,7 +252,8 @@ DESCRIPTION = {'spec': 'titans',
                               'value_blocks': 'none',
                               'tiles': 8.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -277,7 +288,8 @@ DESCRIPTION = {'spec': 'titans',
                               'value_blocks': 'none',
                               'tiles': 9.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -324,7 +336,8 @@ DESCRIPTION = {'spec': 'titans',
                               'value_blocks': 'none',
                               'tiles': 10.5,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -359,7 +372,8 @@ DESCRIPTION = {'spec': 'titans',
                               'value_blocks': 'none',
                               'tiles': 9.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -394,7 +408,8 @@ DESCRIPTION = {'spec': 'titans',
                               'value_blocks': 'none',
                               'tiles': 9.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -415,7 +430,8 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 7.0,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -426,7 +442,8 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': False},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -452,7 +469,8 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -479,7 +497,8 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 11.5,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -490,7 +509,8 @@ DESCRIPTION = {'spec': 'titans',
                                      'value_blocks': 'none',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': False},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -516,7 +536,8 @@ DESCRIPTION = {'spec': 'titans',
                                      'value_blocks': 'none',
                                      'tiles': 9.5,
                                      'sub_chunks': False,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': False},
              'grad_gate_theta_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -537,7 +558,8 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 8.0,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_theta_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -548,7 +570,8 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': False},
              'grad_gate_theta_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -574,7 +597,8 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': False},
              'grad_gate_theta_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -601,7 +625,8 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': False},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
@@ -618,7 +643,8 @@ DESCRIPTION = {'spec': 'titans',
                                       'value_blocks': 'none',
                                       'tiles': 6.0,
                                       'sub_chunks': False,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -653,7 +679,8 @@ DESCRIPTION = {'spec': 'titans',
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
                                       'sub_chunks': False,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': False},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -688,7 +715,8 @@ DESCRIPTION = {'spec': 'titans',
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
                                       'sub_chunks': False,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': False},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -723,13 +751,15 @@ DESCRIPTION = {'spec': 'titans',
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
                                       'sub_chunks': False,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': False},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
                                     'tiles': 1.0,
                                     'sub_chunks': False,
-                                    'swappable': False},
+                                    'swappable': False,
+                                    'rereads': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'],
                                                 ['s', 'h'],
@@ -764,7 +794,8 @@ DESCRIPTION = {'spec': 'titans',
                                     'value_blocks': 'none',
                                     'tiles': 9.0,
                                     'sub_chunks': False,
-                                    'swappable': True}},
+                                    'swappable': True,
+                                    'rereads': False}},
  'stored': [],
  'local': [['local_0', ['t', 'o']],
            ['local_1', ['t', 'o']],
@@ -798,7 +829,7 @@ def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, s1_ptr, s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, final_s1_ptr, final_s2_ptr, starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -867,6 +898,8 @@ def chunk_state_fwd_kernel(
         v20 = tl.sum((v19), axis=1)
         v21 = (v20 / (D))
         v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v23 = k
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1001,7 +1034,7 @@ def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -1058,6 +1091,8 @@ def chunk_out_fwd_kernel(
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
     v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = k
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1186,6 +1221,8 @@ def chunk_out_fwd_kernel(
     v84 = tl.sum((v83), axis=1)
     v85 = (v84 / (D))
     v86 = (ln_bias[None, :] + (v82 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None]))))))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v87 = q
     v88 = (v86 + v87)  # read: M(q_t; W_t)
     tl.store(out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v88.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1195,7 +1232,7 @@ def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
     pid = tl.program_id(0)
@@ -1253,6 +1290,8 @@ def chunk_local_bwd_kernel(
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
     v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = k
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1422,7 +1461,7 @@ def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_final_s1_ptr, d_final_s2_ptr, d_init_w1_ptr, d_init_w2_ptr, d_init_s1_ptr, d_init_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -1566,6 +1605,8 @@ def chunk_state_bwd_kernel(
             v62 = (v59 + v61)
             tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
         tl.debug_barrier()
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1830,6 +1871,8 @@ def chunk_state_bwd_kernel(
             v168 = (v132 + v167)
             tl.store(scratch + 4 * HID * D + 23 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v168)
         tl.debug_barrier()
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1923,7 +1966,7 @@ def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -1962,7 +2005,7 @@ def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2138,7 +2181,7 @@ def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2234,6 +2277,8 @@ def chunk_grad_q_2_bwd_kernel(
         v42 = (v39 + v41)
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2313,7 +2358,7 @@ def chunk_grad_q_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2409,6 +2454,8 @@ def chunk_grad_q_3_bwd_kernel(
         v42 = (v39 + v41)
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2488,7 +2535,7 @@ def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -2657,6 +2704,8 @@ def chunk_grad_k_0_bwd_kernel(
         v90 += (tl.dot(v89.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v57.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v43 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v43 * v90)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v92 = (tl.dot(tl.trans(v91).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 10 * C * HID + HID * D + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v92)  # park
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -2707,7 +2756,7 @@ def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -2990,7 +3039,7 @@ def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -3371,7 +3420,7 @@ def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -3652,7 +3701,7 @@ def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -3930,7 +3979,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -4089,6 +4138,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v80 = (v79 * (0.5 + (0.5 * tl.math.erf(v80_c0)) + (v80_c0 * tl.exp(((-0.5) * (v49 * v49))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v83 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4137,7 +4188,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -4253,7 +4304,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -4415,6 +4466,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v82 = (v81 * (0.5 + (0.5 * tl.math.erf(v82_c0)) + (v82_c0 * tl.exp(((-0.5) * (v49 * v49))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4495,7 +4548,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -4719,6 +4772,8 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v94 = (v93 * (0.5 + (0.5 * tl.math.erf(v94_c0)) + (v94_c0 * tl.exp(((-0.5) * (v53 * v53))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 9 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v94)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v100 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4773,7 +4828,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -4877,7 +4932,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -5111,7 +5166,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_theta`."""
     pid = tl.program_id(0)
@@ -5270,6 +5325,8 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v86 = (v85 * (0.5 + (0.5 * tl.math.erf(v86_c0)) + (v86_c0 * tl.exp(((-0.5) * (v49 * v49))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5336,7 +5393,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_theta`."""
     pid = tl.program_id(0)
@@ -5445,7 +5502,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_theta`."""
     pid = tl.program_id(0)
@@ -5681,7 +5738,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_theta`."""
     pid = tl.program_id(0)
@@ -5949,7 +6006,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -6036,6 +6093,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v43 = (v40 + v42)
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6111,7 +6170,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -6393,7 +6452,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -6672,7 +6731,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -6956,7 +7015,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -6995,7 +7054,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)

@@ -14,7 +14,9 @@ for all chunks at once, a kernel per summand. The chunk bodies are emitted from 
 state are in DTYPE (fp32, or fp64 for fp64 inputs). A product whose result is transposed is written both ways: as
 `tl.trans(tl.dot(a, b))` and, where SWAP_PRODUCTS is set, as the dot of the transposed operands in swapped order (the
 launcher's spill guard chooses per kernel). A kernel that walks the chunks makes its index vectors again at the top
-of each chunk where INDEX_PER_CHUNK is set (another of the spill guard's choices).
+of each chunk where INDEX_PER_CHUNK is set, and a kernel with hidden-block loops loads the q, k, v (and other
+token) tiles again after a loop that does not read them where REREAD_INPUTS is set, rather than hold them through
+it (two more of the spill guard's choices).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
@@ -35,121 +37,141 @@ DESCRIPTION = {'spec': 'ttt_linear',
                            'value_blocks': 'none',
                            'tiles': 6.0,
                            'sub_chunks': False,
-                           'swappable': False},
+                           'swappable': False,
+                           'rereads': False},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [],
                          'value_blocks': 'none',
                          'tiles': 6.0,
                          'sub_chunks': False,
-                         'swappable': False},
+                         'swappable': False,
+                         'rereads': False},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [],
                            'value_blocks': 'none',
                            'tiles': 7.0,
                            'sub_chunks': False,
-                           'swappable': False},
+                           'swappable': False,
+                           'rereads': False},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [],
                            'value_blocks': 'none',
                            'tiles': 8.0,
                            'sub_chunks': False,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': False},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 2.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 4.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 6.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': False},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 3.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'none',
                                      'tiles': 3.0,
                                      'sub_chunks': False,
-                                     'swappable': False},
+                                     'swappable': False,
+                                     'rereads': False},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'none',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': False},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [],
                                       'value_blocks': 'none',
                                       'tiles': 4.0,
                                       'sub_chunks': False,
-                                      'swappable': False},
+                                      'swappable': False,
+                                      'rereads': False},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [],
                                       'value_blocks': 'none',
                                       'tiles': 3.0,
                                       'sub_chunks': False,
-                                      'swappable': False},
+                                      'swappable': False,
+                                      'rereads': False},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [],
                                       'value_blocks': 'none',
                                       'tiles': 3.0,
                                       'sub_chunks': False,
-                                      'swappable': False},
+                                      'swappable': False,
+                                      'rereads': False},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [],
                                       'value_blocks': 'none',
                                       'tiles': 4.0,
                                       'sub_chunks': False,
-                                      'swappable': False},
+                                      'swappable': False,
+                                      'rereads': False},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'columns',
                                     'tiles': 1.0,
                                     'sub_chunks': False,
-                                    'swappable': False},
+                                    'swappable': False,
+                                    'rereads': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
                                     'tiles': 3.0,
                                     'sub_chunks': False,
-                                    'swappable': False}},
+                                    'swappable': False,
+                                    'rereads': False}},
  'stored': [],
  'local': [['local_0', ['t', 'o']],
            ['local_1', ['t', 'o']],
@@ -176,7 +198,7 @@ def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, starts_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -254,7 +276,7 @@ def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -336,7 +358,7 @@ def chunk_local_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
     pid = tl.program_id(0)
@@ -431,7 +453,7 @@ def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -534,7 +556,7 @@ def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -573,7 +595,7 @@ def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -636,7 +658,7 @@ def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -676,7 +698,7 @@ def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -747,7 +769,7 @@ def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -813,7 +835,7 @@ def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -904,7 +926,7 @@ def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -967,7 +989,7 @@ def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -1027,7 +1049,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -1091,7 +1113,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -1156,7 +1178,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -1230,7 +1252,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -1294,7 +1316,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -1355,7 +1377,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -1422,7 +1444,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -1461,7 +1483,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)

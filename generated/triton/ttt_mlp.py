@@ -14,7 +14,9 @@ for all chunks at once, a kernel per summand. The chunk bodies are emitted from 
 state are in DTYPE (fp32, or fp64 for fp64 inputs). A product whose result is transposed is written both ways: as
 `tl.trans(tl.dot(a, b))` and, where SWAP_PRODUCTS is set, as the dot of the transposed operands in swapped order (the
 launcher's spill guard chooses per kernel). A kernel that walks the chunks makes its index vectors again at the top
-of each chunk where INDEX_PER_CHUNK is set (another of the spill guard's choices).
+of each chunk where INDEX_PER_CHUNK is set, and a kernel with hidden-block loops loads the q, k, v (and other
+token) tiles again after a loop that does not read them where REREAD_INPUTS is set, rather than hold them through
+it (two more of the spill guard's choices).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
@@ -42,7 +44,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                            'value_blocks': 'none',
                            'tiles': 7.0,
                            'sub_chunks': False,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'],
                                      ['t', 'h'],
@@ -57,7 +60,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                          'value_blocks': 'none',
                          'tiles': 7.0,
                          'sub_chunks': False,
-                         'swappable': True},
+                         'swappable': True,
+                         'rereads': True},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
@@ -75,7 +79,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                            'value_blocks': 'none',
                            'tiles': 10.0,
                            'sub_chunks': False,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
@@ -115,13 +120,15 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                            'value_blocks': 'none',
                            'tiles': 16.0,
                            'sub_chunks': False,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 2.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -136,7 +143,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'value_blocks': 'none',
                               'tiles': 6.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -150,7 +158,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'value_blocks': 'none',
                               'tiles': 5.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -165,7 +174,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'value_blocks': 'none',
                               'tiles': 6.0,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -187,7 +197,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'value_blocks': 'none',
                               'tiles': 6.5,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -219,7 +230,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'value_blocks': 'none',
                               'tiles': 10.5,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -241,7 +253,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'value_blocks': 'none',
                               'tiles': 6.5,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -263,7 +276,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'value_blocks': 'none',
                               'tiles': 6.5,
                               'sub_chunks': False,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -274,7 +288,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                      'value_blocks': 'none',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': False},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -291,7 +306,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                      'value_blocks': 'none',
                                      'tiles': 6.0,
                                      'sub_chunks': False,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': True},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
@@ -303,7 +319,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                       'value_blocks': 'none',
                                       'tiles': 5.0,
                                       'sub_chunks': False,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -325,7 +342,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                       'value_blocks': 'none',
                                       'tiles': 6.5,
                                       'sub_chunks': False,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -347,7 +365,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                       'value_blocks': 'none',
                                       'tiles': 6.5,
                                       'sub_chunks': False,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -369,13 +388,15 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                       'value_blocks': 'none',
                                       'tiles': 6.5,
                                       'sub_chunks': False,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
                                     'tiles': 1.0,
                                     'sub_chunks': False,
-                                    'swappable': False},
+                                    'swappable': False,
+                                    'rereads': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'],
                                                 ['s', 'h'],
@@ -397,7 +418,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                     'value_blocks': 'none',
                                     'tiles': 6.5,
                                     'sub_chunks': False,
-                                    'swappable': True}},
+                                    'swappable': True,
+                                    'rereads': True}},
  'stored': [],
  'local': [['local_0', ['t', 'o']],
            ['local_1', ['t', 'o']],
@@ -428,7 +450,7 @@ def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -495,6 +517,8 @@ def chunk_state_fwd_kernel(
         v16 = tl.sum((v15), axis=1)
         v17 = (v16 / (D))
         v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v19 = k
         v20 = (v18 + v19)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -567,7 +591,7 @@ def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -624,6 +648,8 @@ def chunk_out_fwd_kernel(
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
     v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v19 = k
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -667,6 +693,8 @@ def chunk_out_fwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -710,6 +738,8 @@ def chunk_out_fwd_kernel(
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
     v58 = (ln_bias[None, :] + (v54 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None]))))))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59 = q
     v60 = (v58 + v59)  # read: M(q_t; W_t)
     tl.store(out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v60.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -719,7 +749,7 @@ def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
     pid = tl.program_id(0)
@@ -777,6 +807,8 @@ def chunk_local_bwd_kernel(
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
     v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v19 = k
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -898,7 +930,7 @@ def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -978,6 +1010,8 @@ def chunk_state_bwd_kernel(
             v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v29)
         tl.debug_barrier()
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1035,6 +1069,8 @@ def chunk_state_bwd_kernel(
             v64 = (v63 * (0.5 + (0.5 * tl.math.erf(v64_c0)) + (v64_c0 * tl.exp(((-0.5) * (v35 * v35))) / (tl.full((), 1.772453850905516, DTYPE)))))
             tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
         tl.debug_barrier()
+        if REREAD_INPUTS:  # not held through the loops above
+            q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1189,6 +1225,8 @@ def chunk_state_bwd_kernel(
             v106 = (v70 + v105)
             tl.store(scratch + 18 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
         tl.debug_barrier()
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1237,7 +1275,7 @@ def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -1276,7 +1314,7 @@ def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -1343,6 +1381,8 @@ def chunk_grad_q_1_bwd_kernel(
         v20 = v14
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v20)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1404,7 +1444,7 @@ def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -1458,6 +1498,8 @@ def chunk_grad_q_2_bwd_kernel(
         v18 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v18)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1527,7 +1569,7 @@ def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -1601,6 +1643,8 @@ def chunk_grad_k_0_bwd_kernel(
         v27 = tl.dot(v26.to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1645,6 +1689,8 @@ def chunk_grad_k_0_bwd_kernel(
         v47 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v48 += (tl.dot(v47.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v24.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v19[None, :])) * v48)
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = (tl.dot(tl.trans(v49).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 7 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v18 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -1669,7 +1715,7 @@ def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -1751,6 +1797,8 @@ def chunk_grad_k_1_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1862,7 +1910,7 @@ def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -1949,6 +1997,8 @@ def chunk_grad_k_2_bwd_kernel(
         v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v49)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2140,7 +2190,7 @@ def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -2222,6 +2272,8 @@ def chunk_grad_v_0_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2331,7 +2383,7 @@ def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -2413,6 +2465,8 @@ def chunk_grad_v_1_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2519,7 +2573,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -2616,7 +2670,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -2692,6 +2746,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v23 = tl.dot(v22.to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2762,7 +2818,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -2810,6 +2866,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v19 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v19)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2884,7 +2942,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -2966,6 +3024,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3076,7 +3136,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -3158,6 +3218,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3265,7 +3327,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -3347,6 +3409,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3459,7 +3523,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -3498,7 +3562,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -3580,6 +3644,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h

@@ -14,7 +14,9 @@ for all chunks at once, a kernel per summand. The chunk bodies are emitted from 
 state are in DTYPE (fp32, or fp64 for fp64 inputs). A product whose result is transposed is written both ways: as
 `tl.trans(tl.dot(a, b))` and, where SWAP_PRODUCTS is set, as the dot of the transposed operands in swapped order (the
 launcher's spill guard chooses per kernel). A kernel that walks the chunks makes its index vectors again at the top
-of each chunk where INDEX_PER_CHUNK is set (another of the spill guard's choices).
+of each chunk where INDEX_PER_CHUNK is set, and a kernel with hidden-block loops loads the q, k, v (and other
+token) tiles again after a loop that does not read them where REREAD_INPUTS is set, rather than hold them through
+it (two more of the spill guard's choices).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
@@ -45,7 +47,8 @@ DESCRIPTION = {'spec': 'yaad',
                            'value_blocks': 'none',
                            'tiles': 8.0,
                            'sub_chunks': False,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'],
                                      ['t', 'h'],
@@ -75,7 +78,8 @@ DESCRIPTION = {'spec': 'yaad',
                          'value_blocks': 'none',
                          'tiles': 12.0,
                          'sub_chunks': True,
-                         'swappable': True},
+                         'swappable': True,
+                         'rereads': True},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
@@ -109,7 +113,8 @@ DESCRIPTION = {'spec': 'yaad',
                            'value_blocks': 'none',
                            'tiles': 17.0,
                            'sub_chunks': True,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
@@ -157,13 +162,15 @@ DESCRIPTION = {'spec': 'yaad',
                            'value_blocks': 'none',
                            'tiles': 19.0,
                            'sub_chunks': True,
-                           'swappable': True},
+                           'swappable': True,
+                           'rereads': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 2.0,
                               'sub_chunks': False,
-                              'swappable': False},
+                              'swappable': False,
+                              'rereads': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -187,7 +194,8 @@ DESCRIPTION = {'spec': 'yaad',
                               'value_blocks': 'none',
                               'tiles': 13.0,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -209,7 +217,8 @@ DESCRIPTION = {'spec': 'yaad',
                               'value_blocks': 'none',
                               'tiles': 11.0,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -237,7 +246,8 @@ DESCRIPTION = {'spec': 'yaad',
                               'value_blocks': 'none',
                               'tiles': 14.0,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -267,7 +277,8 @@ DESCRIPTION = {'spec': 'yaad',
                               'value_blocks': 'none',
                               'tiles': 14.5,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -307,7 +318,8 @@ DESCRIPTION = {'spec': 'yaad',
                               'value_blocks': 'none',
                               'tiles': 13.5,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -337,7 +349,8 @@ DESCRIPTION = {'spec': 'yaad',
                               'value_blocks': 'none',
                               'tiles': 14.5,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['s', 'h'],
@@ -366,7 +379,8 @@ DESCRIPTION = {'spec': 'yaad',
                               'value_blocks': 'none',
                               'tiles': 14.5,
                               'sub_chunks': True,
-                              'swappable': True},
+                              'swappable': True,
+                              'rereads': True},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -388,7 +402,8 @@ DESCRIPTION = {'spec': 'yaad',
                                        'value_blocks': 'none',
                                        'tiles': 10.0,
                                        'sub_chunks': True,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -413,7 +428,8 @@ DESCRIPTION = {'spec': 'yaad',
                                        'value_blocks': 'none',
                                        'tiles': 15.0,
                                        'sub_chunks': True,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -445,7 +461,8 @@ DESCRIPTION = {'spec': 'yaad',
                                        'value_blocks': 'none',
                                        'tiles': 15.0,
                                        'sub_chunks': True,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -456,7 +473,8 @@ DESCRIPTION = {'spec': 'yaad',
                                        'value_blocks': 'none',
                                        'tiles': 4.5,
                                        'sub_chunks': False,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': False},
              'grad_gate_alpha_4_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -490,7 +508,8 @@ DESCRIPTION = {'spec': 'yaad',
                                        'value_blocks': 'none',
                                        'tiles': 18.5,
                                        'sub_chunks': True,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -512,7 +531,8 @@ DESCRIPTION = {'spec': 'yaad',
                                      'value_blocks': 'none',
                                      'tiles': 9.0,
                                      'sub_chunks': True,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': True},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -538,7 +558,8 @@ DESCRIPTION = {'spec': 'yaad',
                                      'value_blocks': 'none',
                                      'tiles': 14.0,
                                      'sub_chunks': True,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': True},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['s', 'h'],
@@ -550,7 +571,8 @@ DESCRIPTION = {'spec': 'yaad',
                                      'value_blocks': 'none',
                                      'tiles': 5.5,
                                      'sub_chunks': False,
-                                     'swappable': True},
+                                     'swappable': True,
+                                     'rereads': False},
              'grad_gate_delta_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -580,7 +602,8 @@ DESCRIPTION = {'spec': 'yaad',
                                        'value_blocks': 'none',
                                        'tiles': 14.5,
                                        'sub_chunks': True,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_gate_delta_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -609,7 +632,8 @@ DESCRIPTION = {'spec': 'yaad',
                                        'value_blocks': 'none',
                                        'tiles': 14.5,
                                        'sub_chunks': True,
-                                       'swappable': True},
+                                       'swappable': True,
+                                       'rereads': True},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -632,7 +656,8 @@ DESCRIPTION = {'spec': 'yaad',
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -660,7 +685,8 @@ DESCRIPTION = {'spec': 'yaad',
                                       'value_blocks': 'none',
                                       'tiles': 14.5,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -688,7 +714,8 @@ DESCRIPTION = {'spec': 'yaad',
                                       'value_blocks': 'none',
                                       'tiles': 13.5,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['s', 'h'],
@@ -718,13 +745,15 @@ DESCRIPTION = {'spec': 'yaad',
                                       'value_blocks': 'none',
                                       'tiles': 14.5,
                                       'sub_chunks': True,
-                                      'swappable': True},
+                                      'swappable': True,
+                                      'rereads': True},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
                                     'tiles': 1.0,
                                     'sub_chunks': False,
-                                    'swappable': False},
+                                    'swappable': False,
+                                    'rereads': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'],
                                                 ['s', 'h'],
@@ -754,7 +783,8 @@ DESCRIPTION = {'spec': 'yaad',
                                     'value_blocks': 'none',
                                     'tiles': 14.5,
                                     'sub_chunks': True,
-                                    'swappable': True}},
+                                    'swappable': True,
+                                    'rereads': True}},
  'stored': [],
  'local': [['local_0', ['t', 'o']],
            ['local_1', ['t', 'o']],
@@ -786,7 +816,7 @@ def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
     pid = tl.program_id(0)
@@ -872,6 +902,8 @@ def chunk_state_fwd_kernel(
         v18 = tl.sum((v17), axis=1)
         v19 = (v18 / (D))
         v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = k
         v22 = (v20 + v21)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -942,7 +974,7 @@ def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
     pid = tl.program_id(0)
@@ -1029,6 +1061,8 @@ def chunk_out_fwd_kernel(
         v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1054,6 +1088,8 @@ def chunk_out_fwd_kernel(
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
     v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = k
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1166,6 +1202,8 @@ def chunk_out_fwd_kernel(
     v69 = tl.sum((v68), axis=1)
     v70 = (v69 / (D))
     v71 = (ln_bias[None, :] + (v67 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None]))))))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v72 = q
     v73 = (v71 + v72)  # read: M(q_t; W_t)
     tl.store(out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v73.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1175,7 +1213,7 @@ def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
     pid = tl.program_id(0)
@@ -1233,6 +1271,8 @@ def chunk_local_bwd_kernel(
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
     v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = k
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1462,7 +1502,7 @@ def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
     pid = tl.program_id(0)
@@ -1590,6 +1630,8 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
         v54 = v38
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1817,6 +1859,8 @@ def chunk_state_bwd_kernel(
             v125 = (v88 + v124)
             tl.store(scratch + 16 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v125)
         tl.debug_barrier()
+        if REREAD_INPUTS:  # not held through the loops above
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1875,7 +1919,7 @@ def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -1914,7 +1958,7 @@ def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2018,6 +2062,8 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2119,7 +2165,7 @@ def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
     pid = tl.program_id(0)
@@ -2231,6 +2277,8 @@ def chunk_grad_q_2_bwd_kernel(
         v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2302,7 +2350,7 @@ def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -2408,6 +2456,8 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v51)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2479,6 +2529,8 @@ def chunk_grad_k_0_bwd_kernel(
         v34 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v58 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 += (tl.dot(v58.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v34.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v24 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v59)
@@ -2534,7 +2586,7 @@ def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -2652,6 +2704,8 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2794,7 +2848,7 @@ def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
@@ -2919,6 +2973,8 @@ def chunk_grad_k_2_bwd_kernel(
     v38 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = v38
     tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v52)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3142,7 +3198,7 @@ def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -3260,6 +3316,8 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3400,7 +3458,7 @@ def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
     pid = tl.program_id(0)
@@ -3485,6 +3543,8 @@ def chunk_grad_v_1_bwd_kernel(
     v63 = (v54 + local_7)
     v64 = v63
     tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -3650,7 +3710,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -3734,6 +3794,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v21 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v34 = v21
     tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v34)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3813,6 +3875,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v44 = (local_6 * v38)
     v46 = v44
     v48 = tl.cumsum(v46, axis=0, reverse=True)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = (v48 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v49.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3821,7 +3885,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -3932,6 +3996,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4026,8 +4092,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v50_b = tl.load(scratch + 7 * C * HID + C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
         v50 += v50_x * v50_y[:, None] * v50_m[:, None] * tl.exp(tl.minimum(v20 - v50_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v50)
     v52 = tl.cumsum(v51, axis=0, reverse=True)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v53 = (v52 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v53.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -4036,7 +4106,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -4113,6 +4183,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v26)  # park
     v35 = v24
     tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4290,6 +4362,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v81 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 += (tl.dot(v81.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v83 = (q * v82)
     tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v83)  # park
     v55 = tl.zeros((BV,), DTYPE)
@@ -4318,6 +4392,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v22 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v85 = (v84 * tl.exp(v22))
     v86 = tl.cumsum(v85, axis=0, reverse=True)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v87 = (v86 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v87.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -4326,7 +4402,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -4436,7 +4512,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `gate_alpha`."""
     pid = tl.program_id(0)
@@ -4548,6 +4624,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 7 * C * HID + 9 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4619,6 +4697,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v32 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 += (tl.dot(v66.to(DOT_DTYPE), tl.trans(v32).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v32.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v24 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
@@ -4724,6 +4804,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v73 = (v61 + v69 + v72)
     v74 = v73
     v75 = tl.cumsum(v74, axis=0, reverse=True)
+    if REREAD_INPUTS:  # not held through the loops above
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v76 = (v75 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v76.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -4732,7 +4814,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -4813,6 +4895,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v21 = tl.load(scratch + 5 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v34 = v21
     tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v34)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4900,7 +4984,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -5008,6 +5092,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5079,6 +5165,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v27 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v49 += (tl.dot(v48.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    if REREAD_INPUTS:  # not held through the loops above
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
@@ -5112,7 +5200,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_eta`."""
     pid = tl.program_id(0)
@@ -5219,7 +5307,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_delta`."""
     pid = tl.program_id(0)
@@ -5337,6 +5425,8 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5477,7 +5567,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_delta`."""
     pid = tl.program_id(0)
@@ -5562,6 +5652,8 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v63 = (v54 + local_7)
     v64 = v63
     tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -5727,7 +5819,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -5801,6 +5893,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v25)  # park
     v34 = v23
     tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v34)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5912,7 +6006,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -5994,6 +6088,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v62 = (v53 + local_7)
     v63 = v62
     tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v37 = k
     tl.debug_barrier()  # parked tiles other threads stored
     v34 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -6161,7 +6257,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -6243,6 +6339,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v62 = (v53 + local_7)
     v63 = v62
     tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v37 = k
     tl.debug_barrier()  # parked tiles other threads stored
     v34 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -6406,7 +6504,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
     pid = tl.program_id(0)
@@ -6524,6 +6622,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6668,7 +6768,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -6707,7 +6807,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
     pid = tl.program_id(0)
@@ -6825,6 +6925,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    if REREAD_INPUTS:  # not held through the loops above
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h

@@ -262,7 +262,7 @@ class _Launch:
         config = self.config(info)
         key = (fn, *((k, str(v)) for k, v in self.consts.items()), ("job", job))
         configs = candidates(config, info["value_blocks"], self.D, self.HID, self.on_gpu, self.C, info["swappable"],
-                             info["grid"] == "sequences")
+                             info["grid"] == "sequences", info["rereads"])
         if autotune_enabled(self.on_gpu, tuning.TUNER):
             return tuning.TUNER.choose(key, configs, lambda c: self.launch(fn, info, c, args_for(c)))
         if spill_guard_enabled(self.on_gpu):
@@ -281,6 +281,7 @@ class _Launch:
         blocks = self.D // bv  # programs per chunk along the value axis, each with its own scratch slot
         consts = {**self.consts, "BV": bv, "BH": config.block_hidden, "BC": config.sub_chunk or self.C,
                   "SWAP_PRODUCTS": config.swap_products, "INDEX_PER_CHUNK": config.index_per_chunk,
+                  "REREAD_INPUTS": config.reread_inputs,
                   "num_warps": config.num_warps}
         if info["grid"] != "chunks":
             scratch = self.scratch(info, self.programs * blocks, bv)

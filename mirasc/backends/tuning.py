@@ -31,8 +31,9 @@ import torch
 class Config:
     """One launch config of a kernel: warps per program, the value block BV, the hidden block BH, the sub-chunk BC
     of its channel-decay products (0 for a kernel that makes none), SWAP_PRODUCTS: its transposed products made
-    with their operands swapped (emit_triton.dot_expr), and INDEX_PER_CHUNK: a chunk-walking kernel's index vectors
-    made again for each chunk (mirasc.triton_kernels.chunk_offsets)."""
+    with their operands swapped (emit_triton.dot_expr), INDEX_PER_CHUNK: a chunk-walking kernel's index vectors
+    made again for each chunk (mirasc.triton_kernels.chunk_offsets), and REREAD_INPUTS: its input tiles loaded again
+    after the hidden-block loops that do not read them rather than held through them (mirasc.kernel_body)."""
 
     num_warps: int
     block_value: int
@@ -40,10 +41,12 @@ class Config:
     sub_chunk: int = 0
     swap_products: bool = False
     index_per_chunk: bool = False
+    reread_inputs: bool = False
 
 
 def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, on_gpu: bool,
-               chunk_size: int = 0, swappable: bool = False, walks_chunks: bool = False) -> list[Config]:
+               chunk_size: int = 0, swappable: bool = False, walks_chunks: bool = False,
+               rereads: bool = False) -> list[Config]:
     """The configs tried for one kernel, the default first (it wins ties): the other warp count (4 or 8) on a GPU,
     another value block for a kernel run by blocks of value columns, half the default or, where half would pass
     below 16 (sm_80's default), twice it (on a GPU also with the other warp count: of Gated DeltaNet's two
@@ -57,7 +60,11 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     order"), and, for a kernel that walks the chunks (a state pass), the default with its index vectors made again
     for each chunk: TTT-Linear's backward state pass at sm_90a spilled 224 B at D = 64 and 2,688 at D = 128 with the
     vectors made once, 96 and 1,944 per chunk, but titans' 472 and 2,640 against 1,440 and 3,464 (bench/README.md,
-    "Where the spills are"). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
+    "Where the spills are"), and, for a kernel with hidden-block loops that holds input tiles through a loop not
+    reading them (`rereads`), the default with those tiles loaded again after it: of the MLP memories' kernels at
+    sm_90a, D = 64, with their defaults, titans' spill 808 B in all with the tiles held and 592 loaded again, Moneta's
+    1,568 and 1,120, but Yaad's 248 and 424 and TTT-MLP's 176 and 320 (bench/README.md, "Inputs read again after the
+    loops"). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
     A kernel whose blocks each write a share of a sum (value_blocks "partial") varies its BV too: the launcher sizes
     those shares' buffer from the config it launches."""
     smallest = 16 if on_gpu else 1
@@ -80,6 +87,8 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
             out.append(replace(default, block_hidden=default.block_hidden // 2, swap_products=True))
     if on_gpu and walks_chunks:
         out.append(replace(default, index_per_chunk=True))
+    if on_gpu and rereads:
+        out.append(replace(default, reread_inputs=True))
     return out
 
 
