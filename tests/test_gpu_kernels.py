@@ -266,6 +266,19 @@ def test_the_spill_guard_makes_a_state_pass_index_vectors_per_chunk():
     assert row.stack < row.default_stack, (row.stack, row.default_stack)
 
 
+def test_the_spill_guard_loads_input_tiles_again_after_the_loops():
+    """Titans' forward state pass at sm_90a, D = 64 spills with its input tiles held through its hidden-block loops
+    (144 B when this was written) and not with them loaded again after the loops that do not read them: the spill
+    guard's REREAD_INPUTS candidate, which mirasc aot reports. (Should the default stop spilling, the guard keeps it
+    and this test needs another kernel.)"""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report
+
+    (row,) = aot_report("titans", chunk_size=64, head_dim=64, only=["chunk_state_fwd_kernel"], timeout=240)
+    assert row.ok and row.default_stack > 0 and row.reread_inputs, row
+    assert row.stack < row.default_stack, (row.stack, row.default_stack)
+
+
 def test_an_a100_gets_the_register_ceiling():
     """ptxas for sm_80, left to itself, gave titans' outputs kernel 32 registers a thread and 5,200 B of spills; with
     the launcher's ceiling of 255 (Triton's maxnreg) it takes the registers it needs."""
