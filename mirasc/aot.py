@@ -330,10 +330,8 @@ class _Target:
                            block_hidden=config.block_hidden, sub_chunk=config.sub_chunk,
                            swap_products=config.swap_products, index_per_chunk=config.index_per_chunk,
                            reread_inputs=config.reread_inputs)
-        consts = {"C": self.chunk_size, "D": self.head_dim, "HID": self.hidden, "BH": config.block_hidden,
-                  "BV": config.block_value, "BC": config.sub_chunk or self.chunk_size,
-                  "BK": head_block(self.head_dim, self.arch), "SWAP_PRODUCTS": config.swap_products,
-                  "INDEX_PER_CHUNK": config.index_per_chunk, "REREAD_INPUTS": config.reread_inputs, "IS_VARLEN": False,
+        consts = {"C": self.chunk_size, "D": self.head_dim, "HID": self.hidden, **config.constexprs(self.chunk_size),
+                  "BK": head_block(self.head_dim, self.arch), "IS_VARLEN": False,
                   "DTYPE": "fp32", "DOT_DTYPE": self.dtype,
                   "DOT_PRECISION": "tf32" if self.dtype == "fp32" else "ieee", "ON_GPU": True}
         return compile_in_child(row, _compile_one, (self.path, kernel, consts, self.dtype, self.arch,

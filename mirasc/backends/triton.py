@@ -279,10 +279,7 @@ class _Launch:
         """(grid, arguments, constexprs) of each launch a kernel's call makes with `config`."""
         bv = config.block_value
         blocks = self.D // bv  # programs per chunk along the value axis, each with its own scratch slot
-        consts = {**self.consts, "BV": bv, "BH": config.block_hidden, "BC": config.sub_chunk or self.C,
-                  "SWAP_PRODUCTS": config.swap_products, "INDEX_PER_CHUNK": config.index_per_chunk,
-                  "REREAD_INPUTS": config.reread_inputs,
-                  "num_warps": config.num_warps}
+        consts = {**self.consts, **config.constexprs(self.C), "num_warps": config.num_warps}
         if info["grid"] != "chunks":
             scratch = self.scratch(info, self.programs * blocks, bv)
             yield (self.programs, 1, blocks), (*args, *scratch, *self.scalars, 0), consts

@@ -43,6 +43,13 @@ class Config:
     index_per_chunk: bool = False
     reread_inputs: bool = False
 
+    def constexprs(self, chunk_size: int) -> dict:
+        """The kernel's compile-time arguments this config sets (its warps are a launch option, not one of them);
+        BC is the whole chunk in a kernel without channel-decay products."""
+        return {"BV": self.block_value, "BH": self.block_hidden, "BC": self.sub_chunk or chunk_size,
+                "SWAP_PRODUCTS": self.swap_products, "INDEX_PER_CHUNK": self.index_per_chunk,
+                "REREAD_INPUTS": self.reread_inputs}
+
 
 def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, on_gpu: bool,
                chunk_size: int = 0, swappable: bool = False, walks_chunks: bool = False,
