@@ -16,6 +16,7 @@ registers there. A linear memory's scores (q·kᵀ, k·kᵀ) are made by blocks 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from . import ir
@@ -64,6 +65,14 @@ def _private(axis: str) -> str:
     little more with them (Gated DeltaNet 0 → 24 B, TTT-Linear 224 → 368 B), so they share theirs (bench/README.md,
     "Addresses made where they are used")."""
     return f"private_index({OFFS[axis]}, {SHAPE[axis]}, tok, ON_GPU)"
+
+
+def _own_offsets(load_line: str) -> str:
+    """The load with index vectors of its own (`_private`). A kernel without hidden-block loops stores nothing
+    between two loads of one tile, so the compiler would take a second load with the same offsets for the first
+    and hold the tile in registers all the same (DeltaNet's key-gradient terms at sm_80, D = 64: 40 and 144 B of
+    stack either way; 0 and 104 B with the second load's offsets its own)."""
+    return re.sub(r"\boffs_([a-z])\b", lambda m: _private(m.group(1)), load_line)
 
 
 def _size(axes, token: bool = False) -> str:
@@ -283,13 +292,20 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     running = _running_sums(segments, graph, set(out_of) | accumulated)
     held_out = {i for i, n in out_of.items() if n not in early_stores}  # the caller stores these after the lines
     evicted = _parked(segments, held_out | accumulated | set(running), set(reload))
-    reread = _reread(segments, {v.id: f"{v.op.name} = {loads[v.op.name]}" for v in order
-                                if isinstance(v.op, ir.Input) and v.id not in reload and tile_units(v) > 0
-                                and not wide(v) and loads.get(v.op.name, "").startswith("tl.load(")})
+    blocked = _head_blocked(graph, segments, order, loads, set(out_of))
+    straight = not any(isinstance(seg, _Loop) for seg in segments)  # with loops, `_parked` reloads `reload` itself
+    rereadable = [v for v in order if isinstance(v.op, ir.Input) and (straight or v.id not in reload)
+                  and v.id not in blocked.skipped and tile_units(v) > 0 and not wide(v)
+                  and loads.get(v.op.name, "").startswith("tl.load(")]
+    own = _own_offsets if straight else (lambda load_line: load_line)  # the loops' token loads have their own
+    inputs = {v.id for v in rereadable}
+    # in a kernel without loops, a relabelling of such an input (v24 = k) is the same tile, loaded again as well
+    tiles = order if straight else rereadable
+    reread = _reread(segments, {u.id: f"{name(u)} = {own(loads[same_tile(u).op.name])}" for u in tiles
+                                if same_tile(u).id in inputs and not inlined(u)}, after_products=straight)
     for i, (where, again) in reread.items():
         evicted[i], reload[i] = where, again
     by_id = {v.id: v for v in order}
-    blocked = _head_blocked(graph, segments, order, loads, set(out_of))
     park_slot = {}  # a slot of its own, even for a tile kept above (that slot may be written after it is read)
     for v in (v for seg in segments for v in (seg.values if isinstance(seg, _Loop) else [seg])
               if v.id in evicted and v.id not in reload):
@@ -470,6 +486,8 @@ def _head_block(load_line: str) -> str:
 # above either way. Neither form spills less in every kernel (sm_90a, D = 64, every kernel with its default config:
 # titans 808 B in all held, 592 read again; Moneta 1,568 and 1,120; Yaad 248 and 424; TTT-MLP 176 and 320; Memora
 # 2,472 and 2,528, 8 of its kernels spilling less one way and 8 the other), so it is a spill guard candidate.
+# A kernel without hidden-block loops (a linear memory's) has no parking of its own; there the same candidate loads
+# an input again after the matrix products that do not read it, with offsets of its own (`_own_offsets`).
 
 
 def _heavy(seg: Value | _Loop) -> bool:
@@ -529,19 +547,20 @@ def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[i
     return evicted
 
 
-def _reread(segments: list[Value | _Loop], loads: dict[int, str]) -> dict[int, tuple[set[int], str]]:
-    """{input id: (the heavy segments before which it leaves the registers, its load)} for the inputs read from
-    memory (`loads`, by id) that a hidden-block loop or a channel-decay product not reading them lies between their
-    load and their last reader (REREAD_INPUTS, above). The other parked tiles are chosen without them (`_parked`)."""
-    if not any(isinstance(seg, _Loop) for seg in segments):
-        return {}
+def _reread(segments: list[Value | _Loop], loads: dict[int, str],
+            after_products: bool = False) -> dict[int, tuple[set[int], str]]:
+    """{tile id: (the heavy segments before which it leaves the registers, its load)} for the tiles read from
+    memory (`loads`, by id: inputs, and in a kernel without loops their relabellings) that a hidden-block loop or a
+    channel-decay product not reading them lies between their load and their last reader (REREAD_INPUTS, above),
+    or with `after_products` a matrix product. The other parked tiles are chosen without them (`_parked`)."""
+    heavy = (lambda seg: _heavy(seg) or is_dot(seg)) if after_products else _heavy
     reads = [_segment_reads(seg) for seg in segments]
     out = {}
     for j, seg in enumerate(segments):
         if isinstance(seg, _Loop) or seg.id not in loads:
             continue
         readers = [k for k in range(j + 1, len(segments)) if seg.id in reads[k]]
-        where = {k for k in range(j + 1, max(readers, default=j)) if _heavy(segments[k]) and seg.id not in reads[k]}
+        where = {k for k in range(j + 1, max(readers, default=j)) if heavy(segments[k]) and seg.id not in reads[k]}
         if where:
             out[seg.id] = (where, loads[seg.id])
     return out
@@ -576,7 +595,8 @@ class _Parking:
             lines.append("tl.debug_barrier()  # parked tiles other threads stored")
         for v in back:
             if v.id in self.reread:
-                lines += ["if REREAD_INPUTS:  # not held through the loops above", f"    {self.reload[v.id]}"]
+                lines += ["if REREAD_INPUTS:  # loaded again, not held since its last reader",
+                          f"    {self.reload[v.id]}"]
             elif v.id in self.reload:
                 lines.append(f"{self.reload[v.id]}  # again, parked")
             else:

@@ -279,6 +279,20 @@ def test_the_spill_guard_loads_input_tiles_again_after_the_loops():
     assert row.stack < row.default_stack, (row.stack, row.default_stack)
 
 
+def test_the_spill_guard_loads_input_tiles_again_after_the_products():
+    """DeltaNet's first key-gradient term at sm_80, D = 64 (no hidden-block loops) holds its key tile through the
+    matrix products between its reads and spilled 40 B a thread that way when this was written; loaded again with
+    offsets of its own (REREAD_INPUTS) it spills none, and the spill guard takes that. (Should the default stop
+    spilling, the guard keeps it and this test needs another kernel.)"""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report
+
+    (row,) = aot_report("deltanet", arch=80, chunk_size=64, head_dim=64, only=["chunk_grad_k_0_bwd_kernel"],
+                        timeout=240)
+    assert row.ok and row.default_stack > 0 and row.reread_inputs, row
+    assert row.stack < row.default_stack, (row.stack, row.default_stack)
+
+
 def test_an_a100_gets_the_register_ceiling():
     """ptxas for sm_80, left to itself, gave titans' outputs kernel 32 registers a thread and 5,200 B of spills; with
     the launcher's ceiling of 255 (Triton's maxnreg) it takes the registers it needs."""
@@ -723,9 +737,9 @@ def test_an_input_is_loaded_after_the_loops_before_its_first_reader():
 def test_mlp_memories_make_each_token_address_where_it_is_used():
     """An MLP memory's kernels give every token load and store offsets of its own (private_index: an opaque zero in
     inline PTX on a GPU, the plain offsets under the interpreter), and every load of a carry-free value too; the
-    linear memories' kernels share theirs (their one use of private_index makes a state pass's index vectors per
-    chunk, under INDEX_PER_CHUNK). The
-    GPU form compiles for sm_90a and keeps its loads' alignment (the kernel still compiles with tensor cores)."""
+    linear memories' kernels share theirs (their uses of private_index make a state pass's index vectors per
+    chunk, under INDEX_PER_CHUNK, and an input's second load, under REREAD_INPUTS). The GPU form compiles for
+    sm_90a and keeps its loads' alignment (the kernel still compiles with tensor cores)."""
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
     from mirasc.aot import aot_report, kernel_names
     from mirasc.codegen import generate_triton
@@ -738,9 +752,11 @@ def test_mlp_memories_make_each_token_address_where_it_is_used():
         local_loads = re.findall(r"= tl\.load\(local_\d+_ptr[^\n]*", source)
         assert all("private_index(" in a for a in local_loads), kernel
     assert re.findall(r"= tl\.load\(local_\d+_ptr[^\n]*", mlp)  # the carry-free values are read somewhere
-    linear = generate_triton(mirasc.load(model_path("gated_deltanet")))  # the helper serves INDEX_PER_CHUNK alone
-    uses = [ln.strip() for ln in linear.splitlines() if "private_index(" in ln and "def private_index(" not in ln]
-    assert uses and all(re.fullmatch(r"offs_\w = private_index\(.*tl\.arange\(0, \w+\), \w+, tok, ON_GPU\)", u)
-                        for u in uses), uses
+    lines = [ln.strip() for ln in generate_triton(mirasc.load(model_path("gated_deltanet"))).splitlines()]
+    uses = [(before, ln) for before, ln in zip(lines, lines[1:]) if "private_index(" in ln and "def " not in ln]
+    vector = r"offs_\w = private_index\(.*tl\.arange\(0, \w+\), \w+, tok, ON_GPU\)"
+    vectors = [ln for _, ln in uses if re.fullmatch(vector, ln)]
+    again = [ln for before, ln in uses if before.startswith("if REREAD_INPUTS:") and re.match(r"\w+ = tl\.load\(", ln)]
+    assert vectors and again and len(vectors) + len(again) == len(uses), uses
     (row,) = aot_report("ttt_mlp", chunk_size=16, head_dim=16, only=["chunk_out_fwd_kernel"], timeout=240)
     assert row.ok and row.mma > 0, row.error

@@ -43,14 +43,14 @@ DESCRIPTION = {'spec': 'deltanet',
                            'tiles': 5.0,
                            'sub_chunks': False,
                            'swappable': False,
-                           'rereads': False},
+                           'rereads': True},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [],
                          'value_blocks': 'columns',
                          'tiles': 6.0,
                          'sub_chunks': False,
                          'swappable': False,
-                         'rereads': False},
+                         'rereads': True},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [],
                            'value_blocks': 'columns',
@@ -64,14 +64,14 @@ DESCRIPTION = {'spec': 'deltanet',
                            'tiles': 6.0,
                            'sub_chunks': False,
                            'swappable': True,
-                           'rereads': False},
+                           'rereads': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 4.0,
                               'sub_chunks': False,
                               'swappable': True,
-                              'rereads': False},
+                              'rereads': True},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
@@ -85,14 +85,14 @@ DESCRIPTION = {'spec': 'deltanet',
                               'tiles': 5.0,
                               'sub_chunks': False,
                               'swappable': True,
-                              'rereads': False},
+                              'rereads': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 7.0,
                               'sub_chunks': False,
                               'swappable': True,
-                              'rereads': False},
+                              'rereads': True},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
@@ -120,21 +120,21 @@ DESCRIPTION = {'spec': 'deltanet',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
                                      'swappable': False,
-                                     'rereads': False},
+                                     'rereads': True},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
                                      'swappable': True,
-                                     'rereads': False},
+                                     'rereads': True},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
                                      'tiles': 6.0,
                                      'sub_chunks': False,
                                      'swappable': True,
-                                     'rereads': False}},
+                                     'rereads': True}},
  'stored': [['stored_0', ['t', 's']]],
  'local': [['local_0', ['s', 'o']]]}
 
@@ -252,6 +252,8 @@ def chunk_state_fwd_kernel(
         v9 = gate_eta
         v10 = (v8 * v9)
         v18 = (v17 * v10[:, None])
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
         v13 = k
         v19 = tl.dot(tl.trans(v18).to(DOT_DTYPE), v13.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v20 = (w1 - v19)  # layer 1 end state
@@ -305,10 +307,16 @@ def chunk_out_fwd_kernel(
     v6 = gate_eta
     v17 = (v16 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v6[None, :])))
     stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + private_index(offs_o, BV, tok, ON_GPU)[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v9 = (v8 - v)  # inner gradient signal g = dl/dy
     v12 = v9
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
     v13 = tl.dot(stored_0.to(DOT_DTYPE), v12.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
     v15 = v13
     v18 = tl.dot(v17.to(DOT_DTYPE), v15.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -419,6 +427,8 @@ def chunk_state_bwd_kernel(
         stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
         v22 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v23 = v22
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
         v24 = (tl.dot(tl.trans(v23).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v23.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v25 = v25 + v24
         v25 = v25 + d_new_w1
@@ -474,6 +484,8 @@ def chunk_grad_q_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v6 = gate_eta
     v20 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v6[None, :])) * v18)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v10 = k
     v21 = (tl.dot(v20.to(DOT_DTYPE), v10.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v10).to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v21.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -573,11 +585,15 @@ def chunk_grad_k_0_bwd_kernel(
     v27 = tl.trans(stored_0)
     v29 = tl.dot(v27.to(DOT_DTYPE), tl.trans(v28).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v30 = v29
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
     v31 = stored_0
     v32 = tl.dot(v30.to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v33 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v32)
     v34 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v33)
     v35 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])) * v34)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        v14 = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v36 = (tl.dot(v35.to(DOT_DTYPE), v14.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v14).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v36.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -638,13 +654,19 @@ def chunk_grad_k_1_bwd_kernel(
     v35 = tl.trans(stored_0)
     v37 = tl.dot(v35.to(DOT_DTYPE), tl.trans(v36).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v38 = v37
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
     v39 = stored_0
     v40 = tl.dot(v38.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v41 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v40)
     v42 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v41)
     v43 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])) * v42)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v44 = (tl.dot(tl.trans(v43).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v45 = v44  # a running sum
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
     v18 = tl.dot(stored_0.to(DOT_DTYPE), v17.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
     v19 = v18
     v25 = (v19 * v11[:, None])
@@ -849,6 +871,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v18 = ((-1.0) * d_new_w1)
     v19 = tl.dot(v15.to(DOT_DTYPE), v18.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v11 = k
     v20 = (v11 * v19)
     v21 = tl.sum((v20), axis=1)
@@ -898,6 +922,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_k[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v13 += tl.dot(q_block.to(DOT_DTYPE), tl.trans(k_block).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v6 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v7 = (v6 - v)  # inner gradient signal g = dl/dy
@@ -971,10 +997,16 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     v27 = tl.trans(stored_0)
     v29 = tl.dot(v27.to(DOT_DTYPE), tl.trans(v28).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v30 = v29
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
     v31 = stored_0
     v32 = tl.dot(v30.to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v33 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v32)
     v34 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v33)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        v13 = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, C), DTYPE)
     for kb in range(0, D, BK):  # the head axis, a block at a time
         offs_k = kb + tl.arange(0, BK)

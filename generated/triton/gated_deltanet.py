@@ -44,14 +44,14 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                            'tiles': 5.0,
                            'sub_chunks': False,
                            'swappable': False,
-                           'rereads': False},
+                           'rereads': True},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [],
                          'value_blocks': 'columns',
                          'tiles': 6.0,
                          'sub_chunks': False,
                          'swappable': False,
-                         'rereads': False},
+                         'rereads': True},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [],
                            'value_blocks': 'columns',
@@ -65,14 +65,14 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                            'tiles': 6.0,
                            'sub_chunks': False,
                            'swappable': True,
-                           'rereads': False},
+                           'rereads': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 4.0,
                               'sub_chunks': False,
                               'swappable': True,
-                              'rereads': False},
+                              'rereads': True},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
@@ -86,7 +86,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                               'tiles': 5.0,
                               'sub_chunks': False,
                               'swappable': True,
-                              'rereads': False},
+                              'rereads': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
@@ -107,7 +107,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                               'tiles': 5.0,
                               'sub_chunks': False,
                               'swappable': True,
-                              'rereads': False},
+                              'rereads': True},
              'grad_k_4_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
@@ -135,70 +135,70 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                                        'tiles': 5.0,
                                        'sub_chunks': False,
                                        'swappable': False,
-                                       'rereads': False},
+                                       'rereads': True},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
                                        'swappable': False,
-                                       'rereads': False},
+                                       'rereads': True},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
                                        'swappable': True,
-                                       'rereads': False},
+                                       'rereads': True},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 6.0,
                                        'sub_chunks': False,
                                        'swappable': True,
-                                       'rereads': False},
+                                       'rereads': True},
              'grad_gate_alpha_4_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
                                        'swappable': False,
-                                       'rereads': False},
+                                       'rereads': True},
              'grad_gate_alpha_5_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
                                        'swappable': True,
-                                       'rereads': False},
+                                       'rereads': True},
              'grad_gate_alpha_6_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
                                        'tiles': 6.0,
                                        'sub_chunks': False,
                                        'swappable': True,
-                                       'rereads': False},
+                                       'rereads': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
                                      'swappable': False,
-                                     'rereads': False},
+                                     'rereads': True},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
                                      'swappable': True,
-                                     'rereads': False},
+                                     'rereads': True},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
                                      'tiles': 6.0,
                                      'sub_chunks': False,
                                      'swappable': True,
-                                     'rereads': False}},
+                                     'rereads': True}},
  'stored': [['stored_0', ['t', 's']]],
  'local': [['local_0', ['s', 'o']]]}
 
@@ -329,6 +329,8 @@ def chunk_state_fwd_kernel(
         v17 = gate_eta
         v18 = (v15 * v17)
         v27 = (v26 * v18[:, None])
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
         v22 = k
         v28 = tl.dot(tl.trans(v27).to(DOT_DTYPE), v22.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v29 = (v16 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -380,6 +382,8 @@ def chunk_out_fwd_kernel(
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v22 = tl.dot(v21.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v24 = tl.zeros((C, C), DTYPE)
     for kb in range(0, D, BK):  # the head axis, a block at a time
         offs_k = kb + tl.arange(0, BK)
@@ -391,11 +395,17 @@ def chunk_out_fwd_kernel(
     v12 = gate_eta
     v25 = (v24 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v8[:, None] - v9[None, :]))))) * v12[None, :])))
     stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v14 = (k * v11[:, None])
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + private_index(offs_o, BV, tok, ON_GPU)[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :]).to(DTYPE)
     v15 = tl.dot(v14.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v16 = (v15 - v)  # inner gradient signal g = dl/dy
     v19 = v16
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
     v20 = tl.dot(stored_0.to(DOT_DTYPE), v19.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
     v23 = v20
     v26 = tl.dot(v25.to(DOT_DTYPE), v23.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -523,6 +533,8 @@ def chunk_state_bwd_kernel(
         stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
         v35 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v32.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v36 = v35
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
         v19 = (k * v16[:, None])
         v37 = (tl.dot(tl.trans(v36).to(DOT_DTYPE), v19.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v19).to(DOT_DTYPE), v36.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v38 = v38 + v37
@@ -584,6 +596,8 @@ def chunk_grad_q_0_bwd_kernel(
     v24 = ((-1.0) * d_out)
     v25 = (tl.dot(v24.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v27 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v8[:, None] - v9[None, :]))))) * v12[None, :])) * v25)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v17 = k
     v28 = (tl.dot(v27.to(DOT_DTYPE), v17.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v17).to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v28.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -683,6 +697,8 @@ def chunk_grad_k_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v18 = gate_eta
     v20 = (v16 * v18)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v24 = k
     v31 = (v24 * v20[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -697,11 +713,15 @@ def chunk_grad_k_0_bwd_kernel(
     v37 = tl.trans(stored_0)
     v39 = tl.dot(v37.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v40 = v39
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
     v41 = stored_0
     v42 = tl.dot(v40.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v43 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v42)
     v44 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v43)
     v45 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])) * v44)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        v24 = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v46 = (tl.dot(v45.to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v24).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v46.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -878,6 +898,8 @@ def chunk_grad_k_3_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v18 = gate_eta
     v20 = (v16 * v18)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v24 = k
     v31 = (v24 * v20[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -892,11 +914,15 @@ def chunk_grad_k_3_bwd_kernel(
     v37 = tl.trans(stored_0)
     v39 = tl.dot(v37.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v40 = v39
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
     v41 = stored_0
     v42 = tl.dot(v40.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v43 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v42)
     v44 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v43)
     v45 = (((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])) * v44)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v46 = (tl.dot(tl.trans(v45).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v47 = v46
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v47.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1118,9 +1144,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v34 = tl.dot(tl.trans(stored_0).to(DOT_DTYPE), v30.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v35 = v34
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v36 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v37 = (v35 * v36)
     v38 = tl.sum((v37), axis=1)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + private_index(offs_o, BV, tok, ON_GPU)[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :]).to(DTYPE)
     v23 = (w1 * d_new_w1)
     v24 = tl.sum(tl.sum((v23), axis=1), axis=0)
     v25 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v24)
@@ -1185,6 +1215,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v27 = ((-1.0) * d_new_w1)
     v28 = tl.dot(v24.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v20 = k
     v29 = (v20 * v28)
     v30 = tl.sum((v29), axis=1)
@@ -1246,6 +1278,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v7 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v8 = tl.cumsum(v7, axis=0, reverse=False)
     v10 = tl.exp(v8)  # cumulative decay in the chunk
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v12 = (k * v10[:, None])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v13 = tl.dot(v12.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
@@ -1321,6 +1355,8 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v17 = gate_eta
     v18 = (v15 * v17)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v22 = k
     v30 = (v22 * v18[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -1335,10 +1371,16 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v36 = tl.trans(stored_0)
     v38 = tl.dot(v36.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v39 = v38
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
     v40 = stored_0
     v41 = tl.dot(v39.to(DOT_DTYPE), tl.trans(v40).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v42 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v41)
     v43 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v42)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        v22 = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v23 = tl.zeros((C, C), DTYPE)
     for kb in range(0, D, BK):  # the head axis, a block at a time
         offs_k = kb + tl.arange(0, BK)
@@ -1402,6 +1444,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v27 = ((-1.0) * d_new_w1)
     v28 = tl.dot(v24.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v20 = k
     v29 = (v20 * v28)
     v30 = tl.sum((v29), axis=1)
@@ -1462,6 +1506,8 @@ def chunk_grad_gate_alpha_5_bwd_kernel(
     v7 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v8 = tl.cumsum(v7, axis=0, reverse=False)
     v10 = tl.exp(v8)  # cumulative decay in the chunk
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v12 = (k * v10[:, None])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v13 = tl.dot(v12.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
@@ -1538,6 +1584,8 @@ def chunk_grad_gate_alpha_6_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v17 = gate_eta
     v18 = (v15 * v17)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v22 = k
     v30 = (v22 * v18[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -1552,10 +1600,16 @@ def chunk_grad_gate_alpha_6_bwd_kernel(
     v36 = tl.trans(stored_0)
     v38 = tl.dot(v36.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v39 = v38
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
     v40 = stored_0
     v41 = tl.dot(v39.to(DOT_DTYPE), tl.trans(v40).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v42 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v41)
     v43 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v42)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        v22 = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v23 = tl.zeros((C, C), DTYPE)
     for kb in range(0, D, BK):  # the head axis, a block at a time
         offs_k = kb + tl.arange(0, BK)
@@ -1625,6 +1679,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v27 = ((-1.0) * d_new_w1)
     v28 = tl.dot(v24.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v20 = k
     v29 = (v20 * v28)
     v30 = tl.sum((v29), axis=1)
@@ -1676,6 +1732,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v7 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v8 = tl.cumsum(v7, axis=0, reverse=False)
     v11 = tl.exp(v8)  # cumulative decay in the chunk
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v12 = (k * v11[:, None])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v13 = tl.dot(v12.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
@@ -1747,6 +1805,8 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v18 = gate_eta
     v19 = (v16 * v18)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v23 = k
     v31 = (v23 * v19[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -1761,10 +1821,16 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     v37 = tl.trans(stored_0)
     v39 = tl.dot(v37.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v40 = v39
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
     v41 = stored_0
     v42 = tl.dot(v40.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v43 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v42)
     v44 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v43)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        v23 = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v24 = tl.zeros((C, C), DTYPE)
     for kb in range(0, D, BK):  # the head axis, a block at a time
         offs_k = kb + tl.arange(0, BK)

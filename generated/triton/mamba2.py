@@ -43,7 +43,7 @@ DESCRIPTION = {'spec': 'mamba2',
                          'tiles': 4.0,
                          'sub_chunks': False,
                          'swappable': False,
-                         'rereads': False},
+                         'rereads': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [],
                            'value_blocks': 'columns',
@@ -120,7 +120,7 @@ DESCRIPTION = {'spec': 'mamba2',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
                                        'swappable': True,
-                                       'rereads': False}},
+                                       'rereads': True}},
  'stored': [],
  'local': []}
 
@@ -245,6 +245,8 @@ def chunk_out_fwd_kernel(
     v16 = (q * v13[:, None])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v17 = tl.dot(v16.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v20 = tl.zeros((C, C), DTYPE)
     for kb in range(0, D, BK):  # the head axis, a block at a time
         offs_k = kb + tl.arange(0, BK)
@@ -854,6 +856,8 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v23 = ((-1.0) * d_new_w1)
     v24 = tl.dot(v19.to(DOT_DTYPE), v23.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        v18 = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v25 = (v18 * v24)
     v26 = tl.sum((v25), axis=1)
     v30 = (v17 * v26)

@@ -1316,7 +1316,7 @@ def chunk_state_fwd_kernel(
         v94 = v93
         v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + C * D + offs_s[:, None] * D + offs_i[None, :], v97)  # park
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
         v99 = v62
@@ -1324,7 +1324,7 @@ def chunk_state_fwd_kernel(
         v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v100 = (v97 * v99)
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v100)  # park
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v101 = k
         v105 = (v100 * v101)
@@ -1382,11 +1382,11 @@ def chunk_state_fwd_kernel(
         v70 = tl.sum((v69), axis=1)
         v71 = (v70 / (D))
         v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v73 = k
         v74 = (v72 + v73)  # memory output M(x)
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v75 = (v74 - v)  # inner gradient signal g = dl/dy
         v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((1.0 + v71[:, None])))))
@@ -1534,7 +1534,7 @@ def chunk_out_fwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
@@ -1594,13 +1594,13 @@ def chunk_out_fwd_kernel(
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v73 = k
     tl.debug_barrier()  # parked tiles other threads stored
     v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
@@ -1626,14 +1626,14 @@ def chunk_out_fwd_kernel(
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v96 = k
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
@@ -1772,7 +1772,7 @@ def chunk_out_fwd_kernel(
     v119 = tl.sum((v118), axis=1)
     v120 = (v119 / (D))
     v121 = (ln_bias[None, :] + (v117 * ln_weight[None, :] / ((tl.sqrt((1.0 + v120[:, None]))))))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v122 = q
     v123 = (v121 + v122)  # read: M(q_t; W_t)
@@ -1863,7 +1863,7 @@ def chunk_local_bwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
@@ -1924,13 +1924,13 @@ def chunk_local_bwd_kernel(
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v73 = k
     tl.debug_barrier()  # parked tiles other threads stored
     v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v75.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
@@ -1959,7 +1959,7 @@ def chunk_local_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v117 = v85
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
@@ -1972,7 +1972,7 @@ def chunk_local_bwd_kernel(
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v119.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
@@ -2260,7 +2260,7 @@ def chunk_state_bwd_kernel(
         v43 = tl.sum((v42), axis=0)
         v44 = (v43 / (D))
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
         v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
@@ -2272,11 +2272,11 @@ def chunk_state_bwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v89 = (q * v86)
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v91 = k
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
         v87 = v62
@@ -2340,7 +2340,7 @@ def chunk_state_bwd_kernel(
             v90 = tl.dot(v89.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 4 * HID * D + 4 * HID + offs_t[:, None] * HID + offs_h[None, :], v90)
         tl.debug_barrier()
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v59_max = tl.full((BV,), float('-inf'), DTYPE)
         v59_sum = tl.zeros((BV,), DTYPE)
@@ -2625,7 +2625,7 @@ def chunk_state_bwd_kernel(
             v174 = (v138 + v173)
             tl.store(scratch + 6 * HID * D + 4 * HID + 17 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v174)
         tl.debug_barrier()
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2907,7 +2907,7 @@ def chunk_grad_q_1_bwd_kernel(
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v34 = v11
     v35 = v13
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
@@ -2940,7 +2940,7 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v71 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
@@ -2950,7 +2950,7 @@ def chunk_grad_q_1_bwd_kernel(
     v76 = (q * v74)
     tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v76)  # park
     v78 = k
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v75 = v62
@@ -3184,7 +3184,7 @@ def chunk_grad_q_2_bwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
@@ -3219,13 +3219,13 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v78 = k
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v75 = v62
     v80 = (v78 * v75)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v71 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
@@ -3440,7 +3440,7 @@ def chunk_grad_k_0_bwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
@@ -3475,14 +3475,14 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v85 = k
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v81 = v62
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v81)  # park
     v87 = (v85 * v81)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v74 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
@@ -3609,7 +3609,7 @@ def chunk_grad_k_0_bwd_kernel(
         v86 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v111 += (tl.dot(v110.to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v86.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -3772,7 +3772,7 @@ def chunk_grad_k_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3830,7 +3830,7 @@ def chunk_grad_k_1_bwd_kernel(
         v59_max = v59_new
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
     v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -4086,7 +4086,7 @@ def chunk_grad_k_2_bwd_kernel(
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v34 = v11
     v35 = v13
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
@@ -4119,7 +4119,7 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
@@ -4130,7 +4130,7 @@ def chunk_grad_k_2_bwd_kernel(
     v82 = v81
     tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
@@ -4510,7 +4510,7 @@ def chunk_grad_k_3_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
@@ -4579,7 +4579,7 @@ def chunk_grad_k_3_bwd_kernel(
         v90 = tl.dot(v89.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID + 3 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
@@ -4864,7 +4864,7 @@ def chunk_grad_k_3_bwd_kernel(
         v174 = (v138 + v173)
         tl.store(scratch + 5 * HID + 5 * HID * D + 17 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v174)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v197 = tl.zeros((D,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5116,7 +5116,7 @@ def chunk_grad_v_0_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5174,7 +5174,7 @@ def chunk_grad_v_0_bwd_kernel(
         v59_max = v59_new
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
     v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -5438,7 +5438,7 @@ def chunk_grad_v_1_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
@@ -5514,7 +5514,7 @@ def chunk_grad_v_1_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5766,7 +5766,7 @@ def chunk_grad_v_1_bwd_kernel(
         v179 += tl.sum((v178), axis=1)
     tl.debug_barrier()
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
@@ -5924,7 +5924,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
@@ -5960,7 +5960,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v83 = k
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v83)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v80 = v62
@@ -5968,7 +5968,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v85 = (v83 * v80)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
@@ -6173,7 +6173,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v149 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v156 += (tl.dot(v149.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v157 = (q * v156)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v157)  # park
@@ -6213,7 +6213,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v151 += (tl.dot(v150.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v150).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v151)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -6335,7 +6335,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v152_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v152_p[:, None] * D + tl.arange(0, D)[None, :])
         v152 += v152_x * v152_y[:, None] * v152_m[:, None] * tl.exp(tl.minimum(v75 - v152_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v153 = (q * v152)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v153)  # park
@@ -6446,7 +6446,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
@@ -6458,11 +6458,11 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
@@ -6525,7 +6525,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v90 = tl.dot(v89.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID * D + 3 * HID + offs_t[:, None] * HID + offs_h[None, :], v90)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
@@ -6811,7 +6811,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v174 = (v138 + v173)
         tl.store(scratch + 7 * HID * D + 3 * HID + 17 * C * HID + 4 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v174)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v191 = tl.zeros((D,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6971,7 +6971,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
@@ -7007,13 +7007,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v84 = k
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v84)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v81 = v62
     v86 = (v84 * v81)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v74 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
@@ -7142,7 +7142,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v85 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v120 += (tl.dot(v119.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v85.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -7343,7 +7343,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
@@ -7411,7 +7411,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v90 = tl.dot(v89.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID + 3 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
@@ -7696,7 +7696,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v174 = (v138 + v173)
         tl.store(scratch + 4 * HID + 5 * HID * D + 17 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v174)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v191 = tl.zeros((D,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7856,7 +7856,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
@@ -7891,13 +7891,13 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v78 = k
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v75 = v62
     v80 = (v78 * v75)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v71 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
@@ -8144,7 +8144,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8202,7 +8202,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v59_max = v59_new
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
     v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -8480,7 +8480,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8538,7 +8538,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v59_max = v59_new
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
     v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -8811,7 +8811,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8869,7 +8869,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v59_max = v59_new
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
     v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -9134,7 +9134,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
@@ -9210,7 +9210,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9462,7 +9462,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v179 += tl.sum((v178), axis=1)
     tl.debug_barrier()
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
@@ -9627,7 +9627,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
@@ -9703,7 +9703,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9955,7 +9955,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v179 += tl.sum((v178), axis=1)
     tl.debug_barrier()
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
@@ -10117,7 +10117,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
@@ -10193,7 +10193,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10445,7 +10445,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v179 += tl.sum((v178), axis=1)
     tl.debug_barrier()
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
@@ -10666,7 +10666,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10724,7 +10724,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v59_max = v59_new
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
     v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -10988,7 +10988,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
@@ -11064,7 +11064,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         tl.store(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11316,7 +11316,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v179 += tl.sum((v178), axis=1)
     tl.debug_barrier()
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked

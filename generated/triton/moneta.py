@@ -1107,7 +1107,7 @@ def chunk_state_fwd_kernel(
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (ln_bias[None, :] + (v27 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None]))))))
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v32 = k
         v33 = (v31 + v32)  # memory output M(x)
@@ -1276,7 +1276,7 @@ def chunk_out_fwd_kernel(
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
     v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v40 = k
     v41 = (v39 + v40)  # memory output M(x)
@@ -1340,7 +1340,7 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()
     v126 = (v125 / (D * HID))
     v127 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v126)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v72 = k
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
@@ -1408,7 +1408,7 @@ def chunk_out_fwd_kernel(
     v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -1471,7 +1471,7 @@ def chunk_out_fwd_kernel(
     v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1565,7 +1565,7 @@ def chunk_out_fwd_kernel(
     v102 = tl.sum((v101), axis=1)
     v103 = (v102 / (D))
     v104 = (ln_bias[None, :] + (v100 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None]))))))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v105 = q
     v106 = (v104 + v105)  # read: M(q_t; W_t)
@@ -1655,7 +1655,7 @@ def chunk_local_bwd_kernel(
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
     v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v40 = k
     v41 = (v39 + v40)  # memory output M(x)
@@ -1780,7 +1780,7 @@ def chunk_local_bwd_kernel(
     v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2008,7 +2008,7 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v13 = (v12 / (HID * D))
         v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v18 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2141,7 +2141,7 @@ def chunk_state_bwd_kernel(
         v146 = (v145 / (HID * D))
         v53 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v56 = ((-1.0) + v53)
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v57 = (q * v56)
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v57)  # park
@@ -2166,7 +2166,7 @@ def chunk_state_bwd_kernel(
         v54 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v59 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v61 = (v59 * v54)
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v48 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v49 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -2225,7 +2225,7 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # every slice read before the slots are written again
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v164)  # park
         local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2303,7 +2303,7 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v229 = (3.0 * v14 * v180)
         v231 = (v229 / (HID * D))
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2494,7 +2494,7 @@ def chunk_state_bwd_kernel(
             v223 = (v186 + v222)
             tl.store(scratch + 10 * HID * D + 21 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v223)
         tl.debug_barrier()
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v244 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2724,7 +2724,7 @@ def chunk_grad_q_0_bwd_kernel(
     tl.debug_barrier()
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2965,7 +2965,7 @@ def chunk_grad_q_2_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2986,7 +2986,7 @@ def chunk_grad_q_2_bwd_kernel(
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
@@ -3056,7 +3056,7 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3203,7 +3203,7 @@ def chunk_grad_q_3_bwd_kernel(
     v40 = ((-1.0) + v38)
     v41 = (q * v40)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -3263,7 +3263,7 @@ def chunk_grad_q_3_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3444,7 +3444,7 @@ def chunk_grad_q_4_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3466,7 +3466,7 @@ def chunk_grad_q_4_bwd_kernel(
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
@@ -3536,7 +3536,7 @@ def chunk_grad_q_4_bwd_kernel(
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3824,7 +3824,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v44 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = ((-1.0) + v44)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v48 = (q * v47)
     tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
@@ -3883,7 +3883,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v130)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3952,7 +3952,7 @@ def chunk_grad_k_0_bwd_kernel(
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v138 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         v139 += (tl.dot(v138.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v138).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -4050,7 +4050,7 @@ def chunk_grad_k_1_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4226,7 +4226,7 @@ def chunk_grad_k_1_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -4323,7 +4323,7 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4477,7 +4477,7 @@ def chunk_grad_k_2_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4655,7 +4655,7 @@ def chunk_grad_k_2_bwd_kernel(
     v51 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = (v56 * v51)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v46 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -4752,7 +4752,7 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4986,7 +4986,7 @@ def chunk_grad_v_0_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5162,7 +5162,7 @@ def chunk_grad_v_0_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -5259,7 +5259,7 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5411,7 +5411,7 @@ def chunk_grad_v_1_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5587,7 +5587,7 @@ def chunk_grad_v_1_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -5684,7 +5684,7 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5850,7 +5850,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5871,7 +5871,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v36 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
     tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v41)  # park
@@ -5919,7 +5919,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v37 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = v37
     tl.store(scratch + HID * D + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v54)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5973,7 +5973,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v65 = (local_7 * v58)
     v67 = v65
     v69 = tl.cumsum(v67, axis=0, reverse=True)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v70 = (v69 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v70.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -6030,7 +6030,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6135,7 +6135,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6232,11 +6232,11 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v73_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v73_p[:, None] * D + tl.arange(0, D)[None, :])
         v73 += v73_x * v73_y[:, None] * v73_m[:, None] * tl.exp(tl.minimum(v36 - v73_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v74 = (q * v73)
     v75 = tl.cumsum(v74, axis=0, reverse=True)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v76 = (v75 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v76.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -6306,7 +6306,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6489,7 +6489,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v49 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = (v54 * v49)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -6576,7 +6576,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6626,7 +6626,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v158 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v160 = (q * v159)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v160)  # park
@@ -6655,7 +6655,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v162 = (v161 * tl.exp(v43))
     v163 = tl.cumsum(v162, axis=0, reverse=True)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v164 = (v163 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v164.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -6725,7 +6725,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6916,7 +6916,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v131 = tl.sum((v130), axis=0)
     v132 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v131[None, :])
     v133 = tl.cumsum(v132, axis=0, reverse=True)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v134 = (v133 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v134.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -6986,7 +6986,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7184,7 +7184,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v52 = (v50 * v45)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -7273,7 +7273,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v145)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7324,7 +7324,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v156 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v157 += (tl.dot(v156.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -7393,7 +7393,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v163 = (v150 + v159 + v162)
     v164 = v163
     v165 = tl.cumsum(v164, axis=0, reverse=True)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v166 = (v165 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v166.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -7480,7 +7480,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7501,7 +7501,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v36 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
     tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
@@ -7548,7 +7548,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v37 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = v37
     tl.store(scratch + HID * D + 6 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7654,7 +7654,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7757,7 +7757,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7831,7 +7831,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v44 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -7925,7 +7925,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8176,7 +8176,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8358,7 +8358,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8380,7 +8380,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = ((-1.0) + v42)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v45 = (q * v44)
     tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v45)  # park
@@ -8424,7 +8424,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v57 = v42
     v58 = ((-1.0) + v57)
     tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8596,7 +8596,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8772,7 +8772,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -8869,7 +8869,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9018,7 +9018,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9194,7 +9194,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -9291,7 +9291,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9437,7 +9437,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9613,7 +9613,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -9710,7 +9710,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9945,7 +9945,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -10121,7 +10121,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -10218,7 +10218,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)

@@ -43,7 +43,7 @@ DESCRIPTION = {'spec': 'retnet',
                          'tiles': 4.0,
                          'sub_chunks': False,
                          'swappable': False,
-                         'rereads': False},
+                         'rereads': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [],
                            'value_blocks': 'columns',
@@ -120,7 +120,7 @@ DESCRIPTION = {'spec': 'retnet',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
                                        'swappable': True,
-                                       'rereads': False}},
+                                       'rereads': True}},
  'stored': [],
  'local': []}
 
@@ -247,6 +247,8 @@ def chunk_out_fwd_kernel(
     v17 = (q * v14[:, None])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v18 = tl.dot(v17.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v21 = tl.zeros((C, C), DTYPE)
     for kb in range(0, D, BK):  # the head axis, a block at a time
         offs_k = kb + tl.arange(0, BK)
@@ -870,6 +872,8 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v24 = ((-1.0) * d_new_w1)
     v25 = tl.dot(v20.to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        v19 = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v26 = (v19 * v25)
     v27 = tl.sum((v26), axis=1)
     v31 = (v18 * v27)

@@ -898,7 +898,7 @@ def chunk_state_fwd_kernel(
         v20 = tl.sum((v19), axis=1)
         v21 = (v20 / (D))
         v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v23 = k
         v24 = (v22 + v23)  # memory output M(x)
@@ -1091,7 +1091,7 @@ def chunk_out_fwd_kernel(
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
     v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = k
     v24 = (v22 + v23)  # memory output M(x)
@@ -1221,7 +1221,7 @@ def chunk_out_fwd_kernel(
     v84 = tl.sum((v83), axis=1)
     v85 = (v84 / (D))
     v86 = (ln_bias[None, :] + (v82 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None]))))))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v87 = q
     v88 = (v86 + v87)  # read: M(q_t; W_t)
@@ -1290,7 +1290,7 @@ def chunk_local_bwd_kernel(
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
     v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = k
     v24 = (v22 + v23)  # memory output M(x)
@@ -1605,7 +1605,7 @@ def chunk_state_bwd_kernel(
             v62 = (v59 + v61)
             tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
         tl.debug_barrier()
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1871,7 +1871,7 @@ def chunk_state_bwd_kernel(
             v168 = (v132 + v167)
             tl.store(scratch + 4 * HID * D + 23 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v168)
         tl.debug_barrier()
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2277,7 +2277,7 @@ def chunk_grad_q_2_bwd_kernel(
         v42 = (v39 + v41)
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2454,7 +2454,7 @@ def chunk_grad_q_3_bwd_kernel(
         v42 = (v39 + v41)
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2704,7 +2704,7 @@ def chunk_grad_k_0_bwd_kernel(
         v90 += (tl.dot(v89.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v57.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v43 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v43 * v90)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v92 = (tl.dot(tl.trans(v91).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 10 * C * HID + HID * D + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v92)  # park
@@ -4138,7 +4138,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v80 = (v79 * (0.5 + (0.5 * tl.math.erf(v80_c0)) + (v80_c0 * tl.exp(((-0.5) * (v49 * v49))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v83 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4466,7 +4466,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v82 = (v81 * (0.5 + (0.5 * tl.math.erf(v82_c0)) + (v82_c0 * tl.exp(((-0.5) * (v49 * v49))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4772,7 +4772,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v94 = (v93 * (0.5 + (0.5 * tl.math.erf(v94_c0)) + (v94_c0 * tl.exp(((-0.5) * (v53 * v53))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 9 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v94)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v100 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5325,7 +5325,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v86 = (v85 * (0.5 + (0.5 * tl.math.erf(v86_c0)) + (v86_c0 * tl.exp(((-0.5) * (v49 * v49))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6093,7 +6093,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v43 = (v40 + v42)
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)

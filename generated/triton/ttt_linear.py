@@ -45,21 +45,21 @@ DESCRIPTION = {'spec': 'ttt_linear',
                          'tiles': 6.0,
                          'sub_chunks': False,
                          'swappable': False,
-                         'rereads': False},
+                         'rereads': True},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [],
                            'value_blocks': 'none',
                            'tiles': 7.0,
                            'sub_chunks': False,
                            'swappable': False,
-                           'rereads': False},
+                           'rereads': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [],
                            'value_blocks': 'none',
                            'tiles': 8.0,
                            'sub_chunks': False,
                            'swappable': True,
-                           'rereads': False},
+                           'rereads': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
@@ -136,7 +136,7 @@ DESCRIPTION = {'spec': 'ttt_linear',
                                       'tiles': 4.0,
                                       'sub_chunks': False,
                                       'swappable': False,
-                                      'rereads': False},
+                                      'rereads': True},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [],
                                       'value_blocks': 'none',
@@ -157,7 +157,7 @@ DESCRIPTION = {'spec': 'ttt_linear',
                                       'tiles': 4.0,
                                       'sub_chunks': False,
                                       'swappable': False,
-                                      'rereads': False},
+                                      'rereads': True},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'columns',
@@ -339,6 +339,10 @@ def chunk_out_fwd_kernel(
     v30 = gate_eta
     v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
     v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + private_index(offs_o, BV, tok, ON_GPU)[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v38 = (v32 - v37)
     v39 = tl.sum((v38), axis=1)
@@ -406,6 +410,8 @@ def chunk_local_bwd_kernel(
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v18.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v33 = k
     v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
@@ -540,6 +546,8 @@ def chunk_state_bwd_kernel(
         v57 = tl.sum((v56), axis=1)
         v58 = (v57 / (D))
         v59 = (v55 + v58[:, None])
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
         v60 = (tl.dot(tl.trans(v59).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         v61 = v60  # a running sum
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1234,6 +1242,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v24[None, :])))
     v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
     v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v32 = (v26 - v31)
     v33 = tl.sum((v32), axis=1)
@@ -1428,6 +1438,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v30 = (v29 / (D))
     v31 = ((-1.0) * v30)
     v32 = (v28 + v31[:, None])
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v33 = (2.0 * local_0 * v32)
     v34 = tl.sum((v33), axis=1)
     v35 = (v34 / (D))

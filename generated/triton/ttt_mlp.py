@@ -517,7 +517,7 @@ def chunk_state_fwd_kernel(
         v16 = tl.sum((v15), axis=1)
         v17 = (v16 / (D))
         v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v19 = k
         v20 = (v18 + v19)  # memory output M(x)
@@ -648,7 +648,7 @@ def chunk_out_fwd_kernel(
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
     v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v19 = k
     v20 = (v18 + v19)  # memory output M(x)
@@ -693,7 +693,7 @@ def chunk_out_fwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -738,7 +738,7 @@ def chunk_out_fwd_kernel(
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
     v58 = (ln_bias[None, :] + (v54 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None]))))))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59 = q
     v60 = (v58 + v59)  # read: M(q_t; W_t)
@@ -807,7 +807,7 @@ def chunk_local_bwd_kernel(
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
     v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v19 = k
     v20 = (v18 + v19)  # memory output M(x)
@@ -1010,7 +1010,7 @@ def chunk_state_bwd_kernel(
             v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v29)
         tl.debug_barrier()
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1069,7 +1069,7 @@ def chunk_state_bwd_kernel(
             v64 = (v63 * (0.5 + (0.5 * tl.math.erf(v64_c0)) + (v64_c0 * tl.exp(((-0.5) * (v35 * v35))) / (tl.full((), 1.772453850905516, DTYPE)))))
             tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
         tl.debug_barrier()
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1225,7 +1225,7 @@ def chunk_state_bwd_kernel(
             v106 = (v70 + v105)
             tl.store(scratch + 18 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
         tl.debug_barrier()
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1381,7 +1381,7 @@ def chunk_grad_q_1_bwd_kernel(
         v20 = v14
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v20)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1498,7 +1498,7 @@ def chunk_grad_q_2_bwd_kernel(
         v18 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v18)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1643,7 +1643,7 @@ def chunk_grad_k_0_bwd_kernel(
         v27 = tl.dot(v26.to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1689,7 +1689,7 @@ def chunk_grad_k_0_bwd_kernel(
         v47 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v48 += (tl.dot(v47.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v24.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v19[None, :])) * v48)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = (tl.dot(tl.trans(v49).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.store(scratch + 7 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
@@ -1797,7 +1797,7 @@ def chunk_grad_k_1_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1997,7 +1997,7 @@ def chunk_grad_k_2_bwd_kernel(
         v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v49)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2272,7 +2272,7 @@ def chunk_grad_v_0_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2465,7 +2465,7 @@ def chunk_grad_v_1_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2746,7 +2746,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v23 = tl.dot(v22.to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2866,7 +2866,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v19 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v19)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3024,7 +3024,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3218,7 +3218,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3409,7 +3409,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3644,7 +3644,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)

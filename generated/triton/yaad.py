@@ -902,7 +902,7 @@ def chunk_state_fwd_kernel(
         v18 = tl.sum((v17), axis=1)
         v19 = (v18 / (D))
         v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = k
         v22 = (v20 + v21)  # memory output M(x)
@@ -1061,7 +1061,7 @@ def chunk_out_fwd_kernel(
         v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1088,7 +1088,7 @@ def chunk_out_fwd_kernel(
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
     v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = k
     v22 = (v20 + v21)  # memory output M(x)
@@ -1202,7 +1202,7 @@ def chunk_out_fwd_kernel(
     v69 = tl.sum((v68), axis=1)
     v70 = (v69 / (D))
     v71 = (ln_bias[None, :] + (v67 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None]))))))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v72 = q
     v73 = (v71 + v72)  # read: M(q_t; W_t)
@@ -1271,7 +1271,7 @@ def chunk_local_bwd_kernel(
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
     v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = k
     v22 = (v20 + v21)  # memory output M(x)
@@ -1630,7 +1630,7 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
         v54 = v38
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1859,7 +1859,7 @@ def chunk_state_bwd_kernel(
             v125 = (v88 + v124)
             tl.store(scratch + 16 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v125)
         tl.debug_barrier()
-        if REREAD_INPUTS:  # not held through the loops above
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2062,7 +2062,7 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2277,7 +2277,7 @@ def chunk_grad_q_2_bwd_kernel(
         v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2456,7 +2456,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v51)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2529,7 +2529,7 @@ def chunk_grad_k_0_bwd_kernel(
         v34 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v58 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 += (tl.dot(v58.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v34.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v24 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -2704,7 +2704,7 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2973,7 +2973,7 @@ def chunk_grad_k_2_bwd_kernel(
     v38 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = v38
     tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v52)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3316,7 +3316,7 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3543,7 +3543,7 @@ def chunk_grad_v_1_bwd_kernel(
     v63 = (v54 + local_7)
     v64 = v63
     tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.debug_barrier()  # parked tiles other threads stored
@@ -3794,7 +3794,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v21 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v34 = v21
     tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v34)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3875,7 +3875,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v44 = (local_6 * v38)
     v46 = v44
     v48 = tl.cumsum(v46, axis=0, reverse=True)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = (v48 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v49.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3996,7 +3996,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4092,11 +4092,11 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v50_b = tl.load(scratch + 7 * C * HID + C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
         v50 += v50_x * v50_y[:, None] * v50_m[:, None] * tl.exp(tl.minimum(v20 - v50_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v50)
     v52 = tl.cumsum(v51, axis=0, reverse=True)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v53 = (v52 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v53.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -4183,7 +4183,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v26)  # park
     v35 = v24
     tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4362,7 +4362,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v81 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 += (tl.dot(v81.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v83 = (q * v82)
     tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v83)  # park
@@ -4392,7 +4392,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v22 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v85 = (v84 * tl.exp(v22))
     v86 = tl.cumsum(v85, axis=0, reverse=True)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v87 = (v86 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v87.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -4624,7 +4624,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 7 * C * HID + 9 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4697,7 +4697,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v32 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 += (tl.dot(v66.to(DOT_DTYPE), tl.trans(v32).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v32.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v24 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -4804,7 +4804,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v73 = (v61 + v69 + v72)
     v74 = v73
     v75 = tl.cumsum(v74, axis=0, reverse=True)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v76 = (v75 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v76.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -4895,7 +4895,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v21 = tl.load(scratch + 5 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v34 = v21
     tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v34)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5092,7 +5092,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5165,7 +5165,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v27 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v49 += (tl.dot(v48.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -5425,7 +5425,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5652,7 +5652,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v63 = (v54 + local_7)
     v64 = v63
     tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.debug_barrier()  # parked tiles other threads stored
@@ -5893,7 +5893,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v25)  # park
     v34 = v23
     tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v34)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6088,7 +6088,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v62 = (v53 + local_7)
     v63 = v62
     tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v37 = k
     tl.debug_barrier()  # parked tiles other threads stored
@@ -6339,7 +6339,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v62 = (v53 + local_7)
     v63 = v62
     tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v37 = k
     tl.debug_barrier()  # parked tiles other threads stored
@@ -6622,7 +6622,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6925,7 +6925,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
-    if REREAD_INPUTS:  # not held through the loops above
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)

@@ -68,10 +68,12 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     for each chunk: TTT-Linear's backward state pass at sm_90a spilled 224 B at D = 64 and 2,688 at D = 128 with the
     vectors made once, 96 and 1,944 per chunk, but titans' 472 and 2,640 against 1,440 and 3,464 (bench/README.md,
     "Where the spills are"), and, for a kernel with hidden-block loops that holds input tiles through a loop not
-    reading them (`rereads`), the default with those tiles loaded again after it: of the MLP memories' kernels at
+    reading them, or a linear memory's kernel through a matrix product not reading them (`rereads`), the default
+    with those tiles loaded again after it: of the MLP memories' kernels at
     sm_90a, D = 64, with their defaults, titans' spill 808 B in all with the tiles held and 592 loaded again, Moneta's
     1,568 and 1,120, but Yaad's 248 and 424 and TTT-MLP's 176 and 320 (bench/README.md, "Inputs read again after the
-    loops"). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
+    loops"; DeltaNet's key-gradient terms at sm_80, D = 64: 40 → 0 B and 40 → 0, but 48 → 56 and 56 → 80 at
+    D = 128). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
     A kernel whose blocks each write a share of a sum (value_blocks "partial") varies its BV too: the launcher sizes
     those shares' buffer from the config it launches."""
     smallest = 16 if on_gpu else 1
