@@ -144,9 +144,11 @@ def value_local(graph: Graph) -> bool:
 
 
 # A gradient kernel whose schedule keeps more register tiles than this live at once (tile_units) is split further
-# into the summands of its sums. From ahead-of-time compiles at C = D = 64, bf16, 8 warps: kernels up to about 9
-# units compile without spills, 12 and up spill.
-GRADIENT_UNITS = 7.0
+# into the summands of its sums. From ahead-of-time compiles at C = D = 64, bf16, 8 warps: for an H100 kernels up to
+# about 9 units compile without spills, 12 and up spill; for an A100 DeltaNet's key-gradient term of 7 spilled
+# 104 B a thread with its best config, its three summands (3, 3, 5) none with their inputs loaded again
+# (bench/README.md, "Inputs read again after the products").
+GRADIENT_UNITS = 6.0
 MAX_TERMS = 12  # kernels per input gradient at most: each recomputes the forward values its term needs
 
 

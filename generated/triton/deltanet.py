@@ -89,11 +89,25 @@ DESCRIPTION = {'spec': 'deltanet',
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
-                              'tiles': 7.0,
+                              'tiles': 3.0,
+                              'sub_chunks': False,
+                              'swappable': False,
+                              'rereads': False},
+             'grad_k_2_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 3.0,
+                              'sub_chunks': False,
+                              'swappable': True,
+                              'rereads': False},
+             'grad_k_3_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 5.0,
                               'sub_chunks': False,
                               'swappable': True,
                               'rereads': True},
-             'grad_k_2_bwd': {'grid': 'chunks',
+             'grad_k_4_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'partial',
                               'tiles': 3.0,
@@ -632,55 +646,23 @@ def chunk_grad_k_1_bwd_kernel(
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v11 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v13 = (v12 - v)  # inner gradient signal g = dl/dy
-    v17 = v13
-    v14 = k
+    v12 = (v11 - v)  # inner gradient signal g = dl/dy
+    v14 = v12
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v15 = tl.dot(stored_0.to(DOT_DTYPE), v14.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v16 = v15
     v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v9 = gate_eta
-    v11 = (v8 * v9)
-    v23 = (v14 * v11[:, None])
+    v10 = (v8 * v9)
+    v20 = (v16 * v10[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v22 = ((-1.0) * d_new_w1)
-    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v32 = (v24 + local_0)
-    v33 = v32
-    v34 = (tl.dot(v33.to(DOT_DTYPE), tl.trans(v17).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v17.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v36 = tl.trans(v34)
-    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
-    v35 = tl.trans(stored_0)
-    v37 = tl.dot(v35.to(DOT_DTYPE), tl.trans(v36).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = v37
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
-    v39 = stored_0
-    v40 = tl.dot(v38.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v41 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v40)
-    v42 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v41)
-    v43 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])) * v42)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
-    v44 = (tl.dot(tl.trans(v43).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v45 = v44  # a running sum
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
-    v18 = tl.dot(stored_0.to(DOT_DTYPE), v17.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-    v19 = v18
-    v25 = (v19 * v11[:, None])
-    v26 = tl.dot(v25.to(DOT_DTYPE), v22.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v45 = v45 + v26
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v27 = ((-1.0) * d_out)
-    v28 = (tl.dot(v27.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v19.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v30 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])) * v28)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v31 = (tl.dot(tl.trans(v30).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v30.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v45 = v45 + v31
-    v46 = v45
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v46.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v19 = ((-1.0) * d_new_w1)
+    v21 = tl.dot(v20.to(DOT_DTYPE), v19.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v23 = v21
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v23.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_2_bwd_kernel(
@@ -690,6 +672,129 @@ def chunk_grad_k_2_bwd_kernel(
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v9 = (v8 - v)  # inner gradient signal g = dl/dy
+    v11 = v9
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v12 = tl.dot(stored_0.to(DOT_DTYPE), v11.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+    v13 = v12
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = ((-1.0) * d_out)
+    v17 = (tl.dot(v16.to(DOT_DTYPE), tl.trans(v13).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v13.to(DOT_DTYPE), tl.trans(v16).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v6 = gate_eta
+    v19 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v6[None, :])) * v17)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v20 = (tl.dot(tl.trans(v19).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v19.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    v21 = v20
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v21.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_k_3_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `k`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v13 = (v12 - v)  # inner gradient signal g = dl/dy
+    v17 = v13
+    v14 = k
+    v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v9 = gate_eta
+    v11 = (v8 * v9)
+    v21 = (v14 * v11[:, None])
+    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v20 = ((-1.0) * d_new_w1)
+    v22 = tl.dot(v21.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v24 = (v22 + local_0)
+    v25 = v24
+    v26 = (tl.dot(v25.to(DOT_DTYPE), tl.trans(v17).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v17.to(DOT_DTYPE), tl.trans(v25).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    v28 = tl.trans(v26)
+    stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+    v27 = tl.trans(stored_0)
+    v29 = tl.dot(v27.to(DOT_DTYPE), tl.trans(v28).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v30 = v29
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + private_index(offs_t, C, tok, ON_GPU)[:, None] * C + private_index(offs_s, C, tok, ON_GPU)[None, :]).to(DTYPE)
+    v31 = stored_0
+    v32 = tl.dot(v30.to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = ((-1.0) * tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v32)
+    v34 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v33)
+    v35 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])) * v34)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
+    v36 = (tl.dot(tl.trans(v35).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v35.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    v37 = v36
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v37.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_k_4_bwd_kernel(
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+):
+    """Term 4 of the gradient of one chunk's `k`."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
