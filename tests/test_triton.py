@@ -471,7 +471,7 @@ def test_triton_inputs_reread_match_torch(ops, name, monkeypatch):
 
     tri, ref = ops(name)
     jobs = tri.triton_module.DESCRIPTION["kernels"]
-    assert jobs["state_fwd"]["rereads"] and sum(info["rereads"] for info in jobs.values()) >= 3, jobs
+    assert jobs["state_fwd"]["rereads"] and jobs["state_bwd"]["rereads"], jobs
     default = backend._Launch.config
     launched = []
 
