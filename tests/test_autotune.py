@@ -68,8 +68,11 @@ def test_candidates_start_with_the_default_and_keep_blocks_legal():
         default, Config(4, 32, 32), Config(8, 32, 32, swap_products=True), Config(8, 32, 32, index_per_chunk=True)]
     assert candidates(default, "none", 64, 64, on_gpu=False, walks_chunks=True) == [default]
     # a kernel that can load its input tiles again after its loops: that form of the default, last, on a GPU only
-    assert candidates(default, "none", 64, 64, on_gpu=True, walks_chunks=True, rereads=True)[-2:] == [
-        Config(8, 32, 32, index_per_chunk=True), Config(8, 32, 32, reread_inputs=True)]
+    # and a state pass that can take both: the two at once, after each alone
+    assert candidates(default, "none", 64, 64, on_gpu=True, walks_chunks=True, rereads=True)[-3:] == [
+        Config(8, 32, 32, index_per_chunk=True), Config(8, 32, 32, reread_inputs=True),
+        Config(8, 32, 32, index_per_chunk=True, reread_inputs=True)]
+    assert candidates(default, "none", 64, 64, on_gpu=True, rereads=True)[-1] == Config(8, 32, 32, reread_inputs=True)
     assert candidates(default, "none", 64, 64, on_gpu=False, rereads=True) == [default]
 
 

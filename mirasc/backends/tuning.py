@@ -73,7 +73,9 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     sm_90a, D = 64, with their defaults, titans' spill 808 B in all with the tiles held and 592 loaded again, Moneta's
     1,568 and 1,120, but Yaad's 248 and 424 and TTT-MLP's 176 and 320 (bench/README.md, "Inputs read again after the
     loops"; DeltaNet's key-gradient terms at sm_80, D = 64: 40 → 0 B and 40 → 0, but 48 → 56 and 56 → 80 at
-    D = 128). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
+    D = 128), and for a state pass that can take both, the two at once (TTT-Linear's backward state pass at sm_90a:
+    224 B at D = 64 by default, 96 with its index vectors per chunk, 280 with its inputs loaded again, 32 with
+    both; at D = 128 2,688, 1,944, 2,976 and 1,896). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
     A kernel whose blocks each write a share of a sum (value_blocks "partial") varies its BV too: the launcher sizes
     those shares' buffer from the config it launches."""
     smallest = 16 if on_gpu else 1
@@ -98,6 +100,8 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
         out.append(replace(default, index_per_chunk=True))
     if on_gpu and rereads:
         out.append(replace(default, reread_inputs=True))
+        if walks_chunks:
+            out.append(replace(default, index_per_chunk=True, reread_inputs=True))
     return out
 
 
