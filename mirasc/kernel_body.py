@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 from . import ir
-from .dotform import is_dot
+from .dotform import is_dot, product_tile_axes
 from .emit_triton import (
     OFFS,
     SHAPE,
@@ -125,13 +125,14 @@ class _Loop:
 @dataclass
 class Body:
     """A chunk's lines, the axes of each value it keeps in scratch memory, in slot order, the most register tiles its
-    schedule keeps live at once (mirasc.kernel_plan.peak_units), and whether it makes channel-decay products (whose
-    sub-chunk BC the launcher chooses)."""
+    schedule keeps live at once (mirasc.kernel_plan.peak_units), whether it makes channel-decay products (whose
+    sub-chunk BC the launcher chooses), and the outputs it stores itself, by head-axis blocks."""
 
     lines: list[str]
     scratch: list[tuple[str, ...]]
     tiles: float = 0.0
     products: bool = False
+    stored: frozenset[str] = frozenset()  # the outputs of `block_stores` the lines store themselves
 
 
 def _segments(order: list[Value]) -> list[Value | _Loop]:
@@ -258,7 +259,8 @@ def _split_loops(segments: list[Value | _Loop], into: dict[int, Value]) -> list[
 def body(graph: Graph, loads: dict[str, str] | None = None,
          wide_sources: dict[str, tuple[str, str]] | None = None,
          wide_outputs: dict[str, list[tuple[str, str, str]]] | None = None,
-         reloadable: frozenset[str] = frozenset(), early_stores: dict[str, str] | None = None) -> Body:
+         reloadable: frozenset[str] = frozenset(), early_stores: dict[str, str] | None = None,
+         block_stores: dict[str, str] | None = None) -> Body:
     """The lines computing the graph's outputs.
 
     loads: the load of each narrow input, emitted just before its first use. wide_sources: where each wide input's
@@ -267,7 +269,9 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     as made values are (below), by loading them again instead of storing them: values an earlier kernel made and
     stored for this chunk, which would otherwise hold their registers from their first reader to their last.
     early_stores: the store of a narrow output, emitted where the output is made rather than by the caller after
-    the last line, so that its tile can leave the registers there (or be parked, if read again)."""
+    the last line, so that its tile can leave the registers there (or be parked, if read again). block_stores: the
+    store of a narrow output that the lines may make themselves, a block of head columns at a time (named in the
+    result's `stored`; "head-axis blocks")."""
     loads, wide_sources, wide_outputs = loads or {}, wide_sources or {}, wide_outputs or {}
     early_stores = early_stores or {}
     order = schedule(graph)
@@ -292,7 +296,8 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     running = _running_sums(segments, graph, set(out_of) | accumulated)
     held_out = {i for i, n in out_of.items() if n not in early_stores}  # the caller stores these after the lines
     evicted = _parked(segments, held_out | accumulated | set(running), set(reload))
-    blocked = _head_blocked(graph, segments, order, loads, set(out_of))
+    blocked = _head_blocked(graph, segments, order, loads, {v.id: n for n, v in graph.outputs.items()
+                                                           if n in (block_stores or {})})
     straight = not any(isinstance(seg, _Loop) for seg in segments)  # with loops, `_parked` reloads `reload` itself
     rereadable = [v for v in order if isinstance(v.op, ir.Input) and (straight or v.id not in reload)
                   and v.id not in blocked.skipped and tile_units(v) > 0 and not wide(v)
@@ -302,7 +307,8 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     # in a kernel without loops, a relabelling of such an input (v24 = k) is the same tile, loaded again as well
     tiles = order if straight else rereadable
     reread = _reread(segments, {u.id: f"{name(u)} = {own(loads[same_tile(u).op.name])}" for u in tiles
-                                if same_tile(u).id in inputs and not inlined(u)}, after_products=straight)
+                                if same_tile(u).id in inputs and not inlined(u)}, after_products=straight,
+                     unread=blocked.by_blocks)
     for i, (where, again) in reread.items():
         evicted[i], reload[i] = where, again
     by_id = {v.id: v for v in order}
@@ -333,13 +339,16 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         reads = _segment_reads(seg)
         parking.read_back(j, reads, lines)
         if not isinstance(seg, _Loop):
-            if seg.id in blocked.skipped:  # read only by products made by head-axis blocks
+            if seg.id in blocked.skipped:  # read only by products made by head-axis blocks, or stored by them
                 pass
+            elif seg.id in blocked.stores:
+                lines += _with_hint(seg, _head_blocked_output(seg, loads, (block_stores or {})[blocked.stores[seg.id]],
+                                                              graph.outputs[blocked.stores[seg.id]]))
             elif isinstance(seg.op, ir.Input):
                 if seg.op.name in loads:
                     lines.append(f"{seg.op.name} = {loads[seg.op.name]}")
             elif seg.id in blocked.dots:
-                lines += _with_hint(seg, _head_blocked_dot(seg, loads))
+                lines += _with_hint(seg, _head_blocked_dot(seg, loads, blocked.chains[seg.id]))
             elif isinstance(seg.op, ir.DecayedProduct):
                 lines += _decayed_product_lines(seg, slot, staged)
             elif seg.id in running_totals:  # its running terms are in its tile already: the others join
@@ -382,21 +391,31 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         lines += [early_stores[out_of[v.id]] for v in seg.values if out_of.get(v.id) in early_stores]
         parking.made(seg.values, lines)
     products = any(isinstance(v.op, ir.DecayedProduct) for v in order)
-    return Body(lines, [v.axes for v in kept], peak_units(graph, order), products)
+    return Body(lines, [v.axes for v in kept], peak_units(graph, order), products,
+                frozenset(blocked.stores.values()))
 
 
 # ------------------------------------------------------------------------------------------------ head-axis blocks
-# The scores of a chunk, a matrix product over the head axis of two token tiles read from memory as they are (q·kᵀ, the
-# delta rule's k·kᵀ), are made in blocks of BK along that axis, each block's operands loaded inside the loop and the
-# products summed in an fp32 tile, as flash-linear-attention makes its scores by blocks of K. Whole, the right operand
-# at D = 128 is a (128, C) tile, and on an A100 (mma.sync, its operands in registers) every warp holds all of it:
-# Mamba2's and RetNet's gate-gradient terms spilled 176 and 192 B a thread there (sm_80, C = 64, bf16), none by blocks
-# of 64 or 32 (BK: mirasc.backends.triton.head_block). Products with the stored state (k·Wᵀ) stay whole: in TTT-Linear's
-# outputs kernel they spilled more by blocks (72 -> 528 B, sm_80, D = 128). So do all products in a kernel that holds
-# whole value rows (value_kinds None: TTT-Linear's LayerNorm over the value axis), whose (C, D) rows fill the registers
-# already: TTT-Linear's kernels at D = 128 spilled 5,688 -> 6,344 B in all at sm_90a and 6,528 -> 6,744 at sm_80 with
-# their scores by blocks. And only in kernels without hidden-block loops (an MLP memory's operands are read in several
-# loops).
+# A matrix product over the head axis whose operands are each a tile read from memory with that axis (a token tile,
+# the state's rows) or made from one elementwise with values without it (k scaled per token, -ΔW) is made in blocks of
+# BK along that axis: each block's inputs loaded inside the loop, the values between remade from them, the products
+# summed in an fp32 tile, as flash-linear-attention's chunk_o makes q·kᵀ and q·h by blocks of K. Whole, the right
+# operand at D = 128 is a (128, C) tile, and on an A100 (mma.sync, its operands in registers) every warp holds all of
+# it: Mamba2's and RetNet's gate-gradient terms spilled 176 and 192 B a thread there (sm_80, C = 64, bf16), none by
+# blocks of 64 or 32 (BK: mirasc.backends.triton.head_block); Gated DeltaNet's third decay-gradient term, with two
+# products of the scaled key tile and the state's rows, 24 B with the spill guard's best config, none by blocks. Not
+# in a kernel that holds whole value rows (value_kinds None: TTT-Linear's LayerNorm over the value axis), whose (C, D)
+# rows fill the registers already: its outputs kernel's products with the stored state spilled 72 -> 528 B by blocks
+# (sm_80, D = 128), and its kernels 5,688 -> 6,344 B in all at sm_90a and 6,528 -> 6,744 at sm_80 with their scores by
+# blocks. And only in kernels without hidden-block loops (an MLP memory's operands are read in several loops).
+# A gradient term that ends in a product keeping the head axis of a token tile ((C, C)·(C, D), a key-gradient term) is
+# made and stored a block at a time too, its caller's store taken over (`block_stores`), in TTT-Linear's kernels as
+# well: whole, its (64, 128) fp32 result took 32 registers a thread more, and DeltaNet's and Gated DeltaNet's
+# key-gradient terms at sm_80, D = 128 spilled 24 to 48 B with their default configs, TTT-Linear's query-gradient term
+# at sm_80, D = 64 16 B; none by blocks. With both, every kernel of linear attention, RetNet, Mamba2, DeltaNet and Gated
+# DeltaNet compiles without spills at sm_80 and sm_90a, D = 64 and 128, with the spill guard's configs (bench/README.md,
+# "Products and outputs by head-axis blocks"; some defaults spill where they did not, up to 48 B, and the guard
+# replaces them).
 HEAD_AXIS = "i"
 _TOKEN_AXIS = "t"  # a token tile's chunk axis (its relabellings may call it s or u)
 
@@ -405,6 +424,9 @@ _TOKEN_AXIS = "t"  # a token tile's chunk axis (its relabellings may call it s o
 class _HeadBlocked:
     dots: set[int] = field(default_factory=set)  # products made by head-axis blocks
     skipped: set[int] = field(default_factory=set)  # their operands' whole tiles, which nothing else reads
+    stores: dict[int, str] = field(default_factory=dict)  # products stored by blocks as they are made: the output
+    by_blocks: dict[int, set[int]] = field(default_factory=dict)  # {product: the tiles it reads by blocks}
+    chains: dict[int, list[Value]] = field(default_factory=dict)  # {product: its operands' values remade by blocks}
 
 
 def _loaded_input(v: Value, loads: dict[str, str]) -> Value | None:
@@ -421,42 +443,130 @@ def _loaded_input(v: Value, loads: dict[str, str]) -> Value | None:
 
 
 def _head_blocked(graph: Graph, segments: list[Value | _Loop], order: list[Value], loads: dict[str, str],
-                  outputs: set[int]) -> _HeadBlocked:
-    """The products a kernel makes by head-axis blocks, and the whole tiles it then loads for nothing."""
+                  stored: dict[int, str]) -> _HeadBlocked:
+    """The products a kernel makes by head-axis blocks, and the whole tiles it then loads for nothing. `stored`:
+    {output value id: name} of the outputs the kernel may store by blocks."""
     out = _HeadBlocked()
-    if any(isinstance(seg, _Loop) for seg in segments) or value_kinds(graph) is None:
+    if any(isinstance(seg, _Loop) for seg in segments):
         return out
-    out.dots = {v.id for v in order if _scores_of_loaded_tokens(v, loads)}
     readers: dict[int, list[int]] = {}
     for v in order:
         for a in _read(v):
             readers.setdefault(a.id, []).append(v.id)
+    if value_kinds(graph) is not None:
+        outputs = {v.id for v in graph.outputs.values()}
+        for v in order:
+            chain = _blocked_contraction(v, loads, readers, outputs)
+            if chain is not None:
+                out.dots.add(v.id)
+                out.by_blocks[v.id] = {x.id for x in chain}
+                out.chains[v.id] = chain
+                out.skipped |= {x.id for x in chain if _loaded_input(x, loads) is None}  # remade by blocks
+    for n in stored.values():
+        product, chain = _product_of(graph.outputs[n], readers)
+        if (product is not None and not readers.get(graph.outputs[n].id)
+                and _keeps_head_axis_of_loaded_tokens(product, loads)):
+            out.stores[product.id] = n
+            out.skipped |= chain
+            out.by_blocks[product.id] = {x.id for x in product.args if _loaded_input(x, loads)}
     for v in reversed(order):  # a relabelling before the input it relabels
-        if (isinstance(v.op, (ir.Input, ir.Rename)) and v.id not in outputs and readers.get(v.id)
-                and all(r in out.dots or r in out.skipped for r in readers[v.id])):
+        if (isinstance(v.op, (ir.Input, ir.Rename)) and v.id not in stored and readers.get(v.id)
+                and all(v.id in out.by_blocks.get(r, ()) or r in out.skipped for r in readers[v.id])):
             out.skipped.add(v.id)
     return out
 
 
-def _scores_of_loaded_tokens(v: Value, loads: dict[str, str]) -> bool:
-    """Whether v is a product over the head axis of two token tiles read from memory: a (C, C) matrix of scores."""
+def _product_of(output: Value, readers: dict[int, list[int]]) -> tuple[Value | None, set[int]]:
+    """The matrix product whose tile a narrow output is (itself, or through relabellings that keep the axes in place,
+    each read by the next alone), and the ids of those relabellings; (None, ...) if there is none."""
+    chain, v = set(), output
+    while isinstance(v.op, ir.Rename):
+        arg, mapping = v.args[0], dict(v.op.mapping)
+        if [mapping.get(x, x) for x in arg.axes] != list(v.axes) or len(readers.get(arg.id, [])) != 1:
+            return None, chain
+        chain.add(v.id)
+        v = arg
+    return (v, chain) if isinstance(v.op, ir.Einsum) and is_dot(v) and not wide(v) else (None, chain)
+
+
+def _keeps_head_axis_of_loaded_tokens(v: Value, loads: dict[str, str]) -> bool:
+    """Whether v is a matrix product of a token tile read from memory (q, k, ...) whose head axis it keeps, the
+    other operand without that axis: a (C, D) output such as a key-gradient term (C, C)·(C, D)."""
+    token = [(t := _loaded_input(x, loads)) is not None and _TOKEN_AXIS in t.axes for x in v.args]
+    return HEAD_AXIS in v.axes and sum(token) == 1 and all(HEAD_AXIS not in x.axes
+                                                           for x, is_token in zip(v.args, token) if not is_token)
+
+
+def _blocked_contraction(v: Value, loads: dict[str, str], readers: dict[int, list[int]],
+                         outputs: set[int]) -> list[Value] | None:
+    """For a matrix product over the head axis whose operands are, each, a tile read from memory with that axis (a
+    token tile, the state's rows) or made from one elementwise with values without that axis (k scaled per token):
+    the values its blocks are made from (the inputs, then what is made of them, in order); else None. A value made
+    on the way must be read by the next alone."""
     if not (isinstance(v.op, ir.Einsum) and is_dot(v) and not wide(v)):
+        return None
+    a, b = v.args
+    if set(a.axes) & set(b.axes) != {HEAD_AXIS}:
+        return None
+    chain: list[Value] = []
+    if not all(_remade_by_blocks(x, loads, readers, outputs, chain) for x in (a, b)):
+        return None
+    return list({x.id: x for x in chain}.values())
+
+
+def _remade_by_blocks(x: Value, loads: dict[str, str], readers: dict[int, list[int]], outputs: set[int],
+                      chain: list[Value]) -> bool:
+    """Whether x can be made a block of head columns at a time from the inputs it is made of (`_blocked_contraction`);
+    appends those inputs and values to `chain`, each after what it reads. An input's relabelling that keeps its axes
+    in place stands for the input."""
+    loaded = _loaded_input(x, loads)
+    if loaded is not None:
+        chain += [loaded] + [x] * (x is not loaded)
+        return loads[loaded.op.name].startswith("tl.load(")  # not a carry the kernel holds
+    if x.id in outputs or len(readers.get(x.id, [])) != 1 or not (
+            isinstance(x.op, (ir.Elementwise, ir.Rename))
+            or (isinstance(x.op, ir.Einsum) and not is_dot(x) and set(x.axes) == set(product_tile_axes(x)))):
         return False
-    a, b = v.args
-    inputs = [_loaded_input(x, loads) for x in (a, b)]
-    return set(a.axes) & set(b.axes) == {HEAD_AXIS} and all(x and _TOKEN_AXIS in x.axes for x in inputs)
+    with_axis = [y for y in x.args if HEAD_AXIS in y.axes]
+    if len(with_axis) != 1 or not _remade_by_blocks(with_axis[0], loads, readers, outputs, chain):
+        return False
+    chain.append(x)
+    return True
 
 
-def _head_blocked_dot(v: Value, loads: dict[str, str]) -> list[str]:
-    """The lines of a product over the head axis by blocks of BK: each operand's block loaded (offs_k in place of
-    offs_i), the blocks' products summed."""
+def _head_blocked_dot(v: Value, loads: dict[str, str], chain: list[Value]) -> list[str]:
+    """The lines of a product over the head axis by blocks of BK: each input's block loaded (offs_k in place of
+    offs_i), the values between remade from the blocks, the blocks' products summed."""
+    inputs = [x for x in chain if isinstance(x.op, ir.Input)]
+    # an input, or a relabelling of it that keeps its axes in place, is read as the input's block
+    block_of = {name(x): f"{_loaded_input(x, loads).op.name}_block" for x in chain if _loaded_input(x, loads)}
+
+    def by_blocks(text: str) -> str:
+        return re.sub(r"\b(" + "|".join(map(re.escape, block_of)) + r")\b", lambda m: block_of[m.group(1)], text)
+
+    remade = [f"    {by_blocks(x)}" for u in chain if name(u) not in block_of for x in line(u)]
     a, b = v.args
-    lhs, rhs = (_loaded_input(x, loads).op.name for x in (a, b))
-    block_loads = [f"    {n}_block = {_head_block(loads[n])}" for n in dict.fromkeys((lhs, rhs))]
-    product = dot_expr(f"{lhs}_block", a.axes, f"{rhs}_block", b.axes, v.axes)
+    product = by_blocks(dot_expr(name(a), a.axes, name(b), b.axes, v.axes))
     return [f"{name(v)} = tl.zeros({tile_shape(v.axes)}, DTYPE)",
             "for kb in range(0, D, BK):  # the head axis, a block at a time",
-            "    offs_k = kb + tl.arange(0, BK)", *block_loads, f"    {name(v)} += {product}"]
+            "    offs_k = kb + tl.arange(0, BK)",
+            *[f"    {x.op.name}_block = {_head_block(loads[x.op.name])}" for x in inputs],
+            *remade, f"    {name(v)} += {product}"]
+
+
+def _head_blocked_output(v: Value, loads: dict[str, str], store_line: str, output: Value) -> list[str]:
+    """The lines of a product that keeps the head axis of a token tile (`_keeps_head_axis_of_loaded_tokens`), made
+    and stored (`store_line`, the store of `output`, v's tile) a block of BK head columns at a time: a whole (C, D)
+    fp32 result at D = 128 took 32 registers a thread more than its blocks."""
+    tile = next(x for x in v.args if _loaded_input(x, loads) is not None and HEAD_AXIS in x.axes)
+    token = _loaded_input(tile, loads).op.name
+    block = f"{token}_block"
+    (lhs, lhs_axes), (rhs, rhs_axes) = [(block if x is tile else name(x), x.axes) for x in v.args]
+    product = dot_expr(lhs, lhs_axes, rhs, rhs_axes, v.axes)
+    store_block = _head_block(store_line).replace(f"{name(output)}.to(", f"{name(v)}.to(")
+    return ["for kb in range(0, D, BK):  # the head axis, a block at a time",
+            "    offs_k = kb + tl.arange(0, BK)", f"    {block} = {_head_block(loads[token])}",
+            f"    {name(v)} = {product}", f"    {store_block}"]
 
 
 def _head_block(load_line: str) -> str:
@@ -547,14 +657,17 @@ def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[i
     return evicted
 
 
-def _reread(segments: list[Value | _Loop], loads: dict[int, str],
-            after_products: bool = False) -> dict[int, tuple[set[int], str]]:
+def _reread(segments: list[Value | _Loop], loads: dict[int, str], after_products: bool = False,
+            unread: dict[int, set[int]] | None = None) -> dict[int, tuple[set[int], str]]:
     """{tile id: (the heavy segments before which it leaves the registers, its load)} for the tiles read from
     memory (`loads`, by id: inputs, and in a kernel without loops their relabellings) that a hidden-block loop or a
     channel-decay product not reading them lies between their load and their last reader (REREAD_INPUTS, above),
-    or with `after_products` a matrix product. The other parked tiles are chosen without them (`_parked`)."""
+    or with `after_products` a matrix product. The other parked tiles are chosen without them (`_parked`).
+    `unread`: {value id: the tiles it reads by blocks of its own}, reads that do not count."""
     heavy = (lambda seg: _heavy(seg) or is_dot(seg)) if after_products else _heavy
-    reads = [_segment_reads(seg) for seg in segments]
+    unread = unread or {}
+    reads = [_segment_reads(seg) - unread.get(seg.id, set()) if not isinstance(seg, _Loop) else _segment_reads(seg)
+             for seg in segments]
     out = {}
     for j, seg in enumerate(segments):
         if isinstance(seg, _Loop) or seg.id not in loads:

@@ -181,9 +181,10 @@ class _Assembler:
         return {n: (ptr.format(n), index) for n in names}
 
     def body(self, part: Graph, loads: dict, sources: dict | None = None, outputs: dict | None = None,
-             reload_locals: bool = False, early_stores: dict[str, str] | None = None) -> Body:
+             reload_locals: bool = False, early_stores: dict[str, str] | None = None,
+             block_stores: dict[str, str] | None = None) -> Body:
         return body(part, loads, sources, outputs, reloadable=frozenset(self.local_reads if reload_locals else ()),
-                    early_stores=early_stores)
+                    early_stores=early_stores, block_stores=block_stores)
 
 
 def kernels(io: KernelIO, forward: Graph, backward: Graph) -> list[Kernel]:
@@ -438,13 +439,13 @@ def _gradients(a: _Assembler) -> list[Kernel]:
         # kernels still spilled, 16 B to 2.7 KB), so splitting further multiplied the recomputation, not the fits.
         for j, term in enumerate(gradient_terms(bwd, n, deeper=not a.hidden)):
             part = _only(term, ["term"])
-            b = a.body(part, loads, sources, reload_locals=True)
             g = name(part.outputs["term"])
             # a value block's share of a sum over the value axis goes to its own copy of the gradient (the
             # launcher adds the copies); grad_block_stride is 0 for a kernel that does not run by value blocks
             ptr = "grad_block_ptr"
             grad = (store(ptr, axes[n], "", g, token=True, private=a.hidden) if token[n]
                     else store(ptr, axes[n], a.at, g, mask="nv > 0"))
+            b = a.body(part, loads, sources, reload_locals=True, block_stores={"term": grad})
             args = ([f"starts_{s}_ptr" for s in states] + [f"carries_{s}_ptr" for s in states] + a.rest_args +
                     [f"{k}_ptr" for k in a.kept] + a.local_args + ["d_out_ptr", f"grad_{n}_ptr", "grad_block_stride"])
             kinds = None if a.hidden else value_kinds(part)
@@ -453,7 +454,8 @@ def _gradients(a: _Assembler) -> list[Kernel]:
             prologue = a.static_loads + [f"grad_block_ptr = grad_{n}_ptr + tl.program_id(2) * grad_block_stride"]
             out.append(Kernel(f"chunk_grad_{n}_{j}_bwd_kernel", f"term {j} of the gradient of one chunk's "
                               f"`{n}`", "chunk", args + (["scratch_ptr"] if b.scratch else []),
-                              prologue, b.lines + [grad], [], b.scratch, value_blocks=blocks, tiles=b.tiles,
+                              prologue, b.lines + [grad] * ("term" not in b.stored), [], b.scratch,
+                              value_blocks=blocks, tiles=b.tiles,
                               sub_chunked=b.products))
     return out
 

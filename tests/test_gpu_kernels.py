@@ -281,17 +281,57 @@ def test_the_spill_guard_loads_input_tiles_again_after_the_loops():
 
 
 def test_the_spill_guard_loads_input_tiles_again_after_the_products():
-    """DeltaNet's first key-gradient term at sm_80, D = 64 (no hidden-block loops) holds its key tile through the
-    matrix products between its reads and spilled 40 B a thread that way when this was written; loaded again with
-    offsets of its own (REREAD_INPUTS) it spills none, and the spill guard takes that. (Should the default stop
-    spilling, the guard keeps it and this test needs another kernel.)"""
+    """Gated DeltaNet's third decay-gradient term at sm_80, D = 128 (no hidden-block loops) holds its key tile
+    through the matrix products between its reads and spilled 16 B a thread that way when this was written; loaded
+    again with offsets of its own (REREAD_INPUTS) it spills none, and the spill guard takes that. (Should the
+    default stop spilling, the guard keeps it and this test needs another kernel: DeltaNet's first key-gradient term
+    at D = 64 and Gated DeltaNet's at D = 128, this test's kernels before their products were made by head-axis
+    blocks, did.)"""
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
     from mirasc.aot import aot_report
 
-    (row,) = aot_report("deltanet", arch=80, chunk_size=64, head_dim=64, only=["chunk_grad_k_0_bwd_kernel"],
-                        timeout=240)
+    (row,) = aot_report("gated_deltanet", arch=80, chunk_size=64, head_dim=128,
+                        only=["chunk_grad_gate_alpha_3_bwd_kernel"], timeout=240)
     assert row.ok and row.default_stack > 0 and row.reread_inputs, row
     assert row.stack < row.default_stack, (row.stack, row.default_stack)
+
+
+def test_key_gradient_terms_are_made_and_stored_by_head_blocks():
+    """A linear memory's key-gradient term ends in a (C, C)·(C, D) product of a token tile: DeltaNet's first one at
+    sm_80, D = 128 held that (64, 128) fp32 result whole and spilled 48 B a thread with its default config, 32 with
+    the spill guard's best. Made and stored a block of BK head columns at a time (mirasc.kernel_body, "head-axis
+    blocks"), its default config spills none."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
+
+    kernel = "chunk_grad_k_0_bwd_kernel"
+    source = generate_triton(load(model_path("deltanet")))
+    body = source[source.index(f"def {kernel}("):].split("@triton.jit")[0]
+    loop = body[body.rindex("for kb in range(0, D, BK):"):]
+    assert "k_block = tl.load(" in loop and "tl.store(grad_block_ptr" in loop and "offs_k[None, :]" in loop, loop
+    assert body.count("tl.store(") == 1, body  # stored by blocks only
+    (row,) = aot_report("deltanet", arch=80, chunk_size=64, head_dim=128, only=[kernel], timeout=240,
+                        spill_guard=False)
+    assert row.ok and row.stack == 0 and row.mma > 0, (row.stack, row.error)
+
+
+def test_products_with_the_state_rows_are_made_by_head_blocks():
+    """Gated DeltaNet's third decay-gradient term makes two products over the head axis of a key tile scaled per
+    token with the state's rows (k·e^Λ·W₀ᵀ and k·η·ΔWᵀ); made whole at sm_80, D = 128 they held two (64, 128) fp32
+    tiles and the term spilled 24 B a thread with the spill guard's best config. Made by blocks of BK head columns,
+    the key tile's block scaled inside the loop (mirasc.kernel_body, "head-axis blocks"), no whole tile is loaded."""
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
+
+    kernel = "chunk_grad_gate_alpha_3_bwd_kernel"
+    source = generate_triton(load(model_path("gated_deltanet")))
+    body = source[source.index(f"def {kernel}("):].split("@triton.jit")[0]
+    for state in ("starts_w1_ptr", "carries_w1_ptr"):
+        assert re.search(rf"for kb in range\(0, D, BK\):.*\n(        .*\n)*        \w+_block = tl\.load\({state}", body)
+        assert not re.search(rf"\n    \w+ = tl\.load\({state}", body), body
+    assert not re.search(r"\bk = tl\.load\(", body) and "k_block = tl.load(" in body  # no whole key tile
 
 
 def test_an_a100_gets_the_register_ceiling():
@@ -335,27 +375,28 @@ def test_an_a100_makes_the_scores_by_head_blocks():
     source = generate_triton(load(model_path("mamba2")))
     body = source[source.index(f"def {kernel}("):].split("@triton.jit")[0]
     assert "for kb in range(0, D, BK):" in body and "k_block = tl.load(" in body
-    # TTT-Linear's kernels hold whole value rows (its LayerNorm), where blocks spilled more: they keep products whole
-    assert "for kb in range(" not in generate_triton(load(model_path("ttt_linear")))
+    # TTT-Linear's kernels hold whole value rows (its LayerNorm), where scores by blocks spilled more: they keep them
+    # whole (its query-gradient term is stored by blocks, test_key_gradient_terms_are_made_and_stored_by_head_blocks)
+    assert not re.search(r"\+= tl\.dot\(\w+_block", generate_triton(load(model_path("ttt_linear"))))
     (row,) = aot_report("mamba2", arch=80, chunk_size=64, head_dim=128, only=[kernel], timeout=240)
     assert row.ok and row.stack == 0 and row.mma > 0, (row.stack, row.error)
 
 
 def test_aot_reports_the_config_the_spill_guard_takes():
-    """Gated DeltaNet's first key-gradient term at D = 128 spills 208 B a thread at the launcher's default (8 warps,
-    BV = 32, sm_90a). A GPU launch replaces that default by the first candidate that compiles without spills
-    (mirasc.backends.tuning.SpillGuard), and `mirasc aot` reports that choice: 4 warps and BV = 16, after the
-    default, 4 warps alone (56 B) and BV = 16 alone; with the guard off, the default."""
+    """Gated DeltaNet's first key-gradient term at sm_80, D = 128 spills 16 B a thread at the launcher's default (8
+    warps, BV = 16). A GPU launch replaces that default by the first candidate that compiles without spills
+    (mirasc.backends.tuning.SpillGuard), and `mirasc aot` reports that choice: BV = 32, after the default and 4
+    warps alone; with the guard off, the default."""
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
     from mirasc.aot import aot_report
 
     only = ["chunk_grad_k_0_bwd_kernel"]
-    (row,) = aot_report("gated_deltanet", head_dim=128, only=only, timeout=240)
-    assert row.ok and row.stack == 0 and row.default_stack > 0 and row.configs_compiled == 4, row
-    assert (row.num_warps, row.block_value) == (4, 16), row
-    (plain,) = aot_report("gated_deltanet", head_dim=128, only=only, timeout=240, spill_guard=False)
+    (row,) = aot_report("gated_deltanet", arch=80, head_dim=128, only=only, timeout=240)
+    assert row.ok and row.stack == 0 and row.default_stack > 0 and row.configs_compiled == 3, row
+    assert (row.num_warps, row.block_value) == (8, 32), row
+    (plain,) = aot_report("gated_deltanet", arch=80, head_dim=128, only=only, timeout=240, spill_guard=False)
     assert plain.stack == row.default_stack and plain.configs_compiled == 1, plain
-    assert (plain.num_warps, plain.block_value) == (8, 32), plain
+    assert (plain.num_warps, plain.block_value) == (8, 16), plain
 
 
 @pytest.mark.parametrize("stem", ["titans", "memora"])

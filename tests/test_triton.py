@@ -389,17 +389,19 @@ def test_triton_value_blocks_match_torch(ops, name, monkeypatch):
     assert max(err.values()) < 1e-10, err
 
 
-@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "mamba2"])
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "mamba2", "ttt_linear"])
 def test_triton_head_blocks_match_torch(ops, name, monkeypatch):
-    """The chunk's scores (q·kᵀ, the delta rule's k·kᵀ) made in four blocks of D/4 head columns
-    (mirasc.kernel_body, "head-axis blocks") give what the torch backend gives, in fp64, every output and
-    gradient."""
+    """The chunk's scores (q·kᵀ, the delta rule's k·kᵀ) made, and the key- and query-gradient terms made and stored,
+    in four blocks of D/4 head columns (mirasc.kernel_body, "head-axis blocks") give what the torch backend gives,
+    in fp64, every output and gradient."""
     import inspect
 
     import mirasc.backends.triton as backend
 
     tri, ref = ops(name)
-    assert "for kb in range(0, D, BK):" in inspect.getsource(tri.triton_module)
+    source = inspect.getsource(tri.triton_module)
+    assert "for kb in range(0, D, BK):" in source
+    assert "tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_k[None, :]" in source
     ins = make_inputs(ref, 1, 21, 2, D, dtype=torch.float64, seed=8)
     monkeypatch.setattr(backend, "INTERPRETER_HEAD_BLOCK", D // 4)
     blocks = _on_cpu(_run(tri, _to(ins), 16))
