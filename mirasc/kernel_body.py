@@ -453,8 +453,8 @@ def _head_blocked(graph: Graph, segments: list[Value | _Loop], order: list[Value
     for v in order:
         for a in _read(v):
             readers.setdefault(a.id, []).append(v.id)
+    outputs = {v.id for v in graph.outputs.values()}
     if value_kinds(graph) is not None:
-        outputs = {v.id for v in graph.outputs.values()}
         for v in order:
             chain = _blocked_contraction(v, loads, readers, outputs)
             if chain is not None:
@@ -470,7 +470,7 @@ def _head_blocked(graph: Graph, segments: list[Value | _Loop], order: list[Value
             out.skipped |= chain
             out.by_blocks[product.id] = {x.id for x in product.args if _loaded_input(x, loads)}
     for v in reversed(order):  # a relabelling before the input it relabels
-        if (isinstance(v.op, (ir.Input, ir.Rename)) and v.id not in stored and readers.get(v.id)
+        if (isinstance(v.op, (ir.Input, ir.Rename)) and v.id not in outputs and readers.get(v.id)
                 and all(v.id in out.by_blocks.get(r, ()) or r in out.skipped for r in readers[v.id])):
             out.skipped.add(v.id)
     return out
