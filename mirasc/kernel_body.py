@@ -39,7 +39,7 @@ from .emit_triton import (
     wide,
 )
 from .ir import Graph, Value
-from .kernel_plan import peak_units, schedule, summands, tile_units, value_kinds
+from .kernel_plan import peak_units, schedule, summands, tile_units
 
 
 # ------------------------------------------------------------------------------------------------ memory access
@@ -403,19 +403,18 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
 # operand at D = 128 is a (128, C) tile, and on an A100 (mma.sync, its operands in registers) every warp holds all of
 # it: Mamba2's and RetNet's gate-gradient terms spilled 176 and 192 B a thread there (sm_80, C = 64, bf16), none by
 # blocks of 64 or 32 (BK: mirasc.backends.triton.head_block); Gated DeltaNet's third decay-gradient term, with two
-# products of the scaled key tile and the state's rows, 24 B with the spill guard's best config, none by blocks. Not
-# in a kernel that holds whole value rows (value_kinds None: TTT-Linear's LayerNorm over the value axis), whose (C, D)
-# rows fill the registers already: its outputs kernel's products with the stored state spilled 72 -> 528 B by blocks
-# (sm_80, D = 128), and its kernels 5,688 -> 6,344 B in all at sm_90a and 6,528 -> 6,744 at sm_80 with their scores by
-# blocks. And only in kernels without hidden-block loops (an MLP memory's operands are read in several loops).
+# products of the scaled key tile and the state's rows, 24 B with the spill guard's best config, none by blocks.
+# TTT-Linear's kernels too, though they hold whole value rows (its LayerNorm): with the spill guard, 744 -> 488 B in all
+# at sm_80, D = 64, 5,984 -> 5,056 at D = 128, 4,736 -> 3,456 at sm_90a, D = 128, and 32 -> 32 at D = 64 (when only
+# the scores were made by blocks, with fewer guard candidates, blocks had cost them: bench/README.md, "The scores by
+# head-axis blocks"). Only in kernels without hidden-block loops (an MLP memory's operands are read in several loops).
 # A gradient term that ends in a product keeping the head axis of a token tile ((C, C)·(C, D), a key-gradient term) is
-# made and stored a block at a time too, its caller's store taken over (`block_stores`), in TTT-Linear's kernels as
-# well: whole, its (64, 128) fp32 result took 32 registers a thread more, and DeltaNet's and Gated DeltaNet's
-# key-gradient terms at sm_80, D = 128 spilled 24 to 48 B with their default configs, TTT-Linear's query-gradient term
-# at sm_80, D = 64 16 B; none by blocks. With both, every kernel of linear attention, RetNet, Mamba2, DeltaNet and Gated
-# DeltaNet compiles without spills at sm_80 and sm_90a, D = 64 and 128, with the spill guard's configs (bench/README.md,
-# "Products and outputs by head-axis blocks"; some defaults spill where they did not, up to 48 B, and the guard
-# replaces them).
+# made and stored a block at a time too, its caller's store taken over (`block_stores`): whole, its (64, 128) fp32
+# result took 32 registers a thread more, and DeltaNet's and Gated DeltaNet's key-gradient terms at sm_80, D = 128
+# spilled 24 to 48 B with their default configs, TTT-Linear's query-gradient term at sm_80, D = 64 16 B; none by
+# blocks. With both, every kernel of linear attention, RetNet, Mamba2, DeltaNet and Gated DeltaNet compiles without
+# spills at sm_80 and sm_90a, D = 64 and 128, with the spill guard's configs (bench/README.md, "Products and outputs by
+# head-axis blocks"; some defaults spill where they did not, up to 48 B, and the guard replaces them).
 HEAD_AXIS = "i"
 _TOKEN_AXIS = "t"  # a token tile's chunk axis (its relabellings may call it s or u)
 
@@ -454,14 +453,13 @@ def _head_blocked(graph: Graph, segments: list[Value | _Loop], order: list[Value
         for a in _read(v):
             readers.setdefault(a.id, []).append(v.id)
     outputs = {v.id for v in graph.outputs.values()}
-    if value_kinds(graph) is not None:
-        for v in order:
-            chain = _blocked_contraction(v, loads, readers, outputs)
-            if chain is not None:
-                out.dots.add(v.id)
-                out.by_blocks[v.id] = {x.id for x in chain}
-                out.chains[v.id] = chain
-                out.skipped |= {x.id for x in chain if _loaded_input(x, loads) is None}  # remade by blocks
+    for v in order:
+        chain = _blocked_contraction(v, loads, readers, outputs)
+        if chain is not None:
+            out.dots.add(v.id)
+            out.by_blocks[v.id] = {x.id for x in chain}
+            out.chains[v.id] = chain
+            out.skipped |= {x.id for x in chain if _loaded_input(x, loads) is None}  # remade by blocks
     for n in stored.values():
         product, chain = _product_of(graph.outputs[n], readers)
         if (product is not None and not readers.get(graph.outputs[n].id)

@@ -393,8 +393,7 @@ def test_triton_value_blocks_match_torch(ops, name, monkeypatch):
 def test_triton_head_blocks_match_torch(ops, name, monkeypatch):
     """The products over the head axis of loaded tiles (the scores q·kᵀ and k·kᵀ, and with the state's rows q·W and
     k·e^Λ·W₀ᵀ) made, and the key- and query-gradient terms made and stored, in four blocks of D/4 head columns
-    (mirasc.kernel_body, "head-axis blocks") give what the torch backend gives, in fp64, every output and gradient.
-    TTT-Linear's kernels (whole value rows) store their gradient terms by blocks and keep their products whole."""
+    (mirasc.kernel_body, "head-axis blocks") give what the torch backend gives, in fp64, every output and gradient."""
     import inspect
 
     import mirasc.backends.triton as backend
