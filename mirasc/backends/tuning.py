@@ -57,8 +57,9 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     """The configs tried for one kernel, the default first (it wins ties): the other warp count (4 or 8) on a GPU,
     another value block for a kernel run by blocks of value columns, half the default or, where half would pass
     below 16 (sm_80's default), twice it (on a GPU also with the other warp count: of Gated DeltaNet's two
-    key-gradient terms that spill at D = 128, 208 B each at 8 warps and BV = 32, 4 warps alone leave 56 B and 4 warps
-    with BV = 16 none, sm_90a ahead of time), half the hidden block for an MLP memory's kernel, and for a kernel with
+    key-gradient terms that spilled at D = 128 before their results were made by head-axis blocks, 208 B each at 8
+    warps and BV = 32, 4 warps alone left 56 B and 4 warps with BV = 16 none, sm_90a ahead of time), half the hidden
+    block for an MLP memory's kernel, and for a kernel with
     channel-decay products the whole chunk as one sub-chunk (every pair of tokens made exactly: more exponentials, no
     matrix products across sub-chunks, fewer live tiles), and on a GPU, for a kernel whose transposed products are
     written both ways (`swappable`), the default with them swapped, and so the half hidden block: neither form spills
