@@ -545,10 +545,7 @@ def _head_blocked_dot(v: Value, loads: dict[str, str], chain: list[Value]) -> li
     remade = [f"    {by_blocks(x)}" for u in chain if name(u) not in block_of for x in line(u)]
     a, b = v.args
     product = by_blocks(dot_expr(name(a), a.axes, name(b), b.axes, v.axes))
-    return [f"{name(v)} = tl.zeros({tile_shape(v.axes)}, DTYPE)",
-            "for kb in range(0, D, BK):  # the head axis, a block at a time",
-            "    offs_k = kb + tl.arange(0, BK)",
-            *[f"    {x.op.name}_block = {_head_block(loads[x.op.name])}" for x in inputs],
+    return [f"{name(v)} = tl.zeros({tile_shape(v.axes)}, DTYPE)", *_block_loop([x.op.name for x in inputs], loads),
             *remade, f"    {name(v)} += {product}"]
 
 
@@ -562,9 +559,13 @@ def _head_blocked_output(v: Value, loads: dict[str, str], store_line: str, outpu
     (lhs, lhs_axes), (rhs, rhs_axes) = [(block if x is tile else name(x), x.axes) for x in v.args]
     product = dot_expr(lhs, lhs_axes, rhs, rhs_axes, v.axes)
     store_block = _head_block(store_line).replace(f"{name(output)}.to(", f"{name(v)}.to(")
-    return ["for kb in range(0, D, BK):  # the head axis, a block at a time",
-            "    offs_k = kb + tl.arange(0, BK)", f"    {block} = {_head_block(loads[token])}",
-            f"    {name(v)} = {product}", f"    {store_block}"]
+    return [*_block_loop([token], loads), f"    {name(v)} = {product}", f"    {store_block}"]
+
+
+def _block_loop(inputs: list[str], loads: dict[str, str]) -> list[str]:
+    """The head of a loop over the head axis's blocks of BK columns, loading each named input's block (`NAME_block`)."""
+    return ["for kb in range(0, D, BK):  # the head axis, a block at a time", "    offs_k = kb + tl.arange(0, BK)",
+            *[f"    {n}_block = {_head_block(loads[n])}" for n in inputs]]
 
 
 def _head_block(load_line: str) -> str:
