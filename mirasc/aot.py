@@ -51,7 +51,7 @@ class KernelReport:
     num_stages: int | None = None
     block_value: int | None = None  # BV (the head dim in a kernel not run by value blocks)
     block_hidden: int | None = None  # BH
-    sub_chunk: int | None = None  # BC of the channel-decay products (0: the kernel makes none)
+    sub_chunk: int | None = None  # BC, the sub-chunk of channel-decay products or token blocks (0: neither)
     swap_products: bool = False  # its transposed products made with their operands swapped (SWAP_PRODUCTS)
     index_per_chunk: bool = False  # a state pass's index vectors made again for each chunk (INDEX_PER_CHUNK)
     reread_inputs: bool = False  # input tiles loaded again after the loops that do not read them (REREAD_INPUTS)

@@ -209,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--block-hidden", type=int, help="BH, the hidden-axis block of an MLP memory (default: the "
                                                     "launcher's choice)")
     a.add_argument("--block-value", type=int, help="BV, the value-axis block of value-blocked kernels")
-    a.add_argument("--sub-chunk", type=int, help="BC, the sub-chunk of channel-decay products (default: the "
-                                                 "launcher's choice)")
+    a.add_argument("--sub-chunk", type=int, help="BC, the sub-chunk of channel-decay products and of the state "
+                                                 "passes run by sub-chunks (default: the launcher's choice)")
     a.add_argument("--num-warps", type=int, help="warps per program (default: the launcher's choice)")
     a.add_argument("--num-stages", type=int, help="software-pipelining stages of the kernels' loops (default: the "
                    "launcher's choice)")

@@ -175,9 +175,9 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         # kernels by job: their grid (one program per chunk or per sequence), the axes of
         # each value they keep in scratch memory, per program, and how they run by blocks of BV value columns
         # ("columns", "partial": each block writes its share of a sum to its own copy, "none": one block), and the
-        # most register tiles (64 x 64 fp32) live at once, which sets the launcher's warps; whether it makes
-        # channel-decay products (their sub-chunk BC), products written both ways (SWAP_PRODUCTS) and input tiles
-        # it can load again after its loops (REREAD_INPUTS), which its configs vary
+        # most register tiles (64 x 64 fp32) live at once, which sets the launcher's warps; whether it takes the
+        # sub-chunk BC (channel-decay products, a state pass by sub-chunks), products written both ways
+        # (SWAP_PRODUCTS) and input tiles it can load again after its loops (REREAD_INPUTS), which its configs vary
         "kernels": jobs,
         # values stored per chunk for the other kernels: made by the stored_fwd kernel where no state reaches them,
         # else by the state pass

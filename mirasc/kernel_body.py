@@ -125,8 +125,9 @@ class _Loop:
 @dataclass
 class Body:
     """A chunk's lines, the axes of each value it keeps in scratch memory, in slot order, the most register tiles its
-    schedule keeps live at once (mirasc.kernel_plan.peak_units), whether it makes channel-decay products (whose
-    sub-chunk BC the launcher chooses), and the outputs it stores itself, by head-axis blocks."""
+    schedule keeps live at once (mirasc.kernel_plan.peak_units), whether it takes the sub-chunk BC, which the
+    launcher chooses (channel-decay products, a state pass by sub-chunks: mirasc.token_blocks), and the outputs it
+    stores itself, by head-axis blocks."""
 
     lines: list[str]
     scratch: list[tuple[str, ...]]

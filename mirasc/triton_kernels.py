@@ -28,6 +28,7 @@ from .emit_triton import (
 from .ir import Graph, Value
 from .kernel_body import Body, body, load, store
 from .kernel_plan import VALUE_AXIS, gradient_terms, value_kinds, value_local
+from .token_blocks import token_blocked_body
 
 # Values worth making once per chunk and storing, rather than recomputing in every kernel that reads them: state-
 # free and expensive (the triangular inverse is C substitution steps over (C, C) tiles).
@@ -53,7 +54,9 @@ def _index_vector(axis: str, value_blocks: bool) -> str:
 # its vectors made per chunk. It is not the default: the MLP memories' passes spilled up to three times more that way
 # (titans' backward pass 472 -> 1,440 B), and TTT-Linear's at sm_80, D = 128 too (3,792 -> 4,728), so it is a
 # candidate of the spill guard (mirasc.backends.tuning.candidates). A hidden-block loop makes its block's vectors
-# (offs_h, offs_g) itself.
+# (offs_h, offs_g) itself. TTT-Linear's passes, the kernels the guard gave it to, now run by sub-chunks
+# (mirasc.token_blocks); mirasc aot of TTT-Linear at sm_80 and sm_90a, D = 64 and 128, and of Yaad and TTT-MLP at
+# sm_90a, D = 64 (2026-12-06) gave it to no kernel.
 _PER_CHUNK_AXES = tuple(a for a in ir.AXIS_ORDER if a not in ("h", "g"))
 
 
@@ -93,7 +96,7 @@ class Kernel:
     # block writing its share of a sum over the value axis to its own copy of the output; "none": one block of D
     value_blocks: str = "none"
     tiles: float = 0.0  # the most register tiles live at once (Body.tiles): the launcher's warps follow it
-    sub_chunked: bool = False  # it makes channel-decay products (Body.products): the launcher chooses their BC
+    sub_chunked: bool = False  # it takes the sub-chunk BC (Body.products), which the launcher chooses
     # values it writes for every chunk, [n_chunks, axes...], for a later kernel to read (name, axes)
     makes: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
@@ -274,7 +277,7 @@ def _state_forward(a: _Assembler, stored_first: bool) -> Kernel:
     if not stored_first:
         doc += " (and the values stored per chunk)"
     if not a.hidden:  # the state in registers, carried from chunk to chunk
-        b = a.body(part, tokens)
+        b = _state_in_registers(a, part, tokens)
         loop = ([store(f"starts_{s}_ptr", axes[s], a.at, s) for s in states] + b.lines + keep +
                 [f"{s} = {name(part.outputs['new_' + s])}" for s in states])
         return Kernel("chunk_state_fwd_kernel", doc, "up", args + (["scratch_ptr"] if b.scratch else []),
@@ -290,6 +293,13 @@ def _state_forward(a: _Assembler, stored_first: bool) -> Kernel:
     return Kernel("chunk_state_fwd_kernel", doc, "up", args + ["scratch_ptr"], prologue,
                   b.lines + keep + ["tl.debug_barrier()  # the next chunk reads the state this one wrote"], [],
                   b.scratch, tiles=b.tiles, sub_chunked=b.products)
+
+
+def _state_in_registers(a: _Assembler, part: Graph, loads: dict[str, str]) -> Body:
+    """A state pass's chunk with the state in registers: a sub-chunk of tokens at a time where the state's value
+    axis cannot be split among programs and the chunk's work is per token (mirasc.token_blocks), else whole."""
+    blocked = None if value_local(part) else token_blocked_body(part, loads, a.body)
+    return blocked or a.body(part, loads)
 
 
 def _copy_blocks(states: list[str], axes: dict, src: str, src_index: str, dst: str, dst_index: str) -> list[str]:
@@ -388,7 +398,7 @@ def _state_backward(a: _Assembler) -> list[Kernel]:
             [f"carries_{s}_ptr" for s in states])
     doc = "the initial state's adjoint and the adjoint entering every chunk's end"
     if not a.hidden:
-        b = a.body(part, {**loads, **{f"d_new_{s}": f"carry_{s}" for s in states}})
+        b = _state_in_registers(a, part, {**loads, **{f"d_new_{s}": f"carry_{s}" for s in states}})
         loop = ([store(f"carries_{s}_ptr", axes[s], a.at, f"carry_{s}") for s in states] + b.lines +
                 [f"carry_{s} = {name(part.outputs['d_' + s])}" for s in states])
         return first + [Kernel(

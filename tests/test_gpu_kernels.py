@@ -253,18 +253,49 @@ def test_aot_names_the_lines_that_spill():
     assert printed.count("spill stores / loads") == 1
 
 
-def test_the_spill_guard_makes_a_state_pass_index_vectors_per_chunk():
-    """TTT-Linear's backward state pass at sm_90a, D = 64 spills with its index vectors made once before the chunk
-    loop (224 B when this was written), less with them made again for each chunk (96 B), and less again with its
-    input tiles also loaded again after the products that do not read them (32 B; 280 with that alone): the spill
-    guard's candidates INDEX_PER_CHUNK and, at once, REREAD_INPUTS, which mirasc aot reports. (Should the default
-    stop spilling, the guard keeps it and this test needs another kernel.)"""
+def test_ttt_linear_state_passes_run_by_sub_chunks_without_spills():
+    """TTT-Linear's state passes hold the whole (D, D) state (its LayerNorm sums over the value axis, so the value
+    axis is not split among programs) and made the chunk's (C, D) tiles whole: at sm_90a, D = 64 the backward pass
+    spilled 224 B a thread with its default config (32 with the spill guard's best). Made a sub-chunk of BC tokens
+    at a time (mirasc.token_blocks), both passes compile without spills with their default configs, on tensor cores;
+    the other kernels keep whole chunks."""
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
-    from mirasc.aot import aot_report
+    from mirasc.aot import aot_report, generated_description
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
 
-    (row,) = aot_report("ttt_linear", chunk_size=64, head_dim=64, only=["chunk_state_bwd_kernel"], timeout=240)
-    assert row.ok and row.default_stack > 0 and row.index_per_chunk and row.reread_inputs, row
-    assert row.stack < row.default_stack, (row.stack, row.default_stack)
+    source = generate_triton(load(model_path("ttt_linear")))
+    jobs = generated_description(source)["kernels"]
+    assert {job for job, info in jobs.items() if info["sub_chunks"]} == {"state_fwd", "state_bwd"}
+    for job in ("state_fwd", "state_bwd"):
+        body = source[source.index(f"def chunk_{job}_kernel("):].split("@triton.jit")[0]
+        assert body.count("for tb in range(0, C, BC):") == 1 and "acc_0 " in body, body
+    rows = aot_report("ttt_linear", chunk_size=64, head_dim=64, timeout=240, spill_guard=False,
+                      only=["chunk_state_fwd_kernel", "chunk_state_bwd_kernel"])
+    for row in rows:
+        assert row.ok and row.sub_chunk == 16 and row.stack == 0 and row.mma > 0, (row.kernel, row.stack, row.error)
+
+
+def test_token_blocks_take_only_per_token_work():
+    """mirasc.token_blocks cuts a state pass into the values before the sub-chunk loop, the rows made per token
+    and the sums over the chunk's tokens; a row that mixes tokens (a running sum along the chunk) leaves the chunk
+    whole, and so does an output with a token axis."""
+    from mirasc.token_blocks import plan
+
+    def program(mix: bool, row_output: bool = False) -> ir.Graph:
+        g = ir.Graph()
+        w, k, v = g.input("w", ("o", "i")), g.input("k", ("t", "i")), g.input("v", ("t", "o"))
+        err = g.ew(lambda y, x: y - x, g.einsum(("t", "o"), k, w), v)
+        err = g.cumsum(err, "t") if mix else err
+        g.outputs = {"new_w": g.ew(lambda a, b: a - b, w, g.einsum(("o", "i"), err, k))}
+        if row_output:
+            g.outputs["err"] = err
+        return g
+
+    cut = plan(program(mix=False))
+    assert cut is not None and len(cut.sums) == 1 and cut.sums[0].axes == ("o", "i")
+    assert plan(program(mix=True)) is None
+    assert plan(program(mix=False, row_output=True)) is None
 
 
 def test_the_spill_guard_loads_input_tiles_again_after_the_loops():

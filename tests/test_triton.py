@@ -532,6 +532,23 @@ def test_triton_channel_decay_any_sub_chunk_matches_torch(monkeypatch, sub_chunk
     assert max(err.values()) < 1e-10, err
 
 
+@pytest.mark.parametrize("sub_chunk", [1, 8])
+def test_triton_ttt_linear_any_sub_chunk_matches_torch(ops, monkeypatch, sub_chunk):
+    """TTT-Linear's state passes made a sub-chunk at a time (mirasc.token_blocks) at sub-chunks of one token and of
+    half the chunk, beside the interpreter's default of 4 that every other test takes: three chunks of 16, the last
+    partial; fp64 against the torch backend, every output and gradient."""
+    import inspect
+
+    import mirasc.backends.triton as backend
+
+    tri, ref = ops("ttt_linear")
+    assert "for tb in range(0, C, BC):" in inspect.getsource(tri.triton_module)
+    monkeypatch.setattr(backend, "INTERPRETER_SUB_CHUNK", sub_chunk)
+    ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=11)
+    err = _errors(_on_cpu(_run(tri, _to(ins), 16)), _run(ref, ins, 16))
+    assert max(err.values()) < 1e-10, err
+
+
 def test_dot_precision_is_checked(ops):
     tri, _ = ops("mamba2")
     assert tri.dot_precision == "tf32" and tri.with_dot_precision("ieee").dot_precision == "ieee"

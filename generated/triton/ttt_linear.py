@@ -33,10 +33,10 @@ DESCRIPTION = {'spec': 'ttt_linear',
             ['ln_bias', ['o'], False]],
  'hidden': 1,
  'kernels': {'state_fwd': {'grid': 'sequences',
-                           'scratch': [],
+                           'scratch': [['s']],
                            'value_blocks': 'none',
-                           'tiles': 6.0,
-                           'sub_chunks': False,
+                           'tiles': 5.0,
+                           'sub_chunks': True,
                            'swappable': False,
                            'rereads': False},
              'out_fwd': {'grid': 'chunks',
@@ -54,10 +54,10 @@ DESCRIPTION = {'spec': 'ttt_linear',
                            'swappable': False,
                            'rereads': True},
              'state_bwd': {'grid': 'sequences',
-                           'scratch': [],
+                           'scratch': [['s']],
                            'value_blocks': 'none',
                            'tiles': 8.0,
-                           'sub_chunks': False,
+                           'sub_chunks': True,
                            'swappable': True,
                            'rereads': True},
              'grad_q_0_bwd': {'grid': 'chunks',
@@ -195,7 +195,7 @@ def private_index(offs, align: tl.constexpr, anchor, ON_GPU: tl.constexpr):
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_fwd_kernel(
-    w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, starts_w1_ptr,
+    w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, starts_w1_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
@@ -222,6 +222,7 @@ def chunk_state_fwd_kernel(
     w1 = tl.load(w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    slot = pid  # this program's scratch memory
     c = 0
     while c * C < seq_len:
         tok = c * C
@@ -233,40 +234,52 @@ def chunk_state_fwd_kernel(
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
         tl.store(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(starts_w1_ptr.dtype.element_ty))
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v9 = tl.sum((v7), axis=1)
-        v10 = (v9 / (D))
-        v11 = (v7 - v10[:, None])
-        v12 = (v11 * v11)
-        v13 = tl.sum((v12), axis=1)
-        v14 = (v13 / (D))
-        v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-        v17 = v15  # a running sum
-        v16 = k
-        v17 = v17 + v16
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v18 = (v17 - v)  # inner gradient signal g = dl/dy
-        v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v24 = v19  # a running sum
-        v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v21 = tl.sum((v20), axis=1)
-        v22 = (v21 / (D))
-        v23 = (2.0 * v11 * v22[:, None])
-        v24 = v24 + v23
-        v25 = ((-1.0) * v24)
-        v26 = tl.sum((v25), axis=1)
-        v27 = (v26 / (D))
-        v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v36 = v28
-        v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v33 = gate_eta
-        v34 = (v32 * v33)
-        v37 = (v36 * v34[:, None])
-        v35 = k
-        v38 = tl.dot(tl.trans(v37).to(DOT_DTYPE), v35.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v39 = (w1 - v38)  # layer 1 end state
+        v4 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        tok_scratch = scratch_ptr + slot * (1 * C)  # token vectors read by sub-chunks
+        tl.store(tok_scratch + 0 * C + offs_s, v4)
+        tl.debug_barrier()  # other threads read them by sub-chunks
+        acc_0 = w1  # the end state's terms besides the sums
+        for tb in range(0, C, BC):  # the chunk's tokens, a sub-chunk at a time
+            sub_t = tb + tl.arange(0, BC)
+            sub_s = tb + tl.arange(0, BC)
+            sub_u = tb + tl.arange(0, BC)
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_i[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+            r2 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            r3 = tl.sum((r2), axis=1)
+            r5 = (r3 / (D))
+            r6 = (r2 - r5[:, None])
+            r7 = (r6 * r6)
+            r8 = tl.sum((r7), axis=1)
+            r9 = (r8 / (D))
+            r12 = (ln_bias[None, :] + (r6 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + r9[:, None]))))))
+            r14 = r12  # a running sum
+            r13 = k
+            r14 = r14 + r13
+            v = tl.load(v_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_o[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+            r16 = (r14 - v)  # inner gradient signal g = dl/dy
+            r17 = (ln_weight[None, :] * r16 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + r9[:, None])))))
+            r22 = r17  # a running sum
+            r18 = ((-0.5) * r6 * ln_weight[None, :] * r16 / (((tl.full((), 1e-05, DTYPE) + r9[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r9[:, None])))))
+            r19 = tl.sum((r18), axis=1)
+            r20 = (r19 / (D))
+            r21 = (2.0 * r6 * r20[:, None])
+            r22 = r22 + r21
+            r23 = ((-1.0) * r22)
+            r24 = tl.sum((r23), axis=1)
+            r25 = (r24 / (D))
+            r26 = (r22 + r25[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            r27 = r26
+            blk_0 = tl.load(tok_scratch + 0 * C + sub_s)
+            gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + sub_t), mask=(sub_t < nv), other=1.0)
+            r30 = gate_eta
+            r31 = (blk_0 * r30)
+            r32 = (r27 * r31[:, None])
+            r33 = k
+            r34 = tl.dot(tl.trans(r32).to(DOT_DTYPE), r33.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            acc_0 -= r34
+        tl.debug_barrier()  # every sub-chunk read its vectors before the next chunk writes them
+        out_0 = acc_0
+        v39 = out_0
         w1 = v39
         c += 1
     tl.store(final_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
@@ -485,7 +498,7 @@ def chunk_local_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_bwd_kernel(
-    starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
+    starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
@@ -512,6 +525,7 @@ def chunk_state_bwd_kernel(
     carry_w1 = tl.load(d_final_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    slot = pid  # this program's scratch memory
     c = tl.cdiv(seq_len, C) - 1
     while c >= 0:
         tok = c * C
@@ -523,67 +537,79 @@ def chunk_state_bwd_kernel(
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
         tl.store(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(carries_w1_ptr.dtype.element_ty))
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v22 = k
-        v19 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v20 = gate_eta
-        v21 = (v19 * v20)
-        v26 = (v22 * v21[:, None])
+        v4 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         d_new_w1 = carry_w1
-        v25 = ((-1.0) * d_new_w1)
-        v27 = tl.dot(v26.to(DOT_DTYPE), tl.trans(v25).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-        v30 = (v27 + local_3)
-        v31 = v30
-        v33 = tl.sum((v31), axis=1)
-        v34 = (v33 / (D))
-        v35 = ((-1.0) * v34)
-        v36 = (v31 + v35[:, None])
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-        v38 = (2.0 * local_0 * v36)
-        v39 = tl.sum((v38), axis=1)
-        v40 = (v39 / (D))
-        v9 = (local_0 * local_0)
-        v10 = tl.sum((v9), axis=1)
-        v11 = (v10 / (D))
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-        v42 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v40[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * (tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v43 = tl.sum((v42), axis=1)
-        v44 = ((-0.5) * local_0 * ln_weight[None, :] * v40[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v48 = v44  # a running sum
-        v47 = (ln_weight[None, :] * v36 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v48 = v48 + v47
-        v50 = ((-0.5) * local_0 * ln_weight[None, :] * v48 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v51 = tl.sum((v50), axis=1)
-        v45 = ((-0.5) * ln_weight[None, :] * local_1 * v36 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v46 = tl.sum((v45), axis=1)
-        v52 = (v43 + v46 + v51)
-        v53 = (v52 / (D))
-        v54 = (2.0 * local_0 * v53[:, None])
-        v55 = v54  # a running sum
-        v13 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v14 = tl.sum((v13), axis=1)
-        v15 = (v14 / (D))
-        v37 = (2.0 * v15[:, None] * v36)
-        v55 = v55 + v37
-        v49 = (ln_weight[None, :] * v48 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v55 = v55 + v49
-        v41 = ((-0.5) * ln_weight[None, :] * local_1 * v40[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v55 = v55 + v41
-        v56 = ((-1.0) * v55)
-        v57 = tl.sum((v56), axis=1)
-        v58 = (v57 / (D))
-        v59 = (v55 + v58[:, None])
-        if REREAD_INPUTS:  # loaded again, not held since its last reader
-            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(offs_t, C, tok, ON_GPU) < nv)[:, None], other=0.0)
-        v60 = (tl.dot(tl.trans(v59).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-        v61 = v60  # a running sum
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-        v32 = (tl.dot(tl.trans(local_2).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), local_2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-        v61 = v61 + v32
-        v61 = v61 + d_new_w1
+        v5 = ((-1.0) * d_new_w1)
+        blk_1 = v5
+        tok_scratch = scratch_ptr + slot * (1 * C)  # token vectors read by sub-chunks
+        tl.store(tok_scratch + 0 * C + offs_s, v4)
+        tl.debug_barrier()  # other threads read them by sub-chunks
+        acc_0 = d_new_w1  # the end state's terms besides the sums
+        for tb in range(0, C, BC):  # the chunk's tokens, a sub-chunk at a time
+            sub_t = tb + tl.arange(0, BC)
+            sub_s = tb + tl.arange(0, BC)
+            sub_u = tb + tl.arange(0, BC)
+            q = tl.load(q_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_i[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+            local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+            r2 = (tl.dot(tl.trans(local_2).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), local_2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_i[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+            r14 = k
+            blk_0 = tl.load(tok_scratch + 0 * C + sub_s)
+            gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + sub_t), mask=(sub_t < nv), other=1.0)
+            r17 = gate_eta
+            r18 = (blk_0 * r17)
+            r19 = (r14 * r18[:, None])
+            r21 = tl.dot(r19.to(DOT_DTYPE), tl.trans(blk_1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + sub_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+            r23 = (r21 + local_3)
+            r24 = r23
+            r25 = tl.sum((r24), axis=1)
+            r26 = (r25 / (D))
+            r27 = ((-1.0) * r26)
+            r28 = (r24 + r27[:, None])
+            local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+            r30 = (2.0 * local_0 * r28)
+            r31 = tl.sum((r30), axis=1)
+            r32 = (r31 / (D))
+            r6 = (local_0 * local_0)
+            r7 = tl.sum((r6), axis=1)
+            r8 = (r7 / (D))
+            local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+            r38 = (0.75 * local_0 * ln_weight[None, :] * local_1 * r32[:, None] / (((tl.full((), 1e-05, DTYPE) + r8[:, None]) * (tl.full((), 1e-05, DTYPE) + r8[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r8[:, None])))))
+            r39 = tl.sum((r38), axis=1)
+            r34 = ((-0.5) * local_0 * ln_weight[None, :] * r32[:, None] / (((tl.full((), 1e-05, DTYPE) + r8[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r8[:, None])))))
+            r36 = r34  # a running sum
+            r35 = (ln_weight[None, :] * r28 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + r8[:, None])))))
+            r36 = r36 + r35
+            r42 = ((-0.5) * local_0 * ln_weight[None, :] * r36 / (((tl.full((), 1e-05, DTYPE) + r8[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r8[:, None])))))
+            r43 = tl.sum((r42), axis=1)
+            r40 = ((-0.5) * ln_weight[None, :] * local_1 * r28 / (((tl.full((), 1e-05, DTYPE) + r8[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r8[:, None])))))
+            r41 = tl.sum((r40), axis=1)
+            r44 = (r39 + r41 + r43)
+            r45 = (r44 / (D))
+            r46 = (2.0 * local_0 * r45[:, None])
+            r47 = r46  # a running sum
+            r11 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + r8[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r8[:, None])))))
+            r12 = tl.sum((r11), axis=1)
+            r13 = (r12 / (D))
+            r29 = (2.0 * r13[:, None] * r28)
+            r47 = r47 + r29
+            r37 = (ln_weight[None, :] * r36 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + r8[:, None])))))
+            r47 = r47 + r37
+            r33 = ((-0.5) * ln_weight[None, :] * local_1 * r32[:, None] / (((tl.full((), 1e-05, DTYPE) + r8[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r8[:, None])))))
+            r47 = r47 + r33
+            r48 = ((-1.0) * r47)
+            r49 = tl.sum((r48), axis=1)
+            r50 = (r49 / (D))
+            r51 = (r47 + r50[:, None])
+            if REREAD_INPUTS:  # loaded again, not held since its last reader
+                k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(sub_t, BC, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(private_index(sub_t, BC, tok, ON_GPU) < nv)[:, None], other=0.0)
+            r52 = (tl.dot(tl.trans(r51).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), r51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+            acc_0 += r2
+            acc_0 += r52
+        tl.debug_barrier()  # every sub-chunk read its vectors before the next chunk writes them
+        out_0 = acc_0
+        v61 = out_0
         carry_w1 = v61
         c += -1
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
