@@ -7,9 +7,10 @@ state the work is per token, though: every (C, D) tile is made row by row from t
 tokens meet only in the products that sum over the chunk (Σ_t g_tᵀ k_t). So the chunk runs in sub-chunks: each
 sub-chunk's rows are made from its own inputs' rows, and the products over its tokens are added into one
 accumulator. Each (C, D) tile is then a (BC, D) one, BC = 16 on a GPU: both passes compile without spills at
-sm_90a, D = 64 and 128 (bench/README.md, "TTT-Linear's state passes by sub-chunks"). BC is the launcher's sub-chunk,
-as for the channel-decay products (mirasc.backends.triton.sub_chunk; 4 on the interpreter, so that a test's chunk of
-16 runs four sub-chunks).
+sm_90a, D = 64 and 128, with the spill guard's configs (the backward pass's default spills 16 B at D = 128; at sm_80
+they still spill, less than whole: bench/README.md, "TTT-Linear's state passes by sub-chunks"). BC is the launcher's
+sub-chunk, as for the channel-decay products (mirasc.backends.triton.sub_chunk; 4 on the interpreter, so that a
+test's chunk of 16 runs four sub-chunks).
 
 The chunk's program is cut in three (`_Plan`):
 
