@@ -1,4 +1,5 @@
-"""A state pass that holds its state in registers, made a sub-chunk of BC tokens at a time ("token blocks").
+"""A chunk's program made a sub-chunk of BC tokens at a time ("token blocks"): a state pass that holds its state in
+registers, and a gradient term, where their work is per token.
 
 TTT-Linear's state passes cannot split the value axis (its LayerNorm sums over it), so each program holds the whole
 (D, D) state and every (C, D) tile of the chunk's inner-loss gradient: at D = 128 they spilled 672 and 1,896 B a
@@ -10,7 +11,12 @@ accumulator. Each (C, D) tile is then a (BC, D) one, BC = 16 on a GPU: both pass
 sm_90a, D = 64 and 128, with the spill guard's configs (the backward pass's default spills 16 B at D = 128; at sm_80
 they still spill, less than whole: bench/README.md, "TTT-Linear's state passes by sub-chunks"). BC is the launcher's
 sub-chunk, as for the channel-decay products (mirasc.backends.triton.sub_chunk; 4 on the interpreter, so that a
-test's chunk of 16 runs four sub-chunks).
+test's chunk of 16 runs four sub-chunks). A gradient term of the same kind (TTT-Linear's LayerNorm terms, a (C, D)
+token tile made per token) is made and stored a sub-chunk at a time the same way: its third key-gradient term
+spilled 80 B at sm_90a, D = 128 and 208 at sm_80 with the guard's best configs whole, none by sub-chunks. There an
+input the kernel loads from memory without a token axis (the state's adjoint) and what is made from it elementwise
+(-ΔW) are made inside the loop, where the products over the head axis take them by blocks, rather than held
+through it.
 
 The chunk's program is cut in three (`_Plan`):
 
@@ -21,8 +27,9 @@ The chunk's program is cut in three (`_Plan`):
           product of two rows, added up across the sub-chunks;
   after   what the sums make (the end state, the adjoint entering the chunk).
 
-A program it does not fit (a value mixing the rows of two tokens, a row the outputs or the `after` part read)
-keeps the whole chunk (`token_blocked_body` returns None).
+An output that is a row (a gradient term) is stored in the loop, a sub-chunk at a time. A program it does not fit (a
+value mixing the rows of two tokens, a row the `after` part or an output the loop does not store reads) keeps the
+whole chunk (`token_blocked_body` returns None).
 """
 
 from __future__ import annotations
@@ -54,9 +61,9 @@ def _tokens(v: Value) -> set[str]:
 
 def _row_op(v: Value, row_args: list[Value]) -> bool:
     """Whether v, which reads the rows `row_args`, is made token by token: one token axis, shared by those rows."""
-    (axis,) = _tokens(v) or {None}
-    if axis is None or len(_tokens(v)) != 1 or isinstance(v.op, (ir.Cumsum, ir.LogSumExp, ir.TriInverse)):
+    if len(_tokens(v)) != 1 or isinstance(v.op, (ir.Cumsum, ir.LogSumExp, ir.TriInverse)):
         return False
+    (axis,) = _tokens(v)
     if isinstance(v.op, ir.Rename):
         return True  # a row relabelled (t -> s) is the same row
     return all(_tokens(a) == {axis} for a in row_args) and all(len(_tokens(a)) <= 1 for a in v.args)
@@ -71,8 +78,9 @@ def _token_sum(v: Value, row_args: list[Value]) -> bool:
     return len(axes) == 1 and len(next(iter(axes))) == 1 and all(a.id in rows or not _tokens(a) for a in v.args)
 
 
-def plan(graph: Graph) -> _Plan | None:
-    """The cut of a state pass's program (module doc), or None where it does not fit."""
+def plan(graph: Graph, stored: frozenset[str] = frozenset()) -> _Plan | None:
+    """The cut of a chunk's program (module doc), or None where it does not fit. `stored`: the outputs the loop may
+    store a sub-chunk at a time, which may be rows."""
     p = _Plan()
     sums: set[int] = set()
     for v in graph.values:
@@ -97,7 +105,10 @@ def plan(graph: Graph) -> _Plan | None:
             p.rows.add(v.id)
         else:
             return None
-    if not p.sums or any(v.id in p.rows or _tokens(v) for v in graph.outputs.values()):
+    row_outputs = {n for n, v in graph.outputs.items() if v.id in p.rows}
+    if not (p.sums or row_outputs) or not row_outputs <= stored:
+        return None
+    if any(_tokens(v) and v.id not in p.rows for v in graph.outputs.values()):
         return None
     return p
 
@@ -124,8 +135,8 @@ class _Cut:
     """The three graphs of a plan, each value of the program mapped into the graph that makes it; a value one graph
     makes and a later one reads crosses as an input of a name of its own."""
 
-    def __init__(self, graph: Graph, p: _Plan):
-        self.graph, self.plan = graph, p
+    def __init__(self, graph: Graph, p: _Plan, loads: dict[str, str]):
+        self.graph, self.plan, self.loads = graph, p, loads
         self.before, self.rows, self.after = Graph(), Graph(), Graph()
         self.crossing: dict[int, str] = {}  # value id -> the name it crosses as
         self.mapped: dict[tuple[int, int], Value] = {}  # (graph id, value id) -> value there
@@ -141,7 +152,7 @@ class _Cut:
             return self.mapped[key]
         if isinstance(v.op, ir.Input) and self.part_of(v) is into:
             made = into.inputs.get(v.op.name) or into.input(v.op.name, v.axes, v.batched)
-        elif isinstance(v.op, _ARGLESS) or self.part_of(v) is into:
+        elif isinstance(v.op, _ARGLESS) or self.part_of(v) is into or (into is self.rows and self.remade(v)):
             made = into._add(v.op, tuple(self.add(a, into) for a in v.args), v.axes, v.batched, v.hint)
         else:  # made in an earlier graph: read here by its crossing name
             if isinstance(v.op, ir.Input):
@@ -151,6 +162,15 @@ class _Cut:
                 made = into.inputs.get(cross) or into.input(cross, v.axes, v.batched)
         self.mapped[key] = made
         return made
+
+    def remade(self, v: Value) -> bool:
+        """Whether the loop makes v again from inputs it loads (-ΔW from the adjoint's rows) rather than holding it
+        through every sub-chunk: there the products over the head axis take it by blocks (mirasc.kernel_body,
+        "head-axis blocks"). An input the kernel holds in registers (a state pass's state) is not reloaded."""
+        if isinstance(v.op, ir.Input):
+            return self.loads.get(v.op.name, "").startswith("tl.load(")
+        return (isinstance(v.op, (ir.Elementwise, ir.Rename)) and not _tokens(v)
+                and all(isinstance(a.op, _ARGLESS) or self.remade(a) for a in v.args))
 
 
 def _adder(graph: Graph, p: _Plan) -> tuple[Value, dict[int, int]] | None:
@@ -175,14 +195,17 @@ def _adder(graph: Graph, p: _Plan) -> tuple[Value, dict[int, int]] | None:
     return u, {a.id: terms[j] for j, a in enumerate(u.args) if a.id in ids}
 
 
-def token_blocked_body(graph: Graph, loads: dict[str, str], emit) -> Body | None:
-    """The lines of a state pass's chunk made a sub-chunk of BC tokens at a time (module doc), or None where the
-    program does not fit. emit(graph, loads) -> Body: the kernel's own body maker, for each of the three parts. The
-    outputs end in the variables `name(graph.outputs[n])`, as the caller of a plain body reads them."""
-    p = plan(graph)
+def token_blocked_body(graph: Graph, loads: dict[str, str], emit, stores: dict[str, str] | None = None) -> Body | None:
+    """The lines of a chunk made a sub-chunk of BC tokens at a time (module doc), or None where the program does not
+    fit. emit(graph, loads) -> Body: the kernel's own body maker, for each of the three parts. stores: the store of
+    an output (a token tile: a gradient term) that the loop makes a sub-chunk at a time (named in the result's
+    `stored`). The other outputs end in the variables `name(graph.outputs[n])`, as the caller of a plain body reads
+    them."""
+    stores = stores or {}
+    p = plan(graph, frozenset(stores))
     if p is None:
         return None
-    cut = _Cut(graph, p)
+    cut = _Cut(graph, p, loads)
     adder = _adder(graph, p)
     accumulators = ["acc_0"] if adder else [f"acc_{j}" for j in range(len(p.sums))]
     signs = adder[1] if adder else {s.id: 1 for s in p.sums}
@@ -190,8 +213,10 @@ def token_blocked_body(graph: Graph, loads: dict[str, str], emit) -> Body | None
     after_in = [adder[0]] if adder else p.sums
     for j, v in enumerate(after_in):
         cut.mapped[(id(cut.after), v.id)] = cut.after.input(accumulators[j], v.axes, v.batched)
+    row_outputs = {n: v for n, v in graph.outputs.items() if v.id in p.rows}
     cut.rows.outputs = {f"sum_{j}": cut.add(s, cut.rows) for j, s in enumerate(p.sums)}
-    cut.after.outputs = {n: cut.add(v, cut.after) for n, v in graph.outputs.items()}
+    cut.rows.outputs.update({f"row_{n}": cut.add(v, cut.rows) for n, v in row_outputs.items()})
+    cut.after.outputs = {n: cut.add(v, cut.after) for n, v in graph.outputs.items() if n not in row_outputs}
     staged = [vid for vid, n in cut.crossing.items() if (id(cut.rows), vid) in cut.mapped
               and _tokens(graph.values[vid])]
     start = None
@@ -206,7 +231,8 @@ def token_blocked_body(graph: Graph, loads: dict[str, str], emit) -> Body | None
     cut.before.outputs = {n: cut.add(graph.values[vid], cut.before) for vid, n in list(cut.crossing.items())}
     if start is not None:
         cut.before.outputs["acc_start"] = start
-    return _lines(cut, p, loads, emit, accumulators, signs, slot_of, staged, start is not None)
+    row_stores = {n: stores[n].replace(f"{name(v)}.to(", f"{{{n}}}.to(") for n, v in row_outputs.items()}
+    return _lines(cut, p, loads, emit, accumulators, signs, slot_of, staged, start is not None, row_stores)
 
 
 def _in_sub_chunk(line: str) -> str:
@@ -231,10 +257,11 @@ class _TokenShapes:
 
 
 def _lines(cut: _Cut, p: _Plan, loads: dict[str, str], emit, accumulators: list[str], signs: dict[int, int],
-           slot_of: dict[int, str], staged: list[int], started: bool) -> Body | None:
+           slot_of: dict[int, str], staged: list[int], started: bool, row_stores: dict[str, str]) -> Body | None:
     """The three parts' lines around the sub-chunk loop (`token_blocked_body`): `accumulators` the sums' tiles,
     `signs` and `slot_of` each sum's sign and tile, `staged` the vectors read by sub-chunks, `started` whether the
-    one accumulator starts from the other terms of the value adding the sums (`acc_start`)."""
+    one accumulator starts from the other terms of the value adding the sums (`acc_start`), `row_stores` the stores
+    of the outputs made in the loop ({n} standing for the tile)."""
     graph = cut.graph
     first = emit(cut.before, loads)
     stage = {cut.crossing[vid]: (f"tok_scratch + {k} * C", next(iter(_tokens(graph.values[vid]))))
@@ -261,12 +288,14 @@ def _lines(cut: _Cut, p: _Plan, loads: dict[str, str], emit, accumulators: list[
     for j, s in enumerate(p.sums):
         op = "+=" if signs[s.id] > 0 else "-="
         lines.append(f"    {slot_of[s.id]} {op} {_in_sub_chunk(name(cut.rows.outputs[f'sum_{j}']))}")
+    for n, line in row_stores.items():
+        lines.append("    " + _in_sub_chunk(line.replace(f"{{{n}}}.to(", f"{name(cut.rows.outputs[f'row_{n}'])}.to(")))
     if stage:
         lines.append("tl.debug_barrier()  # every sub-chunk read its vectors before the next chunk writes them")
     lines += last.lines
-    renamed = [(name(v), name(cut.after.outputs[n])) for n, v in graph.outputs.items()]
+    renamed = [(name(v), name(cut.after.outputs[n])) for n, v in graph.outputs.items() if n not in row_stores]
     renamed = [(old, new) for old, new in renamed if old != new]
     lines += [f"out_{j} = {new}" for j, (_, new) in enumerate(renamed)]  # (one output's name may be another's)
     lines += [f"{old} = out_{j}" for j, (old, _) in enumerate(renamed)]
     scratch = [tuple(_tokens(graph.values[vid])) for vid in staged]
-    return Body(lines, scratch, max(first.tiles, rows.tiles, last.tiles), True)
+    return Body(lines, scratch, max(first.tiles, rows.tiles, last.tiles), True, frozenset(row_stores))

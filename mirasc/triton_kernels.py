@@ -432,6 +432,19 @@ def _local_values(a: _Assembler) -> Kernel:
                       "next chunk", made, loads, args, listed=True, sources=a.starts)
 
 
+def _gradient_term(a: _Assembler, part: Graph, loads: dict[str, str], sources: dict | None, grad: str,
+                   blocks: str) -> Body:
+    """One gradient term's lines: a sub-chunk of tokens at a time where its work is per token and its kernel holds
+    whole value rows (mirasc.token_blocks; TTT-Linear's LayerNorm terms), else the whole chunk."""
+    def emit(graph: Graph, graph_loads: dict[str, str]) -> Body:
+        return a.body(graph, graph_loads, sources, reload_locals=True)
+
+    blocked = None
+    if not a.hidden and blocks == "none":
+        blocked = token_blocked_body(part, loads, emit, {"term": grad})
+    return blocked or a.body(part, loads, sources, reload_locals=True, block_stores={"term": grad})
+
+
 def _gradients(a: _Assembler) -> list[Kernel]:
     states, rest, token, axes = a.io.states, a.io.rest, a.io.token, a.io.axes
     bwd = a.backward
@@ -455,12 +468,12 @@ def _gradients(a: _Assembler) -> list[Kernel]:
             ptr = "grad_block_ptr"
             grad = (store(ptr, axes[n], "", g, token=True, private=a.hidden) if token[n]
                     else store(ptr, axes[n], a.at, g, mask="nv > 0"))
-            b = a.body(part, loads, sources, reload_locals=True, block_stores={"term": grad})
-            args = ([f"starts_{s}_ptr" for s in states] + [f"carries_{s}_ptr" for s in states] + a.rest_args +
-                    [f"{k}_ptr" for k in a.kept] + a.local_args + ["d_out_ptr", f"grad_{n}_ptr", "grad_block_stride"])
             kinds = None if a.hidden else value_kinds(part)
             blocks = "none" if kinds is None else kinds[part.outputs["term"].id]
             blocks = "none" if blocks == "whole" else blocks
+            b = _gradient_term(a, part, loads, sources, grad, blocks)
+            args = ([f"starts_{s}_ptr" for s in states] + [f"carries_{s}_ptr" for s in states] + a.rest_args +
+                    [f"{k}_ptr" for k in a.kept] + a.local_args + ["d_out_ptr", f"grad_{n}_ptr", "grad_block_stride"])
             prologue = a.static_loads + [f"grad_block_ptr = grad_{n}_ptr + tl.program_id(2) * grad_block_stride"]
             out.append(Kernel(f"chunk_grad_{n}_{j}_bwd_kernel", f"term {j} of the gradient of one chunk's "
                               f"`{n}`", "chunk", args + (["scratch_ptr"] if b.scratch else []),

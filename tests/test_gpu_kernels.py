@@ -257,8 +257,9 @@ def test_ttt_linear_state_passes_run_by_sub_chunks_without_spills():
     """TTT-Linear's state passes hold the whole (D, D) state (its LayerNorm sums over the value axis, so the value
     axis is not split among programs) and made the chunk's (C, D) tiles whole: at sm_90a, D = 64 the backward pass
     spilled 224 B a thread with its default config (32 with the spill guard's best). Made a sub-chunk of BC tokens
-    at a time (mirasc.token_blocks), both passes compile without spills with their default configs, on tensor cores;
-    the other kernels keep whole chunks."""
+    at a time (mirasc.token_blocks), both passes compile without spills with their default configs, on tensor cores.
+    So do its gradient terms whose work is per token (the third key-gradient term at D = 128: 80 B whole with the
+    guard's best); the outputs and local_bwd kernels, which mix the chunk's tokens, keep whole chunks."""
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
     from mirasc.aot import aot_report, generated_description
     from mirasc.codegen import generate_triton
@@ -266,12 +267,17 @@ def test_ttt_linear_state_passes_run_by_sub_chunks_without_spills():
 
     source = generate_triton(load(model_path("ttt_linear")))
     jobs = generated_description(source)["kernels"]
-    assert {job for job, info in jobs.items() if info["sub_chunks"]} == {"state_fwd", "state_bwd"}
-    for job in ("state_fwd", "state_bwd"):
+    by_sub_chunks = {job for job, info in jobs.items() if info["sub_chunks"]}
+    assert {"state_fwd", "state_bwd", "grad_k_2_bwd"} <= by_sub_chunks and not {"out_fwd", "local_bwd"} & by_sub_chunks
+    for job in by_sub_chunks:
         body = source[source.index(f"def chunk_{job}_kernel("):].split("@triton.jit")[0]
-        assert body.count("for tb in range(0, C, BC):") == 1 and "acc_0 " in body, body
+        assert body.count("for tb in range(0, C, BC):") == 1, body
+    for job in ("state_fwd", "state_bwd"):
+        assert "acc_0 " in source[source.index(f"def chunk_{job}_kernel("):].split("@triton.jit")[0]
     rows = aot_report("ttt_linear", chunk_size=64, head_dim=64, timeout=240, spill_guard=False,
                       only=["chunk_state_fwd_kernel", "chunk_state_bwd_kernel"])
+    rows += aot_report("ttt_linear", chunk_size=64, head_dim=128, timeout=240, spill_guard=False,
+                       only=["chunk_grad_k_2_bwd_kernel"])
     for row in rows:
         assert row.ok and row.sub_chunk == 16 and row.stack == 0 and row.mma > 0, (row.kernel, row.stack, row.error)
 
@@ -279,7 +285,7 @@ def test_ttt_linear_state_passes_run_by_sub_chunks_without_spills():
 def test_token_blocks_take_only_per_token_work():
     """mirasc.token_blocks cuts a state pass into the values before the sub-chunk loop, the rows made per token
     and the sums over the chunk's tokens; a row that mixes tokens (a running sum along the chunk) leaves the chunk
-    whole, and so does an output with a token axis."""
+    whole, and so does an output with a token axis unless the loop may store it a sub-chunk at a time."""
     from mirasc.token_blocks import plan
 
     def program(mix: bool, row_output: bool = False) -> ir.Graph:
@@ -296,6 +302,8 @@ def test_token_blocks_take_only_per_token_work():
     assert cut is not None and len(cut.sums) == 1 and cut.sums[0].axes == ("o", "i")
     assert plan(program(mix=True)) is None
     assert plan(program(mix=False, row_output=True)) is None
+    assert plan(program(mix=False, row_output=True), frozenset({"err"})) is not None
+    assert plan(program(mix=True, row_output=True), frozenset({"err"})) is None
 
 
 def test_the_spill_guard_loads_input_tiles_again_after_the_loops():

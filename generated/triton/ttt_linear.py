@@ -64,7 +64,7 @@ DESCRIPTION = {'spec': 'ttt_linear',
                               'scratch': [],
                               'value_blocks': 'none',
                               'tiles': 2.0,
-                              'sub_chunks': False,
+                              'sub_chunks': True,
                               'swappable': False,
                               'rereads': False},
              'grad_q_1_bwd': {'grid': 'chunks',
@@ -89,38 +89,38 @@ DESCRIPTION = {'spec': 'ttt_linear',
                               'swappable': True,
                               'rereads': False},
              'grad_k_1_bwd': {'grid': 'chunks',
-                              'scratch': [],
+                              'scratch': [['s']],
                               'value_blocks': 'none',
                               'tiles': 3.0,
-                              'sub_chunks': False,
+                              'sub_chunks': True,
                               'swappable': False,
                               'rereads': False},
              'grad_k_2_bwd': {'grid': 'chunks',
-                              'scratch': [],
+                              'scratch': [['s']],
                               'value_blocks': 'none',
                               'tiles': 6.0,
-                              'sub_chunks': False,
+                              'sub_chunks': True,
                               'swappable': True,
                               'rereads': False},
              'grad_v_0_bwd': {'grid': 'chunks',
-                              'scratch': [],
+                              'scratch': [['s']],
                               'value_blocks': 'none',
                               'tiles': 3.0,
-                              'sub_chunks': False,
+                              'sub_chunks': True,
                               'swappable': False,
                               'rereads': False},
              'grad_v_1_bwd': {'grid': 'chunks',
-                              'scratch': [],
+                              'scratch': [['s']],
                               'value_blocks': 'none',
                               'tiles': 3.0,
-                              'sub_chunks': False,
+                              'sub_chunks': True,
                               'swappable': False,
                               'rereads': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
-                                     'scratch': [],
+                                     'scratch': [['s']],
                                      'value_blocks': 'none',
                                      'tiles': 3.0,
-                                     'sub_chunks': False,
+                                     'sub_chunks': True,
                                      'swappable': False,
                                      'rereads': False},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
@@ -138,24 +138,24 @@ DESCRIPTION = {'spec': 'ttt_linear',
                                       'swappable': False,
                                       'rereads': False},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
-                                      'scratch': [],
+                                      'scratch': [['s']],
                                       'value_blocks': 'none',
                                       'tiles': 3.0,
-                                      'sub_chunks': False,
+                                      'sub_chunks': True,
                                       'swappable': False,
                                       'rereads': False},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
-                                      'scratch': [],
+                                      'scratch': [['s']],
                                       'value_blocks': 'none',
                                       'tiles': 3.0,
-                                      'sub_chunks': False,
+                                      'sub_chunks': True,
                                       'swappable': False,
                                       'rereads': False},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
-                                      'scratch': [],
+                                      'scratch': [['s']],
                                       'value_blocks': 'none',
                                       'tiles': 4.0,
-                                      'sub_chunks': False,
+                                      'sub_chunks': True,
                                       'swappable': False,
                                       'rereads': True},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
@@ -166,10 +166,10 @@ DESCRIPTION = {'spec': 'ttt_linear',
                                     'swappable': False,
                                     'rereads': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
-                                    'scratch': [],
+                                    'scratch': [['s']],
                                     'value_blocks': 'none',
                                     'tiles': 3.0,
-                                    'sub_chunks': False,
+                                    'sub_chunks': True,
                                     'swappable': False,
                                     'rereads': False}},
  'stored': [],
@@ -649,9 +649,13 @@ def chunk_grad_q_0_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v11 = d_out
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v11.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    for tb in range(0, C, BC):  # the chunk's tokens, a sub-chunk at a time
+        sub_t = tb + tl.arange(0, BC)
+        sub_s = tb + tl.arange(0, BC)
+        sub_u = tb + tl.arange(0, BC)
+        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_o[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+        r1 = d_out
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_i[None, :], r1.to(grad_block_ptr.dtype.element_ty), mask=(sub_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_1_bwd_kernel(
@@ -830,7 +834,7 @@ def chunk_grad_k_0_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
@@ -863,42 +867,52 @@ def chunk_grad_k_1_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v17 = gate_eta
-    v18 = (v16 * v17)
-    v24 = tl.zeros((C, BV), DTYPE)
-    for kb in range(0, D, BK):  # the head axis, a block at a time
-        offs_k = kb + tl.arange(0, BK)
-        k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_k[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
-        v23 = (k_block * v18[:, None])
-        v22 = ((-1.0) * d_new_w1_block)
-        v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v27 = (v24 + local_3)
-    v28 = v27
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = ((-1.0) * v30)
-    v32 = (v28 + v31[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v33 = (2.0 * local_0 * v32)
-    v34 = tl.sum((v33), axis=1)
-    v35 = (v34 / (D))
-    v9 = (local_0 * local_0)
-    v10 = tl.sum((v9), axis=1)
-    v11 = (v10 / (D))
-    v36 = ((-0.5) * local_0 * ln_weight[None, :] * v35[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v38 = v36  # a running sum
-    v37 = (ln_weight[None, :] * v32 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v38 = v38 + v37
-    v39 = v38
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v39.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    v3 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tok_scratch = scratch_ptr + slot * (1 * C)  # token vectors read by sub-chunks
+    tl.store(tok_scratch + 0 * C + offs_s, v3)
+    tl.debug_barrier()  # other threads read them by sub-chunks
+    for tb in range(0, C, BC):  # the chunk's tokens, a sub-chunk at a time
+        sub_t = tb + tl.arange(0, BC)
+        sub_s = tb + tl.arange(0, BC)
+        sub_u = tb + tl.arange(0, BC)
+        blk_0 = tl.load(tok_scratch + 0 * C + sub_s)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + sub_t), mask=(sub_t < nv), other=1.0)
+        r10 = gate_eta
+        r11 = (blk_0 * r10)
+        r15 = tl.zeros((BC, BV), DTYPE)
+        for kb in range(0, D, BK):  # the head axis, a block at a time
+            offs_k = kb + tl.arange(0, BK)
+            k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_k[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+            d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
+            r12 = (k_block * r11[:, None])
+            r14 = ((-1.0) * d_new_w1_block)
+            r15 += tl.dot(r12.to(DOT_DTYPE), tl.trans(r14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + sub_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r17 = (r15 + local_3)
+        r18 = r17
+        r19 = tl.sum((r18), axis=1)
+        r20 = (r19 / (D))
+        r21 = ((-1.0) * r20)
+        r22 = (r18 + r21[:, None])
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r23 = (2.0 * local_0 * r22)
+        r24 = tl.sum((r23), axis=1)
+        r25 = (r24 / (D))
+        r1 = (local_0 * local_0)
+        r2 = tl.sum((r1), axis=1)
+        r4 = (r2 / (D))
+        r26 = ((-0.5) * local_0 * ln_weight[None, :] * r25[:, None] / (((tl.full((), 1e-05, DTYPE) + r4[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r4[:, None])))))
+        r28 = r26  # a running sum
+        r27 = (ln_weight[None, :] * r22 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + r4[:, None])))))
+        r28 = r28 + r27
+        r29 = r28
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_i[None, :], r29.to(grad_block_ptr.dtype.element_ty), mask=(sub_t < nv)[:, None])
+    tl.debug_barrier()  # every sub-chunk read its vectors before the next chunk writes them
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
@@ -931,67 +945,77 @@ def chunk_grad_k_2_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v19 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v20 = gate_eta
-    v21 = (v19 * v20)
-    v27 = tl.zeros((C, BV), DTYPE)
-    for kb in range(0, D, BK):  # the head axis, a block at a time
-        offs_k = kb + tl.arange(0, BK)
-        k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_k[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
-        v26 = (k_block * v21[:, None])
-        v25 = ((-1.0) * d_new_w1_block)
-        v27 += tl.dot(v26.to(DOT_DTYPE), tl.trans(v25).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v30 = (v27 + local_3)
-    v31 = v30
-    v32 = tl.sum((v31), axis=1)
-    v33 = (v32 / (D))
-    v34 = ((-1.0) * v33)
-    v35 = (v31 + v34[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v37 = (2.0 * local_0 * v35)
-    v38 = tl.sum((v37), axis=1)
-    v39 = (v38 / (D))
-    v9 = (local_0 * local_0)
-    v10 = tl.sum((v9), axis=1)
-    v11 = (v10 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v41 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v39[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * (tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v42 = tl.sum((v41), axis=1)
-    v43 = ((-0.5) * local_0 * ln_weight[None, :] * v39[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v47 = v43  # a running sum
-    v46 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v47 = v47 + v46
-    v49 = ((-0.5) * local_0 * ln_weight[None, :] * v47 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v50 = tl.sum((v49), axis=1)
-    v44 = ((-0.5) * ln_weight[None, :] * local_1 * v35 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v45 = tl.sum((v44), axis=1)
-    v51 = (v42 + v45 + v50)
-    v52 = (v51 / (D))
-    v53 = (2.0 * local_0 * v52[:, None])
-    v54 = v53  # a running sum
-    v13 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v14 = tl.sum((v13), axis=1)
-    v15 = (v14 / (D))
-    v36 = (2.0 * v15[:, None] * v35)
-    v54 = v54 + v36
-    v48 = (ln_weight[None, :] * v47 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v54 = v54 + v48
-    v40 = ((-0.5) * ln_weight[None, :] * local_1 * v39[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v54 = v54 + v40
-    v55 = ((-1.0) * v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v54 + v57[:, None])
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v59 = (tl.dot(v58.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v59.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    v3 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tok_scratch = scratch_ptr + slot * (1 * C)  # token vectors read by sub-chunks
+    tl.store(tok_scratch + 0 * C + offs_s, v3)
+    tl.debug_barrier()  # other threads read them by sub-chunks
+    for tb in range(0, C, BC):  # the chunk's tokens, a sub-chunk at a time
+        sub_t = tb + tl.arange(0, BC)
+        sub_s = tb + tl.arange(0, BC)
+        sub_u = tb + tl.arange(0, BC)
+        blk_0 = tl.load(tok_scratch + 0 * C + sub_s)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + sub_t), mask=(sub_t < nv), other=1.0)
+        r15 = gate_eta
+        r16 = (blk_0 * r15)
+        r20 = tl.zeros((BC, BV), DTYPE)
+        for kb in range(0, D, BK):  # the head axis, a block at a time
+            offs_k = kb + tl.arange(0, BK)
+            k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_k[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+            d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
+            r17 = (k_block * r16[:, None])
+            r19 = ((-1.0) * d_new_w1_block)
+            r20 += tl.dot(r17.to(DOT_DTYPE), tl.trans(r19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + sub_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r22 = (r20 + local_3)
+        r23 = r22
+        r24 = tl.sum((r23), axis=1)
+        r25 = (r24 / (D))
+        r26 = ((-1.0) * r25)
+        r27 = (r23 + r26[:, None])
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r29 = (2.0 * local_0 * r27)
+        r30 = tl.sum((r29), axis=1)
+        r31 = (r30 / (D))
+        r3 = (local_0 * local_0)
+        r4 = tl.sum((r3), axis=1)
+        r5 = (r4 / (D))
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r37 = (0.75 * local_0 * ln_weight[None, :] * local_1 * r31[:, None] / (((tl.full((), 1e-05, DTYPE) + r5[:, None]) * (tl.full((), 1e-05, DTYPE) + r5[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r5[:, None])))))
+        r38 = tl.sum((r37), axis=1)
+        r33 = ((-0.5) * local_0 * ln_weight[None, :] * r31[:, None] / (((tl.full((), 1e-05, DTYPE) + r5[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r5[:, None])))))
+        r35 = r33  # a running sum
+        r34 = (ln_weight[None, :] * r27 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + r5[:, None])))))
+        r35 = r35 + r34
+        r41 = ((-0.5) * local_0 * ln_weight[None, :] * r35 / (((tl.full((), 1e-05, DTYPE) + r5[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r5[:, None])))))
+        r42 = tl.sum((r41), axis=1)
+        r39 = ((-0.5) * ln_weight[None, :] * local_1 * r27 / (((tl.full((), 1e-05, DTYPE) + r5[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r5[:, None])))))
+        r40 = tl.sum((r39), axis=1)
+        r43 = (r38 + r40 + r42)
+        r44 = (r43 / (D))
+        r45 = (2.0 * local_0 * r44[:, None])
+        r46 = r45  # a running sum
+        r8 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + r5[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r5[:, None])))))
+        r9 = tl.sum((r8), axis=1)
+        r10 = (r9 / (D))
+        r28 = (2.0 * r10[:, None] * r27)
+        r46 = r46 + r28
+        r36 = (ln_weight[None, :] * r35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + r5[:, None])))))
+        r46 = r46 + r36
+        r32 = ((-0.5) * ln_weight[None, :] * local_1 * r31[:, None] / (((tl.full((), 1e-05, DTYPE) + r5[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r5[:, None])))))
+        r46 = r46 + r32
+        r47 = ((-1.0) * r46)
+        r48 = tl.sum((r47), axis=1)
+        r49 = (r48 / (D))
+        r50 = (r46 + r49[:, None])
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+        r51 = (tl.dot(r50.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(r50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_i[None, :], r51.to(grad_block_ptr.dtype.element_ty), mask=(sub_t < nv)[:, None])
+    tl.debug_barrier()  # every sub-chunk read its vectors before the next chunk writes them
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
@@ -1024,39 +1048,49 @@ def chunk_grad_v_0_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v17 = gate_eta
-    v18 = (v16 * v17)
-    v24 = tl.zeros((C, BV), DTYPE)
-    for kb in range(0, D, BK):  # the head axis, a block at a time
-        offs_k = kb + tl.arange(0, BK)
-        k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_k[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
-        v23 = (k_block * v18[:, None])
-        v22 = ((-1.0) * d_new_w1_block)
-        v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v27 = (v24 + local_3)
-    v28 = v27
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = ((-1.0) * v30)
-    v32 = (v28 + v31[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v33 = (2.0 * local_0 * v32)
-    v34 = tl.sum((v33), axis=1)
-    v35 = (v34 / (D))
-    v9 = (local_0 * local_0)
-    v10 = tl.sum((v9), axis=1)
-    v11 = (v10 / (D))
-    v36 = ((-0.5) * local_0 * ln_weight[None, :] * v35[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v37 = ((-1.0) * v36)
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v37.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    v3 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tok_scratch = scratch_ptr + slot * (1 * C)  # token vectors read by sub-chunks
+    tl.store(tok_scratch + 0 * C + offs_s, v3)
+    tl.debug_barrier()  # other threads read them by sub-chunks
+    for tb in range(0, C, BC):  # the chunk's tokens, a sub-chunk at a time
+        sub_t = tb + tl.arange(0, BC)
+        sub_s = tb + tl.arange(0, BC)
+        sub_u = tb + tl.arange(0, BC)
+        blk_0 = tl.load(tok_scratch + 0 * C + sub_s)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + sub_t), mask=(sub_t < nv), other=1.0)
+        r10 = gate_eta
+        r11 = (blk_0 * r10)
+        r15 = tl.zeros((BC, BV), DTYPE)
+        for kb in range(0, D, BK):  # the head axis, a block at a time
+            offs_k = kb + tl.arange(0, BK)
+            k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_k[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+            d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
+            r12 = (k_block * r11[:, None])
+            r14 = ((-1.0) * d_new_w1_block)
+            r15 += tl.dot(r12.to(DOT_DTYPE), tl.trans(r14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + sub_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r17 = (r15 + local_3)
+        r18 = r17
+        r19 = tl.sum((r18), axis=1)
+        r20 = (r19 / (D))
+        r21 = ((-1.0) * r20)
+        r22 = (r18 + r21[:, None])
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r23 = (2.0 * local_0 * r22)
+        r24 = tl.sum((r23), axis=1)
+        r25 = (r24 / (D))
+        r1 = (local_0 * local_0)
+        r2 = tl.sum((r1), axis=1)
+        r4 = (r2 / (D))
+        r26 = ((-0.5) * local_0 * ln_weight[None, :] * r25[:, None] / (((tl.full((), 1e-05, DTYPE) + r4[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r4[:, None])))))
+        r27 = ((-1.0) * r26)
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_o[None, :], r27.to(grad_block_ptr.dtype.element_ty), mask=(sub_t < nv)[:, None])
+    tl.debug_barrier()  # every sub-chunk read its vectors before the next chunk writes them
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
@@ -1089,36 +1123,46 @@ def chunk_grad_v_1_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v9 = (local_0 * local_0)
-    v10 = tl.sum((v9), axis=1)
-    v11 = (v10 / (D))
-    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v17 = gate_eta
-    v18 = (v16 * v17)
-    v24 = tl.zeros((C, BV), DTYPE)
-    for kb in range(0, D, BK):  # the head axis, a block at a time
-        offs_k = kb + tl.arange(0, BK)
-        k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_k[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
-        v23 = (k_block * v18[:, None])
-        v22 = ((-1.0) * d_new_w1_block)
-        v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v27 = (v24 + local_3)
-    v28 = v27
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = ((-1.0) * v30)
-    v32 = (v28 + v31[:, None])
-    v33 = (ln_weight[None, :] * v32 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v34 = ((-1.0) * v33)
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v34.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    v3 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tok_scratch = scratch_ptr + slot * (1 * C)  # token vectors read by sub-chunks
+    tl.store(tok_scratch + 0 * C + offs_s, v3)
+    tl.debug_barrier()  # other threads read them by sub-chunks
+    for tb in range(0, C, BC):  # the chunk's tokens, a sub-chunk at a time
+        sub_t = tb + tl.arange(0, BC)
+        sub_s = tb + tl.arange(0, BC)
+        sub_u = tb + tl.arange(0, BC)
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r1 = (local_0 * local_0)
+        r2 = tl.sum((r1), axis=1)
+        r4 = (r2 / (D))
+        blk_0 = tl.load(tok_scratch + 0 * C + sub_s)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + sub_t), mask=(sub_t < nv), other=1.0)
+        r10 = gate_eta
+        r11 = (blk_0 * r10)
+        r15 = tl.zeros((BC, BV), DTYPE)
+        for kb in range(0, D, BK):  # the head axis, a block at a time
+            offs_k = kb + tl.arange(0, BK)
+            k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_k[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+            d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
+            r12 = (k_block * r11[:, None])
+            r14 = ((-1.0) * d_new_w1_block)
+            r15 += tl.dot(r12.to(DOT_DTYPE), tl.trans(r14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + sub_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r17 = (r15 + local_3)
+        r18 = r17
+        r19 = tl.sum((r18), axis=1)
+        r20 = (r19 / (D))
+        r21 = ((-1.0) * r20)
+        r22 = (r18 + r21[:, None])
+        r23 = (ln_weight[None, :] * r22 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + r4[:, None])))))
+        r24 = ((-1.0) * r23)
+        tl.store(grad_block_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_o[None, :], r24.to(grad_block_ptr.dtype.element_ty), mask=(sub_t < nv)[:, None])
+    tl.debug_barrier()  # every sub-chunk read its vectors before the next chunk writes them
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
@@ -1151,34 +1195,44 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v9 = (local_0 * local_0)
-    v10 = tl.sum((v9), axis=1)
-    v11 = (v10 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v14 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
-    v17 = (2.0 * local_0 * v16[:, None])
-    v18 = v17  # a running sum
-    v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v18 = v18 + v13
-    v19 = ((-1.0) * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (v18 + v21[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v28 = v22
-    d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v31 = ((-1.0) * d_new_w1)
-    v32 = tl.dot(v28.to(DOT_DTYPE), v31.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v27 = k
-    v33 = (v27 * v32)
-    v34 = tl.sum((v33), axis=1)
-    v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v37 = (v26 * v34)
-    v38 = v37
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v38.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    v3 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tok_scratch = scratch_ptr + slot * (1 * C)  # token vectors read by sub-chunks
+    tl.store(tok_scratch + 0 * C + offs_s, v3)
+    tl.debug_barrier()  # other threads read them by sub-chunks
+    for tb in range(0, C, BC):  # the chunk's tokens, a sub-chunk at a time
+        sub_t = tb + tl.arange(0, BC)
+        sub_s = tb + tl.arange(0, BC)
+        sub_u = tb + tl.arange(0, BC)
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r4 = (local_0 * local_0)
+        r5 = tl.sum((r4), axis=1)
+        r7 = (r5 / (D))
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r11 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + r7[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r7[:, None])))))
+        r12 = tl.sum((r11), axis=1)
+        r13 = (r12 / (D))
+        r14 = (2.0 * local_0 * r13[:, None])
+        r15 = r14  # a running sum
+        r10 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + r7[:, None])))))
+        r15 = r15 + r10
+        r16 = ((-1.0) * r15)
+        r17 = tl.sum((r16), axis=1)
+        r18 = (r17 / (D))
+        r19 = (r15 + r18[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        r20 = r19
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+        r22 = ((-1.0) * d_new_w1)
+        r23 = tl.dot(r20.to(DOT_DTYPE), r22.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_i[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+        r2 = k
+        r24 = (r2 * r23)
+        r25 = tl.sum((r24), axis=1)
+        blk_0 = tl.load(tok_scratch + 0 * C + sub_s)
+        r26 = (blk_0 * r25)
+        r27 = r26
+        tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + sub_t), r27.to(grad_block_ptr.dtype.element_ty), mask=(sub_t < nv))
+    tl.debug_barrier()  # every sub-chunk read its vectors before the next chunk writes them
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_1_bwd_kernel(
@@ -1329,7 +1383,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
@@ -1362,40 +1416,54 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v17 = gate_eta
-    v18 = (v16 * v17)
-    v24 = tl.zeros((C, BV), DTYPE)
-    for kb in range(0, D, BK):  # the head axis, a block at a time
-        offs_k = kb + tl.arange(0, BK)
-        k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_k[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
-        v23 = (k_block * v18[:, None])
-        v22 = ((-1.0) * d_new_w1_block)
-        v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v27 = (v24 + local_3)
-    v28 = v27
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = ((-1.0) * v30)
-    v32 = (v28 + v31[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v33 = (2.0 * local_0 * v32)
-    v34 = tl.sum((v33), axis=1)
-    v35 = (v34 / (D))
-    v9 = (local_0 * local_0)
-    v10 = tl.sum((v9), axis=1)
-    v11 = (v10 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v36 = ((-0.5) * local_0 * local_1 * v35[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v37 = tl.sum((v36), axis=0)
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    v3 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tok_scratch = scratch_ptr + slot * (1 * C)  # token vectors read by sub-chunks
+    tl.store(tok_scratch + 0 * C + offs_s, v3)
+    tl.debug_barrier()  # other threads read them by sub-chunks
+    acc_0 = tl.zeros((BV,), dtype=DTYPE)
+    for tb in range(0, C, BC):  # the chunk's tokens, a sub-chunk at a time
+        sub_t = tb + tl.arange(0, BC)
+        sub_s = tb + tl.arange(0, BC)
+        sub_u = tb + tl.arange(0, BC)
+        blk_0 = tl.load(tok_scratch + 0 * C + sub_s)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + sub_t), mask=(sub_t < nv), other=1.0)
+        r10 = gate_eta
+        r11 = (blk_0 * r10)
+        r15 = tl.zeros((BC, BV), DTYPE)
+        for kb in range(0, D, BK):  # the head axis, a block at a time
+            offs_k = kb + tl.arange(0, BK)
+            k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_k[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+            d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
+            r12 = (k_block * r11[:, None])
+            r14 = ((-1.0) * d_new_w1_block)
+            r15 += tl.dot(r12.to(DOT_DTYPE), tl.trans(r14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + sub_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r17 = (r15 + local_3)
+        r18 = r17
+        r19 = tl.sum((r18), axis=1)
+        r20 = (r19 / (D))
+        r21 = ((-1.0) * r20)
+        r22 = (r18 + r21[:, None])
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r23 = (2.0 * local_0 * r22)
+        r24 = tl.sum((r23), axis=1)
+        r25 = (r24 / (D))
+        r1 = (local_0 * local_0)
+        r2 = tl.sum((r1), axis=1)
+        r4 = (r2 / (D))
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r26 = ((-0.5) * local_0 * local_1 * r25[:, None] / (((tl.full((), 1e-05, DTYPE) + r4[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r4[:, None])))))
+        r27 = tl.sum((r26), axis=0)
+        acc_0 += r27
+    tl.debug_barrier()  # every sub-chunk read its vectors before the next chunk writes them
+    out_0 = acc_0
+    v37 = out_0
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v37.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
@@ -1428,37 +1496,51 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v17 = gate_eta
-    v18 = (v16 * v17)
-    v24 = tl.zeros((C, BV), DTYPE)
-    for kb in range(0, D, BK):  # the head axis, a block at a time
-        offs_k = kb + tl.arange(0, BK)
-        k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_k[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
-        v23 = (k_block * v18[:, None])
-        v22 = ((-1.0) * d_new_w1_block)
-        v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v27 = (v24 + local_3)
-    v28 = v27
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = ((-1.0) * v30)
-    v32 = (v28 + v31[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v9 = (local_0 * local_0)
-    v10 = tl.sum((v9), axis=1)
-    v11 = (v10 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v33 = (local_1 * v32 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v34 = tl.sum((v33), axis=0)
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    v3 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tok_scratch = scratch_ptr + slot * (1 * C)  # token vectors read by sub-chunks
+    tl.store(tok_scratch + 0 * C + offs_s, v3)
+    tl.debug_barrier()  # other threads read them by sub-chunks
+    acc_0 = tl.zeros((BV,), dtype=DTYPE)
+    for tb in range(0, C, BC):  # the chunk's tokens, a sub-chunk at a time
+        sub_t = tb + tl.arange(0, BC)
+        sub_s = tb + tl.arange(0, BC)
+        sub_u = tb + tl.arange(0, BC)
+        blk_0 = tl.load(tok_scratch + 0 * C + sub_s)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + sub_t), mask=(sub_t < nv), other=1.0)
+        r10 = gate_eta
+        r11 = (blk_0 * r10)
+        r15 = tl.zeros((BC, BV), DTYPE)
+        for kb in range(0, D, BK):  # the head axis, a block at a time
+            offs_k = kb + tl.arange(0, BK)
+            k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_k[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+            d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
+            r12 = (k_block * r11[:, None])
+            r14 = ((-1.0) * d_new_w1_block)
+            r15 += tl.dot(r12.to(DOT_DTYPE), tl.trans(r14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + sub_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r17 = (r15 + local_3)
+        r18 = r17
+        r19 = tl.sum((r18), axis=1)
+        r20 = (r19 / (D))
+        r21 = ((-1.0) * r20)
+        r22 = (r18 + r21[:, None])
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r1 = (local_0 * local_0)
+        r2 = tl.sum((r1), axis=1)
+        r4 = (r2 / (D))
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r23 = (local_1 * r22 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + r4[:, None])))))
+        r24 = tl.sum((r23), axis=0)
+        acc_0 += r24
+    tl.debug_barrier()  # every sub-chunk read its vectors before the next chunk writes them
+    out_0 = acc_0
+    v34 = out_0
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v34.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_3_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
@@ -1491,40 +1573,54 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v9 = (local_0 * local_0)
-    v10 = tl.sum((v9), axis=1)
-    v11 = (v10 / (D))
-    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v17 = gate_eta
-    v18 = (v16 * v17)
-    v24 = tl.zeros((C, BV), DTYPE)
-    for kb in range(0, D, BK):  # the head axis, a block at a time
-        offs_k = kb + tl.arange(0, BK)
-        k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_k[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
-        v23 = (k_block * v18[:, None])
-        v22 = ((-1.0) * d_new_w1_block)
-        v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v27 = (v24 + local_3)
-    v28 = v27
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = ((-1.0) * v30)
-    v32 = (v28 + v31[:, None])
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v33 = (2.0 * local_0 * v32)
-    v34 = tl.sum((v33), axis=1)
-    v35 = (v34 / (D))
-    v36 = ((-0.5) * local_0 * ln_weight[None, :] * v35[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v38 = v36  # a running sum
-    v37 = (ln_weight[None, :] * v32 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v38 = v38 + v37
-    v39 = (local_0 * v38 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v40 = tl.sum((v39), axis=0)
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    v3 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tok_scratch = scratch_ptr + slot * (1 * C)  # token vectors read by sub-chunks
+    tl.store(tok_scratch + 0 * C + offs_s, v3)
+    tl.debug_barrier()  # other threads read them by sub-chunks
+    acc_0 = tl.zeros((BV,), dtype=DTYPE)
+    for tb in range(0, C, BC):  # the chunk's tokens, a sub-chunk at a time
+        sub_t = tb + tl.arange(0, BC)
+        sub_s = tb + tl.arange(0, BC)
+        sub_u = tb + tl.arange(0, BC)
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r1 = (local_0 * local_0)
+        r2 = tl.sum((r1), axis=1)
+        r4 = (r2 / (D))
+        blk_0 = tl.load(tok_scratch + 0 * C + sub_s)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + sub_t), mask=(sub_t < nv), other=1.0)
+        r10 = gate_eta
+        r11 = (blk_0 * r10)
+        r15 = tl.zeros((BC, BV), DTYPE)
+        for kb in range(0, D, BK):  # the head axis, a block at a time
+            offs_k = kb + tl.arange(0, BK)
+            k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_k[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+            d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
+            r12 = (k_block * r11[:, None])
+            r14 = ((-1.0) * d_new_w1_block)
+            r15 += tl.dot(r12.to(DOT_DTYPE), tl.trans(r14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + sub_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r17 = (r15 + local_3)
+        r18 = r17
+        r19 = tl.sum((r18), axis=1)
+        r20 = (r19 / (D))
+        r21 = ((-1.0) * r20)
+        r22 = (r18 + r21[:, None])
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
+            local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(sub_t, BC, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        r23 = (2.0 * local_0 * r22)
+        r24 = tl.sum((r23), axis=1)
+        r25 = (r24 / (D))
+        r26 = ((-0.5) * local_0 * ln_weight[None, :] * r25[:, None] / (((tl.full((), 1e-05, DTYPE) + r4[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r4[:, None])))))
+        r28 = r26  # a running sum
+        r27 = (ln_weight[None, :] * r22 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + r4[:, None])))))
+        r28 = r28 + r27
+        r29 = (local_0 * r28 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + r4[:, None])))))
+        r30 = tl.sum((r29), axis=0)
+        acc_0 += r30
+    tl.debug_barrier()  # every sub-chunk read its vectors before the next chunk writes them
+    out_0 = acc_0
+    v40 = out_0
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v40.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
@@ -1568,7 +1664,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
@@ -1601,35 +1697,49 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v17 = gate_eta
-    v18 = (v16 * v17)
-    v24 = tl.zeros((C, BV), DTYPE)
-    for kb in range(0, D, BK):  # the head axis, a block at a time
-        offs_k = kb + tl.arange(0, BK)
-        k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_k[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
-        v23 = (k_block * v18[:, None])
-        v22 = ((-1.0) * d_new_w1_block)
-        v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v27 = (v24 + local_3)
-    v28 = v27
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = ((-1.0) * v30)
-    v32 = (v28 + v31[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v33 = (2.0 * local_0 * v32)
-    v34 = tl.sum((v33), axis=1)
-    v35 = (v34 / (D))
-    v9 = (local_0 * local_0)
-    v10 = tl.sum((v9), axis=1)
-    v11 = (v10 / (D))
-    v36 = ((-0.5) * local_0 * ln_weight[None, :] * v35[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v38 = v36  # a running sum
-    v37 = (ln_weight[None, :] * v32 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v38 = v38 + v37
-    v39 = tl.sum((v38), axis=0)
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    v3 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tok_scratch = scratch_ptr + slot * (1 * C)  # token vectors read by sub-chunks
+    tl.store(tok_scratch + 0 * C + offs_s, v3)
+    tl.debug_barrier()  # other threads read them by sub-chunks
+    acc_0 = tl.zeros((BV,), dtype=DTYPE)
+    for tb in range(0, C, BC):  # the chunk's tokens, a sub-chunk at a time
+        sub_t = tb + tl.arange(0, BC)
+        sub_s = tb + tl.arange(0, BC)
+        sub_u = tb + tl.arange(0, BC)
+        blk_0 = tl.load(tok_scratch + 0 * C + sub_s)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + sub_t), mask=(sub_t < nv), other=1.0)
+        r10 = gate_eta
+        r11 = (blk_0 * r10)
+        r15 = tl.zeros((BC, BV), DTYPE)
+        for kb in range(0, D, BK):  # the head axis, a block at a time
+            offs_k = kb + tl.arange(0, BK)
+            k_block = tl.load(k_ptr + (row * T + bos) * D + (tok + sub_t)[:, None] * D + offs_k[None, :], mask=(sub_t < nv)[:, None], other=0.0)
+            d_new_w1_block = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_k[None, :]).to(DTYPE)
+            r12 = (k_block * r11[:, None])
+            r14 = ((-1.0) * d_new_w1_block)
+            r15 += tl.dot(r12.to(DOT_DTYPE), tl.trans(r14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + sub_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r17 = (r15 + local_3)
+        r18 = r17
+        r19 = tl.sum((r18), axis=1)
+        r20 = (r19 / (D))
+        r21 = ((-1.0) * r20)
+        r22 = (r18 + r21[:, None])
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + sub_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        r23 = (2.0 * local_0 * r22)
+        r24 = tl.sum((r23), axis=1)
+        r25 = (r24 / (D))
+        r1 = (local_0 * local_0)
+        r2 = tl.sum((r1), axis=1)
+        r4 = (r2 / (D))
+        r26 = ((-0.5) * local_0 * ln_weight[None, :] * r25[:, None] / (((tl.full((), 1e-05, DTYPE) + r4[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + r4[:, None])))))
+        r28 = r26  # a running sum
+        r27 = (ln_weight[None, :] * r22 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + r4[:, None])))))
+        r28 = r28 + r27
+        r29 = tl.sum((r28), axis=0)
+        acc_0 += r29
+    tl.debug_barrier()  # every sub-chunk read its vectors before the next chunk writes them
+    out_0 = acc_0
+    v39 = out_0
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v39.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
