@@ -534,9 +534,9 @@ def test_triton_channel_decay_any_sub_chunk_matches_torch(monkeypatch, sub_chunk
 
 @pytest.mark.parametrize("sub_chunk", [1, 8])
 def test_triton_ttt_linear_any_sub_chunk_matches_torch(ops, monkeypatch, sub_chunk):
-    """TTT-Linear's state passes made a sub-chunk at a time (mirasc.token_blocks) at sub-chunks of one token and of
-    half the chunk, beside the interpreter's default of 4 that every other test takes: three chunks of 16, the last
-    partial; fp64 against the torch backend, every output and gradient."""
+    """TTT-Linear's state passes and per-token gradient terms made a sub-chunk at a time (mirasc.token_blocks) at
+    sub-chunks of one token and of half the chunk, beside the interpreter's default of 4 that every other test takes:
+    three chunks of 16, the last partial; fp64 against the torch backend, every output and gradient."""
     import inspect
 
     import mirasc.backends.triton as backend
