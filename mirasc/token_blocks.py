@@ -52,6 +52,7 @@ class _Plan:
     before: set[int] = field(default_factory=set)
     rows: set[int] = field(default_factory=set)
     sums: list[Value] = field(default_factory=list)  # sums over the chunk's tokens of a product of rows
+    sum_ids: set[int] = field(default_factory=set)
     after: set[int] = field(default_factory=set)
 
 
@@ -82,7 +83,6 @@ def plan(graph: Graph, stored: frozenset[str] = frozenset()) -> _Plan | None:
     """The cut of a chunk's program (module doc), or None where it does not fit. `stored`: the outputs the loop may
     store a sub-chunk at a time, which may be rows."""
     p = _Plan()
-    sums: set[int] = set()
     for v in graph.values:
         if isinstance(v.op, _ARGLESS):
             continue
@@ -92,7 +92,7 @@ def plan(graph: Graph, stored: frozenset[str] = frozenset()) -> _Plan | None:
             (p.rows if _tokens(v) else p.before).add(v.id)
             continue
         rows = [a for a in v.args if a.id in p.rows]
-        if any(a.id in sums or a.id in p.after for a in v.args):
+        if any(a.id in p.sum_ids or a.id in p.after for a in v.args):
             if rows or _tokens(v):
                 return None
             p.after.add(v.id)
@@ -100,7 +100,7 @@ def plan(graph: Graph, stored: frozenset[str] = frozenset()) -> _Plan | None:
             p.before.add(v.id)
         elif _token_sum(v, rows):
             p.sums.append(v)
-            sums.add(v.id)
+            p.sum_ids.add(v.id)
         elif _row_op(v, rows):
             p.rows.add(v.id)
         else:
@@ -142,7 +142,7 @@ class _Cut:
         self.mapped: dict[tuple[int, int], Value] = {}  # (graph id, value id) -> value there
 
     def part_of(self, v: Value) -> Graph:
-        if v.id in self.plan.rows or v.id in {s.id for s in self.plan.sums}:
+        if v.id in self.plan.rows or v.id in self.plan.sum_ids:
             return self.rows
         return self.after if v.id in self.plan.after else self.before
 
@@ -186,7 +186,7 @@ def _adder(graph: Graph, p: _Plan) -> tuple[Value, dict[int, int]] | None:
     if len(users) != 1 or any(len(readers.get(s.id, [])) != 1 for s in sums):
         return None
     (u,) = users.values()
-    ids = {s.id for s in sums}
+    ids = p.sum_ids
     terms = _signed_terms(u, ids)
     if terms is None or sum(a.id in ids for a in u.args) != len(sums):  # not plain, or a sum added twice
         return None
