@@ -187,6 +187,29 @@ def _inputs_where_read(segments: list[Value | _Loop], reloadable: frozenset[str]
     return out
 
 
+
+def _made_where_read(segments: list[Value | _Loop]) -> list[Value | _Loop]:
+    """In a kernel with hidden-block loops, the segments with each per-token vector made from the chunk's data moved
+    to just before the first segment reading it when a heavy segment lies between, and with it any tile read only
+    by the values so moved (last value first, so that a chain moves whole). `_segments` places a straight-line value
+    before the run of wide values its reader joined; once `_split_loops` cuts that run into loops, a vector made there
+    (a LayerNorm's row statistics, which sum a tile of their own) was held through every loop up to its reader: in
+    TTT-MLP's backward state pass, two such statistics through 13 loops. Inputs are `_inputs_where_read`'s."""
+    if not any(isinstance(seg, _Loop) for seg in segments):
+        return segments
+    out, moved = list(segments), set()
+    for v in reversed([seg for seg in segments if not isinstance(seg, _Loop)]):
+        if isinstance(v.op, (ir.Input, ir.DecayedProduct)) or inlined(v):
+            continue
+        j = out.index(v)
+        readers = [k for k in range(j + 1, len(out)) if v.id in _segment_reads(out[k])]
+        chained = bool(readers) and all(not isinstance(out[k], _Loop) and out[k].id in moved for k in readers)
+        if readers and (tile_units(v) == 0 or chained) and any(_heavy(x) for x in out[j + 1:readers[0]]):
+            out.insert(readers[0] - 1, out.pop(j))
+            moved.add(v.id)
+    return out
+
+
 # A hidden-block loop holds, through every block, the tiles it reads from outside (the chunk's (C, D) and (C, C)
 # values) and the sums it accumulates. Past LOOP_UNITS of them (tile_units) the loop is split before the value that
 # would pass the bound: a block the first part makes and the second reads goes through scratch memory, as between
@@ -277,7 +300,8 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     early_stores = early_stores or {}
     order = schedule(graph)
     segments = _segments(order)
-    segments = _inputs_where_read(_split_loops(segments, _shared_accumulators(graph, _loop_of(segments))), reloadable)
+    segments = _split_loops(segments, _shared_accumulators(graph, _loop_of(segments)))
+    segments = _inputs_where_read(_made_where_read(segments), reloadable)
     loop_of = _loop_of(segments)
     out_of = {v.id: n for n, v in graph.outputs.items()}
     read_elsewhere = {a.id for j, seg in enumerate(segments) if isinstance(seg, _Loop) for u in seg.values
@@ -616,7 +640,9 @@ def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[i
     hidden-block loops (excluded: outputs and shared accumulators, which the caller and their loops hold). A tile
     leaves them before each heavy segment that does not read it, between its making and its last read, and before a
     straight-line value whose making would otherwise hold more than PARK_UNITS tiles live (the tiles whose next
-    reader is furthest away leave first, as in Belady's rule)."""
+    reader is furthest away leave first, as in Belady's rule). A vector along the chunk's tokens (`_per_token_vector`)
+    leaves as a tile does, but counts for nothing towards PARK_UNITS: it leaves there only with the tiles read again
+    before it. Kept in registers, such vectors are replicated across the warps sharing their rows."""
     if not any(isinstance(seg, _Loop) for seg in segments):
         return {}
     reads = [_segment_reads(seg) for seg in segments]
@@ -628,8 +654,8 @@ def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[i
     parkable: set[int] = set()
     for seg in segments:
         for v in seg.values if isinstance(seg, _Loop) else [seg]:
-            if not (wide(v) or inlined(v)) and tile_units(v) > 0:
-                units[v.id] = tile_units(v)
+            if not (wide(v) or inlined(v)) and (tile_units(v) > 0 or _per_token_vector(v)):
+                units[v.id] = tile_units(v)  # 0 for a vector: it leaves the registers but adds nothing to `live`
                 if v.id not in excluded and (v.id in reloadable or not isinstance(v.op, ir.Input)):
                     parkable.add(v.id)
     evicted: dict[int, set[int]] = {}
@@ -655,6 +681,12 @@ def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[i
             if v.id in units and (not isinstance(seg, _Loop) or v.id in seg.sums):
                 held[v.id] = units[v.id]
     return evicted
+
+
+def _per_token_vector(v: Value) -> bool:
+    """A vector along the chunk's tokens (a gate's cumulative decay, a row statistic), which `_parked` parks as it
+    parks tiles."""
+    return len(v.axes) == 1 and v.axes[0] in ("t", "s", "u") and not isinstance(v.op, (ir.Const, ir.Size, ir.Mask))
 
 
 def _reread(segments: list[Value | _Loop], loads: dict[int, str], after_products: bool = False,

@@ -282,6 +282,26 @@ def test_ttt_linear_state_passes_run_by_sub_chunks_without_spills():
         assert row.ok and row.sub_chunk == 16 and row.stack == 0 and row.mma > 0, (row.kernel, row.stack, row.error)
 
 
+def test_mlp_backward_state_passes_keep_per_token_vectors_out_of_the_registers():
+    """The MLP memories' backward state passes held per-token vectors (a LayerNorm's row statistics, a gate's
+    cumulative decay, the step sizes' end coefficients) in registers through the hidden-block loops between their
+    readers: at sm_90a, D = 64, with their default configs, TTT-MLP's spilled 144 B a thread and titans' 472. Made
+    where they are read, or parked (mirasc.kernel_body._made_where_read, _per_token_vector), they spill 16 and 192
+    (bench/README.md, "Per-token vectors out of the registers"); the bounds here are about half the old figures."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
+
+    source = generate_triton(load(model_path("titans")))
+    state_bwd = source[source.index("def chunk_state_bwd_kernel("):].split("@triton.jit")[0]
+    assert re.search(r"tl\.store\(scratch \+ [^,]* \+ offs_[tsu], v\d+\)  # park", state_bwd), state_bwd
+    for spec, bound in (("ttt_mlp", 72), ("titans", 236)):
+        [row] = aot_report(spec, chunk_size=64, head_dim=64, timeout=240, spill_guard=False,
+                           only=["chunk_state_bwd_kernel"])
+        assert row.ok and row.stack <= bound and row.mma > 0, (spec, row.stack, row.error)
+
+
 def test_token_blocks_take_only_per_token_work():
     """mirasc.token_blocks cuts a state pass into the values before the sub-chunk loop, the rows made per token
     and the sums over the chunk's tokens; a row that mixes tokens (a running sum along the chunk) leaves the chunk
@@ -813,6 +833,47 @@ def test_an_input_is_loaded_after_the_loops_before_its_first_reader():
     assert _inputs_where_read([unread, k, *loops], frozenset({"k"})) == [unread, k, *loops]
     straight = [k, unread, g.ew(lambda a, b: a + b, k, unread), *loops]
     assert _inputs_where_read(straight) == straight
+
+
+def test_a_chain_of_per_token_values_is_made_after_the_loops_before_its_reader():
+    """A per-token vector that hidden-block loops separate from its first reader is made just before that reader,
+    and so is a tile read only by such a vector (a LayerNorm's row statistic and the tile it sums); a vector with
+    nothing heavy before its reader, a tile that other values read, and any value in a kernel without loops stay
+    where they were."""
+    from mirasc.kernel_body import _Loop, _made_where_read
+
+    g = ir.Graph()
+    x, y = g.input("x", ("t", "o")), g.input("y", ("t", "o"))
+    square = g.ew(lambda a: a * a, x)
+    stat = g.sum(square, "o")  # read only after the loops: it moves, and its tile with it
+    near = g.sum(y, "o")  # read before any loop: it stays
+    scaled = g.ew(lambda a, b: a * b, y, near)
+    late = g.ew(lambda a, b: a * b, y, stat)
+    first = g.einsum(("t", "h"), scaled, g.input("u", ("h", "o")))
+    loops = [_Loop(values=[first]), _Loop(values=[g.einsum(("t", "h"), x, g.input("w", ("h", "o")))])]
+    segments = [x, y, square, stat, near, scaled, *loops, late]
+    assert _made_where_read(segments) == [x, y, near, scaled, *loops, square, stat, late]
+    shared = g.ew(lambda a, b: a + b, square, x)  # a second reader of the tile keeps it in place
+    kept = [x, y, square, stat, near, scaled, *loops, shared, late]
+    assert _made_where_read(kept) == [x, y, square, near, scaled, *loops, shared, stat, late]
+    straight = [x, y, square, stat, near, scaled, late]
+    assert _made_where_read(straight) == straight
+
+
+def test_a_per_token_vector_read_across_loops_is_parked():
+    """A vector along the tokens read before and after hidden-block loops that do not read it leaves the registers
+    before them, as a tile does; a scalar stays."""
+    from mirasc.kernel_body import _Loop, _parked
+
+    g = ir.Graph()
+    x = g.input("x", ("t", "o"))
+    stat = g.sum(g.ew(lambda a: a * a, x), "o")
+    total = g.sum(stat, "t")
+    early = g.ew(lambda a, b, c: a * b * c, x, stat, total)
+    loops = [_Loop(values=[g.einsum(("t", "h"), early, g.input(f"w{n}", ("h", "o")))]) for n in range(2)]
+    late = g.ew(lambda a, b, c: a + b + c, x, stat, total)
+    evicted = _parked([x, stat, total, early, *loops, late], excluded=set(), reloadable=set())
+    assert evicted.get(stat.id) == {4} and total.id not in evicted, evicted  # out before the first loop
 
 
 def test_mlp_memories_make_each_token_address_where_it_is_used():

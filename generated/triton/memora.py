@@ -77,6 +77,7 @@ DESCRIPTION = {'spec': 'memora',
                                      ['t', 's'],
                                      ['t', 'o'],
                                      ['t', 'o'],
+                                     ['t'],
                                      ['t', 'o'],
                                      ['t', 'o'],
                                      ['t', 'o'],
@@ -119,6 +120,7 @@ DESCRIPTION = {'spec': 'memora',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
@@ -193,21 +195,24 @@ DESCRIPTION = {'spec': 'memora',
                                        ['s', 'o'],
                                        ['t', 'i'],
                                        ['t', 'i'],
+                                       ['t', 'i'],
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['t', 's'],
                                        ['t', 's'],
-                                       ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t'],
+                                       ['t', 'o'],
+                                       ['t'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
-                                       ['t', 'o'],
+                                       ['t'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 22.0,
@@ -390,7 +395,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
-                                          ['t', 'o']],
+                                          ['t', 'o'],
+                                          ['t']],
                               'value_blocks': 'none',
                               'tiles': 13.5,
                               'sub_chunks': True,
@@ -442,21 +448,24 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
-                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t'],
+                                          ['t', 'o'],
+                                          ['t'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
-                                          ['t', 'o'],
+                                          ['t'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 22.0,
@@ -535,6 +544,7 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -546,10 +556,13 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t'],
+                                          ['t', 'o'],
+                                          ['t'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
-                                          ['t', 'o']],
+                                          ['t']],
                               'value_blocks': 'none',
                               'tiles': 21.5,
                               'sub_chunks': True,
@@ -602,6 +615,7 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['s', 'i'],
                                                    ['s', 'o'],
                                                    ['s', 'i'],
+                                                   ['s'],
                                                    ['t', 'i'],
                                                    ['t', 'i']],
                                        'value_blocks': 'none',
@@ -653,21 +667,24 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['s', 'o'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
+                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 's'],
-                                                   ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
+                                                   ['t'],
+                                                   ['t', 'o'],
+                                                   ['t'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
-                                                   ['t', 'o'],
+                                                   ['t'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 22.0,
@@ -755,21 +772,24 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['s', 'o'],
                                                  ['t', 'i'],
                                                  ['t', 'i'],
+                                                 ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 's'],
                                                  ['t', 's'],
-                                                 ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['s', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
+                                                 ['t'],
+                                                 ['t', 'o'],
+                                                 ['t'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
-                                                 ['t', 'o'],
+                                                 ['t'],
                                                  ['t', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 21.0,
@@ -951,6 +971,7 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -962,10 +983,13 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
+                                                  ['t'],
+                                                  ['t', 'o'],
+                                                  ['t'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
-                                                  ['t', 'o']],
+                                                  ['t']],
                                       'value_blocks': 'none',
                                       'tiles': 21.5,
                                       'sub_chunks': True,
@@ -1006,6 +1030,7 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -1017,10 +1042,13 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
+                                                  ['t'],
+                                                  ['t', 'o'],
+                                                  ['t'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
-                                                  ['t', 'o']],
+                                                  ['t']],
                                       'value_blocks': 'none',
                                       'tiles': 21.5,
                                       'sub_chunks': True,
@@ -1061,6 +1089,7 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -1072,10 +1101,13 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
+                                                  ['t'],
+                                                  ['t', 'o'],
+                                                  ['t'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
-                                                  ['t', 'o']],
+                                                  ['t']],
                                       'value_blocks': 'none',
                                       'tiles': 21.5,
                                       'sub_chunks': True,
@@ -1160,6 +1192,7 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['s', 'o'],
                                                 ['t', 'i'],
                                                 ['t', 'i'],
+                                                ['t', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
@@ -1171,10 +1204,13 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['s', 'o'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
+                                                ['t'],
+                                                ['t', 'o'],
+                                                ['t'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
-                                                ['t', 'o']],
+                                                ['t']],
                                     'value_blocks': 'none',
                                     'tiles': 21.5,
                                     'sub_chunks': True,
@@ -1256,14 +1292,8 @@ def chunk_state_fwd_kernel(
         v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
         v93 = tl.cumsum(v92, axis=0, reverse=False)
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
-        v98 = tl.exp(v93)  # cumulative decay in the chunk
-        v107 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v108 = tl.sum((v107), axis=0)
         v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v11 = tl.sum((v10), axis=0)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-        v13 = tl.sum((v12), axis=0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
@@ -1312,12 +1342,10 @@ def chunk_state_fwd_kernel(
         v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v96 = tl.sum((v95), axis=0)
-        v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v94 = v93
         v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + C * D + offs_s[:, None] * D + offs_i[None, :], v97)  # park
-        if REREAD_INPUTS:  # loaded again, not held since its last reader
-            gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
         v99 = v62
         tl.debug_barrier()  # parked tiles other threads stored
@@ -1327,10 +1355,19 @@ def chunk_state_fwd_kernel(
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v101 = k
+        tl.debug_barrier()  # parked tiles other threads stored
+        v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v105 = (v100 * v101)
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v105)  # park
         v34 = v11
+        v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+        v13 = tl.sum((v12), axis=0)
         v35 = v13
+        tl.debug_barrier()  # parked tiles other threads stored
+        v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v98 = tl.exp(v93)  # cumulative decay in the chunk
+        v107 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v108 = tl.sum((v107), axis=0)
         v59_max = tl.full((BV,), float('-inf'), DTYPE)
         v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1401,7 +1438,6 @@ def chunk_state_fwd_kernel(
         v83 = tl.sum((v82), axis=1)
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v114 = v108
         v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v111 = v100
         v104 = v85
@@ -1418,6 +1454,7 @@ def chunk_state_fwd_kernel(
             v102 = v87
             tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v102)
         tl.debug_barrier()
+        v114 = v108
         v105 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1484,7 +1521,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 13 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v100, v102, v109, v98, v90, v111, v112, causal, v65, v68, v72, v75, v80, v81, v85, v93, v90, v91, v99, v92, v94, v112, v106, v107, v113, v103
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 13 * C * BV + C)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v100, v102, v109, v98, v90, v111, v112, causal, v65, v68, v71, v72, v75, v80, v81, v85, v93, v90, v91, v99, v92, v94, v112, v106, v107, v113, v103
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1590,47 +1627,50 @@ def chunk_out_fwd_kernel(
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t, v71)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v73 = k
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t)  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((1.0 + v71[:, None]) * tl.sqrt((1.0 + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = (2.0 * v68 * v79[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t)  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((1.0 + v71[:, None])))))
-    v80 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v81)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v81)  # park
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v96 = k
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -1638,9 +1678,9 @@ def chunk_out_fwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v90)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v90)  # park
     v91 = v90
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1661,28 +1701,28 @@ def chunk_out_fwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v99)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v99)  # park
     v92 = tl.exp(v90)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v92)  # park
     v94 = (q * v92)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = v85
-    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = v93
     v112 = (v110 * v108)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v106 = v90
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = v91
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v107)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1694,7 +1734,7 @@ def chunk_out_fwd_kernel(
         v97 = v87
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1702,7 +1742,7 @@ def chunk_out_fwd_kernel(
         v100 = tl.dot(v99.to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1724,9 +1764,9 @@ def chunk_out_fwd_kernel(
         v102 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v107 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1748,11 +1788,11 @@ def chunk_out_fwd_kernel(
         v113_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = v92
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v103)  # park
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1761,9 +1801,9 @@ def chunk_out_fwd_kernel(
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v103 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v103 * v104)
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v114 = (v105 - v113)
     v115 = tl.sum((v114), axis=1)
     v116 = (v115 / (D))
@@ -1813,7 +1853,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 17 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v107, v109, v116, v105, v93, v118, v119, causal, v143, v65, v68, v72, v75, v80, v81, v85, v117, v99, v115, v119, v93, v94, v106, v98, v101, v113, v114, v118, v120, v110, v142
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 17 * C * BV + C)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v107, v109, v116, v105, v93, v118, v119, causal, v143, v65, v68, v71, v72, v75, v80, v81, v85, v117, v99, v115, v119, v93, v94, v106, v98, v101, v113, v114, v118, v120, v110, v142
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1920,82 +1960,85 @@ def chunk_local_bwd_kernel(
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t, v71)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v73 = k
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v75.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t)  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((1.0 + v71[:, None]) * tl.sqrt((1.0 + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = (2.0 * v68 * v79[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t)  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((1.0 + v71[:, None])))))
-    v80 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v81)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v81)  # park
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v85.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v117 = v85
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v115 = v99
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v119.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 12 * C * BV + C + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
     v128 = v100
-    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v132 = (v128 * v117)
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v132.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
     v103 = k
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v103 * v99)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 12 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2016,19 +2059,19 @@ def chunk_local_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 12 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v101 = (q * v98)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v113 = v93
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 12 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 13 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2040,7 +2083,7 @@ def chunk_local_bwd_kernel(
         v104 = v87
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 12 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2048,7 +2091,7 @@ def chunk_local_bwd_kernel(
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v107)
     tl.debug_barrier()
-    v101 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2070,11 +2113,11 @@ def chunk_local_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 14 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 13 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2096,11 +2139,11 @@ def chunk_local_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 14 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v98 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 15 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2109,9 +2152,9 @@ def chunk_local_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 15 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    v120 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v120 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 14 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -2130,13 +2173,13 @@ def chunk_local_bwd_kernel(
     v140 = tl.sum((v139), axis=1)
     v141 = (v140 / (D))
     v142 = (v138 + v141[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v142)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 16 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v142)  # park
     v143 = ((-1.0) * v142)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v143.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 13 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 14 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v143)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v144 = tl.zeros((C, BV), DTYPE)
@@ -2156,11 +2199,11 @@ def chunk_local_bwd_kernel(
         v144_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v144 += v144_x * v144_y[:, None] * v144_m[:, None] * tl.exp(tl.minimum(v144_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v145 = (v115 * v144)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v145.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
-    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v142 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 15 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v142 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 16 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v146 = (v110 * v142)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v146.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -2209,13 +2252,10 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 9 * C * BV + 2 * C * C)  # v51, v19, v20, v47, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v197, v199, v200, v110, v130, v140, v177, v179, v181, v188, v201, v93, v81, local_3, v81, v89, v91, v87, v93, v82, v94, v120, v88, v117, v104, v125, v146, v147, v151, v158, v159, v169
+        scratch = scratch_ptr + slot * (7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v51, v19, v20, v47, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v197, v199, v200, v110, v130, v140, v177, v179, v181, v188, v201, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v11 = tl.sum((v10), axis=0)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-        v13 = tl.sum((v12), axis=0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
@@ -2237,29 +2277,6 @@ def chunk_state_bwd_kernel(
             v21 = (w2 * v20[None, :])
             v22 += tl.sum((v21), axis=1)
         tl.debug_barrier()
-        v24 = tl.sum((v22), axis=0)
-        v25 = (v24 / (D))
-        v26 = (v22 - v25)
-        v27 = (v26 * v26)
-        v28 = tl.sum((v27), axis=0)
-        v29 = (v28 / (D))
-        v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
-        v31 = v15
-        v32 = (v30 + v31)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-        v17 = tl.sum((v16), axis=0)
-        v33 = (v32 - v17)  # inner gradient signal g = dl/dy
-        v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
-        v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
-        v38 = tl.sum((v37), axis=0)
-        v39 = (v38 / (D))
-        v40 = (2.0 * v26 * v39)
-        v41 = (v36 + v40)
-        v42 = ((-1.0) * v41)
-        v43 = tl.sum((v42), axis=0)
-        v44 = (v43 / (D))
-        v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
@@ -2267,30 +2284,29 @@ def chunk_state_bwd_kernel(
         v81 = tl.cumsum(v80, axis=0, reverse=False)
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
         v86 = tl.exp(v81)  # cumulative decay in the chunk
-        v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v103 = tl.sum((v102), axis=0)
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v89 = (q * v86)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v91 = k
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
-        if REREAD_INPUTS:  # loaded again, not held since its last reader
-            gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
         v87 = v62
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v91 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v91 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v93 = (v91 * v87)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v82 = v81
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v93 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v93 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2311,11 +2327,39 @@ def chunk_state_bwd_kernel(
             v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
         v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
-        v34 = v11
-        v35 = v13
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v89 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v86 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v103 = tl.sum((v102), axis=0)
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+        v17 = tl.sum((v16), axis=0)
+        v31 = v15
+        v24 = tl.sum((v22), axis=0)
+        v25 = (v24 / (D))
+        v26 = (v22 - v25)
+        v27 = (v26 * v26)
+        v28 = tl.sum((v27), axis=0)
+        v29 = (v28 / (D))
+        v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
+        v32 = (v30 + v31)  # memory output M(x)
+        v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+        v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
+        v38 = tl.sum((v37), axis=0)
+        v39 = (v38 / (D))
+        v40 = (2.0 * v26 * v39)
+        v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
+        v41 = (v36 + v40)
+        v42 = ((-1.0) * v41)
+        v43 = tl.sum((v42), axis=0)
+        v44 = (v43 / (D))
+        v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
+            gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+        v13 = tl.sum((v12), axis=0)
+        v89 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2340,6 +2384,8 @@ def chunk_state_bwd_kernel(
             v90 = tl.dot(v89.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 4 * HID * D + 4 * HID + offs_t[:, None] * HID + offs_h[None, :], v90)
         tl.debug_barrier()
+        v35 = v13
+        v34 = v11
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -2366,7 +2412,7 @@ def chunk_state_bwd_kernel(
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v98 = v81
-        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v99 = v82
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2389,33 +2435,23 @@ def chunk_state_bwd_kernel(
             v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
         v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         tl.debug_barrier()  # parked tiles other threads stored
         v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v84 = tl.sum((v83), axis=0)
-        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-        v87 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v87 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v88 = (v85 * v87)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v91 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v91 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v117 = (v88 * v91)
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v66 = (local_0 * local_0)
-        v67 = tl.sum((v66), axis=1)
-        v68 = (v67 / (D))
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-        v71 = tl.sum((v70), axis=1)
-        v72 = (v71 / (D))
-        tl.debug_barrier()  # parked tiles other threads stored
-        v88 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v104 = v88
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2433,7 +2469,7 @@ def chunk_state_bwd_kernel(
             v92 = v75
             tl.store(scratch + 4 * HID * D + 4 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
         tl.debug_barrier()
-        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2449,7 +2485,7 @@ def chunk_state_bwd_kernel(
             v100 = v64
             tl.store(scratch + 4 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
         tl.debug_barrier()
-        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2470,7 +2506,7 @@ def chunk_state_bwd_kernel(
             v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
             tl.store(scratch + 4 * HID * D + 4 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
         tl.debug_barrier()
-        v89 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v89 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2492,7 +2528,7 @@ def chunk_state_bwd_kernel(
             v133 = ((-1.0) * v132)
             tl.store(scratch + 6 * HID * D + 4 * HID + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
         tl.debug_barrier()
-        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2526,7 +2562,7 @@ def chunk_state_bwd_kernel(
             v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 6 * HID * D + 4 * HID + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
         tl.debug_barrier()
-        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2569,48 +2605,64 @@ def chunk_state_bwd_kernel(
         v145 = ((-1.0) * v144)
         v146 = (v142 + v145[:, None])
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-        v147 = (2.0 * v72[:, None] * v146)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v66 = (local_0 * local_0)
+        v67 = tl.sum((v66), axis=1)
+        v68 = (v67 / (D))
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
+        v71 = tl.sum((v70), axis=1)
+        v72 = (v71 / (D))
+        tl.debug_barrier()  # parked tiles other threads stored
+        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v147 = (2.0 * v72[:, None] * v146)
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
         v148 = (2.0 * local_0 * v146)
         v149 = tl.sum((v148), axis=1)
         v150 = (v149 / (D))
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v68 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
         v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         tl.debug_barrier()  # parked tiles other threads stored
         v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
         v158 = (v154 + v157)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
         v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v150 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
         v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         v153 = tl.sum((v152), axis=1)
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         v156 = tl.sum((v155), axis=1)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v158 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v158 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         v161 = tl.sum((v160), axis=1)
+        v153 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
         v162 = (v153 + v156 + v161)
         v163 = (v162 / (D))
         v164 = (2.0 * local_0 * v163[:, None])
-        v147 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v151 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v159 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v147 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v151 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v159 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v165 = (v147 + v151 + v159 + v164)
         v166 = ((-1.0) * v165)
         v167 = tl.sum((v166), axis=1)
         v168 = (v167 / (D))
         v169 = (v165 + v168[:, None])
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
-        v105 = v103
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2625,6 +2677,7 @@ def chunk_state_bwd_kernel(
             v174 = (v138 + v173)
             tl.store(scratch + 6 * HID * D + 4 * HID + 17 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v174)
         tl.debug_barrier()
+        v105 = v103
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2678,7 +2731,7 @@ def chunk_state_bwd_kernel(
             v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 7 * HID * D + 6 * HID + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
         tl.debug_barrier()
-        v169 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v169 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v179 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2859,9 +2912,6 @@ def chunk_grad_q_1_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
     v22 = tl.zeros((BV,), DTYPE)
@@ -2906,6 +2956,9 @@ def chunk_grad_q_1_bwd_kernel(
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v34 = v11
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
     v35 = v13
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3699,9 +3752,6 @@ def chunk_grad_k_1_bwd_kernel(
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
     scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v79, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
@@ -3727,8 +3777,6 @@ def chunk_grad_k_1_bwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
     v22 = tl.zeros((BV,), DTYPE)
@@ -3772,6 +3820,10 @@ def chunk_grad_k_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3991,6 +4043,9 @@ def chunk_grad_k_1_bwd_kernel(
     v130 = (2.0 * local_0 * v129)
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
     v133 = ((-0.5) * local_0 * ln_weight[None, :] * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v134 = (ln_weight[None, :] * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
     v135 = (v133 + v134)
@@ -4033,13 +4088,10 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 8 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v58, v59, v60, v74, v111, v113, v90, v92, v96, v100, v117, v127, v130, v131, v106, v110, v97, v122, v165, v93, v81, local_3, v81, v82, v88, v112, v94, v89, v115, v102, v120, v138, v139, v143, v150, v151
+    scratch = scratch_ptr + slot * (3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 8 * C * BV + 2 * C * C + C)  # v51, v19, v20, v54, v63, v58, v59, v60, v74, v111, v113, v90, v92, v96, v100, v117, v127, v130, v131, v106, v110, v97, v122, v165, v93, v81, local_3, v81, v82, v88, v112, v94, v89, v115, v102, v120, v138, v139, v143, v150, v151, v145
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4085,6 +4137,9 @@ def chunk_grad_k_2_bwd_kernel(
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v34 = v11
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
     v35 = v13
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -4198,13 +4253,7 @@ def chunk_grad_k_2_bwd_kernel(
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
     v88 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v102 = v88
@@ -4357,13 +4406,19 @@ def chunk_grad_k_2_bwd_kernel(
     v137 = ((-1.0) * v136)
     v138 = (v134 + v137[:, None])
     tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v138)  # park
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
+    v71 = tl.sum((v70), axis=1)
+    v72 = (v71 / (D))
     v139 = (2.0 * v72[:, None] * v138)
     tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v139)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v140 = (2.0 * local_0 * v138)
     v141 = tl.sum((v140), axis=1)
     v142 = (v141 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v143 = ((-0.5) * ln_weight[None, :] * local_1 * v142[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v143)  # park
     v146 = ((-0.5) * local_0 * ln_weight[None, :] * v142[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
@@ -4375,6 +4430,7 @@ def chunk_grad_k_2_bwd_kernel(
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v144 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v142[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v145 = tl.sum((v144), axis=1)
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 8 * C * BV + 2 * C * C + offs_t, v145)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v138 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = ((-0.5) * ln_weight[None, :] * local_1 * v138 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
@@ -4382,6 +4438,7 @@ def chunk_grad_k_2_bwd_kernel(
     v150 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v152 = ((-0.5) * local_0 * ln_weight[None, :] * v150 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
+    v145 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 8 * C * BV + 2 * C * C + offs_t)  # parked
     v154 = (v145 + v148 + v153)
     v155 = (v154 / (D))
     v156 = (2.0 * local_0 * v155[:, None])
@@ -4452,7 +4509,7 @@ def chunk_grad_k_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 9 * C * BV + 2 * C * C)  # v19, v20, v47, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v193, v110, v130, v140, v177, v179, v182, v195, v93, v81, local_3, v81, v89, v91, v87, v93, v82, v94, v120, v88, v117, v104, v125, v146, v147, v151, v158, v159, v169
+    scratch = scratch_ptr + slot * (6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v47, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v193, v110, v130, v140, v177, v179, v182, v195, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4471,62 +4528,38 @@ def chunk_grad_k_3_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    v24 = tl.sum((v22), axis=0)
-    v25 = (v24 / (D))
-    v26 = (v22 - v25)
-    v27 = (v26 * v26)
-    v28 = tl.sum((v27), axis=0)
-    v29 = (v28 / (D))
-    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
-    v31 = v15
-    v32 = (v30 + v31)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v17 = tl.sum((v16), axis=0)
-    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
-    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
-    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
-    v38 = tl.sum((v37), axis=0)
-    v39 = (v38 / (D))
-    v40 = (2.0 * v26 * v39)
-    v41 = (v36 + v40)
-    v42 = ((-1.0) * v41)
-    v43 = tl.sum((v42), axis=0)
-    v44 = (v43 / (D))
-    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
     tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v103 = tl.sum((v102), axis=0)
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4547,11 +4580,43 @@ def chunk_grad_k_3_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
-    v34 = v11
-    v35 = v13
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v103 = tl.sum((v102), axis=0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v17 = tl.sum((v16), axis=0)
+    v31 = v15
+    v24 = tl.sum((v22), axis=0)
+    v25 = (v24 / (D))
+    v26 = (v22 - v25)
+    v27 = (v26 * v26)
+    v28 = tl.sum((v27), axis=0)
+    v29 = (v28 / (D))
+    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
+    v32 = (v30 + v31)  # memory output M(x)
+    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
+    v38 = tl.sum((v37), axis=0)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v26 * v39)
+    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=0)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4579,6 +4644,8 @@ def chunk_grad_k_3_bwd_kernel(
         v90 = tl.dot(v89.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID + 3 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     tl.debug_barrier()
+    v35 = v13
+    v34 = v11
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -4605,7 +4672,7 @@ def chunk_grad_k_3_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4628,33 +4695,23 @@ def chunk_grad_k_3_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
     tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
     tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4672,7 +4729,7 @@ def chunk_grad_k_3_bwd_kernel(
         v92 = v75
         tl.store(scratch + 5 * HID + 3 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4688,7 +4745,7 @@ def chunk_grad_k_3_bwd_kernel(
         v100 = v64
         tl.store(scratch + 5 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4709,7 +4766,7 @@ def chunk_grad_k_3_bwd_kernel(
         v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 5 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4731,7 +4788,7 @@ def chunk_grad_k_3_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 5 * HID + 5 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4765,7 +4822,7 @@ def chunk_grad_k_3_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 5 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4808,48 +4865,64 @@ def chunk_grad_k_3_bwd_kernel(
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
     tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
+    v71 = tl.sum((v70), axis=1)
+    v72 = (v71 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = (2.0 * v72[:, None] * v146)
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v150 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
+    v153 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
     v168 = (v167 / (D))
     v169 = (v165 + v168[:, None])
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
-    v105 = v103
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4864,6 +4937,7 @@ def chunk_grad_k_3_bwd_kernel(
         v174 = (v138 + v173)
         tl.store(scratch + 5 * HID + 5 * HID * D + 17 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v174)
     tl.debug_barrier()
+    v105 = v103
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v197 = tl.zeros((D,), DTYPE)
@@ -4907,7 +4981,7 @@ def chunk_grad_k_3_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID + 6 * HID * D + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4958,7 +5032,6 @@ def chunk_grad_k_3_bwd_kernel(
     v214 = ((-0.5) * v26 * ln_weight * v210 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
     v217 = (ln_weight * v206 / ((tl.sqrt((1.0 + v29)))))
     v218 = (v214 + v217)
-    v219 = v218
     v207 = (2.0 * v39 * v206)
     v211 = ((-0.5) * ln_weight * v33 * v210 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
     v220 = (ln_weight * v218 / ((tl.sqrt((1.0 + v29)))))
@@ -5001,6 +5074,7 @@ def chunk_grad_k_3_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v236 = (w1 * v235[:, None])
         v237 += tl.sum((v236), axis=0)
+    v219 = v218
     v238 = (v197 + v219 + v237)
     v239 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] * v238[None, :])
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v239.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -5043,9 +5117,6 @@ def chunk_grad_v_0_bwd_kernel(
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
     scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v79, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
@@ -5071,8 +5142,6 @@ def chunk_grad_v_0_bwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
     v22 = tl.zeros((BV,), DTYPE)
@@ -5116,6 +5185,10 @@ def chunk_grad_v_0_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5335,6 +5408,9 @@ def chunk_grad_v_0_bwd_kernel(
     v130 = (2.0 * local_0 * v129)
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
     v133 = ((-0.5) * local_0 * ln_weight[None, :] * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v134 = (ln_weight[None, :] * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
     v135 = (v133 + v134)
@@ -5377,7 +5453,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v147, v151, v158, v159
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -5396,65 +5472,38 @@ def chunk_grad_v_1_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    v24 = tl.sum((v22), axis=0)
-    v25 = (v24 / (D))
-    v26 = (v22 - v25)
-    v27 = (v26 * v26)
-    v28 = tl.sum((v27), axis=0)
-    v29 = (v28 / (D))
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
-    v35 = v13
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    v34 = v11
-    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
-    v31 = v15
-    v32 = (v30 + v31)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v17 = tl.sum((v16), axis=0)
-    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
-    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
-    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
-    v38 = tl.sum((v37), axis=0)
-    v39 = (v38 / (D))
-    v40 = (2.0 * v26 * v39)
-    v41 = (v36 + v40)
-    v42 = ((-1.0) * v41)
-    v43 = tl.sum((v42), axis=0)
-    v44 = (v43 / (D))
-    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v103 = tl.sum((v102), axis=0)
-    v105 = v103
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5475,9 +5524,46 @@ def chunk_grad_v_1_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v103 = tl.sum((v102), axis=0)
+    v105 = v103
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v17 = tl.sum((v16), axis=0)
+    v31 = v15
+    v24 = tl.sum((v22), axis=0)
+    v25 = (v24 / (D))
+    v26 = (v22 - v25)
+    v27 = (v26 * v26)
+    v28 = tl.sum((v27), axis=0)
+    v29 = (v28 / (D))
+    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
+    v32 = (v30 + v31)  # memory output M(x)
+    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
+    v38 = tl.sum((v37), axis=0)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v26 * v39)
+    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=0)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    v34 = v11
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
+    v35 = v13
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5529,21 +5615,21 @@ def chunk_grad_v_1_bwd_kernel(
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5566,19 +5652,13 @@ def chunk_grad_v_1_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5594,7 +5674,7 @@ def chunk_grad_v_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5618,7 +5698,7 @@ def chunk_grad_v_1_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5632,7 +5712,7 @@ def chunk_grad_v_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5655,7 +5735,7 @@ def chunk_grad_v_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5688,12 +5768,12 @@ def chunk_grad_v_1_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5702,48 +5782,65 @@ def chunk_grad_v_1_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
+    v71 = tl.sum((v70), axis=1)
+    v72 = (v71 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = (2.0 * v72[:, None] * v146)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -5768,8 +5865,8 @@ def chunk_grad_v_1_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5874,7 +5971,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 19 * C * D + 6 * C * C + 9 * C * BV)  # v19, v20, v54, v63, v58, v59, v60, v84, v87, v88, v89, v95, v141, v149, v85, v75, v97, local_3, causal, q, v151, local_5, v83, v80, v85, v61, v75, v76, v86, v81, v90, v91, v92, v93, v94, v97, v99, v147, v157, v161, v151, v155, v142, v124, v96, v159, v167, v153
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 19 * C * D + 6 * C * C + 9 * C * BV + C)  # v19, v20, v54, v63, v58, v59, v60, v84, v87, v88, v89, v95, v141, v149, v85, v75, v97, local_3, causal, q, v151, local_5, v83, v80, v85, v61, v75, v76, v86, v81, v90, v91, v92, v93, v94, v97, v99, v147, v157, v161, v151, v155, v142, v124, v96, v159, v73, v167, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -6185,7 +6282,6 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v111 = (v60 * d_new_w2)
         v112 += tl.sum((v111), axis=1)
-    v113 = v112
     v120 = tl.zeros((D,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6194,6 +6290,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v119 = (v54 * d_new_w1)
         v120 += tl.sum((v119), axis=0)
+    v113 = v112
     v121 = (v113 + v120)
     v122 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v121[None, :])
     tl.debug_barrier()  # parked tiles other threads stored
@@ -6301,6 +6398,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v159 = (v80 * v158)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v159)  # park
     v73 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + offs_s, v73)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v77 = (v75 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -6311,7 +6409,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v155 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v166 = (v142 + v155 + v164)
     v167 = v166
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v167)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v167)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -6338,19 +6436,20 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v153 = (q * v152)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v153)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v99 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v137 = (local_5 * v99)
     v143 = v137
+    v73 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + offs_s)  # parked
     v159 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v162 = (v73[:, None] * v159 * tl.exp((v78[None, :] - v76)))
     v163 = tl.sum((v162), axis=0)
     v165 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v163[None, :])
-    v153 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v153 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v161 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v167 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v167 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v168 = (v143 + v153 + v161 + v165 + v167)
     v169 = tl.cumsum(v168, axis=0, reverse=True)
     v61 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -6394,13 +6493,10 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 9 * C * BV + 2 * C * C)  # v50, v51, v19, v20, v52, v53, v116, v54, v90, v63, v56, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, v93, v81, local_3, v81, v89, v91, v87, v93, v82, v94, v120, v88, v117, v104, v125, v146, v147, v151, v158, v159, v169
+    scratch = scratch_ptr + slot * (7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v50, v51, v19, v20, v52, v53, v116, v54, v90, v63, v56, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -6423,29 +6519,6 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    v24 = tl.sum((v22), axis=0)
-    v25 = (v24 / (D))
-    v26 = (v22 - v25)
-    v27 = (v26 * v26)
-    v28 = tl.sum((v27), axis=0)
-    v29 = (v28 / (D))
-    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
-    v31 = v15
-    v32 = (v30 + v31)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v17 = tl.sum((v16), axis=0)
-    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
-    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
-    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
-    v38 = tl.sum((v37), axis=0)
-    v39 = (v38 / (D))
-    v40 = (2.0 * v26 * v39)
-    v41 = (v36 + v40)
-    v42 = ((-1.0) * v41)
-    v43 = tl.sum((v42), axis=0)
-    v44 = (v43 / (D))
-    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
@@ -6453,30 +6526,29 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v81 = tl.cumsum(v80, axis=0, reverse=False)
     tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v103 = tl.sum((v102), axis=0)
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6497,11 +6569,39 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
-    v34 = v11
-    v35 = v13
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v103 = tl.sum((v102), axis=0)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v17 = tl.sum((v16), axis=0)
+    v31 = v15
+    v24 = tl.sum((v22), axis=0)
+    v25 = (v24 / (D))
+    v26 = (v22 - v25)
+    v27 = (v26 * v26)
+    v28 = tl.sum((v27), axis=0)
+    v29 = (v28 / (D))
+    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
+    v32 = (v30 + v31)  # memory output M(x)
+    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
+    v38 = tl.sum((v37), axis=0)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v26 * v39)
+    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=0)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
+    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6525,6 +6625,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v90 = tl.dot(v89.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID * D + 3 * HID + offs_t[:, None] * HID + offs_h[None, :], v90)
     tl.debug_barrier()
+    v35 = v13
+    v34 = v11
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -6552,7 +6654,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6575,33 +6677,23 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
     tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
     tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6619,7 +6711,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 5 * HID * D + 3 * HID + 3 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6635,7 +6727,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 5 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6656,7 +6748,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 5 * HID * D + 3 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6678,7 +6770,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 7 * HID * D + 3 * HID + 10 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6712,7 +6804,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 7 * HID * D + 3 * HID + 14 * C * HID + 4 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6755,48 +6847,64 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
     tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
+    v71 = tl.sum((v70), axis=1)
+    v72 = (v71 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = (2.0 * v72[:, None] * v146)
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v150 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
+    v153 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
     v168 = (v167 / (D))
     v169 = (v165 + v168[:, None])
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
-    v105 = v103
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6811,6 +6919,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v174 = (v138 + v173)
         tl.store(scratch + 7 * HID * D + 3 * HID + 17 * C * HID + 4 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v174)
     tl.debug_barrier()
+    v105 = v103
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v191 = tl.zeros((D,), DTYPE)
@@ -6852,7 +6961,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 6 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7285,7 +7394,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 9 * C * BV + 2 * C * C)  # v19, v20, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, v93, v81, local_3, v81, v89, v91, v87, v93, v82, v94, v120, v88, v117, v104, v125, v146, v147, v151, v158, v159, v169
+    scratch = scratch_ptr + slot * (4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7304,62 +7413,38 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    v24 = tl.sum((v22), axis=0)
-    v25 = (v24 / (D))
-    v26 = (v22 - v25)
-    v27 = (v26 * v26)
-    v28 = tl.sum((v27), axis=0)
-    v29 = (v28 / (D))
-    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
-    v31 = v15
-    v32 = (v30 + v31)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v17 = tl.sum((v16), axis=0)
-    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
-    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
-    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
-    v38 = tl.sum((v37), axis=0)
-    v39 = (v38 / (D))
-    v40 = (2.0 * v26 * v39)
-    v41 = (v36 + v40)
-    v42 = ((-1.0) * v41)
-    v43 = tl.sum((v42), axis=0)
-    v44 = (v43 / (D))
-    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
     tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v103 = tl.sum((v102), axis=0)
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7380,11 +7465,43 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
-    v34 = v11
-    v35 = v13
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v103 = tl.sum((v102), axis=0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v17 = tl.sum((v16), axis=0)
+    v31 = v15
+    v24 = tl.sum((v22), axis=0)
+    v25 = (v24 / (D))
+    v26 = (v22 - v25)
+    v27 = (v26 * v26)
+    v28 = tl.sum((v27), axis=0)
+    v29 = (v28 / (D))
+    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
+    v32 = (v30 + v31)  # memory output M(x)
+    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
+    v38 = tl.sum((v37), axis=0)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v26 * v39)
+    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=0)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7411,6 +7528,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v90 = tl.dot(v89.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID + 3 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v90)
     tl.debug_barrier()
+    v35 = v13
+    v34 = v11
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -7437,7 +7556,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -7460,33 +7579,23 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
     tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
     tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -7504,7 +7613,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 4 * HID + 3 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7520,7 +7629,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 4 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7541,7 +7650,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 4 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7563,7 +7672,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 4 * HID + 5 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7597,7 +7706,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 4 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7640,48 +7749,64 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
     tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
+    v71 = tl.sum((v70), axis=1)
+    v72 = (v71 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = (2.0 * v72[:, None] * v146)
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v150 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
+    v153 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
     v168 = (v167 / (D))
     v169 = (v165 + v168[:, None])
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
-    v105 = v103
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7696,6 +7821,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v174 = (v138 + v173)
         tl.store(scratch + 4 * HID + 5 * HID * D + 17 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v174)
     tl.debug_barrier()
+    v105 = v103
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v191 = tl.zeros((D,), DTYPE)
@@ -7737,7 +7863,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8070,9 +8196,6 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
     scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v79, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -8099,8 +8222,6 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
     v22 = tl.zeros((BV,), DTYPE)
@@ -8144,6 +8265,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8363,6 +8488,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v130 = (2.0 * local_0 * v129)
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v133 = ((-0.5) * local_0 * local_1 * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v134 = tl.sum((v133), axis=0)
@@ -8406,9 +8534,6 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
     scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v79, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -8435,8 +8560,6 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
     v22 = tl.zeros((BV,), DTYPE)
@@ -8480,6 +8603,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8695,6 +8822,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v127 = (v126 / (D))
     v128 = ((-1.0) * v127)
     v129 = (v125 + v128[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v130 = (local_1 * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
     v131 = tl.sum((v130), axis=0)
@@ -8738,9 +8869,6 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
     scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v79, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
@@ -8766,8 +8894,6 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
     v22 = tl.zeros((BV,), DTYPE)
@@ -8811,6 +8937,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9030,6 +9160,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v130 = (2.0 * local_0 * v129)
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
     v133 = ((-0.5) * local_0 * ln_weight[None, :] * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v134 = (ln_weight[None, :] * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
     v135 = (v133 + v134)
@@ -9073,7 +9206,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v147, v151, v158, v159
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -9092,65 +9225,38 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    v24 = tl.sum((v22), axis=0)
-    v25 = (v24 / (D))
-    v26 = (v22 - v25)
-    v27 = (v26 * v26)
-    v28 = tl.sum((v27), axis=0)
-    v29 = (v28 / (D))
-    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
-    v31 = v15
-    v32 = (v30 + v31)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v17 = tl.sum((v16), axis=0)
-    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
-    v35 = v13
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    v34 = v11
-    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
-    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
-    v38 = tl.sum((v37), axis=0)
-    v39 = (v38 / (D))
-    v40 = (2.0 * v26 * v39)
-    v41 = (v36 + v40)
-    v42 = ((-1.0) * v41)
-    v43 = tl.sum((v42), axis=0)
-    v44 = (v43 / (D))
-    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v103 = tl.sum((v102), axis=0)
-    v105 = v103
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -9171,9 +9277,46 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v103 = tl.sum((v102), axis=0)
+    v105 = v103
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v17 = tl.sum((v16), axis=0)
+    v31 = v15
+    v24 = tl.sum((v22), axis=0)
+    v25 = (v24 / (D))
+    v26 = (v22 - v25)
+    v27 = (v26 * v26)
+    v28 = tl.sum((v27), axis=0)
+    v29 = (v28 / (D))
+    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
+    v32 = (v30 + v31)  # memory output M(x)
+    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
+    v38 = tl.sum((v37), axis=0)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v26 * v39)
+    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=0)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    v34 = v11
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
+    v35 = v13
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9225,21 +9368,21 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9262,19 +9405,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9290,7 +9427,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9314,7 +9451,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9328,7 +9465,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9351,7 +9488,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9384,12 +9521,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9398,48 +9535,65 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
+    v71 = tl.sum((v70), axis=1)
+    v72 = (v71 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = (2.0 * v72[:, None] * v146)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -9464,8 +9618,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9566,7 +9720,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v147, v151, v158, v159
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -9585,65 +9739,38 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    v24 = tl.sum((v22), axis=0)
-    v25 = (v24 / (D))
-    v26 = (v22 - v25)
-    v27 = (v26 * v26)
-    v28 = tl.sum((v27), axis=0)
-    v29 = (v28 / (D))
-    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
-    v31 = v15
-    v32 = (v30 + v31)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v17 = tl.sum((v16), axis=0)
-    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
-    v35 = v13
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    v34 = v11
-    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
-    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
-    v38 = tl.sum((v37), axis=0)
-    v39 = (v38 / (D))
-    v40 = (2.0 * v26 * v39)
-    v41 = (v36 + v40)
-    v42 = ((-1.0) * v41)
-    v43 = tl.sum((v42), axis=0)
-    v44 = (v43 / (D))
-    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v103 = tl.sum((v102), axis=0)
-    v105 = v103
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -9664,9 +9791,46 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v103 = tl.sum((v102), axis=0)
+    v105 = v103
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v17 = tl.sum((v16), axis=0)
+    v31 = v15
+    v24 = tl.sum((v22), axis=0)
+    v25 = (v24 / (D))
+    v26 = (v22 - v25)
+    v27 = (v26 * v26)
+    v28 = tl.sum((v27), axis=0)
+    v29 = (v28 / (D))
+    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
+    v32 = (v30 + v31)  # memory output M(x)
+    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
+    v38 = tl.sum((v37), axis=0)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v26 * v39)
+    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=0)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    v34 = v11
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
+    v35 = v13
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9718,21 +9882,21 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9755,19 +9919,13 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9783,7 +9941,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9807,7 +9965,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9821,7 +9979,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9844,7 +10002,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9877,12 +10035,12 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9891,48 +10049,65 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
+    v71 = tl.sum((v70), axis=1)
+    v72 = (v71 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = (2.0 * v72[:, None] * v146)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -9957,8 +10132,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10056,7 +10231,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v147, v151, v158, v159
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -10075,65 +10250,38 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    v24 = tl.sum((v22), axis=0)
-    v25 = (v24 / (D))
-    v26 = (v22 - v25)
-    v27 = (v26 * v26)
-    v28 = tl.sum((v27), axis=0)
-    v29 = (v28 / (D))
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
-    v35 = v13
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    v34 = v11
-    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
-    v31 = v15
-    v32 = (v30 + v31)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v17 = tl.sum((v16), axis=0)
-    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
-    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
-    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
-    v38 = tl.sum((v37), axis=0)
-    v39 = (v38 / (D))
-    v40 = (2.0 * v26 * v39)
-    v41 = (v36 + v40)
-    v42 = ((-1.0) * v41)
-    v43 = tl.sum((v42), axis=0)
-    v44 = (v43 / (D))
-    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v103 = tl.sum((v102), axis=0)
-    v105 = v103
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -10154,9 +10302,46 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v103 = tl.sum((v102), axis=0)
+    v105 = v103
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v17 = tl.sum((v16), axis=0)
+    v31 = v15
+    v24 = tl.sum((v22), axis=0)
+    v25 = (v24 / (D))
+    v26 = (v22 - v25)
+    v27 = (v26 * v26)
+    v28 = tl.sum((v27), axis=0)
+    v29 = (v28 / (D))
+    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
+    v32 = (v30 + v31)  # memory output M(x)
+    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
+    v38 = tl.sum((v37), axis=0)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v26 * v39)
+    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=0)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    v34 = v11
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
+    v35 = v13
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -10208,21 +10393,21 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -10245,19 +10430,13 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10273,7 +10452,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10297,7 +10476,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10311,7 +10490,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10334,7 +10513,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10367,12 +10546,12 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10381,48 +10560,65 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
+    v71 = tl.sum((v70), axis=1)
+    v72 = (v71 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = (2.0 * v72[:, None] * v146)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -10447,8 +10643,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10593,9 +10789,6 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
     scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v79, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
@@ -10621,8 +10814,6 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
     v22 = tl.zeros((BV,), DTYPE)
@@ -10666,6 +10857,10 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -10885,6 +11080,9 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v130 = (2.0 * local_0 * v129)
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
     v133 = ((-0.5) * local_0 * ln_weight[None, :] * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v134 = (ln_weight[None, :] * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
     v135 = (v133 + v134)
@@ -10927,7 +11125,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v147, v151, v158, v159
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -10946,65 +11144,38 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    v24 = tl.sum((v22), axis=0)
-    v25 = (v24 / (D))
-    v26 = (v22 - v25)
-    v27 = (v26 * v26)
-    v28 = tl.sum((v27), axis=0)
-    v29 = (v28 / (D))
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
-    v35 = v13
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    v34 = v11
-    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
-    v31 = v15
-    v32 = (v30 + v31)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v17 = tl.sum((v16), axis=0)
-    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
-    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
-    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
-    v38 = tl.sum((v37), axis=0)
-    v39 = (v38 / (D))
-    v40 = (2.0 * v26 * v39)
-    v41 = (v36 + v40)
-    v42 = ((-1.0) * v41)
-    v43 = tl.sum((v42), axis=0)
-    v44 = (v43 / (D))
-    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v103 = tl.sum((v102), axis=0)
-    v105 = v103
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -11025,9 +11196,46 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v103 = tl.sum((v102), axis=0)
+    v105 = v103
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v17 = tl.sum((v16), axis=0)
+    v31 = v15
+    v24 = tl.sum((v22), axis=0)
+    v25 = (v24 / (D))
+    v26 = (v22 - v25)
+    v27 = (v26 * v26)
+    v28 = tl.sum((v27), axis=0)
+    v29 = (v28 / (D))
+    v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
+    v32 = (v30 + v31)  # memory output M(x)
+    v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v37 = ((-0.5) * v26 * ln_weight * v33 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
+    v38 = tl.sum((v37), axis=0)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v26 * v39)
+    v36 = (ln_weight * v33 / ((tl.sqrt((1.0 + v29)))))
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=0)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    v34 = v11
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
+    v35 = v13
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -11079,21 +11287,21 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -11116,19 +11324,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11144,7 +11346,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11168,7 +11370,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11182,7 +11384,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11205,7 +11407,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11238,12 +11440,12 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11252,48 +11454,65 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v66 = (local_0 * local_0)
+    v67 = tl.sum((v66), axis=1)
+    v68 = (v67 / (D))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
+    v71 = tl.sum((v70), axis=1)
+    v72 = (v71 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = (2.0 * v72[:, None] * v146)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -11318,8 +11537,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)

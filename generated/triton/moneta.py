@@ -199,10 +199,13 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['s', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t'],
+                                       ['t', 'o'],
+                                       ['t'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
-                                       ['t', 'o'],
+                                       ['t'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o']],
@@ -439,6 +442,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['t', 'o'],
+                                          ['t'],
                                           ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
@@ -632,6 +636,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['o', 'h'],
                                                    ['o', 'h'],
                                                    ['h', 'i'],
+                                                   ['s'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
@@ -671,6 +676,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
+                                                   ['s'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
@@ -1143,16 +1149,11 @@ def chunk_state_fwd_kernel(
         v65 = (v60 * v61)
         tl.store(scratch + 4 * C * HID + BV * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v65)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v53 = tl.load(scratch + 4 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v58 = tl.exp(v53)  # cumulative decay in the chunk
-        v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v68 = tl.sum((v67), axis=0)
         v45 = tl.load(scratch + 4 * C * HID + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v64 = v45
         v71 = v60
         v72 = (v71 * v64)
         tl.store(scratch + 4 * C * HID + BV * HID + 2 * C * BV + 2 * C * D + offs_s[:, None] * D + offs_o[None, :], v72)  # park
-        v74 = v68
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1164,6 +1165,10 @@ def chunk_state_fwd_kernel(
             v62 = v47
             tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
         tl.debug_barrier()
+        v53 = tl.load(scratch + 4 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v58 = tl.exp(v53)  # cumulative decay in the chunk
+        v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v68 = tl.sum((v67), axis=0)
         v65 = tl.load(scratch + 4 * C * HID + BV * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1179,6 +1184,7 @@ def chunk_state_fwd_kernel(
             v63 = v23
             tl.store(scratch + 3 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
         tl.debug_barrier()
+        v74 = v68
         v72 = tl.load(scratch + 4 * C * HID + BV * HID + 2 * C * BV + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1396,15 +1402,6 @@ def chunk_out_fwd_kernel(
         v128 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v134 = (v128 * v133[None, :])
         v135 += tl.sum((v134), axis=1)
-    v136 = tl.sum((v135), axis=0)
-    v137 = (v136 / (D))
-    v138 = (v135 - v137)
-    v139 = (v138 * v138)
-    v140 = tl.sum((v139), axis=0)
-    v141 = (v140 / (D))
-    v142 = (ln_bias + (v138 * ln_weight / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141))))))
-    v143 = v130
-    v144 = (v142 + v143)  # memory output M(x)
     v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
@@ -1569,6 +1566,15 @@ def chunk_out_fwd_kernel(
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v105 = q
     v106 = (v104 + v105)  # read: M(q_t; W_t)
+    v143 = v130
+    v136 = tl.sum((v135), axis=0)
+    v137 = (v136 / (D))
+    v138 = (v135 - v137)
+    v139 = (v138 * v138)
+    v140 = tl.sum((v139), axis=0)
+    v141 = (v140 / (D))
+    v142 = (ln_bias + (v138 * ln_weight / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141))))))
+    v144 = (v142 + v143)  # memory output M(x)
     v146 = ((tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * v144[None, :]) + (v106 * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None])))
     tl.store(out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v146.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1971,7 +1977,7 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 13 * C * BV + 4 * C * C)  # v84, v15, v29, v21, v41, v60, v85, v105, v30, v75, v91, v101, v106, v142, v154, v156, v66, v58, v64, v67, v159, v166, v176, v178, v185, v232, v177, v155, v157, v181, v184, v186, v136, v148, v149, v153, v68, v171, v187, v223, v242, v150, v174, v228, v160, v188, v233, v234, v61, v48, local_4, v76, causal, v48, v53, v49, v54, v55, v59, v80, v57, v62, v73, v74, v164, v86, v169, v194, v195, v199, v207, v208, v218, v70, v72
+        scratch = scratch_ptr + slot * (11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 13 * C * BV + 4 * C * C + 3 * C)  # v84, v15, v29, v21, v41, v60, v85, v105, v30, v75, v91, v101, v106, v142, v154, v156, v66, v58, v64, v67, v159, v166, v176, v178, v185, v232, v177, v155, v157, v181, v184, v186, v136, v148, v149, v153, v68, v171, v187, v223, v242, v150, v174, v228, v160, v188, v233, v234, v61, v48, local_4, v76, causal, v48, v53, v49, v54, v55, v59, v80, v57, v62, v73, v74, v164, v86, v169, v194, v34, v195, v198, v199, v207, v208, v201, v218, v70, v72
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v47 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v48 = tl.cumsum(v47, axis=0, reverse=False)
@@ -2161,8 +2167,6 @@ def chunk_state_bwd_kernel(
             v22 = (w1 * w1)
             v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
         tl.debug_barrier()
-        v24 = (v23 / (HID * D))
-        v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v54 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v59 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v61 = (v59 * v54)
@@ -2242,6 +2246,8 @@ def chunk_state_bwd_kernel(
             v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 6 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
         tl.debug_barrier()
+        v24 = (v23 / (HID * D))
+        v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         v62 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2361,13 +2367,7 @@ def chunk_state_bwd_kernel(
         v139 = ((-0.5) * v138 / (v139_c0 * ((tl.full((), 1e-06, DTYPE) + v139_c0) * (tl.full((), 1e-06, DTYPE) + v139_c0))))
         v140 = (v139 / (D * HID))
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v32 = (local_0 * local_0)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v37 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        v38 = tl.sum((v37), axis=1)
-        v39 = (v38 / (D))
         v55 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v86 = v55
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v86)  # park
@@ -2433,15 +2433,28 @@ def chunk_state_bwd_kernel(
         v193 = ((-1.0) * v192)
         v194 = (v190 + v193[:, None])
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v194)  # park
-        v195 = (2.0 * v39[:, None] * v194)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v195)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v32 = (local_0 * local_0)
+        v33 = tl.sum((v32), axis=1)
+        v34 = (v33 / (D))
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + offs_t, v34)  # park
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v37 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
+        v38 = tl.sum((v37), axis=1)
+        v39 = (v38 / (D))
+        tl.debug_barrier()  # parked tiles other threads stored
+        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v195 = (2.0 * v39[:, None] * v194)
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v195)  # park
         v196 = (2.0 * local_0 * v194)
         v197 = tl.sum((v196), axis=1)
         v198 = (v197 / (D))
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + C + offs_t, v198)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v34 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + offs_t)  # parked
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v199 = ((-0.5) * ln_weight[None, :] * local_2 * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v199)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v199)  # park
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v202 = ((-0.5) * local_0 * ln_weight[None, :] * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         tl.debug_barrier()  # parked tiles other threads stored
@@ -2452,34 +2465,37 @@ def chunk_state_bwd_kernel(
         v207_c0 = (local_1 * local_1)
         v207_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v207_c0)))
         v207 = (v206 * ((3.0 * v207_c1) + (3.0 * v207_c0 / (v207_c1))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 8 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v207)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 8 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v207)  # park
         v208 = (ln_weight[None, :] * v207 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 9 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v208)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 9 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v208)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v198 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + C + offs_t)  # parked
         v200 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * (tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v201 = tl.sum((v200), axis=1)
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + 2 * C + offs_t, v201)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v203 = ((-0.5) * ln_weight[None, :] * local_2 * v194 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v204 = tl.sum((v203), axis=1)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v207 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 8 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v207 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 8 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v209 = ((-0.5) * local_0 * ln_weight[None, :] * v207 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v210 = tl.sum((v209), axis=1)
+        v201 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + 2 * C + offs_t)  # parked
         v211 = (v201 + v204 + v210)
         v212 = (v211 / (D))
         v213 = (2.0 * local_0 * v212[:, None])
-        v195 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v199 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v208 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 9 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v195 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v199 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v208 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 9 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v214 = (v195 + v199 + v208 + v213)
         v215 = ((-1.0) * v214)
         v216 = tl.sum((v215), axis=1)
         v217 = (v216 / (D))
         v218 = (v214 + v217[:, None])
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v218)  # park
-        v230 = (3.0 * v24 * v180)
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v218)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2511,6 +2527,7 @@ def chunk_state_bwd_kernel(
             v243 = (v241 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
             v244 += tl.sum(tl.sum((v243), axis=1), axis=0)
         tl.debug_barrier()
+        v230 = (3.0 * v24 * v180)
         v245 = (v230 + v244)
         v246_c0 = (tl.sqrt(v13))
         v246 = ((-0.5) * v245 / (v246_c0 * ((tl.full((), 1e-06, DTYPE) + v246_c0) * (tl.full((), 1e-06, DTYPE) + v246_c0))))
@@ -2518,7 +2535,7 @@ def chunk_state_bwd_kernel(
         v53 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v69 = v53
         v70 = ((-1.0) + v69)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 11 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 11 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
         local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2546,9 +2563,9 @@ def chunk_state_bwd_kernel(
             v68 = tl.load(scratch + 10 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v71 += tl.dot(v68.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v70 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 11 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v70 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 11 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v72 = (v70 * v71)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 12 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 12 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
         v76 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2580,7 +2597,7 @@ def chunk_state_bwd_kernel(
             v78_b = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v78_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v78 += v78_x[:, None] * v78_y * v78_m[:, None] * tl.exp(tl.minimum(v73 - v78_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v72 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 12 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v72 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 12 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v79 = (v72 - v78)
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v161 = (v79 * local_6)
@@ -2605,7 +2622,7 @@ def chunk_state_bwd_kernel(
             v188 = tl.dot(tl.trans(local_3).to(DOT_DTYPE), v187.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 11 * HID * D + 22 * C * HID + 10 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v188)
         tl.debug_barrier()
-        v218 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v218 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v27 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2623,8 +2640,6 @@ def chunk_state_bwd_kernel(
             v26 = (w2 * w2)
             v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
         tl.debug_barrier()
-        v28 = (v27 / (D * HID))
-        v226 = (3.0 * v28 * v162)
         v236 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2633,6 +2648,8 @@ def chunk_state_bwd_kernel(
             v233 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 11 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v235 = (v233 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
             v236 += tl.sum(tl.sum((v235), axis=1), axis=0)
+        v28 = (v27 / (D * HID))
+        v226 = (3.0 * v28 * v162)
         v237 = (v226 + v236)
         v238_c0 = (tl.sqrt(v19))
         v238 = ((-0.5) * v237 / (v238_c0 * ((tl.full((), 1e-06, DTYPE) + v238_c0) * (tl.full((), 1e-06, DTYPE) + v238_c0))))
@@ -2690,10 +2707,6 @@ def chunk_grad_q_0_bwd_kernel(
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
     scratch = scratch_ptr + slot * (3 * HID * D + 2 * C * HID + HID + 2 * BV * HID + C * D)  # v51, v22, v44, v52, v62, v71, v57, v67, v47
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v85 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
-    v86 = tl.sum((v85), axis=0)
-    v87 = v86
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v35 = tl.cumsum(v34, axis=0, reverse=False)
@@ -2816,6 +2829,9 @@ def chunk_grad_q_0_bwd_kernel(
     v78 = (v77 * v77)
     v79 = tl.sum((v78), axis=0)
     v80 = (v79 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v85 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v86 = tl.sum((v85), axis=0)
     v88 = (ln_weight * v86 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v80)))))
     v89 = ((-0.5) * v77 * ln_weight * v86 / (((tl.full((), 1e-05, DTYPE) + v80) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v80)))))
     v90 = tl.sum((v89), axis=0)
@@ -2839,6 +2855,7 @@ def chunk_grad_q_0_bwd_kernel(
         v62 = tl.load(scratch + 2 * HID * D + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v101 = (v62 * v100[:, None])
         v102 += tl.sum((v101), axis=0)
+    v87 = v86
     v103 = (v87 + v102)
     v104 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v103[None, :])
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v104.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3024,8 +3041,6 @@ def chunk_grad_q_2_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -3056,6 +3071,8 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3192,8 +3209,6 @@ def chunk_grad_q_3_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -3280,6 +3295,8 @@ def chunk_grad_q_3_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3504,8 +3521,6 @@ def chunk_grad_q_4_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -3536,6 +3551,8 @@ def chunk_grad_q_4_bwd_kernel(
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3819,8 +3836,6 @@ def chunk_grad_k_0_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
     v44 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = ((-1.0) + v44)
@@ -3900,6 +3915,8 @@ def chunk_grad_k_0_bwd_kernel(
         v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v49)
     tl.debug_barrier()
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     v53 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4071,8 +4088,6 @@ def chunk_grad_k_1_bwd_kernel(
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
-    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v69 = tl.sum((v68), axis=0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4086,6 +4101,9 @@ def chunk_grad_k_1_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v69 = tl.sum((v68), axis=0)
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4220,9 +4238,6 @@ def chunk_grad_k_1_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v131_c0 = (tl.sqrt(v80))
-    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
-    v132 = (v131 / (HID * D))
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
@@ -4256,6 +4271,9 @@ def chunk_grad_k_1_bwd_kernel(
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    v131_c0 = (tl.sqrt(v80))
+    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
+    v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4291,8 +4309,6 @@ def chunk_grad_k_1_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -4323,6 +4339,8 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4447,7 +4465,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v38, v57, v75, v95, v96, v68, v81, v91, v126, v139, v132, v145, v60, v61, v64, v151, v147, v162, v165, v167, v198, v142, v65, v201, v58, v45, local_4, v45, v46, v51, v52, v56, v70, v50, v76, v154, v59, v54, v149, v173, v186, v192
+    scratch = scratch_ptr + slot * (3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 2 * C * C + C)  # v15, v26, v21, v38, v57, v75, v95, v96, v68, v81, v91, v126, v139, v132, v145, v60, v61, v64, v151, v147, v162, v165, v167, v198, v142, v65, v201, v58, v45, local_4, v45, v46, v51, v52, v56, v70, v50, v76, v154, v59, v54, v149, v173, v177, v186, v192
     v43 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v44 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -4498,8 +4516,6 @@ def chunk_grad_k_2_bwd_kernel(
     v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = tl.exp(v45)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v50)  # park
-    v72 = (v50 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v73 = tl.sum((v72), axis=0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4514,6 +4530,9 @@ def chunk_grad_k_2_bwd_kernel(
         v57 = v39
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
+    v50 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = (v50 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v73 = tl.sum((v72), axis=0)
     v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v83 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4649,9 +4668,6 @@ def chunk_grad_k_2_bwd_kernel(
         v133 = (v125 * (v75 * v75) * tl.abs(v75) * tl.where(v75 > 0, 1.0, tl.where(v75 < 0, -1.0, 0.0)))
         v134 += tl.sum(tl.sum((v133), axis=1), axis=0)
     tl.debug_barrier()
-    v135_c0 = (tl.sqrt(v84))
-    v135 = ((-0.5) * v134 / (v135_c0 * ((tl.full((), 1e-06, DTYPE) + v135_c0) * (tl.full((), 1e-06, DTYPE) + v135_c0))))
-    v136 = (v135 / (HID * D))
     v51 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = (v56 * v51)
@@ -4685,6 +4701,9 @@ def chunk_grad_k_2_bwd_kernel(
     v53 = ((-1.0) + v50)
     v54 = (q * v53)
     tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v54)  # park
+    v135_c0 = (tl.sqrt(v84))
+    v135 = ((-0.5) * v134 / (v135_c0 * ((tl.full((), 1e-06, DTYPE) + v135_c0) * (tl.full((), 1e-06, DTYPE) + v135_c0))))
+    v136 = (v135 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
     v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4720,8 +4739,6 @@ def chunk_grad_k_2_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -4752,6 +4769,8 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4829,6 +4848,7 @@ def chunk_grad_k_2_bwd_kernel(
     v175 = (2.0 * local_0 * v173)
     v176 = tl.sum((v175), axis=1)
     v177 = (v176 / (D))
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v177)  # park
     v29 = (local_0 * local_0)
     v30 = tl.sum((v29), axis=1)
     v31 = (v30 / (D))
@@ -4839,7 +4859,7 @@ def chunk_grad_k_2_bwd_kernel(
     v186_c0 = (local_1 * local_1)
     v186_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v186_c0)))
     v186 = (v185 * ((3.0 * v186_c1) + (3.0 * v186_c0 / (v186_c1))))
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v186)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v186)  # park
     v188 = ((-0.5) * local_0 * ln_weight[None, :] * v186 / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
     v189 = tl.sum((v188), axis=1)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -4852,17 +4872,18 @@ def chunk_grad_k_2_bwd_kernel(
     v190 = (v180 + v183 + v189)
     v191 = (v190 / (D))
     v192 = (2.0 * local_0 * v191[:, None])
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v192)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v186 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v186 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v187 = (ln_weight[None, :] * v186 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
     v34 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
     v35 = tl.sum((v34), axis=1)
     v36 = (v35 / (D))
     v173 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v174 = (2.0 * v36[:, None] * v173)
+    v177 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     v178 = ((-0.5) * ln_weight[None, :] * local_2 * v177[:, None] / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v192 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v192 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v193 = (v174 + v178 + v187 + v192)
     v194 = ((-1.0) * v193)
     v195 = tl.sum((v194), axis=1)
@@ -5007,8 +5028,6 @@ def chunk_grad_v_0_bwd_kernel(
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
-    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v69 = tl.sum((v68), axis=0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5022,6 +5041,9 @@ def chunk_grad_v_0_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v69 = tl.sum((v68), axis=0)
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5156,9 +5178,6 @@ def chunk_grad_v_0_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v131_c0 = (tl.sqrt(v80))
-    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
-    v132 = (v131 / (HID * D))
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
@@ -5192,6 +5211,9 @@ def chunk_grad_v_0_bwd_kernel(
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    v131_c0 = (tl.sqrt(v80))
+    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
+    v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5227,8 +5249,6 @@ def chunk_grad_v_0_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -5259,6 +5279,8 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5432,8 +5454,6 @@ def chunk_grad_v_1_bwd_kernel(
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
-    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v69 = tl.sum((v68), axis=0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5447,6 +5467,9 @@ def chunk_grad_v_1_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v69 = tl.sum((v68), axis=0)
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5581,9 +5604,6 @@ def chunk_grad_v_1_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v131_c0 = (tl.sqrt(v80))
-    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
-    v132 = (v131 / (HID * D))
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
@@ -5617,6 +5637,9 @@ def chunk_grad_v_1_bwd_kernel(
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    v131_c0 = (tl.sqrt(v80))
+    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
+    v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5652,8 +5675,6 @@ def chunk_grad_v_1_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -5684,6 +5705,8 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6065,8 +6088,6 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
@@ -6152,6 +6173,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6327,8 +6350,6 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
-    v71 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v72 = tl.sum((v71), axis=0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6342,6 +6363,9 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v55 = v37
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v55)
     tl.debug_barrier()
+    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v71 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v72 = tl.sum((v71), axis=0)
     v69 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6448,7 +6472,6 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v137 = (w2 * v136)
         v138 += tl.sum((v137), axis=1)
-    v139 = v138
     v132 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6482,6 +6505,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v141 = (w1 * v140)
         v142 += tl.sum((v141), axis=0)
+    v139 = v138
     v143 = (v139 + v142)
     v144 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v143[None, :])
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v144)  # park
@@ -6541,8 +6565,6 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -6576,6 +6598,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6696,26 +6720,27 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 6 * C * D + C * BV)  # v22, v44, v53, v72, v73, v45, v58, v68, v103, v109, v35, v36, v41, v43, v48, v46, v119
+    scratch = scratch_ptr + slot * (3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 6 * C * D + C * BV)  # v22, v44, v53, v72, v73, v45, v58, v68, v103, v109, v33, v35, v36, v41, v43, v48, v46, v119
     v33 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + offs_s, v33)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v35 = tl.cumsum(v34, axis=0, reverse=False)
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + offs_t[:, None] * D + offs_i[None, :], v35)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + offs_t[:, None] * D + offs_i[None, :], v35)  # park
     v37 = (v35 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v38 = tl.sum((v37), axis=0)
     v36 = v35
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C * D + offs_s[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + C * D + offs_s[:, None] * D + offs_i[None, :], v36)  # park
     v39 = (v33[:, None] * tl.exp((v38[None, :] - v36)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = gate_eta
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v41)  # park
     v42 = (v39 * v41)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v42 * v43)
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6742,10 +6767,6 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v35 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.exp(v35)  # cumulative decay in the chunk
-    v50 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v51 = tl.sum((v50), axis=0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6758,7 +6779,11 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v44 = v29
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.exp(v35)  # cumulative decay in the chunk
+    v50 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v51 = tl.sum((v50), axis=0)
+    v48 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v60 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6854,7 +6879,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v107 = (v106 / (D * HID))
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v46 = local_3
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v46)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v46)  # park
     v117 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6868,10 +6893,10 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v45 = tl.load(scratch + 2 * C * HID + HID * D + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v117 += tl.dot(v45.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v46 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v118 = (v46 * v117)
     v119 = v118
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v119)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v119)  # park
     v111 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6905,13 +6930,14 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v121 = ((-1.0) * v120)
         v44 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v122 += tl.dot(v44.to(DOT_DTYPE), v121.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v43 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v123 = (v43 * v122)
-    v119 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v119 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v128 = (v119 + v123)
-    v41 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v129 = (v41 * v128)
-    v36 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v33 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + offs_s)  # parked
+    v36 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v130 = (v33[:, None] * v129 * tl.exp((v38[None, :] - v36)))
     v131 = tl.sum((v130), axis=0)
     v132 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v131[None, :])
@@ -6957,26 +6983,27 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 14 * C * D + 5 * C * BV + 5 * C * C)  # v15, v26, v21, v51, v71, v90, v91, v62, v76, v86, v121, v127, v54, v55, v58, v149, v143, v156, v52, v39, local_4, q, v157, causal, v64, local_7, v39, v40, v45, v50, v66, v44, v63, v137, v162, v52, v53, v48, v60, v61, v145, v159
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 14 * C * D + 5 * C * BV + 5 * C * C + C)  # v15, v26, v21, v51, v71, v90, v91, v62, v76, v86, v121, v127, v54, v55, v58, v149, v143, v156, v52, v39, local_4, q, v157, causal, v64, local_7, v37, v39, v40, v45, v50, v66, v44, v63, v137, v162, v52, v53, v48, v60, v61, v145, v159
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s, v37)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v38 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v39 = tl.cumsum(v38, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     v41 = (v39 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v42 = tl.sum((v41), axis=0)
     v40 = v39
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v40)  # park
     v43 = (v37[:, None] * tl.exp((v42[None, :] - v40)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v45 = gate_eta
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     v46 = (v43 * v45)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = k
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v66 = (v46 * v50)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7004,11 +7031,9 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.exp(v39)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v44)  # park
-    v68 = (v44 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v69 = tl.sum((v68), axis=0)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7022,7 +7047,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v51 = v33
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v68 = (v44 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v69 = tl.sum((v68), axis=0)
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7118,7 +7146,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v125 = (v124 / (D * HID))
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v63 = local_3
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v63)  # park
     v135 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7132,10 +7160,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v62 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v136 = (v63 * v135)
     v137 = v136
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v137)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v137)  # park
     v129 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7169,25 +7197,26 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v139 = ((-1.0) * v138)
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v140 += tl.dot(v51.to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v141 = (v50 * v140)
-    v137 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v137 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v160 = (v137 + v141)
-    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v161 = (v45 * v160)
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s)  # parked
+    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v162 = ((-1.0) * v37[:, None] * v161 * tl.exp((v42[None, :] - v40)))
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v162)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v162)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = (v50 * v45)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v52)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v39)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7208,14 +7237,14 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v53 += tl.where(tl.arange(0, C)[None, :] == v53_p[:, None], v53_d[:, None], 0.0)
     v53 = v53 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = ((-1.0) + v44)
     v48 = (q * v47)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7223,7 +7252,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7236,19 +7265,17 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v60 = v39
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 3 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v61 = v40
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v61)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 3 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -7270,9 +7297,11 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v145 += tl.where(tl.arange(0, C)[None, :] == v145_p[:, None], v145_d[:, None], 0.0)
     v145 = v145 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v145)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v145)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7285,7 +7314,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v58 = (v57 + v56)
         tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v145 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v145 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7326,8 +7355,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v157 += (tl.dot(v156.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v157)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -7349,9 +7378,9 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v158_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v158_p[:, None] * D + tl.arange(0, D)[None, :])
         v158 += v158_x * v158_y[:, None] * v158_m[:, None] * tl.exp(tl.minimum(v158_a - v40, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v159 = ((-1.0) * v52 * v158)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v159)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v159)  # park
     v64 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7362,8 +7391,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v62 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v64 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 3 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v64)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
@@ -7388,8 +7417,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v147 = ((-1.0) * local_4 * v146)
     v150 = v147
-    v159 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v162 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v162 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v163 = (v150 + v159 + v162)
     v164 = v163
     v165 = tl.cumsum(v164, axis=0, reverse=True)
@@ -7689,8 +7718,6 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -7774,6 +7801,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7942,10 +7971,6 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v35 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.exp(v35)  # cumulative decay in the chunk
-    v50 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v51 = tl.sum((v50), axis=0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7958,6 +7983,10 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         v44 = v29
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
+    v35 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.exp(v35)  # cumulative decay in the chunk
+    v50 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v51 = tl.sum((v50), axis=0)
     v48 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v60 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8193,10 +8222,6 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v35 = tl.load(scratch + 2 * C * HID + HID * D + HID + BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.exp(v35)  # cumulative decay in the chunk
-    v49 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v50 = tl.sum((v49), axis=0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8209,6 +8234,10 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v44 = v29
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
+    v35 = tl.load(scratch + 2 * C * HID + HID * D + HID + BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.exp(v35)  # cumulative decay in the chunk
+    v49 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v50 = tl.sum((v49), axis=0)
     v47 = tl.load(scratch + 2 * C * HID + HID * D + HID + BV * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v59 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8617,8 +8646,6 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
-    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v69 = tl.sum((v68), axis=0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8632,6 +8659,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v69 = tl.sum((v68), axis=0)
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8766,9 +8796,6 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v131_c0 = (tl.sqrt(v80))
-    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
-    v132 = (v131 / (HID * D))
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
@@ -8802,6 +8829,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    v131_c0 = (tl.sqrt(v80))
+    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
+    v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8837,8 +8867,6 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -8869,6 +8897,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9039,8 +9069,6 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
-    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v69 = tl.sum((v68), axis=0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9054,6 +9082,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v69 = tl.sum((v68), axis=0)
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9188,9 +9219,6 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v131_c0 = (tl.sqrt(v80))
-    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
-    v132 = (v131 / (HID * D))
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
@@ -9224,6 +9252,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    v131_c0 = (tl.sqrt(v80))
+    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
+    v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9259,8 +9290,6 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -9291,6 +9320,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9458,8 +9489,6 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
-    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v69 = tl.sum((v68), axis=0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9473,6 +9502,9 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v69 = tl.sum((v68), axis=0)
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9607,9 +9639,6 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v131_c0 = (tl.sqrt(v80))
-    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
-    v132 = (v131 / (HID * D))
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
@@ -9643,6 +9672,9 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    v131_c0 = (tl.sqrt(v80))
+    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
+    v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9678,8 +9710,6 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -9710,6 +9740,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9966,8 +9998,6 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
-    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v69 = tl.sum((v68), axis=0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9981,6 +10011,9 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v69 = tl.sum((v68), axis=0)
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -10115,9 +10148,6 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v131_c0 = (tl.sqrt(v80))
-    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
-    v132 = (v131 / (HID * D))
     v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
@@ -10151,6 +10181,9 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    v131_c0 = (tl.sqrt(v80))
+    v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
+    v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
     v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -10186,8 +10219,6 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -10218,6 +10249,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time

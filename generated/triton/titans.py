@@ -42,9 +42,14 @@ DESCRIPTION = {'spec': 'titans',
                                        ['s', 'h'],
                                        ['s', 'h'],
                                        ['t', 'o'],
+                                       ['t'],
+                                       ['t'],
+                                       ['s'],
                                        ['s', 'i'],
                                        ['s', 'o'],
-                                       ['s', 'o']],
+                                       ['s'],
+                                       ['s', 'o'],
+                                       ['t']],
                            'value_blocks': 'none',
                            'tiles': 7.0,
                            'sub_chunks': False,
@@ -60,10 +65,13 @@ DESCRIPTION = {'spec': 'titans',
                                      ['t', 'h'],
                                      ['t', 'o'],
                                      ['t', 'o'],
+                                     ['t'],
                                      ['t', 'u'],
                                      ['t', 's'],
                                      ['t', 's'],
+                                     ['t'],
                                      ['t', 'i'],
+                                     ['t'],
                                      ['t', 'i'],
                                      ['t', 's']],
                          'value_blocks': 'none',
@@ -82,10 +90,13 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['s', 'o'],
+                                       ['t'],
                                        ['t', 'u'],
                                        ['t', 's'],
                                        ['t', 's'],
+                                       ['t'],
                                        ['t', 'i'],
+                                       ['t'],
                                        ['t', 'i']],
                            'value_blocks': 'none',
                            'tiles': 13.0,
@@ -132,24 +143,37 @@ DESCRIPTION = {'spec': 'titans',
                                        ['o', 'h'],
                                        ['o', 'h'],
                                        ['t', 'h'],
+                                       ['t'],
+                                       ['t'],
                                        ['t', 'i'],
+                                       ['s'],
                                        ['t', 'u'],
+                                       ['t'],
+                                       ['t'],
+                                       ['t'],
                                        ['t', 'i'],
                                        ['s', 'i'],
                                        ['t', 's'],
+                                       ['s'],
+                                       ['s'],
                                        ['s', 'u'],
                                        ['t', 's'],
                                        ['t', 's'],
                                        ['t', 's'],
+                                       ['s'],
                                        ['s', 'i'],
+                                       ['s'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t'],
+                                       ['t', 'o'],
+                                       ['t'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
-                                       ['t', 'o'],
+                                       ['t'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 18.0,
@@ -196,6 +220,7 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'i'],
                                           ['t', 'u'],
+                                          ['t'],
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
@@ -216,6 +241,7 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t'],
                                           ['t', 'i'],
                                           ['t', 'u'],
                                           ['t', 'i'],
@@ -240,7 +266,12 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['h', 'i'],
+                                          ['t'],
+                                          ['s'],
                                           ['t', 'u'],
+                                          ['t'],
+                                          ['s'],
+                                          ['s'],
                                           ['s', 'u'],
                                           ['t', 's'],
                                           ['t', 's'],
@@ -273,7 +304,12 @@ DESCRIPTION = {'spec': 'titans',
                                           ['o', 'h'],
                                           ['s', 'h'],
                                           ['o', 'h'],
+                                          ['t'],
+                                          ['s'],
                                           ['t', 'u'],
+                                          ['t'],
+                                          ['s'],
+                                          ['s'],
                                           ['s', 'u'],
                                           ['t', 's'],
                                           ['s', 'i'],
@@ -281,7 +317,9 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
+                                          ['s'],
                                           ['s', 'i'],
+                                          ['s'],
                                           ['s', 'i'],
                                           ['t', 'o'],
                                           ['s', 'o']],
@@ -316,8 +354,12 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['t'],
+                                          ['s'],
                                           ['s', 'i'],
                                           ['s', 'u'],
+                                          ['t'],
+                                          ['s'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'u'],
@@ -332,7 +374,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
-                                          ['t', 'o']],
+                                          ['t', 'o'],
+                                          ['t']],
                               'value_blocks': 'none',
                               'tiles': 10.5,
                               'sub_chunks': False,
@@ -357,7 +400,12 @@ DESCRIPTION = {'spec': 'titans',
                                           ['o', 'h'],
                                           ['s', 'h'],
                                           ['o', 'h'],
+                                          ['t'],
+                                          ['s'],
                                           ['t', 'u'],
+                                          ['t'],
+                                          ['s'],
+                                          ['s'],
                                           ['s', 'u'],
                                           ['t', 's'],
                                           ['s', 'i'],
@@ -365,7 +413,9 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
+                                          ['s'],
                                           ['s', 'i'],
+                                          ['s'],
                                           ['s', 'i'],
                                           ['t', 'o'],
                                           ['s', 'o']],
@@ -393,7 +443,12 @@ DESCRIPTION = {'spec': 'titans',
                                           ['o', 'h'],
                                           ['s', 'h'],
                                           ['o', 'h'],
+                                          ['t'],
+                                          ['s'],
                                           ['t', 'u'],
+                                          ['t'],
+                                          ['s'],
+                                          ['s'],
                                           ['s', 'u'],
                                           ['t', 's'],
                                           ['s', 'i'],
@@ -401,7 +456,9 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
+                                          ['s'],
                                           ['s', 'i'],
+                                          ['s'],
                                           ['s', 'i'],
                                           ['t', 'o'],
                                           ['s', 'o']],
@@ -421,12 +478,16 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t'],
                                                    ['t', 'u'],
+                                                   ['t'],
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
-                                                   ['t', 's']],
+                                                   ['t', 's'],
+                                                   ['t'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 7.0,
                                        'sub_chunks': False,
@@ -438,7 +499,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['o', 'h'],
                                                    ['s', 'h'],
                                                    ['h', 'i'],
-                                                   ['s', 'i']],
+                                                   ['s', 'i'],
+                                                   ['s']],
                                        'value_blocks': 'none',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
@@ -455,15 +517,21 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t'],
+                                                   ['s'],
                                                    ['t', 'u'],
+                                                   ['t'],
                                                    ['s', 'u'],
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['u'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['t'],
+                                                   ['t', 'o'],
                                                    ['t', 'u'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
@@ -484,13 +552,20 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t'],
                                                    ['s', 'u'],
                                                    ['s', 'i'],
+                                                   ['s'],
+                                                   ['s', 'i'],
+                                                   ['t'],
                                                    ['t', 'i'],
+                                                   ['s'],
+                                                   ['u'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['t', 'o'],
                                                    ['t', 's'],
                                                    ['t', 'u'],
                                                    ['t', 's']],
@@ -505,7 +580,8 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['o', 'h'],
                                                  ['s', 'h'],
                                                  ['h', 'i'],
-                                                 ['s', 'i']],
+                                                 ['s', 'i'],
+                                                 ['s']],
                                      'value_blocks': 'none',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
@@ -522,7 +598,11 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['h', 'i'],
+                                                 ['t'],
+                                                 ['s'],
                                                  ['t', 'u'],
+                                                 ['t'],
+                                                 ['s'],
                                                  ['t', 's'],
                                                  ['s', 'i'],
                                                  ['t', 's'],
@@ -532,7 +612,8 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['t', 's'],
                                                  ['t', 's'],
                                                  ['t', 's'],
-                                                 ['s', 'u']],
+                                                 ['s', 'u'],
+                                                 ['s']],
                                      'value_blocks': 'none',
                                      'tiles': 9.5,
                                      'sub_chunks': False,
@@ -549,12 +630,16 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t'],
                                                    ['t', 'u'],
+                                                   ['t'],
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
-                                                   ['t', 's']],
+                                                   ['t', 's'],
+                                                   ['t'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 8.0,
                                        'sub_chunks': False,
@@ -566,7 +651,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['o', 'h'],
                                                    ['s', 'h'],
                                                    ['h', 'i'],
-                                                   ['s', 'i']],
+                                                   ['s', 'i'],
+                                                   ['s']],
                                        'value_blocks': 'none',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
@@ -583,7 +669,12 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['h', 'i'],
+                                                   ['t'],
+                                                   ['s'],
                                                    ['t', 'u'],
+                                                   ['t'],
+                                                   ['s'],
+                                                   ['s'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
                                                    ['t', 's'],
@@ -593,7 +684,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 's'],
-                                                   ['s', 'u']],
+                                                   ['s', 'u'],
+                                                   ['s']],
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
                                        'sub_chunks': False,
@@ -611,7 +703,12 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['h', 'i'],
                                                    ['h', 'i'],
+                                                   ['t'],
+                                                   ['s'],
                                                    ['t', 'u'],
+                                                   ['t'],
+                                                   ['s'],
+                                                   ['s'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
                                                    ['t', 's'],
@@ -621,6 +718,11 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['t', 's'],
+                                                   ['s'],
+                                                   ['s', 'i'],
+                                                   ['s'],
+                                                   ['s'],
                                                    ['s', 'u']],
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
@@ -634,8 +736,10 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t'],
                                                   ['t', 'i'],
                                                   ['t', 'u'],
+                                                  ['t'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
                                                   ['t', 's'],
@@ -664,7 +768,12 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['o', 'h'],
                                                   ['s', 'h'],
                                                   ['o', 'h'],
+                                                  ['t'],
+                                                  ['s'],
                                                   ['t', 'u'],
+                                                  ['t'],
+                                                  ['s'],
+                                                  ['s'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
                                                   ['s', 'i'],
@@ -672,7 +781,9 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
+                                                  ['s'],
                                                   ['s', 'i'],
+                                                  ['s'],
                                                   ['s', 'i'],
                                                   ['t', 'o'],
                                                   ['s', 'o']],
@@ -700,7 +811,12 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['o', 'h'],
                                                   ['s', 'h'],
                                                   ['o', 'h'],
+                                                  ['t'],
+                                                  ['s'],
                                                   ['t', 'u'],
+                                                  ['t'],
+                                                  ['s'],
+                                                  ['s'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
                                                   ['s', 'i'],
@@ -708,7 +824,9 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
+                                                  ['s'],
                                                   ['s', 'i'],
+                                                  ['s'],
                                                   ['s', 'i'],
                                                   ['t', 'o'],
                                                   ['s', 'o']],
@@ -736,7 +854,12 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['o', 'h'],
                                                   ['s', 'h'],
                                                   ['o', 'h'],
+                                                  ['t'],
+                                                  ['s'],
                                                   ['t', 'u'],
+                                                  ['t'],
+                                                  ['s'],
+                                                  ['s'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
                                                   ['s', 'i'],
@@ -744,7 +867,9 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
+                                                  ['s'],
                                                   ['s', 'i'],
+                                                  ['s'],
                                                   ['s', 'i'],
                                                   ['t', 'o'],
                                                   ['s', 'o']],
@@ -779,7 +904,12 @@ DESCRIPTION = {'spec': 'titans',
                                                 ['o', 'h'],
                                                 ['s', 'h'],
                                                 ['o', 'h'],
+                                                ['t'],
+                                                ['s'],
                                                 ['t', 'u'],
+                                                ['t'],
+                                                ['s'],
+                                                ['s'],
                                                 ['s', 'u'],
                                                 ['t', 's'],
                                                 ['s', 'i'],
@@ -787,7 +917,9 @@ DESCRIPTION = {'spec': 'titans',
                                                 ['t', 'i'],
                                                 ['t', 'i'],
                                                 ['t', 's'],
+                                                ['s'],
                                                 ['s', 'i'],
+                                                ['s'],
                                                 ['s', 'i'],
                                                 ['t', 'o'],
                                                 ['s', 'o']],
@@ -871,7 +1003,7 @@ def chunk_state_fwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * BV + C * D)  # v12, v13, v70, v73, v71, v82, v18, v69, v87, v92
+        scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * BV + 5 * C + C * D)  # v12, v13, v70, v73, v71, v82, v18, v52, v43, v44, v69, v87, v68, v92, v58
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -919,6 +1051,7 @@ def chunk_state_fwd_kernel(
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
         v52 = tl.cumsum(v51, axis=0, reverse=False)
+        tl.store(scratch + 6 * C * HID + C * BV + offs_t, v52)  # park
         v53 = v52
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v50 = gate_eta
@@ -927,36 +1060,27 @@ def chunk_state_fwd_kernel(
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
+        tl.store(scratch + 6 * C * HID + C * BV + C + offs_t, v43)  # park
         v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v47 = tl.sum((v46), axis=0)
         v44 = v43
+        tl.store(scratch + 6 * C * HID + C * BV + 2 * C + offs_s, v44)  # park
         v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
         v65 = v48
         v66 = (v61 * v65[None, :])
         v67 = tl.sum((v66), axis=1)
         v69 = k
-        tl.store(scratch + 6 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v69)  # park
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v62 = v58
-        v63 = (v59 * v62[None, :])
-        v64 = tl.sum((v63), axis=1)
-        v78 = (v64 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v79 = tl.sum((v78), axis=0)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v75 = (v49 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v76 = tl.sum((v75), axis=0)
+        tl.store(scratch + 6 * C * HID + C * BV + 3 * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
         v72 = v35
         v87 = (v72 * v67[:, None])
-        tl.store(scratch + 6 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+        tl.store(scratch + 6 * C * HID + C * BV + 3 * C + C * D + offs_s[:, None] * D + offs_o[None, :], v87)  # park
         v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
         v68 = (v57 * v50)
-        v84 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v85 = tl.sum((v84), axis=0)
+        tl.store(scratch + 6 * C * HID + 2 * C * BV + 3 * C + C * D + offs_s, v68)  # park
         v92 = (v72 * v68[:, None])
-        tl.store(scratch + 6 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+        tl.store(scratch + 6 * C * HID + 2 * C * BV + 4 * C + C * D + offs_s[:, None] * D + offs_o[None, :], v92)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -970,7 +1094,22 @@ def chunk_state_fwd_kernel(
             v73 = (v70 * v67[:, None])
             tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         tl.debug_barrier()
-        v69 = tl.load(scratch + 6 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v43 = tl.load(scratch + 6 * C * HID + C * BV + C + offs_t)  # parked
+        v49 = tl.exp(v43)  # cumulative decay in the chunk
+        v75 = (v49 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v76 = tl.sum((v75), axis=0)
+        v52 = tl.load(scratch + 6 * C * HID + C * BV + offs_t)  # parked
+        v58 = tl.exp(v52)  # cumulative decay in the chunk
+        tl.store(scratch + 6 * C * HID + 3 * C * BV + 4 * C + C * D + offs_t, v58)  # park
+        v62 = v58
+        tl.debug_barrier()  # parked tiles other threads stored
+        v44 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C + offs_s)  # parked
+        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        v63 = (v59 * v62[None, :])
+        v64 = tl.sum((v63), axis=1)
+        v78 = (v64 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v79 = tl.sum((v78), axis=0)
+        v69 = tl.load(scratch + 6 * C * HID + C * BV + 3 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -987,7 +1126,8 @@ def chunk_state_fwd_kernel(
             v71 = v13
             tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v71)
         tl.debug_barrier()
-        v87 = tl.load(scratch + 6 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v68 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 3 * C + C * D + offs_s)  # parked
+        v87 = tl.load(scratch + 6 * C * HID + C * BV + 3 * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1004,7 +1144,10 @@ def chunk_state_fwd_kernel(
             v82 = (v70 * v68[:, None])
             tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         tl.debug_barrier()
-        v69 = tl.load(scratch + 6 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v58 = tl.load(scratch + 6 * C * HID + 3 * C * BV + 4 * C + C * D + offs_t)  # parked
+        v84 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v85 = tl.sum((v84), axis=0)
+        v69 = tl.load(scratch + 6 * C * HID + C * BV + 3 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1015,7 +1158,7 @@ def chunk_state_fwd_kernel(
             tl.store(starts_s1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(starts_s1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(final_s1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
         tl.debug_barrier()
-        v92 = tl.load(scratch + 6 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v92 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 4 * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1064,7 +1207,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D)  # v12, v13, v63, v66, v60, v68, v69, v18, v35, v50, v53, v65, v59, v57, v77
+    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 3 * C + 4 * C * C + 2 * C * D)  # v12, v13, v63, v66, v60, v68, v69, v18, v35, v40, v50, v53, v65, v56, v59, v43, v57, v77
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1113,9 +1256,10 @@ def chunk_out_fwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + offs_t, v40)  # park
     v41 = v40
     v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v50)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + offs_t[:, None] * C + offs_u[None, :], v50)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v46 = tl.cumsum(v45, axis=0, reverse=False)
@@ -1124,23 +1268,27 @@ def chunk_out_fwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v65 = (v64 * v53)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
     v49 = tl.exp(v46)  # cumulative decay in the chunk
     v54 = v49
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v50 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v55 = (v50 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + 3 * C * C + offs_t, v56)  # park
     v59 = (q * v56[:, None])
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_t)  # parked
     v43 = tl.exp(v40)  # cumulative decay in the chunk
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + C * D + offs_t, v43)  # park
     v57 = (q * v43[:, None])
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1154,7 +1302,7 @@ def chunk_out_fwd_kernel(
         v63 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
-    v65 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v65 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1162,7 +1310,7 @@ def chunk_out_fwd_kernel(
         v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1170,7 +1318,8 @@ def chunk_out_fwd_kernel(
         v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + C * D + offs_t)  # parked
+    v57 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1186,6 +1335,7 @@ def chunk_out_fwd_kernel(
         v69 = (v68 * v43[:, None])
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
+    v56 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + 3 * C * C + offs_t)  # parked
     v73 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1205,13 +1355,13 @@ def chunk_out_fwd_kernel(
         v74 = v13
         v68 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
-    v77 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
     v80 = tl.sum((v79), axis=1)
@@ -1262,7 +1412,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D)  # v12, v13, v76, v79, v73, v81, v82, v18, v35, v88, v59, v62, v78, v72, v70
+    scratch = scratch_ptr + slot * (7 * C * HID + 3 * C * BV + 3 * C + 3 * C * C + 2 * C * D)  # v12, v13, v76, v79, v73, v81, v82, v18, v35, v88, v43, v59, v62, v78, v65, v72, v49, v70
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1331,6 +1481,7 @@ def chunk_local_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + offs_t, v43)  # park
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v44 = v43
@@ -1341,25 +1492,29 @@ def chunk_local_bwd_kernel(
     v105 = (v88 * v68[:, None])
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v105.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + C + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 7 * C * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v59 = tl.load(scratch + 7 * C * HID + 3 * C * BV + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + C + 3 * C * C + offs_t, v65)  # park
     v72 = (q * v65[:, None])
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 7 * C * HID + 3 * C * BV + offs_t)  # parked
     v49 = tl.exp(v43)  # cumulative decay in the chunk
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + 2 * C + 3 * C * C + C * D + offs_t, v49)  # park
     v70 = (q * v49[:, None])
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1373,7 +1528,7 @@ def chunk_local_bwd_kernel(
         v76 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v76)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v78 = tl.load(scratch + 7 * C * HID + 3 * C * BV + C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1381,7 +1536,7 @@ def chunk_local_bwd_kernel(
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v72 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1389,7 +1544,8 @@ def chunk_local_bwd_kernel(
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 2 * C + 3 * C * C + C * D + offs_t)  # parked
+    v70 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1405,6 +1561,7 @@ def chunk_local_bwd_kernel(
         v82 = (v81 * v49[:, None])
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
+    v65 = tl.load(scratch + 7 * C * HID + 3 * C * BV + C + 3 * C * C + offs_t)  # parked
     v86 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1424,7 +1581,7 @@ def chunk_local_bwd_kernel(
         v87 = v13
         v81 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.load(scratch + 7 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 7 * C * HID + 3 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
     v88 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -1451,8 +1608,10 @@ def chunk_local_bwd_kernel(
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v116.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
     v117 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v116.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.store(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v117.to(local_8_ptr.dtype.element_ty), mask=nv > 0)
+    v65 = tl.load(scratch + 7 * C * HID + 3 * C * BV + C + 3 * C * C + offs_t)  # parked
     v118 = (v115 * v65[:, None])
     tl.store(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v118.to(local_9_ptr.dtype.element_ty), mask=nv > 0)
+    v49 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 2 * C + 3 * C * C + C * D + offs_t)  # parked
     v119 = (v115 * v49[:, None])
     tl.store(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v119.to(local_10_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -1503,88 +1662,98 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV)  # v104, v59, v62, v12, v24, v64, v68, v13, v72, v112, v119, v125, v131, v99, v101, v102, v106, v126, v129, v132, v86, v90, v91, v97, v69, v117, v87, v94, v133, v168, v93, v70, v123, v134, v98, v103, v85, v92, v71, v58, v47, v60, v63, v65, v49, v50, v66, v111, v100, v105, v88, v115, v140, v141, v145, v152, v153, v163
+        scratch = scratch_ptr + slot * (6 * HID * D + 26 * C * HID + 7 * BV * HID + 13 * C + 5 * C * D + 6 * C * C + 8 * C * BV)  # v104, v59, v62, v12, v24, v64, v68, v13, v72, v112, v119, v125, v131, v99, v101, v102, v106, v126, v129, v132, v86, v90, v91, v97, v69, v117, v87, v94, v133, v168, v93, v70, v123, v134, v98, v103, v85, v92, v71, v31, v37, v58, v32, v47, v40, v46, v53, v60, v63, v65, v41, v38, v49, v50, v66, v111, v57, v100, v56, v105, v88, v115, v140, v18, v141, v144, v145, v152, v153, v147, v163
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v30 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v31 = tl.cumsum(v30, axis=0, reverse=False)
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + offs_t, v31)  # park
         v37 = tl.exp(v31)  # cumulative decay in the chunk
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + C + offs_t, v37)  # park
         v74 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v75 = tl.sum((v74), axis=0)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v58 = (q * v37[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C + offs_t[:, None] * D + offs_i[None, :], v58)  # park
         v32 = v31
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C + C * D + offs_s, v32)  # park
         v47 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v31[:, None] - v32[None, :])))))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v47)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C + C * D + offs_t[:, None] * C + offs_u[None, :], v47)  # park
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
         v40 = tl.cumsum(v39, axis=0, reverse=False)
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C + C * D + C * C + offs_t, v40)  # park
         v46 = tl.exp(v40)  # cumulative decay in the chunk
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 4 * C + C * D + C * C + offs_t, v46)  # park
         v51 = v46
         v52 = (v47 * v51[None, :])
         v53 = tl.sum((v52), axis=1)
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + C * D + C * C + offs_t, v53)  # park
         v60 = (q * v53[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v63 = k
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
         v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
         v41 = v40
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 2 * C * C + offs_s, v41)  # park
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v38 = gate_eta
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 7 * C + 3 * C * D + 2 * C * C + offs_s, v38)  # park
         v49 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :]))))) * v38[None, :])))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :], v49)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :], v49)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v47 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+        v47 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
         v50 = tl.dot(v47.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v50)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v50)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v65 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v65 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v66 = (v65 * v50)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v109 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()  # parked tiles other threads stored
-        v50 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v50 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v111 = (v50 * v109)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v111)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v111)  # park
         local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v40 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C + C * D + C * C + offs_t)  # parked
         v43 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v44 = tl.sum((v43), axis=0)
+        v41 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 2 * C * C + offs_s)  # parked
         v45 = (v29 * tl.exp((v44 - v41)))  # decay from token s to the chunk's end
+        v38 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 7 * C + 3 * C * D + 2 * C * C + offs_s)  # parked
         v57 = (v45 * v38)
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 6 * C * C + offs_s, v57)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v63 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v63 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v100 = (v63 * v57[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v31 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + offs_t)  # parked
         v34 = (v31 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v35 = tl.sum((v34), axis=0)
+        v32 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C + C * D + offs_s)  # parked
         v36 = (v29 * tl.exp((v35 - v32)))  # decay from token s to the chunk's end
         v54 = v36
-        tl.debug_barrier()  # parked tiles other threads stored
-        v49 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+        v49 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
         v55 = (v49 * v54[None, :])
         v56 = tl.sum((v55), axis=1)
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 4 * C * D + 6 * C * C + offs_s, v56)  # park
         v105 = (v63 * v56[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v105)  # park
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v16 = (local_0 * local_0)
-        v17 = tl.sum((v16), axis=1)
-        v18 = (v17 / (D))
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        v21 = tl.sum((v20), axis=1)
-        v22 = (v21 / (D))
         local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
-        v58 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v58 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1595,7 +1764,7 @@ def chunk_state_bwd_kernel(
             v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v59)
         tl.debug_barrier()
-        v60 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v60 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1627,7 +1796,7 @@ def chunk_state_bwd_kernel(
             v64 = v25
             tl.store(scratch + HID * D + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
         tl.debug_barrier()
-        v66 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v66 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1643,7 +1812,7 @@ def chunk_state_bwd_kernel(
             v72 = v13
             tl.store(scratch + HID * D + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
         tl.debug_barrier()
-        v111 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v111 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1673,7 +1842,7 @@ def chunk_state_bwd_kernel(
             v125 = (v124 * (0.5 + (0.5 * tl.math.erf(v125_c0)) + (v125_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
             tl.store(scratch + HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v125)
         tl.debug_barrier()
-        v58 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v58 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1684,7 +1853,7 @@ def chunk_state_bwd_kernel(
             v99 = ((-1.0) * d_new_s1)
             tl.store(scratch + 2 * HID * D + 11 * C * HID + offs_h[:, None] * D + offs_i[None, :], v99)
         tl.debug_barrier()
-        v100 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v100 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1695,7 +1864,7 @@ def chunk_state_bwd_kernel(
             v102 = ((-1.0) * d_new_w1)
             tl.store(scratch + 3 * HID * D + 12 * C * HID + offs_h[:, None] * D + offs_i[None, :], v102)
         tl.debug_barrier()
-        v105 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v105 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1706,7 +1875,7 @@ def chunk_state_bwd_kernel(
             v126 = ((-1.0) * v125)
             tl.store(scratch + 4 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v126)
         tl.debug_barrier()
-        v66 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v66 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1752,7 +1921,8 @@ def chunk_state_bwd_kernel(
             v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 4 * HID * D + 18 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
         tl.debug_barrier()
-        v111 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v57 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 6 * C * C + offs_s)  # parked
+        v111 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1767,6 +1937,7 @@ def chunk_state_bwd_kernel(
             v87 = (v72 * v57[:, None])
             tl.store(scratch + 4 * HID * D + 20 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
         tl.debug_barrier()
+        v56 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 4 * C * D + 6 * C * C + offs_s)  # parked
         v88 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1778,7 +1949,7 @@ def chunk_state_bwd_kernel(
             v94 = (v72 * v56[:, None])
             tl.store(scratch + 4 * HID * D + 21 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v94)
         tl.debug_barrier()
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
         v95 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1787,11 +1958,11 @@ def chunk_state_bwd_kernel(
             v91 = tl.load(scratch + 4 * HID * D + 17 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v95 += tl.dot(v94.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
-        v88 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v88 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v114 = (v88 + v95 + local_8)
         v115 = v114
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
         v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1804,59 +1975,72 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v135 += (tl.dot(v133.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()
-        v115 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v136 = (v115 + v135)
         v137 = tl.sum((v136), axis=1)
         v138 = (v137 / (D))
         v139 = ((-1.0) * v138)
         v140 = (v136 + v139[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v140)  # park
-        v141 = (2.0 * v22[:, None] * v140)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v140)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v16 = (local_0 * local_0)
+        v17 = tl.sum((v16), axis=1)
+        v18 = (v17 / (D))
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t, v18)  # park
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+        v21 = tl.sum((v20), axis=1)
+        v22 = (v21 / (D))
+        tl.debug_barrier()  # parked tiles other threads stored
+        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v141 = (2.0 * v22[:, None] * v140)
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
         v142 = (2.0 * local_0 * v140)
         v143 = tl.sum((v142), axis=1)
         v144 = (v143 / (D))
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t, v144)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v18 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t)  # parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v145 = ((-0.5) * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
         v148 = ((-0.5) * local_0 * ln_weight[None, :] * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v151 = (ln_weight[None, :] * v140 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v152 = (v148 + v151)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
         v153 = (ln_weight[None, :] * v152 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v144 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t)  # parked
         v146 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * (tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v147 = tl.sum((v146), axis=1)
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t, v147)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v149 = ((-0.5) * ln_weight[None, :] * local_1 * v140 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v150 = tl.sum((v149), axis=1)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v152 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v152 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v154 = ((-0.5) * local_0 * ln_weight[None, :] * v152 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v155 = tl.sum((v154), axis=1)
+        v147 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t)  # parked
         v156 = (v147 + v150 + v155)
         v157 = (v156 / (D))
         v158 = (2.0 * local_0 * v157[:, None])
-        v141 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v145 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v153 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v141 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v145 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v153 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v159 = (v141 + v145 + v153 + v158)
         v160 = ((-1.0) * v159)
         v161 = tl.sum((v160), axis=1)
         v162 = (v161 / (D))
         v163 = (v159 + v162[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v163)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 13 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v163)  # park
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v78 = (v46 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v79 = tl.sum((v78), axis=0)
-        v76 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v77 = tl.sum((v76), axis=0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1873,6 +2057,7 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v37 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + C + offs_t)  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1906,7 +2091,13 @@ def chunk_state_bwd_kernel(
             v134 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 4 * HID * D + 25 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v134)
         tl.debug_barrier()
-        v163 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v53 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + C * D + C * C + offs_t)  # parked
+        v76 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v77 = tl.sum((v76), axis=0)
+        v46 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 4 * C + C * D + C * C + offs_t)  # parked
+        v78 = (v46 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v79 = tl.sum((v78), axis=0)
+        v163 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 13 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1925,7 +2116,8 @@ def chunk_state_bwd_kernel(
             v103 = (v77 * d_new_w1)
             tl.store(scratch + 5 * HID * D + 25 * C * HID + 5 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v103)
         tl.debug_barrier()
-        v60 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v53 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + C * D + C * C + offs_t)  # parked
+        v60 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2212,7 +2404,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 2 * C * D + 5 * C * C)  # v39, v42, v12, v44, v48, v49, v63, v65, v70, v38, v31, v40, v45, v34, v46, v62
+    scratch = scratch_ptr + slot * (9 * C * HID + 2 * C * D + 5 * C * C + C)  # v39, v42, v12, v44, v48, v49, v63, v65, v70, v38, v31, v37, v40, v45, v34, v46, v62
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v20 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -2230,12 +2422,13 @@ def chunk_grad_q_2_bwd_kernel(
     v35 = v30
     v36 = (v31 * v35[None, :])
     v37 = tl.sum((v36), axis=1)
+    tl.store(scratch + 9 * C * HID + C * D + C * C + offs_t, v37)  # park
     v40 = (q * v37[:, None])
-    tl.store(scratch + 9 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + C * D + C * C + C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     v45 = tl.dot(q.to(DOT_DTYPE), tl.trans(v43).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v28 = v27
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v25 = gate_eta
@@ -2243,19 +2436,19 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v31 = tl.load(scratch + 9 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v34 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * D + 2 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 9 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = tl.load(scratch + 9 * C * HID + 2 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v46 = (v45 * v34)
-    tl.store(scratch + 9 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * D + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v60 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + 2 * C * D + 2 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v62 = (v34 * v60)
-    tl.store(scratch + 9 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * D + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
@@ -2267,7 +2460,7 @@ def chunk_grad_q_2_bwd_kernel(
         v39 = tl.dot(v38.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + C * D + C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2298,7 +2491,7 @@ def chunk_grad_q_2_bwd_kernel(
         v44 = v18
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + 9 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + 9 * C * HID + 2 * C * D + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2313,7 +2506,7 @@ def chunk_grad_q_2_bwd_kernel(
         v49 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
     tl.debug_barrier()
-    v62 = tl.load(scratch + 9 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 9 * C * HID + 2 * C * D + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2329,6 +2522,7 @@ def chunk_grad_q_2_bwd_kernel(
         v65 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
+    v37 = tl.load(scratch + 9 * C * HID + C * D + C * C + offs_t)  # parked
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2389,17 +2583,18 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 2 * C * D + 5 * C * C)  # v39, v42, v12, v44, v48, v49, v63, v65, v70, v38, v31, v40, v45, v34, v46, v62
+    scratch = scratch_ptr + slot * (9 * C * HID + C + 2 * C * D + 5 * C * C)  # v39, v42, v12, v44, v48, v49, v63, v65, v70, v24, v38, v31, v40, v45, v34, v46, v62
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v20 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v21 = tl.cumsum(v20, axis=0, reverse=False)
     v24 = tl.exp(v21)  # cumulative decay in the chunk
+    tl.store(scratch + 9 * C * HID + offs_t, v24)  # park
     v38 = (q * v24[:, None])
-    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + C + offs_t[:, None] * D + offs_i[None, :], v38)  # park
     v22 = v21
     v31 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v21[:, None] - v22[None, :])))))
-    tl.store(scratch + 9 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v31)  # park
+    tl.store(scratch + 9 * C * HID + C + C * D + offs_t[:, None] * C + offs_u[None, :], v31)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v26 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v27 = tl.cumsum(v26, axis=0, reverse=False)
@@ -2408,35 +2603,35 @@ def chunk_grad_q_3_bwd_kernel(
     v36 = (v31 * v35[None, :])
     v37 = tl.sum((v36), axis=1)
     v40 = (q * v37[:, None])
-    tl.store(scratch + 9 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + C + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     v45 = tl.dot(q.to(DOT_DTYPE), tl.trans(v43).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 9 * C * HID + C + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v28 = v27
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v25 = gate_eta
     v33 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v27[:, None] - v28[None, :]))))) * v25[None, :])))
     tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 9 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v31 = tl.load(scratch + 9 * C * HID + C + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v34 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + C + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 9 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = tl.load(scratch + 9 * C * HID + C + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v46 = (v45 * v34)
-    tl.store(scratch + 9 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + 9 * C * HID + C + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v60 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + C + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v62 = (v34 * v60)
-    tl.store(scratch + 9 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 9 * C * HID + C + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 9 * C * HID + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2444,7 +2639,7 @@ def chunk_grad_q_3_bwd_kernel(
         v39 = tl.dot(v38.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + C + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2475,7 +2670,7 @@ def chunk_grad_q_3_bwd_kernel(
         v44 = v18
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + 9 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + 9 * C * HID + C + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2490,7 +2685,7 @@ def chunk_grad_q_3_bwd_kernel(
         v49 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
     tl.debug_barrier()
-    v62 = tl.load(scratch + 9 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 9 * C * HID + C + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2506,6 +2701,7 @@ def chunk_grad_q_3_bwd_kernel(
         v65 = (tl.dot(local_9.to(DOT_DTYPE), s2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
+    v24 = tl.load(scratch + 9 * C * HID + offs_t)  # parked
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2566,50 +2762,58 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + 5 * C * C + 4 * C * D)  # v12, v57, v60, v54, v61, v62, v82, v84, v89, v72, v71, v40, v42, v43, v59, v53, v51, v81, v92, v76
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + 5 * C + 5 * C * C + 4 * C * D)  # v12, v57, v60, v54, v61, v62, v82, v84, v89, v72, v71, v24, v25, v40, v33, v34, v31, v42, v43, v59, v53, v51, v81, v92, v76
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
+    tl.store(scratch + 10 * C * HID + HID * D + offs_t, v24)  # park
     v25 = v24
+    tl.store(scratch + 10 * C * HID + HID * D + C + offs_s, v25)  # park
     v40 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
-    tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :], v40)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :], v40)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v33 = tl.cumsum(v32, axis=0, reverse=False)
+    tl.store(scratch + 10 * C * HID + HID * D + 2 * C + C * C + offs_t, v33)  # park
     v34 = v33
+    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + C * C + offs_s, v34)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v31 = gate_eta
+    tl.store(scratch + 10 * C * HID + HID * D + 4 * C + C * C + offs_s, v31)  # park
     v42 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
-    tl.store(scratch + 10 * C * HID + HID * D + C * C + offs_s[:, None] * C + offs_u[None, :], v42)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v42)  # park
     v43 = tl.dot(v40.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + HID * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v43)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v56 = k
     v58 = tl.dot(q.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v59 = (v58 * v43)
-    tl.store(scratch + 10 * C * HID + HID * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v33 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C + C * C + offs_t)  # parked
     v39 = tl.exp(v33)  # cumulative decay in the chunk
     v44 = v39
-    tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v40 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v45 = (v40 * v44[None, :])
     v46 = tl.sum((v45), axis=1)
     v53 = (q * v46[:, None])
-    tl.store(scratch + 10 * C * HID + HID * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v24 = tl.load(scratch + 10 * C * HID + HID * D + offs_t)  # parked
     v30 = tl.exp(v24)  # cumulative decay in the chunk
     v51 = (q * v30[:, None])
-    tl.store(scratch + 10 * C * HID + HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v81 = (v43 * v79)
-    tl.store(scratch + 10 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2631,7 +2835,7 @@ def chunk_grad_k_0_bwd_kernel(
         v57 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2639,7 +2843,7 @@ def chunk_grad_k_0_bwd_kernel(
         v60 = tl.dot(v59.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 10 * C * HID + HID * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2647,7 +2851,7 @@ def chunk_grad_k_0_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 10 * C * HID + HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2664,7 +2868,7 @@ def chunk_grad_k_0_bwd_kernel(
         v62 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 10 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2702,24 +2906,29 @@ def chunk_grad_k_0_bwd_kernel(
         v57 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v89 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90 += (tl.dot(v89.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v57.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v43 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v43 * v90)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v92 = (tl.dot(tl.trans(v91).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 10 * C * HID + HID * D + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v92)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v92)  # park
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v24 = tl.load(scratch + 10 * C * HID + HID * D + offs_t)  # parked
     v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v28 = tl.sum((v27), axis=0)
+    v25 = tl.load(scratch + 10 * C * HID + HID * D + C + offs_s)  # parked
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v47 = v29
-    tl.debug_barrier()  # parked tiles other threads stored
-    v42 = tl.load(scratch + 10 * C * HID + HID * D + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v42 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v48 = (v42 * v47[None, :])
     v49 = tl.sum((v48), axis=1)
+    v33 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C + C * C + offs_t)  # parked
     v36 = (v33 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v37 = tl.sum((v36), axis=0)
+    v34 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + C * C + offs_s)  # parked
     v38 = (v22 * tl.exp((v37 - v34)))  # decay from token s to the chunk's end
+    v31 = tl.load(scratch + 10 * C * HID + HID * D + 4 * C + C * C + offs_s)  # parked
     v50 = (v38 * v31)
     v76 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2736,7 +2945,7 @@ def chunk_grad_k_0_bwd_kernel(
         v71 = ((-1.0) * d_new_s1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v71)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + HID * D + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v76)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v76)  # park
     v73 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2745,8 +2954,8 @@ def chunk_grad_k_0_bwd_kernel(
         v71 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v73 += tl.dot(v72.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v92 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v73 + v76 + v92)
     v94 = v93
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v94.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2787,71 +2996,87 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
     v38 = v37
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2872,7 +3097,7 @@ def chunk_grad_k_1_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2880,7 +3105,7 @@ def chunk_grad_k_1_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2888,7 +3113,7 @@ def chunk_grad_k_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2905,7 +3130,7 @@ def chunk_grad_k_1_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2936,7 +3161,7 @@ def chunk_grad_k_1_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2947,7 +3172,7 @@ def chunk_grad_k_1_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2958,7 +3183,7 @@ def chunk_grad_k_1_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2973,6 +3198,7 @@ def chunk_grad_k_1_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2987,7 +3213,9 @@ def chunk_grad_k_1_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3002,7 +3230,7 @@ def chunk_grad_k_1_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3011,11 +3239,11 @@ def chunk_grad_k_1_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -3070,7 +3298,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 7 * C * BV)  # v12, v24, v87, v89, v90, v92, v59, v62, v64, v68, v70, v98, v105, v110, v113, v114, v77, v81, v82, v86, v69, v103, v78, v83, v148, v88, v49, v91, v65, v47, v50, v66, v58, v60, v97, v79, v101, v121, v122, v126, v133, v134
+    scratch = scratch_ptr + slot * (21 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * D + 6 * C * C + 7 * C * BV)  # v12, v24, v87, v89, v90, v92, v59, v62, v64, v68, v70, v98, v105, v110, v113, v114, v77, v81, v82, v86, v69, v103, v78, v83, v148, v40, v57, v88, v49, v31, v56, v91, v65, v47, v50, v66, v58, v60, v97, v79, v101, v121, v122, v126, v133, v134, v128
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = k
@@ -3078,6 +3306,7 @@ def chunk_grad_k_2_bwd_kernel(
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v40)  # park
     v43 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v44 = tl.sum((v43), axis=0)
     v41 = v40
@@ -3085,13 +3314,15 @@ def chunk_grad_k_2_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v57 = (v45 * v38)
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v57)  # park
     v88 = (v63 * v57[:, None])
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     v49 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :]))))) * v38[None, :])))
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + C * D + offs_s[:, None] * C + offs_u[None, :], v49)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * D + offs_s[:, None] * C + offs_u[None, :], v49)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v30 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v31 = tl.cumsum(v30, axis=0, reverse=False)
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * D + C * C + offs_t, v31)  # park
     v34 = (v31 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v35 = tl.sum((v34), axis=0)
     v32 = v31
@@ -3099,51 +3330,49 @@ def chunk_grad_k_2_bwd_kernel(
     v54 = v36
     v55 = (v49 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * D + C * C + offs_s, v56)  # park
     v91 = (v63 * v56[:, None])
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
     v47 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v31[:, None] - v32[None, :])))))
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_u[None, :], v47)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_u[None, :], v47)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v49 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v50 = tl.dot(v47.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v50)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v65 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v66 = (v65 * v50)
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * D + C * C + offs_t)  # parked
     v37 = tl.exp(v31)  # cumulative decay in the chunk
     v58 = (q * v37[:, None])
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 2 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v46 = tl.exp(v40)  # cumulative decay in the chunk
     v51 = v46
-    tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v47 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v52 = (v47 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
     v60 = (q * v53[:, None])
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v95 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v50 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v97 = (v50 * v95)
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v97)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v97)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v16 = (local_0 * local_0)
-    v17 = tl.sum((v16), axis=1)
-    v18 = (v17 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3163,7 +3392,7 @@ def chunk_grad_k_2_bwd_kernel(
         v87 = ((-1.0) * d_new_s1)
         tl.store(scratch + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v87)
     tl.debug_barrier()
-    v88 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3174,7 +3403,7 @@ def chunk_grad_k_2_bwd_kernel(
         v90 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v90)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3182,7 +3411,7 @@ def chunk_grad_k_2_bwd_kernel(
         v92 = tl.dot(v91.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v58 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 2 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3190,7 +3419,7 @@ def chunk_grad_k_2_bwd_kernel(
         v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v59)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3206,7 +3435,7 @@ def chunk_grad_k_2_bwd_kernel(
         v64 = v25
         tl.store(scratch + 6 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v66 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v66 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3221,7 +3450,7 @@ def chunk_grad_k_2_bwd_kernel(
         v70 = v13
         tl.store(scratch + 8 * C * HID + 2 * HID * D + offs_s[:, None] * HID + offs_h[None, :], v70)
     tl.debug_barrier()
-    v97 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v97 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3252,7 +3481,7 @@ def chunk_grad_k_2_bwd_kernel(
         v110 = ((-1.0) * v109)
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v110)
     tl.debug_barrier()
-    v66 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v66 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3298,7 +3527,8 @@ def chunk_grad_k_2_bwd_kernel(
         v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 16 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v97 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v57 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
+    v97 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3313,6 +3543,7 @@ def chunk_grad_k_2_bwd_kernel(
         v78 = (v70 * v57[:, None])
         tl.store(scratch + 18 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v78)
     tl.debug_barrier()
+    v56 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * D + C * C + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3324,7 +3555,7 @@ def chunk_grad_k_2_bwd_kernel(
         v83 = (v70 * v56[:, None])
         tl.store(scratch + 19 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v83)
     tl.debug_barrier()
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3333,11 +3564,11 @@ def chunk_grad_k_2_bwd_kernel(
         v82 = tl.load(scratch + 15 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v84 += tl.dot(v83.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v100 = (v79 + v84 + local_8)
     v101 = v100
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v101)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v101)  # park
     v116 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3349,44 +3580,52 @@ def chunk_grad_k_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v116 += (tl.dot(v115.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v101 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v101 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v101 + v116)
     v118 = tl.sum((v117), axis=1)
     v119 = (v118 / (D))
     v120 = ((-1.0) * v119)
     v121 = (v117 + v120[:, None])
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v121)  # park
-    v122 = (2.0 * v22[:, None] * v121)
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v122)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v121)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v16 = (local_0 * local_0)
+    v17 = tl.sum((v16), axis=1)
+    v18 = (v17 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v21 = tl.sum((v20), axis=1)
+    v22 = (v21 / (D))
+    v122 = (2.0 * v22[:, None] * v121)
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v122)  # park
     v123 = (2.0 * local_0 * v121)
     v124 = tl.sum((v123), axis=1)
     v125 = (v124 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v126 = ((-0.5) * ln_weight[None, :] * local_1 * v125[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v126)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v126)  # park
     v129 = ((-0.5) * local_0 * ln_weight[None, :] * v125[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v132 = (ln_weight[None, :] * v121 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v133 = (v129 + v132)
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
     v134 = (ln_weight[None, :] * v133 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v134)  # park
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v134)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v127 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v125[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * (tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v128 = tl.sum((v127), axis=1)
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 7 * C * BV + offs_t, v128)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v121 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v121 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v130 = ((-0.5) * ln_weight[None, :] * local_1 * v121 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v131 = tl.sum((v130), axis=1)
-    v133 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v133 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v135 = ((-0.5) * local_0 * ln_weight[None, :] * v133 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v136 = tl.sum((v135), axis=1)
+    v128 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 7 * C * BV + offs_t)  # parked
     v137 = (v128 + v131 + v136)
     v138 = (v137 / (D))
     v139 = (2.0 * local_0 * v138[:, None])
-    v122 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v126 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v134 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v122 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v126 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v134 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v140 = (v122 + v126 + v134 + v139)
     v141 = ((-1.0) * v140)
     v142 = tl.sum((v141), axis=1)
@@ -3451,71 +3690,87 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
     v38 = v37
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3536,7 +3791,7 @@ def chunk_grad_v_0_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3544,7 +3799,7 @@ def chunk_grad_v_0_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3552,7 +3807,7 @@ def chunk_grad_v_0_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3569,7 +3824,7 @@ def chunk_grad_v_0_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3600,7 +3855,7 @@ def chunk_grad_v_0_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3611,7 +3866,7 @@ def chunk_grad_v_0_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3622,7 +3877,7 @@ def chunk_grad_v_0_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3637,6 +3892,7 @@ def chunk_grad_v_0_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3651,7 +3907,9 @@ def chunk_grad_v_0_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3666,7 +3924,7 @@ def chunk_grad_v_0_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3675,11 +3933,11 @@ def chunk_grad_v_0_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -3732,71 +3990,87 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
     v38 = v37
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3817,7 +4091,7 @@ def chunk_grad_v_1_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3825,7 +4099,7 @@ def chunk_grad_v_1_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3833,7 +4107,7 @@ def chunk_grad_v_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3850,7 +4124,7 @@ def chunk_grad_v_1_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3881,7 +4155,7 @@ def chunk_grad_v_1_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3892,7 +4166,7 @@ def chunk_grad_v_1_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3903,7 +4177,7 @@ def chunk_grad_v_1_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3918,6 +4192,7 @@ def chunk_grad_v_1_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3932,7 +4207,9 @@ def chunk_grad_v_1_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3947,7 +4224,7 @@ def chunk_grad_v_1_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3956,11 +4233,11 @@ def chunk_grad_v_1_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -4010,49 +4287,54 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C * C + 2 * C * D)  # v12, v45, v48, v42, v49, v51, v71, v73, v80, v50, v32, v35, v47, v41, v39, v70
+    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + C * BV)  # v12, v45, v48, v42, v49, v51, v71, v73, v80, v50, v22, v32, v28, v35, v47, v41, v39, v70, v83, v76
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
+    tl.store(scratch + 10 * C * HID + offs_t, v22)  # park
     v23 = v22
     v32 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :])))))
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :], v32)  # park
+    tl.store(scratch + 10 * C * HID + C + offs_t[:, None] * C + offs_u[None, :], v32)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
+    tl.store(scratch + 10 * C * HID + C + C * C + offs_t, v28)  # park
     v29 = v28
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v26 = gate_eta
     v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :]))))) * v26[None, :])))
     v35 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = k
     v46 = tl.dot(q.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v47 = (v46 * v35)
-    tl.store(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 10 * C * HID + C + C * C + offs_t)  # parked
     v31 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = v31
-    tl.debug_barrier()  # parked tiles other threads stored
-    v32 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v32 = tl.load(scratch + 10 * C * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v37 = (v32 * v36[None, :])
     v38 = tl.sum((v37), axis=1)
     v41 = (q * v38[:, None])
-    tl.store(scratch + 10 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v22 = tl.load(scratch + 10 * C * HID + offs_t)  # parked
     v25 = tl.exp(v22)  # cumulative decay in the chunk
     v39 = (q * v25[:, None])
-    tl.store(scratch + 10 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v68 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v70 = (v35 * v68)
-    tl.store(scratch + 10 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v70)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v70)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -4075,7 +4357,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v45 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 10 * C * HID + 2 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4083,7 +4365,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 10 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4091,7 +4373,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v39 = tl.load(scratch + 10 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4108,7 +4390,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v51 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 10 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v70 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4154,6 +4436,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
+    tl.store(scratch + 10 * C * HID + 2 * C + 4 * C * C + 2 * C * D + offs_t, v83)  # park
     v76 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4161,9 +4444,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v50 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v76 += tl.dot(v50.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v77 = (local_6 * v76)
-    v78 = tl.sum((v77), axis=1)
+    tl.store(scratch + 10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v64 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4177,7 +4458,14 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v62 = (w1 * d_new_w1)
         v64 += tl.sum(tl.sum((v62), axis=1), axis=0)
     v65 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v64)
+    tl.debug_barrier()  # parked tiles other threads stored
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v76 = tl.load(scratch + 10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v77 = (local_6 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v83 = tl.load(scratch + 10 * C * HID + 2 * C + 4 * C * C + 2 * C * D + offs_t)  # parked
     v84 = (v65 + v78 + v83)
+    v22 = tl.load(scratch + 10 * C * HID + offs_t)  # parked
     v85 = (v84 * tl.exp(v22))
     v86 = tl.cumsum(v85, axis=0, reverse=True)
     v87 = (v86 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
@@ -4219,7 +4507,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + HID * D + C * D)  # v12, v37, v45, v36, v50, v35
+    scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + HID * D + C * D + C)  # v12, v37, v45, v36, v50, v35, v48
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -4249,6 +4537,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v37 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v47 = (v37 * v46)
         v48 += tl.sum((v47), axis=1)
+    tl.store(scratch + 3 * C * HID + BV * HID + HID * D + C * D + offs_s, v48)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4274,6 +4563,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v35 = tl.load(scratch + 3 * C * HID + BV * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = (v35 * v51)
     v53 = tl.sum((v52), axis=1)
+    v48 = tl.load(scratch + 3 * C * HID + BV * HID + HID * D + C * D + offs_s)  # parked
     v59 = (v48 + v53)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v29 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
@@ -4335,52 +4625,60 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * C + 2 * C * D)  # v12, v45, v48, v42, v49, v51, v73, v75, v82, v50, v32, v34, v35, v46, v47, v41, v39, v69, v71, v90, v85
+    scratch = scratch_ptr + slot * (10 * C * HID + 5 * C + 9 * C * C + 2 * C * D + C * BV)  # v12, v45, v48, v42, v49, v51, v73, v75, v82, v50, v22, v23, v32, v28, v34, v35, v46, v47, v36, v41, v39, v69, v71, v88, v76, v90, v85
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
+    tl.store(scratch + 10 * C * HID + offs_t, v22)  # park
     v23 = v22
+    tl.store(scratch + 10 * C * HID + C + offs_s, v23)  # park
     v32 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :])))))
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :], v32)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v32)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
+    tl.store(scratch + 10 * C * HID + 2 * C + C * C + offs_t, v28)  # park
     v29 = v28
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v26 = gate_eta
     v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :]))))) * v26[None, :])))
-    tl.store(scratch + 10 * C * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v34)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v34)  # park
     v35 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = k
     v46 = tl.dot(q.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 10 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v47 = (v46 * v35)
-    tl.store(scratch + 10 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 10 * C * HID + 2 * C + C * C + offs_t)  # parked
     v31 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = v31
+    tl.store(scratch + 10 * C * HID + 3 * C + 5 * C * C + offs_u, v36)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v32 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v32 = tl.load(scratch + 10 * C * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v37 = (v32 * v36[None, :])
     v38 = tl.sum((v37), axis=1)
     v41 = (q * v38[:, None])
-    tl.store(scratch + 10 * C * HID + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v22 = tl.load(scratch + 10 * C * HID + offs_t)  # parked
     v25 = tl.exp(v22)  # cumulative decay in the chunk
     v39 = (q * v25[:, None])
-    tl.store(scratch + 10 * C * HID + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v69 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 10 * C * HID + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v71 = (v35 * v69)
-    tl.store(scratch + 10 * C * HID + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -4403,7 +4701,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v45 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 10 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 10 * C * HID + 3 * C + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4411,7 +4709,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 10 * C * HID + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 10 * C * HID + 4 * C + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4419,7 +4717,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v39 = tl.load(scratch + 10 * C * HID + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 10 * C * HID + 4 * C + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4436,7 +4734,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v51 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v71 = tl.load(scratch + 10 * C * HID + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v71 = tl.load(scratch + 10 * C * HID + 4 * C + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4482,6 +4780,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
+    tl.store(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + offs_t, v88)  # park
     v76 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4489,9 +4788,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v50 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v76 += tl.dot(v50.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v77 = (local_6 * v76)
-    v78 = tl.sum((v77), axis=1)
+    tl.store(scratch + 10 * C * HID + 5 * C + 7 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v65 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4505,9 +4802,16 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v63 = (s1 * d_new_w1)
         v65 += tl.sum(tl.sum((v63), axis=1), axis=0)
     v66 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v65)
+    tl.debug_barrier()  # parked tiles other threads stored
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v76 = tl.load(scratch + 10 * C * HID + 5 * C + 7 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v77 = (local_6 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v88 = tl.load(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + offs_t)  # parked
     v89 = (v66 + v78 + v88)
+    v36 = tl.load(scratch + 10 * C * HID + 3 * C + 5 * C * C + offs_u)  # parked
     v90 = (v36[None, :] * v89[:, None])
-    tl.store(scratch + 10 * C * HID + 7 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :], v90)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C + 7 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :], v90)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4517,9 +4821,9 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v84 += (tl.dot(v83.to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v45.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 10 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + 10 * C * HID + 3 * C + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v85 = (v46 * v84)
-    tl.store(scratch + 10 * C * HID + 8 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v85)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C + 8 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v85)  # park
     v53 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4528,15 +4832,17 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v51 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 10 * C * HID + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 4 * C + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v72 = (v53 * v69)
-    v85 = tl.load(scratch + 10 * C * HID + 8 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 10 * C * HID + 5 * C + 8 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v72 + v85)
-    v34 = tl.load(scratch + 10 * C * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v34 = tl.load(scratch + 10 * C * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v92 = (tl.dot(v91.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v90 = tl.load(scratch + 10 * C * HID + 7 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v90 = tl.load(scratch + 10 * C * HID + 5 * C + 7 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v93 = (v90 + v92)
     v94 = v93
+    v22 = tl.load(scratch + 10 * C * HID + offs_t)  # parked
+    v23 = tl.load(scratch + 10 * C * HID + C + offs_s)  # parked
     v95 = (v94 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :]))))
     v96 = tl.sum((v95), axis=1)
     v97 = tl.cumsum(v96, axis=0, reverse=True)
@@ -4579,26 +4885,20 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + BV * HID + HID * D + 7 * C * C + 3 * C * D)  # v12, v55, v64, v49, v71, v44, v47, v53, v54, v85, v87, v94, v38, v48, v43, v45, v50, v39, v51, v81, v106, v84
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
-    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v24 = tl.cumsum(v23, axis=0, reverse=False)
-    v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v28 = tl.sum((v27), axis=0)
-    v25 = v24
+    scratch = scratch_ptr + slot * (10 * C * HID + BV * HID + HID * D + 5 * C + 7 * C * C + 4 * C * D + C * BV)  # v12, v55, v64, v49, v71, v44, v47, v53, v54, v85, v87, v94, v32, v38, v48, v69, v76, v24, v43, v25, v40, v45, v50, v39, v51, v88, v81, v106, v84
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v31 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v32 = tl.cumsum(v31, axis=0, reverse=False)
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + offs_t, v32)  # park
     v33 = v32
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v30 = gate_eta
     v38 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v32[:, None] - v33[None, :]))))) * v30[None, :])))
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + offs_s[:, None] * C + offs_u[None, :], v38)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + C + offs_s[:, None] * C + offs_u[None, :], v38)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v48 = k
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + C * C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + C + C * C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4624,6 +4924,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v55 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 = (v55 * v67)
         v69 += tl.sum((v68), axis=1)
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + C + C * C + C * D + offs_s, v69)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4646,17 +4947,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v49 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + 3 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :])
         v76 += tl.dot(v49.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v77 = (v48 * v76)
-    v78 = tl.sum((v77), axis=1)
-    v101 = (v69 + v78)
-    v38 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v102 = (v38 * v101[:, None])
-    v103 = tl.sum((v102), axis=0)
-    v104 = v103
-    v111 = ((-1.0) * v22 * v104 * tl.exp((v28 - v25)))
-    v35 = tl.exp(v32)  # cumulative decay in the chunk
-    v40 = v35
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 2 * C + C * C + C * D + offs_s[:, None] * D + offs_i[None, :], v76)  # park
     v74 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4669,31 +4960,41 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v72 = (s1 * d_new_w1)
         v74 += tl.sum(tl.sum((v72), axis=1), axis=0)
-    v75 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v74)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
+    v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v24 = tl.cumsum(v23, axis=0, reverse=False)
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 2 * C + C * C + 2 * C * D + offs_t, v24)  # park
     v29 = tl.exp(v24)  # cumulative decay in the chunk
     v43 = (q * v29[:, None])
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    v25 = v24
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C + C * C + 3 * C * D + offs_s, v25)  # park
     v36 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v32 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + offs_t)  # parked
+    v35 = tl.exp(v32)  # cumulative decay in the chunk
+    v40 = v35
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + C * C + 3 * C * D + offs_u, v40)  # park
     v41 = (v36 * v40[None, :])
     v42 = tl.sum((v41), axis=1)
     v45 = (q * v42[:, None])
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v50 = tl.dot(q.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v50)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v38 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v39 = tl.dot(v36.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v39)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v39)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v51 = (v50 * v39)
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v51)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4701,7 +5002,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4711,7 +5012,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v47 = (v44 + v46)
         tl.store(scratch + 4 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v51 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4731,15 +5032,13 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v54 = tl.load(scratch + 6 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 += tl.dot(v54.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v89 = (local_6 * v88)
-    v90 = tl.sum((v89), axis=1)
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 4 * C * C + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v81 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 4 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v39 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v39 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = (v39 * v81)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -4783,9 +5082,15 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v94 = tl.load(scratch + 9 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v99 = (v94 * v98)
         v100 += tl.sum((v99), axis=1)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v88 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 4 * C * C + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v89 = (local_6 * v88)
+    v90 = tl.sum((v89), axis=1)
+    v75 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v74)
     v105 = (v75 + v90 + v100)
+    v40 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + C * C + 3 * C * D + offs_u)  # parked
     v106 = (v40[None, :] * v105[:, None])
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_u[None, :], v106)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 5 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :], v106)  # park
     v57 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4794,9 +5099,9 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v55 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 4 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v84 = (v57 * v81)
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 6 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v84)  # park
     v96 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4806,17 +5111,32 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v49 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v96 += (tl.dot(v95.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v97 = (v50 * v96)
-    v84 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 6 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v107 = (v84 + v97)
-    v38 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v38 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v108 = (tl.dot(v107.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v106 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v106 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 5 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v109 = (v106 + v108)
     v110 = v109
+    v24 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 2 * C + C * C + 2 * C * D + offs_t)  # parked
+    v25 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C + C * C + 3 * C * D + offs_s)  # parked
     v112 = ((-1.0) * v110 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :]))))
     v113 = tl.sum((v112), axis=0)
+    v48 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 2 * C + C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v77 = (v48 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v69 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C + C * C + C * D + offs_s)  # parked
+    v101 = (v69 + v78)
+    v102 = (v38 * v101[:, None])
+    v103 = tl.sum((v102), axis=0)
+    v104 = v103
+    v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v28 = tl.sum((v27), axis=0)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v111 = ((-1.0) * v22 * v104 * tl.exp((v28 - v25)))
     v114 = (v111 + v113)
     v115 = v114
     v116 = tl.cumsum(v115, axis=0, reverse=True)
@@ -4859,15 +5179,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + HID * D + C * D)  # v12, v31, v38, v30, v44, v29
-    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
-    v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v24 = tl.cumsum(v23, axis=0, reverse=False)
-    v26 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v27 = tl.sum((v26), axis=0)
-    v25 = v24
-    v28 = (v22 * tl.exp((v27 - v25)))  # decay from token s to the chunk's end
+    scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + HID * D + C * D + C)  # v12, v31, v38, v30, v44, v29, v41
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v29 = k
@@ -4897,6 +5209,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v31 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v40 = (v31 * v39)
         v41 += tl.sum((v40), axis=1)
+    tl.store(scratch + 3 * C * HID + BV * HID + HID * D + C * D + offs_s, v41)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4922,7 +5235,16 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v29 = tl.load(scratch + 3 * C * HID + BV * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v46 = (v29 * v45)
     v47 = tl.sum((v46), axis=1)
+    v41 = tl.load(scratch + 3 * C * HID + BV * HID + HID * D + C * D + offs_s)  # parked
     v53 = (v41 + v47)
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
+    v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v24 = tl.cumsum(v23, axis=0, reverse=False)
+    v25 = v24
+    v26 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v27 = tl.sum((v26), axis=0)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v28 = (v22 * tl.exp((v27 - v25)))  # decay from token s to the chunk's end
     v54 = (v28 * v53)
     v55 = v54
     tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), v55.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
@@ -4963,52 +5285,59 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v37, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 5 * C + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v24, v25, v37, v33, v34, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94, v69
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
+    tl.store(scratch + 9 * C * HID + HID * D + offs_t, v24)  # park
     v25 = v24
+    tl.store(scratch + 9 * C * HID + HID * D + C + offs_s, v25)  # park
     v37 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
-    tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :], v37)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :], v37)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v33 = tl.cumsum(v32, axis=0, reverse=False)
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t, v33)  # park
     v34 = v33
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + C * C + offs_s, v34)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v31 = gate_eta
     v39 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
     v40 = tl.dot(v37.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = k
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v52 = tl.dot(q.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v53 = (v52 * v40)
-    tl.store(scratch + 9 * C * HID + HID * D + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v33 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t)  # parked
     v36 = tl.exp(v33)  # cumulative decay in the chunk
     v41 = v36
-    tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v42 = (v37 * v41[None, :])
     v43 = tl.sum((v42), axis=1)
     v47 = (q * v43[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v24 = tl.load(scratch + 9 * C * HID + HID * D + offs_t)  # parked
     v30 = tl.exp(v24)  # cumulative decay in the chunk
     v45 = (q * v30[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v77 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v79 = (v40 * v77)
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5030,7 +5359,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v51 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5038,7 +5367,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5046,7 +5375,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5063,7 +5392,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v57 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v79 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v79 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5101,9 +5430,9 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v88 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += (tl.dot(v88.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v52 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v52 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v52 * v89)
-    tl.store(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
     v59 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5114,13 +5443,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v59 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v80 = (v59 * v77)
-    v90 = tl.load(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v90 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v93 = (v80 + v90)
-    v37 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v94 = (tl.dot(tl.trans(v93).to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v69 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5136,6 +5465,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v71 = ((-1.0) * d_new_w1)
         tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v71)
     tl.debug_barrier()
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 8 * C * C + 3 * C * D + offs_s, v69)  # park
     v72 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5143,19 +5473,25 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v72 += tl.dot(v51.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v50 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v73 = (v50 * v72)
     v74 = tl.sum((v73), axis=1)
+    v69 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
     v91 = (v69 + v74)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v24 = tl.load(scratch + 9 * C * HID + HID * D + offs_t)  # parked
     v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v28 = tl.sum((v27), axis=0)
+    v25 = tl.load(scratch + 9 * C * HID + HID * D + C + offs_s)  # parked
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v44 = v29
     v92 = (v44[None, :] * v91[:, None])
-    v94 = tl.load(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v94 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v95 = (v92 + v94)
     v96 = tl.trans(v95)
+    v33 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t)  # parked
+    v34 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + C * C + offs_s)  # parked
     v97 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v96)
     v98 = tl.sum((v97), axis=0)
     v99 = v98
@@ -5197,49 +5533,54 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C * C + 2 * C * D)  # v12, v45, v48, v42, v49, v51, v77, v79, v86, v50, v32, v35, v47, v41, v39, v76
+    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + C * BV)  # v12, v45, v48, v42, v49, v51, v77, v79, v86, v50, v22, v32, v28, v35, v47, v41, v39, v76, v89, v80
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
+    tl.store(scratch + 10 * C * HID + offs_t, v22)  # park
     v23 = v22
     v32 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :])))))
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :], v32)  # park
+    tl.store(scratch + 10 * C * HID + C + offs_t[:, None] * C + offs_u[None, :], v32)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
+    tl.store(scratch + 10 * C * HID + C + C * C + offs_t, v28)  # park
     v29 = v28
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v26 = gate_eta
     v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :]))))) * v26[None, :])))
     v35 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = k
     v46 = tl.dot(q.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v47 = (v46 * v35)
-    tl.store(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 10 * C * HID + C + C * C + offs_t)  # parked
     v31 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = v31
-    tl.debug_barrier()  # parked tiles other threads stored
-    v32 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v32 = tl.load(scratch + 10 * C * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v37 = (v32 * v36[None, :])
     v38 = tl.sum((v37), axis=1)
     v41 = (q * v38[:, None])
-    tl.store(scratch + 10 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v22 = tl.load(scratch + 10 * C * HID + offs_t)  # parked
     v25 = tl.exp(v22)  # cumulative decay in the chunk
     v39 = (q * v25[:, None])
-    tl.store(scratch + 10 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v74 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v76 = (v35 * v74)
-    tl.store(scratch + 10 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v76)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v76)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -5262,7 +5603,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v45 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 10 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 10 * C * HID + 2 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5270,7 +5611,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 10 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5278,7 +5619,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v39 = tl.load(scratch + 10 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5295,7 +5636,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v51 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v76 = tl.load(scratch + 10 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v76 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5341,6 +5682,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
+    tl.store(scratch + 10 * C * HID + 2 * C + 4 * C * C + 2 * C * D + offs_t, v89)  # park
     v80 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5348,9 +5690,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v50 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v80 += tl.dot(v50.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v81 = (local_6 * v80)
-    v82 = tl.sum((v81), axis=1)
+    tl.store(scratch + 10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     v70 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5363,12 +5703,6 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v68 = (s1 * d_new_w1)
         v70 += tl.sum(tl.sum((v68), axis=1), axis=0)
-    v71 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v70)
-    v90 = (v71 + v82 + v89)
-    v32 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v91 = (v32 * v90[:, None])
-    v92 = tl.sum((v91), axis=0)
-    v93 = v92
     v66 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5382,7 +5716,20 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v64 = (s1 * d_new_s1)
         v66 += tl.sum(tl.sum((v64), axis=1), axis=0)
     v67 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v66)
+    v71 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v70)
+    tl.debug_barrier()  # parked tiles other threads stored
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v80 = tl.load(scratch + 10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v81 = (local_6 * v80)
+    v82 = tl.sum((v81), axis=1)
+    v89 = tl.load(scratch + 10 * C * HID + 2 * C + 4 * C * C + 2 * C * D + offs_t)  # parked
+    v90 = (v71 + v82 + v89)
+    v32 = tl.load(scratch + 10 * C * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v91 = (v32 * v90[:, None])
+    v92 = tl.sum((v91), axis=0)
+    v93 = v92
     v94 = (v67 + v93)
+    v28 = tl.load(scratch + 10 * C * HID + C + C * C + offs_t)  # parked
     v95 = (v94 * tl.exp(v28))
     v96 = tl.cumsum(v95, axis=0, reverse=True)
     v97 = (v96 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
@@ -5424,16 +5771,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + HID * D + C * D)  # v12, v31, v38, v30, v44, v29
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
-    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v24 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v25 = tl.cumsum(v24, axis=0, reverse=False)
-    v27 = (v25 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v28 = tl.sum((v27), axis=0)
-    v26 = v25
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
-    v23 = gate_eta
+    scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + HID * D + C * D + C)  # v12, v31, v38, v30, v44, v29, v41
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v29 = k
@@ -5463,6 +5801,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
         v31 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v40 = (v31 * v39)
         v41 += tl.sum((v40), axis=1)
+    tl.store(scratch + 3 * C * HID + BV * HID + HID * D + C * D + offs_s, v41)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5488,8 +5827,18 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     v29 = tl.load(scratch + 3 * C * HID + BV * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v46 = (v29 * v45)
     v47 = tl.sum((v46), axis=1)
+    v41 = tl.load(scratch + 3 * C * HID + BV * HID + HID * D + C * D + offs_s)  # parked
     v53 = (v41 + v47)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
+    v23 = gate_eta
     v54 = (v23 * v53)
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
+    v24 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v25 = tl.cumsum(v24, axis=0, reverse=False)
+    v26 = v25
+    v27 = (v25 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v28 = tl.sum((v27), axis=0)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v55 = (v22 * v54 * tl.exp((v28 - v26)))
     v56 = tl.sum((v55), axis=0)
     v57 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v56)
@@ -5533,52 +5882,60 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v37, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 6 * C + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v24, v25, v37, v33, v34, v31, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94, v69
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
+    tl.store(scratch + 9 * C * HID + HID * D + offs_t, v24)  # park
     v25 = v24
+    tl.store(scratch + 9 * C * HID + HID * D + C + offs_s, v25)  # park
     v37 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
-    tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :], v37)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :], v37)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v33 = tl.cumsum(v32, axis=0, reverse=False)
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t, v33)  # park
     v34 = v33
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + C * C + offs_s, v34)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v31 = gate_eta
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + C * C + offs_s, v31)  # park
     v39 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
     v40 = tl.dot(v37.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = k
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v52 = tl.dot(q.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v53 = (v52 * v40)
-    tl.store(scratch + 9 * C * HID + HID * D + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v33 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t)  # parked
     v36 = tl.exp(v33)  # cumulative decay in the chunk
     v41 = v36
-    tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v42 = (v37 * v41[None, :])
     v43 = tl.sum((v42), axis=1)
     v47 = (q * v43[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v24 = tl.load(scratch + 9 * C * HID + HID * D + offs_t)  # parked
     v30 = tl.exp(v24)  # cumulative decay in the chunk
     v45 = (q * v30[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v77 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v79 = (v40 * v77)
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5600,7 +5957,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v51 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5608,7 +5965,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5616,7 +5973,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5633,7 +5990,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v57 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v79 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v79 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5671,9 +6028,9 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v88 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += (tl.dot(v88.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v52 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v52 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v52 * v89)
-    tl.store(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
     v59 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5684,13 +6041,13 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v59 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v80 = (v59 * v77)
-    v90 = tl.load(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v90 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v93 = (v80 + v90)
-    v37 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v94 = (tl.dot(tl.trans(v93).to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v69 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5706,6 +6063,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v71 = ((-1.0) * d_new_w1)
         tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v71)
     tl.debug_barrier()
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 8 * C * C + 3 * C * D + offs_s, v69)  # park
     v72 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5713,20 +6071,27 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v72 += tl.dot(v51.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v50 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v73 = (v50 * v72)
     v74 = tl.sum((v73), axis=1)
+    v69 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
     v91 = (v69 + v74)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v24 = tl.load(scratch + 9 * C * HID + HID * D + offs_t)  # parked
     v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v28 = tl.sum((v27), axis=0)
+    v25 = tl.load(scratch + 9 * C * HID + HID * D + C + offs_s)  # parked
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v44 = v29
     v92 = (v44[None, :] * v91[:, None])
-    v94 = tl.load(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v94 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v95 = (v92 + v94)
     v96 = tl.trans(v95)
+    v31 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + C * C + offs_s)  # parked
     v97 = (v31[None, :] * v96)
+    v33 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t)  # parked
+    v34 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + C * C + offs_s)  # parked
     v98 = (v97 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))
     v99 = tl.sum((v98), axis=1)
     v100 = tl.cumsum(v99, axis=0, reverse=True)
@@ -5769,52 +6134,60 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 2 * HID * D + 8 * C * C + 3 * C * D)  # v12, v53, v56, v50, v57, v59, v91, v93, v98, v81, v77, v39, v42, v52, v54, v55, v49, v47, v87, v89, v100, v106
+    scratch = scratch_ptr + slot * (9 * C * HID + 2 * HID * D + 8 * C + 9 * C * C + 4 * C * D)  # v12, v53, v56, v50, v57, v59, v91, v93, v98, v81, v77, v24, v25, v39, v33, v34, v31, v42, v52, v54, v55, v49, v47, v87, v89, v99, v61, v75, v82, v70, v110, v104
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + offs_t, v24)  # park
     v25 = v24
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + C + offs_s, v25)  # park
     v39 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + offs_t[:, None] * C + offs_u[None, :], v39)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :], v39)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v33 = tl.cumsum(v32, axis=0, reverse=False)
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 2 * C + C * C + offs_t, v33)  # park
     v34 = v33
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + C * C + offs_s, v34)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v31 = gate_eta
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C + C * C + offs_s, v31)  # park
     v41 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
     v42 = tl.dot(v39.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + C * C + offs_t[:, None] * C + offs_s[None, :], v42)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v42)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v52 = k
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
     v54 = tl.dot(q.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v42 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v42 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v55 = (v54 * v42)
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v55)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v55)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v33 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + C * C + offs_t)  # parked
     v38 = tl.exp(v33)  # cumulative decay in the chunk
     v43 = v38
-    tl.debug_barrier()  # parked tiles other threads stored
-    v39 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v39 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v44 = (v39 * v43[None, :])
     v45 = tl.sum((v44), axis=1)
     v49 = (q * v45[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v49)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v24 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_t)  # parked
     v30 = tl.exp(v24)  # cumulative decay in the chunk
     v47 = (q * v30[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v87 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v87)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v42 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v42 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v89 = (v42 * v87)
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v89)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v89)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5836,7 +6209,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v53 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v53)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v55 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5844,7 +6217,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v56 = tl.dot(v55.to(DOT_DTYPE), v53.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5852,7 +6225,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v50 = tl.dot(v49.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5869,7 +6242,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v59 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5907,9 +6280,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v98 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 += (tl.dot(v98.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v53.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v54 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v100 = (v54 * v99)
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v100)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v99)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5919,14 +6290,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v58 = (v58_c0 * (1.0 + tl.math.erf((v58_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v58.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v90 = (v61 * v87)
-    v100 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v105 = (v90 + v100)
-    v39 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v106 = (tl.dot(tl.trans(v105).to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v39).to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v106)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 7 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v61)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v75 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5942,6 +6306,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v81 = ((-1.0) * d_new_w1)
         tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 8 * C * C + 3 * C * D + offs_s, v75)  # park
     v82 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5949,22 +6314,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v81 = tl.load(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v82 += tl.dot(v53.to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v52 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v83 = (v52 * v82)
-    v84 = tl.sum((v83), axis=1)
-    v103 = (v75 + v84)
-    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v28 = tl.sum((v27), axis=0)
-    v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
-    v46 = v29
-    v104 = (v46[None, :] * v103[:, None])
-    v106 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v107 = (v104 + v106)
-    v108 = tl.trans(v107)
-    v109 = (v31[None, :] * v108)
-    v111 = ((-1.0) * v109 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))
-    v112 = tl.sum((v111), axis=0)
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5980,6 +6330,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v77 = ((-1.0) * d_new_s1)
         tl.store(scratch + 9 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v77)
     tl.debug_barrier()
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 4 * C * D + offs_s, v70)  # park
     v78 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5987,14 +6338,55 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v77 = tl.load(scratch + 9 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v78 += tl.dot(v53.to(DOT_DTYPE), v77.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v52 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v52 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = (v52 * v78)
     v80 = tl.sum((v79), axis=1)
+    v70 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 4 * C * D + offs_s)  # parked
     v101 = (v70 + v80)
+    v31 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + C * C + offs_s)  # parked
     v102 = (v31 * v101)
+    v33 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + C * C + offs_t)  # parked
     v36 = (v33 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v37 = tl.sum((v36), axis=0)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v34 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + C * C + offs_s)  # parked
     v110 = ((-1.0) * v22 * v102 * tl.exp((v37 - v34)))
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 7 * C + 8 * C * C + 4 * C * D + offs_s, v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v24 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_t)  # parked
+    v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v28 = tl.sum((v27), axis=0)
+    v25 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C + offs_s)  # parked
+    v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
+    v46 = v29
+    v82 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v83 = (v52 * v82)
+    v84 = tl.sum((v83), axis=1)
+    v75 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
+    v103 = (v75 + v84)
+    v104 = (v46[None, :] * v103[:, None])
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 8 * C + 8 * C * C + 4 * C * D + offs_s[:, None] * C + offs_u[None, :], v104)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 7 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v87 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v90 = (v61 * v87)
+    v54 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v99 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v100 = (v54 * v99)
+    v105 = (v90 + v100)
+    v39 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v106 = (tl.dot(tl.trans(v105).to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v39).to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    v104 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 8 * C + 8 * C * C + 4 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v107 = (v104 + v106)
+    v108 = tl.trans(v107)
+    v31 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + C * C + offs_s)  # parked
+    v109 = (v31[None, :] * v108)
+    v33 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + C * C + offs_t)  # parked
+    v34 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + C * C + offs_s)  # parked
+    v111 = ((-1.0) * v109 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))
+    v112 = tl.sum((v111), axis=0)
+    v110 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 7 * C + 8 * C * C + 4 * C * D + offs_s)  # parked
     v113 = (v110 + v112)
     v114 = v113
     v115 = tl.cumsum(v114, axis=0, reverse=True)
@@ -6037,17 +6429,18 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 4 * C * C)  # v40, v43, v12, v45, v50, v51, v39, v32, v41, v46, v35, v47
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C + 2 * C * D + 4 * C * C)  # v40, v43, v12, v45, v50, v51, v25, v39, v32, v38, v41, v46, v35, v47
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
     v25 = tl.exp(v22)  # cumulative decay in the chunk
+    tl.store(scratch + 6 * C * HID + offs_t, v25)  # park
     v39 = (q * v25[:, None])
-    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 6 * C * HID + C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     v23 = v22
     v32 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :])))))
-    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v32)  # park
+    tl.store(scratch + 6 * C * HID + C + C * D + offs_t[:, None] * C + offs_u[None, :], v32)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
@@ -6055,27 +6448,28 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v36 = v31
     v37 = (v32 * v36[None, :])
     v38 = tl.sum((v37), axis=1)
+    tl.store(scratch + 6 * C * HID + C + C * D + C * C + offs_t, v38)  # park
     v41 = (q * v38[:, None])
-    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = k
     v46 = tl.dot(q.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v29 = v28
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v26 = gate_eta
     v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :]))))) * v26[None, :])))
     tl.debug_barrier()  # parked tiles other threads stored
-    v32 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v32 = tl.load(scratch + 6 * C * HID + C + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v35 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + 6 * C * HID + 2 * C + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v47 = (v46 * v35)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v39 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 6 * C * HID + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6083,7 +6477,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v40 = tl.dot(v39.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v40)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 6 * C * HID + 2 * C + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6114,7 +6508,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v45 = v19
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v25 = tl.load(scratch + 6 * C * HID + offs_t)  # parked
+    v47 = tl.load(scratch + 6 * C * HID + 2 * C + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6128,6 +6523,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v51 = (v50 * v25[:, None])
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
+    v38 = tl.load(scratch + 6 * C * HID + C + C * D + C * C + offs_t)  # parked
     v55 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6149,7 +6545,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v56 = v13
         v50 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v58 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v35 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 6 * C * HID + 2 * C + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v59 = (v58 * v35)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v60 = tl.dot(v59.to(DOT_DTYPE), local_3.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -6201,71 +6597,87 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
     v38 = v37
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6286,7 +6698,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6294,7 +6706,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6302,7 +6714,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6319,7 +6731,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6350,7 +6762,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6361,7 +6773,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6372,7 +6784,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6387,6 +6799,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6401,7 +6814,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6416,7 +6831,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6425,11 +6840,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -6483,71 +6898,87 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
     v38 = v37
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6568,7 +6999,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6576,7 +7007,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6584,7 +7015,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6601,7 +7032,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6632,7 +7063,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6643,7 +7074,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6654,7 +7085,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6669,6 +7100,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6683,7 +7115,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6698,7 +7132,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6707,11 +7141,11 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -6762,71 +7196,87 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
     v38 = v37
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6847,7 +7297,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6855,7 +7305,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6863,7 +7313,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6880,7 +7330,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6911,7 +7361,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6922,7 +7372,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6933,7 +7383,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6948,6 +7398,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6962,7 +7413,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6977,7 +7430,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6986,11 +7439,11 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -7085,71 +7538,87 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
     v38 = v37
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7170,7 +7639,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7178,7 +7647,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7186,7 +7655,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7203,7 +7672,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7234,7 +7703,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7245,7 +7714,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7256,7 +7725,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7271,6 +7740,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7285,7 +7755,9 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7300,7 +7772,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7309,11 +7781,11 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))

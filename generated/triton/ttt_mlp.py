@@ -55,6 +55,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                      ['s', 'h'],
                                      ['t', 'o'],
                                      ['t', 'o'],
+                                     ['s'],
                                      ['t', 's'],
                                      ['t', 'o']],
                          'value_blocks': 'none',
@@ -73,6 +74,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['s', 'o'],
+                                       ['s'],
                                        ['t', 's'],
                                        ['t', 'o'],
                                        ['t', 's']],
@@ -107,15 +109,20 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['o', 'h'],
                                        ['o', 'h'],
                                        ['s', 'i'],
+                                       ['s'],
                                        ['t', 's'],
                                        ['t', 's'],
+                                       ['s'],
                                        ['s', 'i'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t'],
+                                       ['t', 'o'],
+                                       ['t'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
-                                       ['t', 'o'],
+                                       ['t'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 16.0,
@@ -138,6 +145,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
+                                          ['s'],
                                           ['t', 's'],
                                           ['t', 's']],
                               'value_blocks': 'none',
@@ -153,6 +161,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['s'],
                                           ['t', 's'],
                                           ['t', 's']],
                               'value_blocks': 'none',
@@ -168,6 +177,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['s'],
                                           ['t', 's'],
                                           ['t', 's'],
                                           ['s', 'i']],
@@ -190,8 +200,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'h'],
                                           ['o', 'h'],
                                           ['s', 'i'],
+                                          ['s'],
                                           ['t', 's'],
                                           ['t', 's'],
+                                          ['s'],
                                           ['s', 'i'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
@@ -218,6 +230,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['s'],
+                                          ['s'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
@@ -226,7 +240,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
-                                          ['t', 'o']],
+                                          ['t', 'o'],
+                                          ['t']],
                               'value_blocks': 'none',
                               'tiles': 10.5,
                               'sub_chunks': False,
@@ -246,8 +261,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'h'],
                                           ['o', 'h'],
                                           ['s', 'i'],
+                                          ['s'],
                                           ['t', 's'],
                                           ['t', 's'],
+                                          ['s'],
                                           ['s', 'i'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
@@ -269,8 +286,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'h'],
                                           ['o', 'h'],
                                           ['s', 'i'],
+                                          ['s'],
                                           ['t', 's'],
                                           ['t', 's'],
+                                          ['s'],
                                           ['s', 'i'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
@@ -284,7 +303,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                  ['o', 'h'],
                                                  ['s', 'h'],
                                                  ['h', 'i'],
-                                                 ['s', 'i']],
+                                                 ['s', 'i'],
+                                                 ['s']],
                                      'value_blocks': 'none',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
@@ -299,6 +319,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 's'],
+                                                 ['s'],
                                                  ['t', 's'],
                                                  ['t', 's'],
                                                  ['t', 's'],
@@ -314,6 +335,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
+                                                  ['s'],
                                                   ['t', 's'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
@@ -335,8 +357,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['s', 'h'],
                                                   ['o', 'h'],
                                                   ['s', 'i'],
+                                                  ['s'],
                                                   ['t', 's'],
                                                   ['t', 's'],
+                                                  ['s'],
                                                   ['s', 'i'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
@@ -358,8 +382,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['s', 'h'],
                                                   ['o', 'h'],
                                                   ['s', 'i'],
+                                                  ['s'],
                                                   ['t', 's'],
                                                   ['t', 's'],
+                                                  ['s'],
                                                   ['s', 'i'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
@@ -381,8 +407,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['s', 'h'],
                                                   ['o', 'h'],
                                                   ['s', 'i'],
+                                                  ['s'],
                                                   ['t', 's'],
                                                   ['t', 's'],
+                                                  ['s'],
                                                   ['s', 'i'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
@@ -411,8 +439,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                 ['s', 'h'],
                                                 ['o', 'h'],
                                                 ['s', 'i'],
+                                                ['s'],
                                                 ['t', 's'],
                                                 ['t', 's'],
+                                                ['s'],
                                                 ['s', 'i'],
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
@@ -621,7 +651,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * BV + C * C)  # v8, v9, v39, v42, v44, v46, v14, v31, v41, v50
+    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * BV + C + C * C)  # v8, v9, v39, v42, v44, v46, v14, v31, v35, v41, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -672,8 +702,9 @@ def chunk_out_fwd_kernel(
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + offs_s, v35)  # park
     v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -685,7 +716,7 @@ def chunk_out_fwd_kernel(
         v39 = v33
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 6 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 6 * C * HID + 2 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -716,11 +747,12 @@ def chunk_out_fwd_kernel(
         v44 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v46 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v35 = tl.load(scratch + 6 * C * HID + 2 * C * BV + offs_s)  # parked
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
     v31 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v47 = v31
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v50)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + C + C * C + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -729,7 +761,7 @@ def chunk_out_fwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 6 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v50 = tl.load(scratch + 6 * C * HID + 2 * C * BV + C + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -779,7 +811,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 5 * C * BV + 2 * C * C)  # v8, v9, v41, v43, v48, v50, v14, v22, v31, v51, v45, v49, v53
+    scratch = scratch_ptr + slot * (6 * C * HID + 5 * C * BV + C + 2 * C * C)  # v8, v9, v41, v43, v48, v50, v14, v22, v31, v51, v38, v45, v49, v53
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -836,6 +868,7 @@ def chunk_local_bwd_kernel(
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
+    tl.store(scratch + 6 * C * HID + 4 * C * BV + offs_s, v38)  # park
     v40 = (v37 * v38)
     v65 = (v51 * v40[:, None])
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v65.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
@@ -843,7 +876,7 @@ def chunk_local_bwd_kernel(
     v42 = k
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 6 * C * HID + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 6 * C * HID + 4 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -863,7 +896,7 @@ def chunk_local_bwd_kernel(
         v43 = v33
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 6 * C * HID + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = tl.load(scratch + 6 * C * HID + 4 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -886,7 +919,7 @@ def chunk_local_bwd_kernel(
         v50 = v9
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v49)  # park
+    tl.store(scratch + 6 * C * HID + 4 * C * BV + C + C * C + offs_t[:, None] * D + offs_o[None, :], v49)  # park
     v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -894,12 +927,14 @@ def chunk_local_bwd_kernel(
         v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v38 = tl.load(scratch + 6 * C * HID + 4 * C * BV + offs_s)  # parked
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 6 * C * HID + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 6 * C * HID + 5 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v51 = tl.load(scratch + 6 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v49 = tl.load(scratch + 6 * C * HID + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v49 = tl.load(scratch + 6 * C * HID + 4 * C * BV + C + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -921,7 +956,7 @@ def chunk_local_bwd_kernel(
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v75.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     v76 = ((-1.0) * v75)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v76.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
-    v53 = tl.load(scratch + 6 * C * HID + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 6 * C * HID + 5 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v77.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -970,7 +1005,7 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV)  # v29, v8, v20, v31, v35, v9, v37, v55, v64, v69, v47, v49, v65, v68, v70, v42, v46, v36, v60, v43, v71, v106, v62, v72, v30, v33, v54, v48, v58, v78, v79, v83, v90, v91, v101
+        scratch = scratch_ptr + slot * (19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 5 * C + 2 * C * C + 7 * C * BV)  # v29, v8, v20, v31, v35, v9, v37, v55, v64, v69, v47, v49, v65, v68, v70, v42, v46, v36, v60, v43, v71, v106, v62, v72, v30, v26, v33, v54, v28, v48, v58, v78, v14, v79, v82, v83, v90, v91, v85, v101
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v30 = k
@@ -978,30 +1013,28 @@ def chunk_state_bwd_kernel(
         v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(v30).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v26 = gate_eta
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + offs_s, v26)  # park
         v33 = (v32 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])))
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v33)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :], v33)  # park
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v52 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+        tl.debug_barrier()  # parked tiles other threads stored
+        v26 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + offs_s)  # parked
         v54 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])) * v52)
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v28 = (v25 * v26)
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C + 2 * C * C + offs_s, v28)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v30 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
         v48 = (v30 * v28[:, None])
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v12 = (local_0 * local_0)
-        v13 = tl.sum((v12), axis=1)
-        v14 = (v13 / (D))
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v16 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v17 = tl.sum((v16), axis=1)
-        v18 = (v17 / (D))
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1032,7 +1065,7 @@ def chunk_state_bwd_kernel(
             v31 = v21
             tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v31)
         tl.debug_barrier()
-        v33 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v33 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1048,7 +1081,7 @@ def chunk_state_bwd_kernel(
             v37 = v9
             tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v37)
         tl.debug_barrier()
-        v54 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v54 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1081,7 +1114,7 @@ def chunk_state_bwd_kernel(
             v47 = ((-1.0) * d_new_w1)
             tl.store(scratch + 9 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v47)
         tl.debug_barrier()
-        v48 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v48 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1092,7 +1125,7 @@ def chunk_state_bwd_kernel(
             v65 = ((-1.0) * v64)
             tl.store(scratch + 10 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v65)
         tl.debug_barrier()
-        v33 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v33 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1126,7 +1159,8 @@ def chunk_state_bwd_kernel(
             v36 = (v36_c0 * (1.0 + tl.math.erf((v36_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
         tl.debug_barrier()
-        v54 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v28 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C + 2 * C * C + offs_s)  # parked
+        v54 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1150,7 +1184,7 @@ def chunk_state_bwd_kernel(
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v57 = (v44 + local_7)
         v58 = v57
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v58)  # park
         v73 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1163,54 +1197,71 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v73 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()
-        v58 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v58 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v74 = (v58 + v73)
         v75 = tl.sum((v74), axis=1)
         v76 = (v75 / (D))
         v77 = ((-1.0) * v76)
         v78 = (v74 + v77[:, None])
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v78)  # park
-        v79 = (2.0 * v18[:, None] * v78)
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v78)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v12 = (local_0 * local_0)
+        v13 = tl.sum((v12), axis=1)
+        v14 = (v13 / (D))
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t, v14)  # park
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v16 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+        v17 = tl.sum((v16), axis=1)
+        v18 = (v17 / (D))
+        tl.debug_barrier()  # parked tiles other threads stored
+        v78 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v79 = (2.0 * v18[:, None] * v78)
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
         v80 = (2.0 * local_0 * v78)
         v81 = tl.sum((v80), axis=1)
         v82 = (v81 / (D))
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 3 * C + 2 * C * C + 3 * C * BV + offs_t, v82)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v14 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t)  # parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v83 = ((-0.5) * ln_weight[None, :] * local_1 * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
         v86 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         tl.debug_barrier()  # parked tiles other threads stored
-        v78 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v78 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v89 = (ln_weight[None, :] * v78 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v90 = (v86 + v89)
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
         v91 = (ln_weight[None, :] * v90 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v82 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 3 * C + 2 * C * C + 3 * C * BV + offs_t)  # parked
         v84 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v85 = tl.sum((v84), axis=1)
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 6 * C * BV + offs_t, v85)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v78 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v78 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v87 = ((-0.5) * ln_weight[None, :] * local_1 * v78 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v88 = tl.sum((v87), axis=1)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v90 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v90 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v92 = ((-0.5) * local_0 * ln_weight[None, :] * v90 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v93 = tl.sum((v92), axis=1)
+        v85 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 6 * C * BV + offs_t)  # parked
         v94 = (v85 + v88 + v93)
         v95 = (v94 / (D))
         v96 = (2.0 * local_0 * v95[:, None])
-        v79 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v83 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v91 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v79 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v83 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v91 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v97 = (v79 + v83 + v91 + v96)
         v98 = ((-1.0) * v97)
         v99 = tl.sum((v98), axis=1)
         v100 = (v99 / (D))
         v101 = (v97 + v100[:, None])
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v101)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 5 * C + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v101)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1254,7 +1305,7 @@ def chunk_state_bwd_kernel(
             v72 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 19 * C * HID + 2 * HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v72)
         tl.debug_barrier()
-        v101 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v101 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 5 * C + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1345,22 +1396,25 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + C * D + 2 * C * C)  # v8, v20, v18, v24, v25, v36, v40, v19, v22, v35
+    scratch = scratch_ptr + slot * (7 * C * HID + C * D + C + 2 * C * C)  # v8, v20, v18, v24, v25, v36, v40, v19, v16, v22, v35
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v19 = k
     tl.store(scratch + 7 * C * HID + offs_s[:, None] * D + offs_i[None, :], v19)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v16 = gate_eta
+    tl.store(scratch + 7 * C * HID + C * D + offs_s, v16)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = tl.dot(q.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v22 = (v21 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])))
-    tl.store(scratch + 7 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v22)  # park
+    tl.store(scratch + 7 * C * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :], v22)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v33 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 7 * C * HID + C * D + offs_s)  # parked
     v35 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v33)
-    tl.store(scratch + 7 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1390,7 +1444,7 @@ def chunk_grad_q_1_bwd_kernel(
         v18 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v18)
     tl.debug_barrier()
-    v22 = tl.load(scratch + 7 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v22 = tl.load(scratch + 7 * C * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1405,7 +1459,7 @@ def chunk_grad_q_1_bwd_kernel(
         v25 = v9
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    v35 = tl.load(scratch + 7 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1434,6 +1488,7 @@ def chunk_grad_q_1_bwd_kernel(
         v20 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v40 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v41 += (tl.dot(v40.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v40).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    v16 = tl.load(scratch + 7 * C * HID + C * D + offs_s)  # parked
     v42 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v41)
     v19 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (tl.dot(v42.to(DOT_DTYPE), v19.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v19).to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
@@ -1475,21 +1530,24 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * C)  # v18, v8, v20, v24, v25, v36, v39, v22, v35
+    scratch = scratch_ptr + slot * (7 * C * HID + C + 2 * C * C)  # v18, v8, v20, v24, v25, v36, v39, v16, v22, v35
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v19 = k
     v21 = tl.dot(q.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v16 = gate_eta
+    tl.store(scratch + 7 * C * HID + offs_s, v16)  # park
     v22 = (v21 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])))
-    tl.store(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :], v22)  # park
+    tl.store(scratch + 7 * C * HID + C + offs_t[:, None] * C + offs_s[None, :], v22)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v33 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 7 * C * HID + offs_s)  # parked
     v35 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v33)
-    tl.store(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + C + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1519,7 +1577,7 @@ def chunk_grad_q_2_bwd_kernel(
         v20 = v14
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v20)
     tl.debug_barrier()
-    v22 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v22 = tl.load(scratch + 7 * C * HID + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1534,7 +1592,7 @@ def chunk_grad_q_2_bwd_kernel(
         v25 = v9
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    v35 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1600,7 +1658,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * C + C * D)  # v8, v24, v27, v28, v29, v43, v47, v26, v42, v50
+    scratch = scratch_ptr + slot * (7 * C * HID + C + 2 * C * C + C * D)  # v8, v24, v27, v28, v29, v43, v47, v19, v26, v42, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1608,13 +1666,16 @@ def chunk_grad_k_0_bwd_kernel(
     v25 = tl.dot(q.to(DOT_DTYPE), tl.trans(v23).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v19 = gate_eta
+    tl.store(scratch + 7 * C * HID + offs_s, v19)  # park
     v26 = (v25 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v19[None, :])))
-    tl.store(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :], v26)  # park
+    tl.store(scratch + 7 * C * HID + C + offs_t[:, None] * C + offs_s[None, :], v26)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v40 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v19 = tl.load(scratch + 7 * C * HID + offs_s)  # parked
     v42 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v19[None, :])) * v40)
-    tl.store(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v42)  # park
+    tl.store(scratch + 7 * C * HID + C + C * C + offs_t[:, None] * C + offs_s[None, :], v42)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1635,7 +1696,7 @@ def chunk_grad_k_0_bwd_kernel(
         v24 = v14
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v24)
     tl.debug_barrier()
-    v26 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v26 = tl.load(scratch + 7 * C * HID + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1659,7 +1720,7 @@ def chunk_grad_k_0_bwd_kernel(
         v29 = v9
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v29)
     tl.debug_barrier()
-    v42 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v42 = tl.load(scratch + 7 * C * HID + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1688,11 +1749,12 @@ def chunk_grad_k_0_bwd_kernel(
         v24 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v47 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v48 += (tl.dot(v47.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v24.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    v19 = tl.load(scratch + 7 * C * HID + offs_s)  # parked
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v19[None, :])) * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = (tl.dot(tl.trans(v49).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 7 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 7 * C * HID + C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v18 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v21 = (v18 * v19)
     v37 = tl.zeros((C, D), DTYPE)
@@ -1705,7 +1767,7 @@ def chunk_grad_k_0_bwd_kernel(
         v35 = ((-1.0) * d_new_w1)
         v37 += tl.dot(v36.to(DOT_DTYPE), v35.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 7 * C * HID + C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v51 = (v37 + v50)
     v52 = v51
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v52.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1746,7 +1808,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1755,20 +1817,24 @@ def chunk_grad_k_1_bwd_kernel(
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s, v23)  # park
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s)  # parked
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s, v25)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1789,7 +1855,7 @@ def chunk_grad_k_1_bwd_kernel(
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1813,7 +1879,7 @@ def chunk_grad_k_1_bwd_kernel(
         v33 = v9
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1835,7 +1901,7 @@ def chunk_grad_k_1_bwd_kernel(
         v56 = ((-1.0) * v55)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1846,7 +1912,7 @@ def chunk_grad_k_1_bwd_kernel(
         v42 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
     tl.debug_barrier()
-    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1860,6 +1926,7 @@ def chunk_grad_k_1_bwd_kernel(
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
+    v25 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s)  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1874,7 +1941,7 @@ def chunk_grad_k_1_bwd_kernel(
         v38 = ((-1.0) * d_new_w2)
         tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
     v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1886,7 +1953,7 @@ def chunk_grad_k_1_bwd_kernel(
     v51 = (v40 + local_7)
     v52 = v51
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))
@@ -1941,35 +2008,33 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 6 * C * BV)  # v8, v20, v47, v49, v29, v31, v35, v37, v55, v64, v67, v68, v42, v46, v36, v60, v43, v102, v48, v33, v54, v58, v75, v76, v80, v87, v88
+    scratch = scratch_ptr + slot * (16 * C * HID + HID * D + BV * HID + 3 * C + C * D + 2 * C * C + 6 * C * BV)  # v8, v20, v47, v49, v29, v31, v35, v37, v55, v64, v67, v68, v42, v46, v36, v60, v43, v102, v26, v28, v48, v33, v54, v58, v75, v76, v80, v87, v88, v82
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v30 = k
     v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v26 = gate_eta
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + offs_s, v26)  # park
     v28 = (v25 * v26)
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C + offs_s, v28)  # park
     v48 = (v30 * v28[:, None])
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(v30).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v33 = (v32 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])))
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v33)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + offs_t[:, None] * C + offs_s[None, :], v33)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v52 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v26 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + offs_s)  # parked
     v54 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])) * v52)
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v12 = (local_0 * local_0)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v16 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v17 = tl.sum((v16), axis=1)
-    v18 = (v17 / (D))
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1989,7 +2054,7 @@ def chunk_grad_k_2_bwd_kernel(
         v47 = ((-1.0) * d_new_w1)
         tl.store(scratch + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v47)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2012,7 +2077,7 @@ def chunk_grad_k_2_bwd_kernel(
         v31 = v21
         tl.store(scratch + 4 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
-    v33 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v33 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2027,7 +2092,7 @@ def chunk_grad_k_2_bwd_kernel(
         v37 = v9
         tl.store(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v37)
     tl.debug_barrier()
-    v54 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2049,7 +2114,7 @@ def chunk_grad_k_2_bwd_kernel(
         v64 = ((-1.0) * v63)
         tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v33 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v33 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2083,7 +2148,8 @@ def chunk_grad_k_2_bwd_kernel(
         v36 = (v36_c0 * (1.0 + tl.math.erf((v36_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
     tl.debug_barrier()
-    v54 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v28 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C + offs_s)  # parked
+    v54 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2107,7 +2173,7 @@ def chunk_grad_k_2_bwd_kernel(
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v57 = (v44 + local_7)
     v58 = v57
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v58)  # park
     v70 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2119,44 +2185,52 @@ def chunk_grad_k_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v70 += (tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v58 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v58 + v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
     v74 = ((-1.0) * v73)
     v75 = (v71 + v74[:, None])
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
-    v76 = (2.0 * v18[:, None] * v75)
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v12 = (local_0 * local_0)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v16 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v17 = tl.sum((v16), axis=1)
+    v18 = (v17 / (D))
+    v76 = (2.0 * v18[:, None] * v75)
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v77 = (2.0 * local_0 * v75)
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v80 = ((-0.5) * ln_weight[None, :] * local_1 * v79[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     v83 = ((-0.5) * local_0 * ln_weight[None, :] * v79[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v86 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v87 = (v83 + v86)
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     v88 = (ln_weight[None, :] * v87 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v81 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v79[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v82 = tl.sum((v81), axis=1)
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 6 * C * BV + offs_t, v82)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v84 = ((-0.5) * ln_weight[None, :] * local_1 * v75 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v85 = tl.sum((v84), axis=1)
-    v87 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v89 = ((-0.5) * local_0 * ln_weight[None, :] * v87 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v90 = tl.sum((v89), axis=1)
+    v82 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 6 * C * BV + offs_t)  # parked
     v91 = (v82 + v85 + v90)
     v92 = (v91 / (D))
     v93 = (2.0 * local_0 * v92[:, None])
-    v76 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v76 + v80 + v88 + v93)
     v95 = ((-1.0) * v94)
     v96 = tl.sum((v95), axis=1)
@@ -2221,7 +2295,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2230,20 +2304,24 @@ def chunk_grad_v_0_bwd_kernel(
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s, v23)  # park
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s)  # parked
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s, v25)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2264,7 +2342,7 @@ def chunk_grad_v_0_bwd_kernel(
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2288,7 +2366,7 @@ def chunk_grad_v_0_bwd_kernel(
         v33 = v9
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2310,7 +2388,7 @@ def chunk_grad_v_0_bwd_kernel(
         v56 = ((-1.0) * v55)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2321,7 +2399,7 @@ def chunk_grad_v_0_bwd_kernel(
         v42 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
     tl.debug_barrier()
-    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2335,6 +2413,7 @@ def chunk_grad_v_0_bwd_kernel(
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
+    v25 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s)  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2349,7 +2428,7 @@ def chunk_grad_v_0_bwd_kernel(
         v38 = ((-1.0) * d_new_w2)
         tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
     v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2361,7 +2440,7 @@ def chunk_grad_v_0_bwd_kernel(
     v51 = (v40 + local_7)
     v52 = v51
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))
@@ -2414,7 +2493,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2423,20 +2502,24 @@ def chunk_grad_v_1_bwd_kernel(
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s, v23)  # park
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s)  # parked
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s, v25)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2457,7 +2540,7 @@ def chunk_grad_v_1_bwd_kernel(
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2481,7 +2564,7 @@ def chunk_grad_v_1_bwd_kernel(
         v33 = v9
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2503,7 +2586,7 @@ def chunk_grad_v_1_bwd_kernel(
         v56 = ((-1.0) * v55)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2514,7 +2597,7 @@ def chunk_grad_v_1_bwd_kernel(
         v42 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
     tl.debug_barrier()
-    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2528,6 +2611,7 @@ def chunk_grad_v_1_bwd_kernel(
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
+    v25 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s)  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2542,7 +2626,7 @@ def chunk_grad_v_1_bwd_kernel(
         v38 = ((-1.0) * d_new_w2)
         tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
     v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2554,7 +2638,7 @@ def chunk_grad_v_1_bwd_kernel(
     v51 = (v40 + local_7)
     v52 = v51
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))
@@ -2604,8 +2688,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + HID * D + C * D)  # v8, v21, v26, v20, v31, v19
-    v18 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + HID * D + C * D + C)  # v8, v21, v26, v20, v31, v19, v29
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v19 = k
@@ -2635,6 +2718,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v21 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v28 = (v21 * v27)
         v29 += tl.sum((v28), axis=1)
+    tl.store(scratch + 3 * C * HID + BV * HID + HID * D + C * D + offs_s, v29)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2660,7 +2744,9 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v19 = tl.load(scratch + 3 * C * HID + BV * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v33 = (v19 * v32)
     v34 = tl.sum((v33), axis=1)
+    v29 = tl.load(scratch + 3 * C * HID + BV * HID + HID * D + C * D + offs_s)  # parked
     v38 = (v29 + v34)
+    v18 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v39 = (v18 * v38)
     v40 = v39
     tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), v40.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
@@ -2701,7 +2787,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 5 * C * C)  # v8, v20, v23, v24, v26, v39, v43, v21, v22, v35, v37, v45
+    scratch = scratch_ptr + slot * (7 * C * HID + 5 * C * C + C)  # v8, v20, v23, v24, v26, v39, v43, v21, v16, v22, v35, v37, v45
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2710,14 +2796,17 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :], v21)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v16 = gate_eta
+    tl.store(scratch + 7 * C * HID + C * C + offs_s, v16)  # park
     v22 = (v21 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])))
-    tl.store(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v22)  # park
+    tl.store(scratch + 7 * C * HID + C * C + C + offs_t[:, None] * C + offs_s[None, :], v22)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v35 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 7 * C * HID + C * C + offs_s)  # parked
     v37 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v35)
-    tl.store(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v37)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v37)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2738,7 +2827,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v20 = v14
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v20)
     tl.debug_barrier()
-    v22 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v22 = tl.load(scratch + 7 * C * HID + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2762,7 +2851,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v26 = v9
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v26)
     tl.debug_barrier()
-    v37 = tl.load(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v37 = tl.load(scratch + 7 * C * HID + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2793,7 +2882,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v44 += (tl.dot(v43.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v43).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v21 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
     v45 = (v21 * v44)
-    tl.store(scratch + 7 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v28 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2804,9 +2893,9 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v26 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v28 += tl.dot(v25.to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + 2 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v38 = (v28 * v35)
-    v45 = tl.load(scratch + 7 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = tl.load(scratch + 7 * C * HID + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v46 = (v38 + v45)
     v47 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v46)
     v48 = tl.sum((v47), axis=0)
@@ -2849,15 +2938,16 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + C * C + C * BV)  # v19, v8, v21, v26, v28, v23, v27
+    scratch = scratch_ptr + slot * (5 * C * HID + C + C * C + C * BV)  # v19, v8, v21, v26, v28, v17, v23, v27
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v20 = k
     v22 = tl.dot(q.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v17 = gate_eta
+    tl.store(scratch + 5 * C * HID + offs_s, v17)  # park
     v23 = (v22 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v17[None, :])))
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :], v23)  # park
+    tl.store(scratch + 5 * C * HID + C + offs_t[:, None] * C + offs_s[None, :], v23)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2887,7 +2977,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v21 = v15
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v21)
     tl.debug_barrier()
-    v23 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v23 = tl.load(scratch + 5 * C * HID + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2912,7 +3002,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v28 = v9
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    tl.store(scratch + 5 * C * HID + C * C + offs_t[:, None] * D + offs_o[None, :], v27)  # park
+    tl.store(scratch + 5 * C * HID + C + C * C + offs_t[:, None] * D + offs_o[None, :], v27)  # park
     v30 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2920,11 +3010,12 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v26 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v28 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v30 += tl.dot(v26.to(DOT_DTYPE), tl.trans(v28).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v17 = tl.load(scratch + 5 * C * HID + offs_s)  # parked
     v31 = (v30 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v17[None, :])))
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v32 = tl.dot(v31.to(DOT_DTYPE), local_3.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v27 = tl.load(scratch + 5 * C * HID + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v27 = tl.load(scratch + 5 * C * HID + C + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v33 = (v27 - v32)
     v34 = tl.sum((v33), axis=1)
     v35 = (v34 / (D))
@@ -2973,7 +3064,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2982,20 +3073,24 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s, v23)  # park
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s)  # parked
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s, v25)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3016,7 +3111,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3040,7 +3135,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v33 = v9
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3062,7 +3157,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v56 = ((-1.0) * v55)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3073,7 +3168,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v42 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
     tl.debug_barrier()
-    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3087,6 +3182,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
+    v25 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s)  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3101,7 +3197,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v38 = ((-1.0) * d_new_w2)
         tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
     v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3113,7 +3209,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v51 = (v40 + local_7)
     v52 = v51
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))
@@ -3167,7 +3263,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3176,20 +3272,24 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s, v23)  # park
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s)  # parked
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s, v25)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3210,7 +3310,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3234,7 +3334,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v33 = v9
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3256,7 +3356,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v56 = ((-1.0) * v55)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3267,7 +3367,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v42 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
     tl.debug_barrier()
-    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3281,6 +3381,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
+    v25 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s)  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3295,7 +3396,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v38 = ((-1.0) * d_new_w2)
         tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
     v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3307,7 +3408,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v51 = (v40 + local_7)
     v52 = v51
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))
@@ -3358,7 +3459,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3367,20 +3468,24 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s, v23)  # park
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s)  # parked
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s, v25)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3401,7 +3506,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3425,7 +3530,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v33 = v9
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3447,7 +3552,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v56 = ((-1.0) * v55)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3458,7 +3563,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v42 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
     tl.debug_barrier()
-    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3472,6 +3577,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
+    v25 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s)  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3486,7 +3592,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v38 = ((-1.0) * d_new_w2)
         tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
     v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3498,7 +3604,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v51 = (v40 + local_7)
     v52 = v51
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))
@@ -3593,7 +3699,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v30, v49, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3602,20 +3708,24 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = gate_eta
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s, v23)  # park
     v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v47 = (tl.dot(local_6.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_s)  # parked
     v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v22 * v23)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s, v25)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v27 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v27 * v25[:, None])
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3636,7 +3746,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3660,7 +3770,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v33 = v9
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3682,7 +3792,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v56 = ((-1.0) * v55)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3693,7 +3803,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v42 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v42)
     tl.debug_barrier()
-    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3707,6 +3817,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
+    v25 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + C * D + C + 2 * C * C + offs_s)  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3721,7 +3832,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v38 = ((-1.0) * d_new_w2)
         tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
     v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3733,7 +3844,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v51 = (v40 + local_7)
     v52 = v51
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
     v63 = tl.sum((v62), axis=1)
     v64 = (v63 / (D))

@@ -154,6 +154,8 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['s', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t'],
+                                       ['t'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
@@ -314,7 +316,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
-                                          ['t', 'o']],
+                                          ['t', 'o'],
+                                          ['t']],
                               'value_blocks': 'none',
                               'tiles': 13.5,
                               'sub_chunks': True,
@@ -455,6 +458,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
+                                                   ['t'],
                                                    ['t', 'o'],
                                                    ['t', 'i'],
                                                    ['t', 'i']],
@@ -921,7 +925,6 @@ def chunk_state_fwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v64 = v58
         v50 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
         v61 = v50
         v54 = v35
@@ -938,6 +941,7 @@ def chunk_state_fwd_kernel(
             v52 = v37
             tl.store(scratch + HID * D + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v52)
         tl.debug_barrier()
+        v64 = v58
         v55 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1542,7 +1546,7 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 9 * C * BV + 2 * C * C)  # v10, v24, v42, v45, v46, v11, v50, v72, v82, v83, v84, v65, v86, v89, v59, v121, v47, v73, v125, v126, v122, v90, v43, v31, local_4, v41, v37, v43, v31, v32, v44, v36, v39, v70, v67, v54, v91, v96, v108, v109, v115, v110, v120
+        scratch = scratch_ptr + slot * (17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 9 * C * BV + 2 * C * C + 2 * C)  # v10, v24, v42, v45, v46, v11, v50, v72, v82, v83, v84, v65, v86, v89, v59, v121, v47, v73, v125, v126, v122, v90, v43, v31, local_4, v41, v37, v43, v31, v32, v44, v36, v39, v70, v67, v54, v91, v96, v100, v16, v108, v109, v115, v110, v120
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v41 = k
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
@@ -1761,27 +1765,31 @@ def chunk_state_bwd_kernel(
         v98 = (2.0 * local_0 * v96)
         v99 = tl.sum((v98), axis=1)
         v100 = (v99 / (D))
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v100)  # park
         v14 = (local_0 * local_0)
         v15 = tl.sum((v14), axis=1)
         v16 = (v15 / (D))
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t, v16)  # park
         v104 = ((-0.5) * local_0 * ln_weight[None, :] * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v107 = (ln_weight[None, :] * v96 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v108 = (v104 + v107)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v108)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v108)  # park
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v18 = gate_delta
         tl.debug_barrier()  # parked tiles other threads stored
-        v108 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v108 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v109 = (v108 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v109)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v109)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+        v16 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t)  # parked
         v111 = ((-0.5) * local_0 * ln_weight[None, :] * v109 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v112 = tl.sum((v111), axis=1)
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v100 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
         v102 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * (tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v103 = tl.sum((v102), axis=1)
-        tl.debug_barrier()  # parked tiles other threads stored
         v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v105 = ((-0.5) * ln_weight[None, :] * local_2 * v96 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v106 = tl.sum((v105), axis=1)
@@ -1789,11 +1797,11 @@ def chunk_state_bwd_kernel(
         v114 = (v113 / (D))
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v115 = (2.0 * local_0 * v114[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v115)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v115)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v109 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v109 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v110 = (ln_weight[None, :] * v109 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v21 = tl.sum((v20), axis=1)
@@ -1801,21 +1809,17 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # parked tiles other threads stored
         v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v97 = (2.0 * v22[:, None] * v96)
+        v100 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
         v101 = ((-0.5) * ln_weight[None, :] * local_2 * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        v110 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v115 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v110 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v116 = (v97 + v101 + v110 + v115)
         v117 = ((-1.0) * v116)
         v118 = tl.sum((v117), axis=1)
         v119 = (v118 / (D))
         v120 = (v116 + v119[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        tl.debug_barrier()  # parked tiles other threads stored
-        v36 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v52 = (v36 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v53 = tl.sum((v52), axis=0)
-        v55 = v53
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1868,6 +1872,9 @@ def chunk_state_bwd_kernel(
             v126 = (tl.dot(tl.trans(v125).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v125.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 17 * C * HID + HID * D + BV * HID + offs_h[:, None] * D + offs_i[None, :], v126)
         tl.debug_barrier()
+        v36 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v52 = (v36 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v53 = tl.sum((v52), axis=0)
         v39 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1881,7 +1888,7 @@ def chunk_state_bwd_kernel(
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v128.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v128.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
         tl.debug_barrier()
-        v120 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v120 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1897,6 +1904,7 @@ def chunk_state_bwd_kernel(
             v90 = tl.dot(tl.trans(local_3).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 17 * C * HID + 2 * HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v90)
         tl.debug_barrier()
+        v55 = v53
         local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2879,7 +2887,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (15 * C * HID + HID * D + BV * HID + 8 * C * D + 8 * C * BV + 2 * C * C)  # v10, v24, v61, v63, v40, v42, v46, v50, v67, v77, v80, v81, v56, v60, v47, v72, v116, v43, v31, local_4, v31, v32, v37, v38, v62, v44, v39, v65, v52, v70, v88, v89, v93, v101, v102
+    scratch = scratch_ptr + slot * (15 * C * HID + HID * D + BV * HID + 8 * C * D + 8 * C * BV + 2 * C * C + C)  # v10, v24, v61, v63, v40, v42, v46, v50, v67, v77, v80, v81, v56, v60, v47, v72, v116, v43, v31, local_4, v31, v32, v37, v38, v62, v44, v39, v65, v52, v70, v88, v89, v93, v101, v102, v95
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -2962,13 +2970,7 @@ def chunk_grad_k_2_bwd_kernel(
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
     v38 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = v38
@@ -3128,13 +3130,19 @@ def chunk_grad_k_2_bwd_kernel(
     v87 = ((-1.0) * v86)
     v88 = (v84 + v87[:, None])
     tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v14 = (local_0 * local_0)
+    v15 = tl.sum((v14), axis=1)
+    v16 = (v15 / (D))
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
+    v21 = tl.sum((v20), axis=1)
+    v22 = (v21 / (D))
     v89 = (2.0 * v22[:, None] * v88)
     tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v89)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v90 = (2.0 * local_0 * v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = ((-0.5) * ln_weight[None, :] * local_2 * v92[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -3152,6 +3160,7 @@ def chunk_grad_k_2_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v94 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v92[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * (tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v95 = tl.sum((v94), axis=1)
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 8 * C * BV + 2 * C * C + offs_t, v95)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v88 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = ((-0.5) * ln_weight[None, :] * local_2 * v88 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
@@ -3159,6 +3168,7 @@ def chunk_grad_k_2_bwd_kernel(
     v101 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v103 = ((-0.5) * local_0 * ln_weight[None, :] * v101 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v104 = tl.sum((v103), axis=1)
+    v95 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 8 * C * BV + 2 * C * C + offs_t)  # parked
     v105 = (v95 + v98 + v104)
     v106 = (v105 / (D))
     v107 = (2.0 * local_0 * v106[:, None])
@@ -3495,9 +3505,6 @@ def chunk_grad_v_1_bwd_kernel(
     v18 = gate_delta
     tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -3698,6 +3705,10 @@ def chunk_grad_v_1_bwd_kernel(
     v77 = (v76 / (D))
     v78 = ((-1.0) * v77)
     v79 = (v75 + v78[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v14 = (local_0 * local_0)
+    v15 = tl.sum((v14), axis=1)
+    v16 = (v15 / (D))
     v80 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v18 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
@@ -4137,7 +4148,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV)  # v10, v29, v32, v33, v34, v40, v75, v81, v30, v22, v41, local_4, causal, v30, v22, v23, v31, v26, v35, v36, v37, v38, v39, v47, v66, v79, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + C)  # v10, v29, v32, v33, v34, v40, v75, v81, v30, v22, v41, local_4, causal, v30, v22, v23, v31, v26, v35, v36, v37, v38, v39, v47, v50, v66, v79, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v28 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -4291,6 +4302,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v48 = (v47 * v47)
     v49 = tl.sum((v48), axis=1)
     v50 = (v49 / (D))
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t, v50)  # park
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v63 = ((-0.5) * v47 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v50[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v50[:, None])))))
     v64 = tl.sum((v63), axis=1)
@@ -4298,10 +4310,11 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v66 = (2.0 * v47 * v65[:, None])
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v66)  # park
-    v62 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v50[:, None])))))
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v66)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v50 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t)  # parked
+    v62 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v50[:, None])))))
+    v66 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = (v62 + v66)
     v68 = ((-1.0) * v67)
     v69 = tl.sum((v68), axis=1)
@@ -4310,7 +4323,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v36 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v71 * v36)
     v79 = v78
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v79)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v79)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v38 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
@@ -4365,7 +4378,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v83 = (q * v82)
-    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
     v55 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4374,7 +4387,6 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v54 = (w2 * d_new_w2)
         v55 += tl.sum((v54), axis=1)
-    v56 = v55
     v59 = tl.zeros((D,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4383,11 +4395,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v58 = (w1 * d_new_w1)
         v59 += tl.sum((v58), axis=0)
+    v56 = v55
     v60 = (v56 + v59)
     v61 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v60[None, :])
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v83 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v84 = (v61 + v79 + v83)
     v22 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v85 = (v84 * tl.exp(v22))
@@ -5604,9 +5617,6 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v18 = gate_delta
     tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -5807,6 +5817,10 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v77 = (v76 / (D))
     v78 = ((-1.0) * v77)
     v79 = (v75 + v78[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v14 = (local_0 * local_0)
+    v15 = tl.sum((v14), axis=1)
+    v16 = (v15 / (D))
     v80 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v18 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
@@ -6039,9 +6053,6 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
     scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, v27, local_4, v27, v28, v33, v34, v47, v63, v56, v40, v35, v59
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -6247,6 +6258,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v79 = (2.0 * local_0 * v78)
     v80 = tl.sum((v79), axis=1)
     v81 = (v80 / (D))
+    v14 = (local_0 * local_0)
+    v15 = tl.sum((v14), axis=1)
+    v16 = (v15 / (D))
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v82 = ((-0.5) * local_0 * local_2 * v81[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v83 = tl.sum((v82), axis=0)
@@ -6290,9 +6304,6 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
     scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, v27, local_4, v27, v28, v33, v34, v47, v63, v56, v40, v35, v59
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -6494,6 +6505,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v76 = (v75 / (D))
     v77 = ((-1.0) * v76)
     v78 = (v74 + v77[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    v14 = (local_0 * local_0)
+    v15 = tl.sum((v14), axis=1)
+    v16 = (v15 / (D))
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v79 = (local_2 * v78 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v80 = tl.sum((v79), axis=0)
