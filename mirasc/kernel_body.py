@@ -187,14 +187,14 @@ def _inputs_where_read(segments: list[Value | _Loop], reloadable: frozenset[str]
     return out
 
 
-
 def _made_where_read(segments: list[Value | _Loop]) -> list[Value | _Loop]:
-    """In a kernel with hidden-block loops, the segments with each per-token vector made from the chunk's data moved
-    to just before the first segment reading it when a heavy segment lies between, and with it any tile read only
-    by the values so moved (last value first, so that a chain moves whole). `_segments` places a straight-line value
-    before the run of wide values its reader joined; once `_split_loops` cuts that run into loops, a vector made there
-    (a LayerNorm's row statistics, which sum a tile of their own) was held through every loop up to its reader: in
-    TTT-MLP's backward state pass, two such statistics through 13 loops. Inputs are `_inputs_where_read`'s."""
+    """In a kernel with hidden-block loops, the segments with each made value smaller than a tile (a per-token vector, a
+    scalar) moved to just before the first segment reading it when a heavy segment lies between, and with it any tile
+    read only by the values so moved (last value first, so that a chain moves whole). `_segments` places a
+    straight-line value before the run of wide values its reader joined; once `_split_loops` cuts that run into
+    loops, a vector made there (a LayerNorm's row statistics, which sum a tile of their own) was held through every
+    loop up to its reader: in TTT-MLP's backward state pass, two such statistics through 13 loops. Inputs are
+    `_inputs_where_read`'s."""
     if not any(isinstance(seg, _Loop) for seg in segments):
         return segments
     out, moved = list(segments), set()
