@@ -686,7 +686,7 @@ def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[i
 def _per_token_vector(v: Value) -> bool:
     """A vector along the chunk's tokens (a gate's cumulative decay, a row statistic), which `_parked` parks as it
     parks tiles."""
-    return len(v.axes) == 1 and v.axes[0] in ("t", "s", "u") and not isinstance(v.op, (ir.Const, ir.Size, ir.Mask))
+    return len(v.axes) == 1 and v.axes[0] in ir.TOKEN_AXES and not isinstance(v.op, (ir.Const, ir.Size, ir.Mask))
 
 
 def _reread(segments: list[Value | _Loop], loads: dict[int, str], after_products: bool = False,
