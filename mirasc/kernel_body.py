@@ -167,10 +167,12 @@ def _inputs_where_read(segments: list[Value | _Loop], reloadable: frozenset[str]
     the run of loops its reader joined, and a split of that run (`_split_loops`) left it there, holding its
     registers through the loops before its reader's. Loads with nothing heavy before their reader stay where the
     schedule put them (moving q past a few straight-line values made a Yaad gradient kernel spill 128 B where it
-    spilled none, D = 64, sm_90a), and so does a reloadable input, which parking loads again before each reader
-    (moving those changed which tiles park: Yaad's gradient kernels spilled 2,264 B in all against 1,920)."""
+    spilled none, D = 64, sm_90a), and so does a reloadable tile, which parking loads again before each reader
+    (moving those changed which tiles park: Yaad's gradient kernels spilled 2,264 B in all against 1,920). A
+    reloadable vector (a per-row parameter) moves: it counts for nothing towards the parked tiles' bound."""
     def movable(seg: Value | _Loop) -> bool:
-        return not isinstance(seg, _Loop) and isinstance(seg.op, ir.Input) and seg.op.name not in reloadable
+        return (not isinstance(seg, _Loop) and isinstance(seg.op, ir.Input)
+                and (seg.op.name not in reloadable or tile_units(seg) == 0))
 
     reads = [_segment_reads(seg) for seg in segments]
     first: dict[int, int | None] = {}
@@ -654,7 +656,7 @@ def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[i
     parkable: set[int] = set()
     for seg in segments:
         for v in seg.values if isinstance(seg, _Loop) else [seg]:
-            if not (wide(v) or inlined(v)) and (tile_units(v) > 0 or _per_token_vector(v)):
+            if not (wide(v) or inlined(v)) and (tile_units(v) > 0 or _per_token_vector(v) or v.id in reloadable):
                 units[v.id] = tile_units(v)  # 0 for a vector: it leaves the registers but adds nothing to `live`
                 if v.id not in excluded and (v.id in reloadable or not isinstance(v.op, ir.Input)):
                     parkable.add(v.id)

@@ -163,7 +163,11 @@ class _Assembler:
         self.hidden = any(set(axes[s]) & {"h", "g"} for s in states)  # the state lives in memory, by blocks
         self.at = "(first_chunk + c)"
         self.tokens = {n: load(f"{n}_ptr", axes[n], "", True, io.pad[n], self.hidden) for n in rest if token[n]}
-        self.static_loads = [f"{n} = {load(f'{n}_ptr', axes[n], 'row')}" for n in rest if not token[n]]
+        static = {n: load(f"{n}_ptr", axes[n], "row") for n in rest if not token[n]}
+        # a per-row parameter (a LayerNorm's weight): with the state in memory, loaded where read and again after
+        # the hidden-block loops (kernel_body's parking); else once, before the chunk loop
+        self.static = static if self.hidden else {}
+        self.static_loads = [] if self.hidden else [f"{n} = {x}" for n, x in static.items()]
         self.made = stored_values(self.fwd)
         self.kept = [f"stored_{j}" for j in range(len(self.made))]
         self.reads = {n: load(f"{n}_ptr", v.axes, self.at) for n, v in zip(self.kept, self.made)}
@@ -186,7 +190,8 @@ class _Assembler:
     def body(self, part: Graph, loads: dict, sources: dict | None = None, outputs: dict | None = None,
              reload_locals: bool = False, early_stores: dict[str, str] | None = None,
              block_stores: dict[str, str] | None = None) -> Body:
-        return body(part, loads, sources, outputs, reloadable=frozenset(self.local_reads if reload_locals else ()),
+        reloadable = frozenset(self.static) | frozenset(self.local_reads if reload_locals else ())
+        return body(part, {**self.static, **loads}, sources, outputs, reloadable=reloadable,
                     early_stores=early_stores, block_stores=block_stores)
 
 

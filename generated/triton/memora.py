@@ -1267,8 +1267,6 @@ def chunk_state_fwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     for hb in range(0, HID, BH):
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1321,6 +1319,8 @@ def chunk_state_fwd_kernel(
         v27 = (v26 * v26)
         v28 = tl.sum((v27), axis=0)
         v29 = (v28 / (D))
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+        ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
         v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
         v31 = v15
         v32 = (v30 + v31)  # memory output M(x)
@@ -1418,6 +1418,8 @@ def chunk_state_fwd_kernel(
         v69 = (v68 * v68)
         v70 = tl.sum((v69), axis=1)
         v71 = (v70 / (D))
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
+        ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
         v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1512,8 +1514,6 @@ def chunk_out_fwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
     chunk = chunk_base + tl.program_id(1)
@@ -1546,6 +1546,8 @@ def chunk_out_fwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -1629,6 +1631,8 @@ def chunk_out_fwd_kernel(
     v71 = (v70 / (D))
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t, v71)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
@@ -1643,6 +1647,7 @@ def chunk_out_fwd_kernel(
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t)  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((1.0 + v71[:, None]) * tl.sqrt((1.0 + v71[:, None])))))
@@ -1652,6 +1657,7 @@ def chunk_out_fwd_kernel(
     v80 = (2.0 * v68 * v79[:, None])
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t)  # parked
     v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((1.0 + v71[:, None])))))
@@ -1811,6 +1817,8 @@ def chunk_out_fwd_kernel(
     v118 = (v117 * v117)
     v119 = tl.sum((v118), axis=1)
     v120 = (v119 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v121 = (ln_bias[None, :] + (v117 * ln_weight[None, :] / ((tl.sqrt((1.0 + v120[:, None]))))))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1844,8 +1852,6 @@ def chunk_local_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
     chunk = chunk_base + tl.program_id(1)
@@ -1878,6 +1884,8 @@ def chunk_local_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -1962,6 +1970,8 @@ def chunk_local_bwd_kernel(
     v71 = (v70 / (D))
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t, v71)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
@@ -1977,6 +1987,7 @@ def chunk_local_bwd_kernel(
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v75.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t)  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((1.0 + v71[:, None]) * tl.sqrt((1.0 + v71[:, None])))))
@@ -1986,6 +1997,7 @@ def chunk_local_bwd_kernel(
     v80 = (2.0 * v68 * v79[:, None])
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t)  # parked
     v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((1.0 + v71[:, None])))))
@@ -2163,6 +2175,7 @@ def chunk_local_bwd_kernel(
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v134 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((1.0 + v127[:, None]) * tl.sqrt((1.0 + v127[:, None])))))
     v135 = tl.sum((v134), axis=1)
     v136 = (v135 / (D))
@@ -2233,8 +2246,6 @@ def chunk_state_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     for hb in range(0, HID, BH):
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2342,6 +2353,8 @@ def chunk_state_bwd_kernel(
         v27 = (v26 * v26)
         v28 = tl.sum((v27), axis=0)
         v29 = (v28 / (D))
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+        ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
         v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
         v32 = (v30 + v31)  # memory output M(x)
         v33 = (v32 - v17)  # inner gradient signal g = dl/dy
@@ -2610,6 +2623,7 @@ def chunk_state_bwd_kernel(
         v67 = tl.sum((v66), axis=1)
         v68 = (v67 / (D))
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         v71 = tl.sum((v70), axis=1)
@@ -2781,6 +2795,7 @@ def chunk_state_bwd_kernel(
         v211 = (2.0 * v26 * v209)
         v212 = tl.sum((v211), axis=0)
         v213 = (v212 / (D))
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
         v214 = ((-0.5) * ln_weight * v33 * v213 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
         v217 = ((-0.5) * v26 * ln_weight * v213 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
         v220 = (ln_weight * v209 / ((tl.sqrt((1.0 + v29)))))
@@ -2858,8 +2873,6 @@ def chunk_grad_q_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2897,8 +2910,6 @@ def chunk_grad_q_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2938,6 +2949,8 @@ def chunk_grad_q_1_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -3177,8 +3190,6 @@ def chunk_grad_q_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3212,6 +3223,8 @@ def chunk_grad_q_2_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -3433,8 +3446,6 @@ def chunk_grad_k_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3468,6 +3479,8 @@ def chunk_grad_k_0_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -3740,8 +3753,6 @@ def chunk_grad_k_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3803,6 +3814,8 @@ def chunk_grad_k_1_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -4046,6 +4059,7 @@ def chunk_grad_k_1_bwd_kernel(
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v133 = ((-0.5) * local_0 * ln_weight[None, :] * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v134 = (ln_weight[None, :] * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
     v135 = (v133 + v134)
@@ -4078,8 +4092,6 @@ def chunk_grad_k_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -4119,6 +4131,8 @@ def chunk_grad_k_2_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -4410,6 +4424,7 @@ def chunk_grad_k_2_bwd_kernel(
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
@@ -4499,8 +4514,6 @@ def chunk_grad_k_3_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -4603,6 +4616,8 @@ def chunk_grad_k_3_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v32 = (v30 + v31)  # memory output M(x)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
@@ -4870,6 +4885,7 @@ def chunk_grad_k_3_bwd_kernel(
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
     tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
@@ -5029,6 +5045,7 @@ def chunk_grad_k_3_bwd_kernel(
     v208 = (2.0 * v26 * v206)
     v209 = tl.sum((v208), axis=0)
     v210 = (v209 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v214 = ((-0.5) * v26 * ln_weight * v210 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
     v217 = (ln_weight * v206 / ((tl.sqrt((1.0 + v29)))))
     v218 = (v214 + v217)
@@ -5105,8 +5122,6 @@ def chunk_grad_v_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -5168,6 +5183,8 @@ def chunk_grad_v_0_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -5411,6 +5428,7 @@ def chunk_grad_v_0_bwd_kernel(
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v133 = ((-0.5) * local_0 * ln_weight[None, :] * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v134 = (ln_weight[None, :] * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
     v135 = (v133 + v134)
@@ -5443,8 +5461,6 @@ def chunk_grad_v_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -5540,6 +5556,8 @@ def chunk_grad_v_1_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v32 = (v30 + v31)  # memory output M(x)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
@@ -5794,6 +5812,7 @@ def chunk_grad_v_1_bwd_kernel(
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
@@ -5928,6 +5947,7 @@ def chunk_grad_v_1_bwd_kernel(
     v202 = (2.0 * v26 * v201)
     v203 = tl.sum((v202), axis=0)
     v204 = (v203 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v205 = ((-0.5) * v26 * ln_weight * v204 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
     v206 = (ln_weight * v201 / ((tl.sqrt((1.0 + v29)))))
     v207 = (v205 + v206)
@@ -5961,8 +5981,6 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -5996,6 +6014,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -6205,6 +6225,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v105 = tl.sum((v104), axis=1)
     v106 = (v105 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v126 = ((-0.5) * v103 * ln_weight[None, :] * d_out / (((1.0 + v106[:, None]) * tl.sqrt((1.0 + v106[:, None])))))
     v127 = tl.sum((v126), axis=1)
     v128 = (v127 / (D))
@@ -6483,8 +6504,6 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -6584,6 +6603,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v32 = (v30 + v31)  # memory output M(x)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
@@ -6852,6 +6873,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
     tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
@@ -7020,8 +7042,6 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -7055,6 +7075,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -7384,8 +7406,6 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -7488,6 +7508,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v32 = (v30 + v31)  # memory output M(x)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
@@ -7754,6 +7776,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
     tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
@@ -7922,8 +7945,6 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -7957,6 +7978,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -8184,8 +8207,6 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -8248,6 +8269,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -8522,8 +8545,6 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -8586,6 +8607,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -8857,8 +8880,6 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -8920,6 +8941,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -9163,6 +9186,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v133 = ((-0.5) * local_0 * ln_weight[None, :] * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v134 = (ln_weight[None, :] * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
     v135 = (v133 + v134)
@@ -9196,8 +9220,6 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -9293,6 +9315,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v32 = (v30 + v31)  # memory output M(x)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
@@ -9547,6 +9571,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
@@ -9710,8 +9735,6 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -9807,6 +9830,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v32 = (v30 + v31)  # memory output M(x)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
@@ -10061,6 +10086,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
@@ -10221,8 +10247,6 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -10318,6 +10342,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v32 = (v30 + v31)  # memory output M(x)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
@@ -10572,6 +10598,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
@@ -10706,6 +10733,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v202 = (2.0 * v26 * v201)
     v203 = tl.sum((v202), axis=0)
     v204 = (v203 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v205 = ((-0.5) * v26 * ln_weight * v204 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
     v206 = (ln_weight * v201 / ((tl.sqrt((1.0 + v29)))))
     v207 = (v205 + v206)
@@ -10738,8 +10766,6 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -10777,8 +10803,6 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -10840,6 +10864,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -11083,6 +11109,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v133 = ((-0.5) * local_0 * ln_weight[None, :] * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v134 = (ln_weight[None, :] * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
     v135 = (v133 + v134)
@@ -11115,8 +11142,6 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -11212,6 +11237,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((1.0 + v29))))))
     v32 = (v30 + v31)  # memory output M(x)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
@@ -11466,6 +11493,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
@@ -11600,6 +11628,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v202 = (2.0 * v26 * v201)
     v203 = tl.sum((v202), axis=0)
     v204 = (v203 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v205 = ((-0.5) * v26 * ln_weight * v204 / (((1.0 + v29) * tl.sqrt((1.0 + v29)))))
     v206 = (ln_weight * v201 / ((tl.sqrt((1.0 + v29)))))
     v207 = (v205 + v206)

@@ -982,8 +982,6 @@ def chunk_state_fwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     for hb in range(0, HID, BH):
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1029,6 +1027,8 @@ def chunk_state_fwd_kernel(
         v19 = (v18 * v18)
         v20 = tl.sum((v19), axis=1)
         v21 = (v20 / (D))
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+        ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
         v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1198,8 +1198,6 @@ def chunk_out_fwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
     chunk = chunk_base + tl.program_id(1)
@@ -1233,6 +1231,8 @@ def chunk_out_fwd_kernel(
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1370,6 +1370,8 @@ def chunk_out_fwd_kernel(
     v83 = (v82 * v82)
     v84 = tl.sum((v83), axis=1)
     v85 = (v84 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v86 = (ln_bias[None, :] + (v82 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None]))))))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1403,8 +1405,6 @@ def chunk_local_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
     chunk = chunk_base + tl.program_id(1)
@@ -1439,6 +1439,8 @@ def chunk_local_bwd_kernel(
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1593,6 +1595,7 @@ def chunk_local_bwd_kernel(
     v97 = tl.sum((v96), axis=1)
     v98 = (v97 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v107 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -1641,8 +1644,6 @@ def chunk_state_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     for hb in range(0, HID, BH):
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1987,6 +1988,7 @@ def chunk_state_bwd_kernel(
         v17 = tl.sum((v16), axis=1)
         v18 = (v17 / (D))
         tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t, v18)  # park
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v21 = tl.sum((v20), axis=1)
@@ -2000,6 +2002,7 @@ def chunk_state_bwd_kernel(
         v144 = (v143 / (D))
         tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t, v144)  # park
         tl.debug_barrier()  # parked tiles other threads stored
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
         v18 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t)  # parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v145 = ((-0.5) * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
@@ -2179,8 +2182,6 @@ def chunk_grad_q_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2218,8 +2219,6 @@ def chunk_grad_q_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2394,8 +2393,6 @@ def chunk_grad_q_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2573,8 +2570,6 @@ def chunk_grad_q_3_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2752,8 +2747,6 @@ def chunk_grad_k_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2986,8 +2979,6 @@ def chunk_grad_k_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3256,6 +3247,7 @@ def chunk_grad_k_1_bwd_kernel(
     v16 = (local_0 * local_0)
     v17 = tl.sum((v16), axis=1)
     v18 = (v17 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v115 = ((-0.5) * local_0 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v116 = (ln_weight[None, :] * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v117 = (v115 + v116)
@@ -3288,8 +3280,6 @@ def chunk_grad_k_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3591,6 +3581,7 @@ def chunk_grad_k_2_bwd_kernel(
     v16 = (local_0 * local_0)
     v17 = tl.sum((v16), axis=1)
     v18 = (v17 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v21 = tl.sum((v20), axis=1)
@@ -3680,8 +3671,6 @@ def chunk_grad_v_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3950,6 +3939,7 @@ def chunk_grad_v_0_bwd_kernel(
     v16 = (local_0 * local_0)
     v17 = tl.sum((v16), axis=1)
     v18 = (v17 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v115 = ((-0.5) * local_0 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v116 = ((-1.0) * v115)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v116.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3980,8 +3970,6 @@ def chunk_grad_v_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -4247,6 +4235,7 @@ def chunk_grad_v_1_bwd_kernel(
     v16 = (local_0 * local_0)
     v17 = tl.sum((v16), axis=1)
     v18 = (v17 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v112 = (ln_weight[None, :] * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v113 = ((-1.0) * v112)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v113.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -4277,8 +4266,6 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -4497,8 +4484,6 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -4615,8 +4600,6 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -4875,8 +4858,6 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -5169,8 +5150,6 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -5275,8 +5254,6 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -5523,8 +5500,6 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_theta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -5761,8 +5736,6 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_theta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -5872,8 +5845,6 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_theta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -6124,8 +6095,6 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_theta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -6419,8 +6388,6 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -6587,8 +6554,6 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -6888,8 +6853,6 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -7186,8 +7149,6 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -7456,6 +7417,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v16 = (local_0 * local_0)
     v17 = tl.sum((v16), axis=1)
     v18 = (v17 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v115 = ((-0.5) * local_0 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v116 = (ln_weight[None, :] * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v117 = (v115 + v116)
@@ -7489,8 +7451,6 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -7528,8 +7488,6 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -7798,6 +7756,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v16 = (local_0 * local_0)
     v17 = tl.sum((v16), axis=1)
     v18 = (v17 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v115 = ((-0.5) * local_0 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v116 = (ln_weight[None, :] * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
     v117 = (v115 + v116)

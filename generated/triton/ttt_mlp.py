@@ -501,8 +501,6 @@ def chunk_state_fwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     for hb in range(0, HID, BH):
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -546,6 +544,8 @@ def chunk_state_fwd_kernel(
         v15 = (v14 * v14)
         v16 = tl.sum((v15), axis=1)
         v17 = (v16 / (D))
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+        ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
         v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -642,8 +642,6 @@ def chunk_out_fwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
     chunk = chunk_base + tl.program_id(1)
@@ -677,6 +675,8 @@ def chunk_out_fwd_kernel(
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -769,6 +769,8 @@ def chunk_out_fwd_kernel(
     v55 = (v54 * v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v58 = (ln_bias[None, :] + (v54 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None]))))))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -802,8 +804,6 @@ def chunk_local_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
     chunk = chunk_base + tl.program_id(1)
@@ -838,6 +838,8 @@ def chunk_local_bwd_kernel(
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -943,6 +945,7 @@ def chunk_local_bwd_kernel(
     v60 = tl.sum((v59), axis=1)
     v61 = (v60 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v66 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
     v67 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
     v68 = tl.sum((v67), axis=1)
@@ -986,8 +989,6 @@ def chunk_state_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     for hb in range(0, HID, BH):
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1209,6 +1210,7 @@ def chunk_state_bwd_kernel(
         v13 = tl.sum((v12), axis=1)
         v14 = (v13 / (D))
         tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t, v14)  # park
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v16 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v17 = tl.sum((v16), axis=1)
@@ -1222,6 +1224,7 @@ def chunk_state_bwd_kernel(
         v82 = (v81 / (D))
         tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 3 * C + 2 * C * C + 3 * C * BV + offs_t, v82)  # park
         tl.debug_barrier()  # parked tiles other threads stored
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
         v14 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t)  # parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v83 = ((-0.5) * ln_weight[None, :] * local_1 * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
@@ -1347,8 +1350,6 @@ def chunk_grad_q_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -1386,8 +1387,6 @@ def chunk_grad_q_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -1520,8 +1519,6 @@ def chunk_grad_q_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -1648,8 +1645,6 @@ def chunk_grad_k_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -1798,8 +1793,6 @@ def chunk_grad_k_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -1966,6 +1959,7 @@ def chunk_grad_k_1_bwd_kernel(
     v12 = (local_0 * local_0)
     v13 = tl.sum((v12), axis=1)
     v14 = (v13 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v71 = (ln_weight[None, :] * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v72 = (v70 + v71)
@@ -1998,8 +1992,6 @@ def chunk_grad_k_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2196,6 +2188,7 @@ def chunk_grad_k_2_bwd_kernel(
     v12 = (local_0 * local_0)
     v13 = tl.sum((v12), axis=1)
     v14 = (v13 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v16 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v17 = tl.sum((v16), axis=1)
@@ -2285,8 +2278,6 @@ def chunk_grad_v_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2453,6 +2444,7 @@ def chunk_grad_v_0_bwd_kernel(
     v12 = (local_0 * local_0)
     v13 = tl.sum((v12), axis=1)
     v14 = (v13 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v71 = ((-1.0) * v70)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v71.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2483,8 +2475,6 @@ def chunk_grad_v_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2648,6 +2638,7 @@ def chunk_grad_v_1_bwd_kernel(
     v12 = (local_0 * local_0)
     v13 = tl.sum((v12), axis=1)
     v14 = (v13 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v67 = (ln_weight[None, :] * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v68 = ((-1.0) * v67)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v68.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2678,8 +2669,6 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2777,8 +2766,6 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2928,8 +2915,6 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3054,8 +3039,6 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3253,8 +3236,6 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3449,8 +3430,6 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3617,6 +3596,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v12 = (local_0 * local_0)
     v13 = tl.sum((v12), axis=1)
     v14 = (v13 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v71 = (ln_weight[None, :] * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v72 = (v70 + v71)
@@ -3650,8 +3630,6 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3689,8 +3667,6 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3857,6 +3833,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v12 = (local_0 * local_0)
     v13 = tl.sum((v12), axis=1)
     v14 = (v13 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v71 = (ln_weight[None, :] * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v72 = (v70 + v71)

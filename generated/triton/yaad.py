@@ -841,8 +841,6 @@ def chunk_state_fwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     for hb in range(0, HID, BH):
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -905,6 +903,8 @@ def chunk_state_fwd_kernel(
         v17 = (v16 * v16)
         v18 = tl.sum((v17), axis=1)
         v19 = (v18 / (D))
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+        ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
         v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -999,8 +999,6 @@ def chunk_out_fwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
     chunk = chunk_base + tl.program_id(1)
@@ -1091,6 +1089,8 @@ def chunk_out_fwd_kernel(
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1205,6 +1205,8 @@ def chunk_out_fwd_kernel(
     v68 = (v67 * v67)
     v69 = tl.sum((v68), axis=1)
     v70 = (v69 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v71 = (ln_bias[None, :] + (v67 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None]))))))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1238,8 +1240,6 @@ def chunk_local_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
     chunk = chunk_base + tl.program_id(1)
@@ -1274,6 +1274,8 @@ def chunk_local_bwd_kernel(
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1457,6 +1459,7 @@ def chunk_local_bwd_kernel(
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v84 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
     v85 = tl.sum((v84), axis=1)
     v86 = (v85 / (D))
@@ -1527,8 +1530,6 @@ def chunk_state_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     for hb in range(0, HID, BH):
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1770,6 +1771,7 @@ def chunk_state_bwd_kernel(
         v15 = tl.sum((v14), axis=1)
         v16 = (v15 / (D))
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t, v16)  # park
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
         v104 = ((-0.5) * local_0 * ln_weight[None, :] * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v107 = (ln_weight[None, :] * v96 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v108 = (v104 + v107)
@@ -1782,6 +1784,7 @@ def chunk_state_bwd_kernel(
         v109 = (v108 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v109)  # park
         tl.debug_barrier()  # parked tiles other threads stored
+        ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v16 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t)  # parked
         v111 = ((-0.5) * local_0 * ln_weight[None, :] * v109 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
@@ -1948,8 +1951,6 @@ def chunk_grad_q_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -1987,8 +1988,6 @@ def chunk_grad_q_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2194,8 +2193,6 @@ def chunk_grad_q_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_q_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2379,8 +2376,6 @@ def chunk_grad_k_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2615,8 +2610,6 @@ def chunk_grad_k_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -2841,6 +2834,7 @@ def chunk_grad_k_1_bwd_kernel(
     v14 = (local_0 * local_0)
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v83 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v84 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v85 = (v83 + v84)
@@ -2877,8 +2871,6 @@ def chunk_grad_k_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_k_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3134,6 +3126,7 @@ def chunk_grad_k_2_bwd_kernel(
     v14 = (local_0 * local_0)
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v21 = tl.sum((v20), axis=1)
@@ -3229,8 +3222,6 @@ def chunk_grad_v_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3455,6 +3446,7 @@ def chunk_grad_v_0_bwd_kernel(
     v14 = (local_0 * local_0)
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v83 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -3489,8 +3481,6 @@ def chunk_grad_v_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_v_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3709,6 +3699,7 @@ def chunk_grad_v_1_bwd_kernel(
     v14 = (local_0 * local_0)
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v80 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v18 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
@@ -3742,8 +3733,6 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -3917,8 +3906,6 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -4138,8 +4125,6 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -4304,6 +4289,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v50 = (v49 / (D))
     tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t, v50)  # park
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v63 = ((-0.5) * v47 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v50[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v50[:, None])))))
     v64 = tl.sum((v63), axis=1)
     v65 = (v64 / (D))
@@ -4312,6 +4298,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v66 = (2.0 * v47 * v65[:, None])
     tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v66)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v50 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t)  # parked
     v62 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v50[:, None])))))
     v66 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
@@ -4436,8 +4423,6 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -4546,8 +4531,6 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -4848,8 +4831,6 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -5018,8 +4999,6 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -5234,8 +5213,6 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -5341,8 +5318,6 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_delta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -5567,6 +5542,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v14 = (local_0 * local_0)
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v83 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -5601,8 +5577,6 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_gate_delta_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -5821,6 +5795,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v14 = (local_0 * local_0)
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v80 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v18 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
@@ -5854,8 +5829,6 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -6041,8 +6014,6 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -6292,8 +6263,6 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -6540,8 +6509,6 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -6766,6 +6733,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v14 = (local_0 * local_0)
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v83 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v84 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v85 = (v83 + v84)
@@ -6804,8 +6772,6 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -6843,8 +6809,6 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     grad_block_ptr = grad_ln_bias_ptr + tl.program_id(2) * grad_block_stride
     # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
     # (shorter packed sequences) reads its last chunk again and writes nothing
@@ -7069,6 +7033,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v14 = (local_0 * local_0)
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v83 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v84 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v85 = (v83 + v84)
