@@ -644,7 +644,8 @@ def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[i
     straight-line value whose making would otherwise hold more than PARK_UNITS tiles live (the tiles whose next
     reader is furthest away leave first, as in Belady's rule). A vector along the chunk's tokens (`_per_token_vector`)
     leaves as a tile does, but counts for nothing towards PARK_UNITS: it leaves there only with the tiles read again
-    before it. Kept in registers, such vectors are replicated across the warps sharing their rows."""
+    before it. Kept in registers, such vectors are replicated across the warps sharing their rows. A reloadable
+    vector (a per-row parameter) leaves the same way, loaded again rather than stored."""
     if not any(isinstance(seg, _Loop) for seg in segments):
         return {}
     reads = [_segment_reads(seg) for seg in segments]

@@ -165,7 +165,9 @@ class _Assembler:
         self.tokens = {n: load(f"{n}_ptr", axes[n], "", True, io.pad[n], self.hidden) for n in rest if token[n]}
         static = {n: load(f"{n}_ptr", axes[n], "row") for n in rest if not token[n]}
         # a per-row parameter (a LayerNorm's weight): with the state in memory, loaded where read and again after
-        # the hidden-block loops (kernel_body's parking); else once, before the chunk loop
+        # the hidden-block loops that do not read it (kernel_body's parking), since held from the prologue through
+        # them it spilled (Moneta's outputs kernel, sm_90a, D = 64: 224 B a thread, 72 so); else once, before the
+        # chunk loop
         self.static = static if self.hidden else {}
         self.static_loads = [] if self.hidden else [f"{n} = {x}" for n, x in static.items()]
         self.made = stored_values(self.fwd)

@@ -302,7 +302,6 @@ def test_mlp_backward_state_passes_keep_per_token_vectors_out_of_the_registers()
         assert row.ok and row.stack <= bound and row.mma > 0, (spec, row.stack, row.error)
 
 
-
 def test_mlp_memories_load_per_row_parameters_where_they_are_read():
     """A per-row parameter (a LayerNorm's weight and bias) was loaded once in an MLP memory's kernel prologue and
     held through every hidden-block loop: at sm_90a, D = 64, with its default config, Moneta's output kernel spilled
@@ -330,8 +329,9 @@ def test_mlp_memories_load_per_row_parameters_where_they_are_read():
                 assert not later[reader].startswith(f"{m[1]} = tl.load("), (stem, kernel, ln)  # a load never read
                 checked += 1
     assert checked > 20, checked
-    for kernel, text in kernel_sources("ttt_linear").items():
-        assert len(re.findall(r"\bln_weight = tl\.load\(", text)) <= 1, kernel
+    loads = {kernel: len(re.findall(r"\bln_weight = tl\.load\(", text))
+             for kernel, text in kernel_sources("ttt_linear").items()}
+    assert max(loads.values()) == 1, loads
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
     from mirasc.aot import aot_report
 
