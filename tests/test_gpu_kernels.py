@@ -308,12 +308,13 @@ def test_mlp_memories_load_per_row_parameters_where_they_are_read():
     224 B a thread. Loaded where read, and again after loops that do not read it (mirasc.triton_kernels._Assembler,
     kernel_body._parked), it spills 72 (bench/README.md, "Per-row parameters loaded where read"); the bound is half
     the old figure. A linear memory's kernels load theirs once, before the chunk loop."""
+    from mirasc.aot import aot_report, kernel_names
     from mirasc.codegen import generate_triton
     from mirasc.loader import load
 
     def kernel_sources(stem: str) -> dict[str, str]:
         source = generate_triton(load(model_path(stem)))
-        return {part.split("(")[0]: part for part in source.split("def ")[1:] if "_kernel(" in part.split("\n")[0]}
+        return {k: source.split(f"def {k}(")[1].split("@triton.jit")[0] for k in kernel_names(source)}
 
     checked = 0
     for stem in ("ttt_mlp", "moneta"):
@@ -333,8 +334,6 @@ def test_mlp_memories_load_per_row_parameters_where_they_are_read():
              for kernel, text in kernel_sources("ttt_linear").items()}
     assert max(loads.values()) == 1, loads
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
-    from mirasc.aot import aot_report
-
     [row] = aot_report("moneta", chunk_size=64, head_dim=64, timeout=240, spill_guard=False,
                        only=["chunk_out_fwd_kernel"])
     assert row.ok and row.stack <= 112 and row.mma > 0, (row.stack, row.error)
