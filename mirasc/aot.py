@@ -55,6 +55,7 @@ class KernelReport:
     swap_products: bool = False  # its transposed products made with their operands swapped (SWAP_PRODUCTS)
     index_per_chunk: bool = False  # a state pass's index vectors made again for each chunk (INDEX_PER_CHUNK)
     reread_inputs: bool = False  # input tiles loaded again after the loops that do not read them (REREAD_INPUTS)
+    params_once: bool = False  # a state pass's per-row parameters loaded once, before its chunk loop (PARAMS_ONCE)
     default_stack: int | None = None  # the stack bytes of the launcher's default config, before the spill guard
     configs_compiled: int = 1  # configs the spill guard compiled for this kernel (the default first)
     compile_total_s: float | None = None  # their compile seconds in all: what a first launch on a GPU spends
@@ -283,7 +284,8 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
                              block_hidden or hidden_block(hidden, head_dim),
                              (sub_chunk or default_sub_chunk(chunk_size, on_gpu=True)) if job["sub_chunks"] else 0)
             configs = candidates(default, job["value_blocks"], head_dim, hidden, True, chunk_size,
-                                 job["swappable"], job["grid"] == "sequences", job["rereads"]) if guard else [default]
+                                 job["swappable"], job["grid"] == "sequences", job["rereads"],
+                                 job["holds_params"]) if guard else [default]
             reports.append(target.guarded(kernel, configs))
     return reports
 
@@ -329,7 +331,7 @@ class _Target:
                            num_warps=config.num_warps, num_stages=stages, block_value=config.block_value,
                            block_hidden=config.block_hidden, sub_chunk=config.sub_chunk,
                            swap_products=config.swap_products, index_per_chunk=config.index_per_chunk,
-                           reread_inputs=config.reread_inputs)
+                           reread_inputs=config.reread_inputs, params_once=config.params_once)
         consts = {"C": self.chunk_size, "D": self.head_dim, "HID": self.hidden, **config.constexprs(self.chunk_size),
                   "BK": head_block(self.head_dim, self.arch), "IS_VARLEN": False,
                   "DTYPE": "fp32", "DOT_DTYPE": self.dtype,
@@ -367,7 +369,8 @@ def meets_targets(r: KernelReport, max_compile_s: float = 30.0, max_shared: int 
 
 def format_rows(reports: list[KernelReport]) -> str:
     head = ("| spec | kernel | D | hidden | ok | compile s | regs | stack B | shared B | mma | replicated | dots "
-            "| warps | stages | BV / BH / BC (/ swapped products, index per chunk, inputs reread) | default's stack B "
+            "| warps | stages | BV / BH / BC (/ swapped products, index per chunk, inputs reread, parameters once) "
+            "| default's stack B "
             "| targets |")
     out = [head, "|" + "---|" * 17]
 
@@ -380,7 +383,8 @@ def format_rows(reports: list[KernelReport]) -> str:
                    f"{cell(r.replicated)} | {r.dots} | {r.num_warps} | {r.num_stages} | "
                    f"{r.block_value} / {r.block_hidden} / {r.sub_chunk}{' / swapped' if r.swap_products else ''}"
                    f"{' / index per chunk' if r.index_per_chunk else ''}"
-                   f"{' / inputs reread' if r.reread_inputs else ''} | "
+                   f"{' / inputs reread' if r.reread_inputs else ''}"
+                   f"{' / parameters once' if r.params_once else ''} | "
                    f"{cell(r.default_stack)} | "
                    f"{'met' if meets_targets(r) else 'missed'} |" + (f" {r.error}" if r.error else ""))
     return "\n".join(out)

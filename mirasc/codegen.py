@@ -165,7 +165,8 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         jobs[job] = {"grid": "chunks" if k.mode == "chunk" else "sequences",
                      "scratch": [list(axes) for axes in k.scratch], "value_blocks": k.value_blocks,
                      "tiles": round(k.tiles, 2), "sub_chunks": k.sub_chunked,
-                     "swappable": k.swappable, "rereads": k.rereads}
+                     "swappable": k.swappable, "rereads": k.rereads,
+                     "holds_params": k.holds_params}
         found.append(k)
     description = {
         "spec": spec.name,
@@ -177,7 +178,8 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         # ("columns", "partial": each block writes its share of a sum to its own copy, "none": one block), and the
         # most register tiles (64 x 64 fp32) live at once, which sets the launcher's warps; whether it takes the
         # sub-chunk BC (channel-decay products, a state pass by sub-chunks), products written both ways
-        # (SWAP_PRODUCTS) and input tiles it can load again after its loops (REREAD_INPUTS), which its configs vary
+        # (SWAP_PRODUCTS), input tiles it can load again after its loops (REREAD_INPUTS) and per-row parameters it can
+        # load once before its chunk loop (PARAMS_ONCE), which its configs vary
         "kernels": jobs,
         # values stored per chunk for the other kernels: made by the stored_fwd kernel where no state reaches them,
         # else by the state pass

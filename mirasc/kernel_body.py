@@ -286,7 +286,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
          wide_sources: dict[str, tuple[str, str]] | None = None,
          wide_outputs: dict[str, list[tuple[str, str, str]]] | None = None,
          reloadable: frozenset[str] = frozenset(), early_stores: dict[str, str] | None = None,
-         block_stores: dict[str, str] | None = None) -> Body:
+         block_stores: dict[str, str] | None = None, held: frozenset[str] = frozenset()) -> Body:
     """The lines computing the graph's outputs.
 
     loads: the load of each narrow input, emitted just before its first use. wide_sources: where each wide input's
@@ -297,7 +297,9 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     early_stores: the store of a narrow output, emitted where the output is made rather than by the caller after
     the last line, so that its tile can leave the registers there (or be parked, if read again). block_stores: the
     store of a narrow output that the lines may make themselves, a block of head columns at a time (named in the
-    result's `stored`; "head-axis blocks")."""
+    result's `stored`; "head-axis blocks"). held: narrow inputs that a kernel walking the chunks may load once,
+    before its chunk loop, instead (the constexpr PARAMS_ONCE, which the caller's prologue reads): their loads here,
+    the first and any again, are written under `if not PARAMS_ONCE:`."""
     loads, wide_sources, wide_outputs = loads or {}, wide_sources or {}, wide_outputs or {}
     early_stores = early_stores or {}
     order = schedule(graph)
@@ -359,7 +361,8 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     if kept:  # the program's slot holds the blocks of these values one after another
         lines.append(f"scratch = scratch_ptr + slot * ({_slot_offset(kept, len(kept))})  # "
                      f"{', '.join(v.hint or 'a mask' if inlined(v) else name(v) for v in kept)}")
-    parking = _Parking(evicted, by_id, park_slot, reload, set(reread))
+    held_ids = {v.id for v in order if isinstance(v.op, ir.Input) and v.op.name in held}
+    parking = _Parking(evicted, by_id, park_slot, reload, set(reread), held_ids)
     running_totals = {u.id for u in running.values()}
     started: set[int] = set()  # running sums with a term in their tile
     for j, seg in enumerate(segments):
@@ -373,7 +376,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
                                                               graph.outputs[blocked.stores[seg.id]]))
             elif isinstance(seg.op, ir.Input):
                 if seg.op.name in loads:
-                    lines.append(f"{seg.op.name} = {loads[seg.op.name]}")
+                    _input_load(lines, f"{seg.op.name} = {loads[seg.op.name]}", seg.id in held_ids)
             elif seg.id in blocked.dots:
                 lines += _with_hint(seg, _head_blocked_dot(seg, loads, blocked.chains[seg.id]))
             elif isinstance(seg.op, ir.DecayedProduct):
@@ -718,10 +721,11 @@ class _Parking:
     """Emits the stores and read-backs of the parked tiles, segment by segment."""
 
     def __init__(self, evicted: dict[int, set[int]], values: dict[int, Value], slot: dict[int, str],
-                 reload: dict[int, str], reread: set[int]):
+                 reload: dict[int, str], reread: set[int], held: set[int]):
         self.parked = {i: values[i] for i in evicted}
         self.reload = reload  # the load of a reloadable input, emitted again in place of a read-back
         self.reread = reread  # inputs loaded again only where REREAD_INPUTS is set (else held)
+        self.held_inputs = held  # inputs loaded (here, and again) only where PARAMS_ONCE is not set
         self.evicted_before: dict[int, set[int]] = {}
         for i, where in evicted.items():
             for j in where:
@@ -746,7 +750,7 @@ class _Parking:
                 lines += ["if REREAD_INPUTS:  # loaded again, not held since its last reader",
                           f"    {self.reload[v.id]}"]
             elif v.id in self.reload:
-                lines.append(f"{self.reload[v.id]}  # again, parked")
+                _input_load(lines, f"{self.reload[v.id]}  # again, parked", v.id in self.held_inputs)
             else:
                 lines.append(f"{name(v)} = tl.load({self.slot[v.id]} + {_offsets(v.axes, False)})  # parked")
         self.held |= {v.id for v in back}
@@ -759,6 +763,20 @@ class _Parking:
                     self.stored_at = len(lines)
                 self.held.add(v.id)
                 self.made_ids.add(v.id)
+
+
+_HELD_HERE = "if not PARAMS_ONCE:  # else loaded once, before the chunk loop"
+
+
+def _input_load(lines: list[str], line: str, held: bool) -> None:
+    """Append an input's load; one that the kernel may instead load once before its chunk loop (`body`'s `held`)
+    goes under `if not PARAMS_ONCE:`, the block just above if the last lines are one."""
+    if not held:
+        lines.append(line)
+        return
+    if len(lines) < 2 or lines[-2] != _HELD_HERE:
+        lines.append(_HELD_HERE)
+    lines.append(f"    {line}")
 
 
 def _decayed_product_lines(v: Value, slot: dict[int, str], staged: set[int]) -> list[str]:

@@ -112,6 +112,11 @@ class Kernel:
         return any(line.lstrip().startswith("if REREAD_INPUTS:") for line in lines)
 
     @property
+    def holds_params(self) -> bool:
+        """It can load its per-row parameters once, before its chunk loop (PARAMS_ONCE; _Assembler.params_once)."""
+        return any(line.startswith("if PARAMS_ONCE:") for line in self.prologue)
+
+    @property
     def offsets(self) -> list[str]:
         return offsets(self.value_blocks != "none")
 
@@ -191,10 +196,26 @@ class _Assembler:
 
     def body(self, part: Graph, loads: dict, sources: dict | None = None, outputs: dict | None = None,
              reload_locals: bool = False, early_stores: dict[str, str] | None = None,
-             block_stores: dict[str, str] | None = None) -> Body:
+             block_stores: dict[str, str] | None = None, walks_chunks: bool = False) -> Body:
+        """The lines of `part`; in a kernel that walks the chunks (`walks_chunks`), the per-row parameters' loads
+        under `if not PARAMS_ONCE:` (`params_once`)."""
         reloadable = frozenset(self.static) | frozenset(self.local_reads if reload_locals else ())
         return body(part, {**self.static, **loads}, sources, outputs, reloadable=reloadable,
-                    early_stores=early_stores, block_stores=block_stores)
+                    early_stores=early_stores, block_stores=block_stores,
+                    held=frozenset(self.static) if walks_chunks else frozenset())
+
+    def params_once(self, part: Graph) -> list[str]:
+        """A state pass's per-row parameters loaded once, before its chunk loop, where the constexpr PARAMS_ONCE is
+        set (a spill guard candidate), and held through every chunk; else each chunk loads them where it reads them
+        (`body`). Neither is better in every pass: loaded per chunk, Moneta's backward state pass spilled 272 B a
+        thread where once it spilled 304, and titans' 112 where once it spilled 96 (sm_90a, D = 64, the spill
+        guard's configs; bench/README.md, "Per-row parameters loaded where read")."""
+        read = {a.id for v in part.values for a in v.args}
+        names = [n for n in self.static if n in part.inputs and part.inputs[n].id in read]
+        if not names:
+            return []
+        return (["if PARAMS_ONCE:  # the per-row parameters, held through the chunks"] +
+                [f"    {n} = {self.static[n]}" for n in names])
 
 
 def kernels(io: KernelIO, forward: Graph, backward: Graph) -> list[Kernel]:
@@ -295,8 +316,8 @@ def _state_forward(a: _Assembler, stored_first: bool) -> Kernel:
     last = "(c + 1) * C >= seq_len"
     outputs = {f"new_{s}": [(f"starts_{s}_ptr", f"({a.at} + 1)", "(c + 1) * C < seq_len"),
                             (f"final_{s}_ptr", "pid", last)] for s in states}
-    b = a.body(part, tokens, a.starts, outputs)
-    prologue = a.static_loads + _copy_blocks(states, axes, "{}_ptr", "pid", "starts_{}_ptr", "first_chunk")
+    b = a.body(part, tokens, a.starts, outputs, walks_chunks=True)
+    prologue = a.params_once(part) + _copy_blocks(states, axes, "{}_ptr", "pid", "starts_{}_ptr", "first_chunk")
     return Kernel("chunk_state_fwd_kernel", doc, "up", args + ["scratch_ptr"], prologue,
                   b.lines + keep + ["tl.debug_barrier()  # the next chunk reads the state this one wrote"], [],
                   b.scratch, tiles=b.tiles, sub_chunked=b.products)
@@ -421,9 +442,9 @@ def _state_backward(a: _Assembler) -> list[Kernel]:
     # the carry-free values are parked by loading them again, as in the gradient kernels: holding them through the
     # pass's loops spilled more in every MLP memory's pass (bench/README.md, "The backward state pass loads its
     # carry-free values again")
-    b = a.body(part, loads, sources, outputs, reload_locals=True)
+    b = a.body(part, loads, sources, outputs, reload_locals=True, walks_chunks=True)
     last = "(first_chunk + tl.cdiv(seq_len, C) - 1)"
-    prologue = a.static_loads + _copy_blocks(states, axes, "d_final_{}_ptr", "pid", "carries_{}_ptr", last)
+    prologue = a.params_once(part) + _copy_blocks(states, axes, "d_final_{}_ptr", "pid", "carries_{}_ptr", last)
     return first + [Kernel(
         "chunk_state_bwd_kernel", doc, "down", args + ["scratch_ptr"], prologue,
         b.lines + ["tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote"], [],

@@ -74,6 +74,11 @@ def test_candidates_start_with_the_default_and_keep_blocks_legal():
         Config(8, 32, 32, index_per_chunk=True, reread_inputs=True)]
     assert candidates(default, "none", 64, 64, on_gpu=True, rereads=True)[-1] == Config(8, 32, 32, reread_inputs=True)
     assert candidates(default, "none", 64, 64, on_gpu=False, rereads=True) == [default]
+    # an MLP memory's state pass: the default with its per-row parameters loaded once, last, on a GPU only
+    assert candidates(default, "none", 64, 64, on_gpu=True, walks_chunks=True, rereads=True,
+                      holds_params=True)[-2:] == [Config(8, 32, 32, index_per_chunk=True, reread_inputs=True),
+                                                  Config(8, 32, 32, params_once=True)]
+    assert candidates(default, "none", 64, 64, on_gpu=False, holds_params=True) == [default]
 
 
 def test_autotuning_is_asked_for_and_needs_a_gpu_or_a_tuner_for_the_interpreter(monkeypatch):

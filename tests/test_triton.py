@@ -488,6 +488,34 @@ def test_triton_inputs_reread_match_torch(ops, name, monkeypatch):
     assert sum(launched) >= 4 and max(err.values()) < 1e-10, err
 
 
+def test_triton_params_once_match_torch(ops, monkeypatch):
+    """An MLP memory's state passes launched with PARAMS_ONCE (their per-row parameters, the LayerNorm's weight and
+    bias, loaded once before the chunk loop and held through every chunk, a spill guard candidate on a GPU) give
+    what the torch backend gives, in fp64, every output and gradient, over several chunks and a partial last one;
+    the other kernels load the parameters where they read them either way. Titans' passes read both parameters,
+    and its backward pass loads the weight again after a loop (the load that parking repeats, under the same
+    constexpr)."""
+    from dataclasses import replace
+
+    import mirasc.backends.triton as backend
+
+    tri, ref = ops("titans")
+    jobs = tri.triton_module.DESCRIPTION["kernels"]
+    assert [j for j, info in jobs.items() if info["holds_params"]] == ["state_fwd", "state_bwd"], jobs
+    default = backend._Launch.config
+    launched = []
+
+    def once(self, info):
+        launched.append(info["holds_params"])
+        return replace(default(self, info), params_once=info["holds_params"])
+
+    monkeypatch.setattr(backend._Launch, "config", once)
+    ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=13)
+    out = _on_cpu(_run(tri, _to(ins), 16))
+    err = _errors(out, _run(ref, ins, 16))
+    assert sum(launched) >= 2 and max(err.values()) < 1e-10, err
+
+
 def test_triton_channel_decay_by_value_blocks_matches_torch(monkeypatch):
     """A channel-decay linear memory (bench/specs/gla.miras) with the value axis in four blocks: its products' factors
     go through scratch memory, one slot per program and block of value columns, in waves of one chunk reusing one

@@ -262,7 +262,7 @@ class _Launch:
         config = self.config(info)
         key = (fn, *((k, str(v)) for k, v in self.consts.items()), ("job", job))
         configs = candidates(config, info["value_blocks"], self.D, self.HID, self.on_gpu, self.C, info["swappable"],
-                             info["grid"] == "sequences", info["rereads"])
+                             info["grid"] == "sequences", info["rereads"], info["holds_params"])
         if autotune_enabled(self.on_gpu, tuning.TUNER):
             return tuning.TUNER.choose(key, configs, lambda c: self.launch(fn, info, c, args_for(c)))
         if spill_guard_enabled(self.on_gpu):

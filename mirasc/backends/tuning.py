@@ -32,8 +32,10 @@ class Config:
     """One launch config of a kernel: warps per program, the value block BV, the hidden block BH, the sub-chunk BC
     of its channel-decay products (0 for a kernel that makes none), SWAP_PRODUCTS: its transposed products made
     with their operands swapped (emit_triton.dot_expr), INDEX_PER_CHUNK: a chunk-walking kernel's index vectors
-    made again for each chunk (mirasc.triton_kernels.chunk_offsets), and REREAD_INPUTS: its input tiles loaded again
-    after the hidden-block loops that do not read them rather than held through them (mirasc.kernel_body)."""
+    made again for each chunk (mirasc.triton_kernels.chunk_offsets), REREAD_INPUTS: its input tiles loaded again
+    after the hidden-block loops that do not read them rather than held through them (mirasc.kernel_body), and
+    PARAMS_ONCE: an MLP memory's state pass loading its per-row parameters once, before its chunk loop, rather than
+    in each chunk where read (mirasc.triton_kernels, _Assembler.params_once)."""
 
     num_warps: int
     block_value: int
@@ -42,18 +44,19 @@ class Config:
     swap_products: bool = False
     index_per_chunk: bool = False
     reread_inputs: bool = False
+    params_once: bool = False
 
     def constexprs(self, chunk_size: int) -> dict:
         """The kernel's compile-time arguments this config sets (its warps are a launch option, not one of them);
         BC is the whole chunk in a kernel without channel-decay products."""
         return {"BV": self.block_value, "BH": self.block_hidden, "BC": self.sub_chunk or chunk_size,
                 "SWAP_PRODUCTS": self.swap_products, "INDEX_PER_CHUNK": self.index_per_chunk,
-                "REREAD_INPUTS": self.reread_inputs}
+                "REREAD_INPUTS": self.reread_inputs, "PARAMS_ONCE": self.params_once}
 
 
 def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, on_gpu: bool,
                chunk_size: int = 0, swappable: bool = False, walks_chunks: bool = False,
-               rereads: bool = False) -> list[Config]:
+               rereads: bool = False, holds_params: bool = False) -> list[Config]:
     """The configs tried for one kernel, the default first (it wins ties): the other warp count (4 or 8) on a GPU,
     another value block for a kernel run by blocks of value columns, half the default or, where half would pass
     below 16 (sm_80's default), twice it (on a GPU also with the other warp count: of Gated DeltaNet's two
@@ -76,7 +79,9 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     loops"; DeltaNet's key-gradient terms at sm_80, D = 64: 40 → 0 B and 40 → 0, but 48 → 56 and 56 → 80 at
     D = 128), and for a state pass that can take both, the two at once (TTT-Linear's backward state pass at sm_90a:
     224 B at D = 64 by default, 96 with its index vectors per chunk, 280 with its inputs loaded again, 32 with
-    both; at D = 128 2,688, 1,944, 2,976 and 1,896). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
+    both; at D = 128 2,688, 1,944, 2,976 and 1,896), and for an MLP memory's state pass (`holds_params`), the default
+    with its per-row parameters loaded once before its chunk loop (PARAMS_ONCE; the figures are at
+    mirasc.triton_kernels, _Assembler.params_once). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
     A kernel whose blocks each write a share of a sum (value_blocks "partial") varies its BV too: the launcher sizes
     those shares' buffer from the config it launches."""
     smallest = 16 if on_gpu else 1
@@ -103,6 +108,8 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
         out.append(replace(default, reread_inputs=True))
         if walks_chunks:
             out.append(replace(default, index_per_chunk=True, reread_inputs=True))
+    if on_gpu and holds_params:
+        out.append(replace(default, params_once=True))
     return out
 
 
