@@ -19,6 +19,7 @@ from mirasc.backends.tuning import (
     Tuner,
     autotune_enabled,
     candidates,
+    refinements,
     spill_guard_enabled,
     tuned_configs,
 )
@@ -187,6 +188,18 @@ def test_the_spill_guard_takes_the_first_candidate_without_spills():
     assert guard.spills["k3"] == least
     # none fits: the default (the launcher then halves BH where shared memory is short)
     assert guard.choose("k4", configs, lambda c: None) == configs[0]
+    # a state pass that can hold its parameters: the least-spilling choice, then that choice with PARAMS_ONCE
+    def refine(config):
+        return refinements(config, on_gpu=True, holds_params=True)
+
+    once = Config(8, 16, 32, params_once=True)
+    assert guard.choose("k5", configs, {**least, once: 8}.get, refine) == once
+    assert list(guard.spills["k5"]) == [*least, once]
+    assert guard.choose("k6", configs, {**least, once: 24}.get, refine) == Config(8, 16, 32)  # kept: fewer
+    assert guard.choose("k7", configs, lambda c: 0, refine) == configs[0]  # no spills: nothing more compiled
+    assert list(guard.spills["k7"]) == configs[:1]
+    assert refinements(Config(8, 16, 32), on_gpu=True, holds_params=False) == []
+    assert refinements(Config(8, 16, 32), on_gpu=False, holds_params=True) == []
 
 
 def test_the_spill_guard_is_on_for_gpu_launches_unless_turned_off(monkeypatch):

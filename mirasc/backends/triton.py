@@ -24,7 +24,7 @@ from types import ModuleType
 import torch
 
 from . import tuning
-from .tuning import Config, autotune_enabled, candidates, spill_guard_enabled
+from .tuning import Config, autotune_enabled, candidates, refinements, spill_guard_enabled
 
 PRECISIONS = ("tf32", "ieee")
 
@@ -266,7 +266,8 @@ class _Launch:
         if autotune_enabled(self.on_gpu, tuning.TUNER):
             return tuning.TUNER.choose(key, configs, lambda c: self.launch(fn, info, c, args_for(c)))
         if spill_guard_enabled(self.on_gpu):
-            return tuning.SPILL_GUARD.choose(key, configs, lambda c: self.spill_bytes(fn, info, c, args_for(c)))
+            return tuning.SPILL_GUARD.choose(key, configs, lambda c: self.spill_bytes(fn, info, c, args_for(c)),
+                                             lambda c: refinements(c, self.on_gpu, info["holds_params"]))
         return config
 
     def launch(self, fn, info: dict, config: Config, args: tuple) -> None:

@@ -113,6 +113,16 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     return out
 
 
+def refinements(chosen: Config, on_gpu: bool, holds_params: bool) -> list[Config]:
+    """The configs tried on top of the spill guard's choice among `candidates` where that choice still spills: for
+    an MLP memory's state pass (`holds_params`), the choice with its per-row parameters loaded once, before the
+    chunk loop (PARAMS_ONCE). It composes with whichever change the choice made, where listing it beside every
+    candidate would double their compiles: at sm_90a, D = 64, titans' backward state pass spilled 112 B a thread
+    with its inputs read again (the choice), 192 with the parameters once and 96 with both; Yaad's 40 at the other
+    warp count (the choice), 48 by default and 24 at the other warp count with the parameters once."""
+    return [replace(chosen, params_once=True)] if on_gpu and holds_params and not chosen.params_once else []
+
+
 def _other_value_block(block: int, head_dim: int, smallest: int) -> int:
     """The value block tried beside the default: half of it, or twice it where half would pass below `smallest`
     (sm_80's default of 16); 0 where neither is legal."""
@@ -169,7 +179,8 @@ class Tuner:
 class SpillGuard:
     """Each kernel's first candidate (`candidates` order, the default first) that ptxas compiles without register
     spills, by key (the kernel and its compile-time sizes), found on first use; where every candidate spills, the
-    one that spills least (the earlier wins ties), and where none fits the device, the default.
+    one that spills least (the earlier wins ties), after trying that one's `refinements`, and where none fits the
+    device, the default.
 
     The defaults come from ahead-of-time compiles of whole spec families and do not suit every kernel: Gated
     DeltaNet's two key-gradient terms at D = 128 spill 208 B a thread each at the default 8 warps and BV = 32, and
@@ -183,7 +194,10 @@ class SpillGuard:
         self.chosen: dict[Hashable, Config] = {}
         self.spills: dict[Hashable, dict[Config, int | None]] = {}
 
-    def choose(self, key: Hashable, configs: list[Config], spill_bytes: Callable[[Config], int | None]) -> Config:
+    def choose(self, key: Hashable, configs: list[Config], spill_bytes: Callable[[Config], int | None],
+               refine: Callable[[Config], list[Config]] | None = None) -> Config:
+        """`refine(choice)`: configs tried after `configs` where the choice among them still spills (`refinements`),
+        by the same rule."""
         if key in self.chosen:
             return self.chosen[key]
         seen: dict[Config, int | None] = {}
@@ -191,10 +205,21 @@ class SpillGuard:
             seen[config] = spill_bytes(config)
             if seen[config] == 0:
                 break
-        fitting = {c: n for c, n in seen.items() if n is not None}
-        self.chosen[key] = min(fitting, key=fitting.__getitem__) if fitting else configs[0]
+        best = _least(seen)
+        if refine and best is not None and seen[best]:
+            for config in refine(best):
+                if config not in seen:
+                    seen[config] = spill_bytes(config)
+            best = _least(seen)
+        self.chosen[key] = best if best is not None else configs[0]
         self.spills[key] = seen
         return self.chosen[key]
+
+
+def _least(seen: dict[Config, int | None]) -> Config | None:
+    """The config with the fewest stack bytes among those that fit (the earlier wins ties); None if none fits."""
+    fitting = {c: n for c, n in seen.items() if n is not None}
+    return min(fitting, key=fitting.__getitem__) if fitting else None
 
 
 TUNER = Tuner()
