@@ -363,6 +363,33 @@ def test_token_blocks_take_only_per_token_work():
     assert plan(program(mix=True, row_output=True), frozenset({"err"})) is None
 
 
+def test_aot_refines_the_spill_guards_choice_with_the_parameters_once(monkeypatch):
+    """An MLP memory's backward state pass whose best candidate still spills is compiled once more with PARAMS_ONCE
+    on top of that candidate (mirasc.backends.tuning.refinements), and `mirasc aot` reports the result where it
+    spills less: here, with compiles faked (titans' pass, every config 64 B but its inputs read again, 32, the
+    parameters once, 48, and both, 8), the two together, one compile past the candidates."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    import mirasc.aot as aot
+
+    compiled = []
+
+    def fake(self, kernel, config):
+        compiled.append(config)
+        stack = {(True, True): 8, (True, False): 32, (False, True): 48}.get(
+            (config.reread_inputs, config.params_once), 64)
+        return aot.KernelReport(self.spec, kernel, self.head_dim, self.hidden, self.chunk_size, self.dtype, self.arch,
+                                ok=True, stack=stack, num_warps=config.num_warps, reread_inputs=config.reread_inputs,
+                                params_once=config.params_once)
+
+    monkeypatch.setattr(aot._Target, "compile", fake)
+    (row,) = aot.aot_report("titans", head_dim=64, only=["chunk_state_bwd_kernel"])
+    assert row.reread_inputs and row.params_once and row.stack == 8 and row.default_stack == 64, row
+    assert row.configs_compiled == len(compiled) and compiled[-1].params_once and compiled[-1].reread_inputs
+    assert sum(c.params_once for c in compiled) == 2, compiled  # the default with it (a candidate), then the refinement
+    (plain,) = aot.aot_report("titans", head_dim=64, only=["chunk_state_bwd_kernel"], spill_guard=False)
+    assert not plain.params_once and plain.configs_compiled == 1, plain
+
+
 def test_the_spill_guard_loads_input_tiles_again_after_the_loops():
     """Titans' forward state pass at sm_90a, D = 64 spills with its input tiles held through its hidden-block loops
     (144 B when this was written) and not with them loaded again after the loops that do not read them: the spill
