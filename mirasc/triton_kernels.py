@@ -206,10 +206,12 @@ class _Assembler:
 
     def params_once(self, part: Graph) -> list[str]:
         """A state pass's per-row parameters loaded once, before its chunk loop, where the constexpr PARAMS_ONCE is
-        set (a spill guard candidate), and held through every chunk; else each chunk loads them where it reads them
-        (`body`). Neither is better in every pass: loaded per chunk, Moneta's backward state pass spilled 272 B a
-        thread where once it spilled 304, and titans' 112 where once it spilled 96 (sm_90a, D = 64, the spill
-        guard's configs; bench/README.md, "Per-row parameters loaded where read")."""
+        set (a spill guard candidate and refinement), and held through every chunk; else each chunk loads them where
+        it reads them (`body`). Neither is better in every pass, nor in one pass under every config: the backward
+        state passes at sm_90a, D = 64, per chunk against once, titans' 112 B a thread against 96 (its inputs read
+        again), Yaad's 40 against 24 (its chunk one sub-chunk), TTT-MLP's 40 against 16 (its default), but Moneta's
+        272 against 304 (its products swapped) and Memora's 232 against 296 (its chunk one sub-chunk)
+        (bench/README.md, "Parameters once per state pass")."""
         read = {a.id for v in part.values for a in v.args}
         names = [n for n in self.static if n in part.inputs and part.inputs[n].id in read]
         if not names:

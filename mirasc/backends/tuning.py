@@ -118,8 +118,8 @@ def refinements(chosen: Config, on_gpu: bool, holds_params: bool) -> list[Config
     an MLP memory's state pass (`holds_params`), the choice with its per-row parameters loaded once, before the
     chunk loop (PARAMS_ONCE). It composes with whichever change the choice made, where listing it beside every
     candidate would double their compiles: at sm_90a, D = 64, titans' backward state pass spilled 112 B a thread
-    with its inputs read again (the choice), 192 with the parameters once and 96 with both; Yaad's 40 at the other
-    warp count (the choice), 48 by default and 24 at the other warp count with the parameters once."""
+    with its inputs read again (the choice), 192 with the parameters once and 96 with both; Yaad's 40 with its chunk
+    one sub-chunk (the choice), 48 by default and 24 with both."""
     return [replace(chosen, params_once=True)] if on_gpu and holds_params and not chosen.params_once else []
 
 
