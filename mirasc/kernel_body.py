@@ -342,8 +342,13 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         evicted[i], reload[i] = where, again
     by_id = {v.id: v for v in order}
     park_slot = {}  # a slot of its own, even for a tile kept above (that slot may be written after it is read)
+    relabelled: set[int] = set()
     for v in (v for seg in segments for v in (seg.values if isinstance(seg, _Loop) else [seg])
               if v.id in evicted and v.id not in reload):
+        if _same_extents(same_tile(v), v) and same_tile(v).id in park_slot:  # a relabelled parked tile: its slot
+            park_slot[v.id] = park_slot[same_tile(v).id]
+            relabelled.add(v.id)
+            continue
         park_slot[v.id] = "scratch + " + _slot_offset(kept, len(kept))
         kept.append(v)
     staged: set[int] = set()
@@ -362,7 +367,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         lines.append(f"scratch = scratch_ptr + slot * ({_slot_offset(kept, len(kept))})  # "
                      f"{', '.join(v.hint or 'a mask' if inlined(v) else name(v) for v in kept)}")
     held_ids = {v.id for v in order if isinstance(v.op, ir.Input) and v.op.name in held}
-    parking = _Parking(evicted, by_id, park_slot, reload, set(reread), held_ids)
+    parking = _Parking(evicted, by_id, park_slot, reload, set(reread), held_ids, relabelled)
     running_totals = {u.id for u in running.values()}
     started: set[int] = set()  # running sums with a term in their tile
     for j, seg in enumerate(segments):
@@ -689,6 +694,11 @@ def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[i
     return evicted
 
 
+def _same_extents(a: Value, b: Value) -> bool:
+    """Whether two tiles of as many axes have the same extents in registers, axis by axis (t, s and u are all C)."""
+    return len(a.axes) == len(b.axes) and all(SHAPE[x] == SHAPE[y] for x, y in zip(a.axes, b.axes))
+
+
 def _per_token_vector(v: Value) -> bool:
     """A vector along the chunk's tokens (a gate's cumulative decay, a row statistic), which `_parked` parks as it
     parks tiles."""
@@ -721,8 +731,9 @@ class _Parking:
     """Emits the stores and read-backs of the parked tiles, segment by segment."""
 
     def __init__(self, evicted: dict[int, set[int]], values: dict[int, Value], slot: dict[int, str],
-                 reload: dict[int, str], reread: set[int], held: set[int]):
+                 reload: dict[int, str], reread: set[int], held: set[int], relabelled: set[int]):
         self.parked = {i: values[i] for i in evicted}
+        self.relabelled = relabelled  # read back from the slot of the tile they relabel, which that tile's store fills
         self.reload = reload  # the load of a reloadable input, emitted again in place of a read-back
         self.reread = reread  # inputs loaded again only where REREAD_INPUTS is set (else held)
         self.held_inputs = held  # inputs loaded (here, and again) only where PARAMS_ONCE is not set
@@ -758,7 +769,7 @@ class _Parking:
     def made(self, values: list[Value], lines: list[str]) -> None:
         for v in values:
             if v.id in self.parked:
-                if v.id not in self.reload:
+                if v.id not in self.reload and v.id not in self.relabelled:
                     lines.append(f"tl.store({self.slot[v.id]} + {_offsets(v.axes, False)}, {name(v)})  # park")
                     self.stored_at = len(lines)
                 self.held.add(v.id)

@@ -969,3 +969,32 @@ def test_mlp_memories_make_each_token_address_where_it_is_used():
     assert vectors and again and len(vectors) + len(again) == len(uses), uses
     (row,) = aot_report("ttt_mlp", chunk_size=16, head_dim=16, only=["chunk_out_fwd_kernel"], timeout=240)
     assert row.ok and row.mma > 0, row.error
+
+
+def _extents(text: str) -> set[str]:
+    """The axes a load's or store's offsets name, a token axis by any name (t, s, u) as t: a relabelling that keeps
+    them is the same register tile; one from the head axis to the value axis (i -> o, BV wide) is not."""
+    return {"t" if a in "su" else a for a in re.findall(r"offs_([a-z])\b", text)}
+
+
+@pytest.mark.parametrize("stem", ["moneta", "titans"])
+def test_a_relabelled_parked_tile_is_read_back_from_its_tiles_slot(stem):
+    """A parked relabelling of a parked tile (`v49 = v48`, the (t, i) tile read as (s, i)) has no store of its own:
+    it is read back from the slot the tile it relabels was stored to. So in an MLP memory's kernels no park store
+    writes a relabelling of a tile another park store writes, and such relabellings are read back."""
+    from mirasc.codegen import generate_triton
+
+    read_back = 0
+    for kernel in generate_triton(mirasc.load(model_path(stem))).split("@triton.jit")[1:]:
+        alias = dict(re.findall(r"^\s+(v\d+) = (v\d+)$", kernel, re.M))  # a relabelling keeping the axes' order
+        stored = {v: s for s, v in re.findall(r"^\s+tl\.store\((scratch[^\n]*), (v\d+)\)  # park$", kernel, re.M)}
+        for value, where in stored.items():
+            base = alias.get(value)
+            assert not (base in stored and _extents(stored[base]) == _extents(where)), (stem, value, base, "stored")
+        for value, base in alias.items():
+            back = re.findall(rf"^\s+{value} = tl\.load\(([^\n]*)\)  # parked$", kernel, re.M)
+            if base in stored and value not in stored and back:
+                slot = stored[base].split(" + offs_")[0]  # the slot's start, without the tile's offsets
+                assert all(b.split(" + offs_")[0] == slot for b in back), (value, back)
+                read_back += 1
+    assert read_back > 0, "no relabelled tile was parked"

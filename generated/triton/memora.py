@@ -87,7 +87,6 @@ DESCRIPTION = {'spec': 'memora',
                                      ['t', 'o'],
                                      ['s', 'i'],
                                      ['t', 'i'],
-                                     ['s', 'i'],
                                      ['t', 's'],
                                      ['t', 'i'],
                                      ['t', 'i'],
@@ -129,12 +128,10 @@ DESCRIPTION = {'spec': 'memora',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
-                                       ['s', 'o'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['s', 'o'],
                                        ['t', 'i'],
-                                       ['s', 'i'],
                                        ['t', 's'],
                                        ['t', 'i'],
                                        ['t', 'i'],
@@ -203,7 +200,6 @@ DESCRIPTION = {'spec': 'memora',
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'i'],
-                                       ['s', 'i'],
                                        ['t', 's'],
                                        ['t', 's'],
                                        ['s', 'i'],
@@ -254,7 +250,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's']],
@@ -314,7 +309,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -348,7 +342,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -393,7 +386,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
@@ -463,7 +455,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
                                           ['s', 'i'],
@@ -506,7 +497,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -561,7 +551,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -610,7 +599,6 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'o'],
@@ -686,7 +674,6 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
@@ -731,7 +718,6 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 's'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
-                                                 ['s', 'i'],
                                                  ['t', 's'],
                                                  ['t', 'i'],
                                                  ['t', 'o'],
@@ -793,7 +779,6 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['s', 'i'],
-                                                 ['s', 'i'],
                                                  ['t', 's'],
                                                  ['t', 's'],
                                                  ['s', 'i'],
@@ -831,7 +816,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'o'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
                                                   ['t', 'o'],
@@ -866,7 +850,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -907,7 +890,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
-                                                  ['s', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
@@ -942,7 +924,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -994,7 +975,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -1057,7 +1037,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -1117,7 +1096,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -1171,7 +1149,6 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
-                                                ['s', 'i'],
                                                 ['s', 'o'],
                                                 ['t', 'o'],
                                                 ['s', 'i'],
@@ -1220,7 +1197,6 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 'i'],
                                                 ['t', 'i'],
                                                 ['t', 'i'],
-                                                ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
@@ -1554,7 +1530,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 13 * C * BV + C)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v100, v102, v109, v98, v90, v111, v112, causal, v65, v68, v71, v72, v75, v80, v81, v85, v93, v90, v91, v99, v92, v94, v112, v106, v107, v113, v103
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 13 * C * BV + C)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v100, v102, v109, v98, v90, v111, v112, causal, v65, v68, v71, v72, v75, v80, v81, v85, v93, v90, v99, v92, v94, v112, v106, v107, v113, v103
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1719,7 +1695,6 @@ def chunk_out_fwd_kernel(
     v90 = tl.cumsum(v89, axis=0, reverse=False)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v90)  # park
     v91 = v90
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1740,26 +1715,26 @@ def chunk_out_fwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v99)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v99)  # park
     v92 = tl.exp(v90)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v92)  # park
     v94 = (q * v92)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = v85
     v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = v93
     v112 = (v110 * v108)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v90 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v106 = v90
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = v91
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v107)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1773,7 +1748,7 @@ def chunk_out_fwd_kernel(
         v97 = v87
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1781,7 +1756,7 @@ def chunk_out_fwd_kernel(
         v100 = tl.dot(v99.to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1803,9 +1778,9 @@ def chunk_out_fwd_kernel(
         v102 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v107 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1827,11 +1802,11 @@ def chunk_out_fwd_kernel(
         v113_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = v92
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v103)  # park
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1840,9 +1815,9 @@ def chunk_out_fwd_kernel(
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v103 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v103 * v104)
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v114 = (v105 - v113)
     v115 = tl.sum((v114), axis=1)
     v116 = (v115 / (D))
@@ -1892,7 +1867,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 17 * C * BV + C)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v107, v109, v116, v105, v93, v118, v119, causal, v143, v65, v68, v71, v72, v75, v80, v81, v85, v117, v99, v115, v119, v93, v94, v106, v98, v101, v113, v114, v118, v120, v110, v142
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 16 * C * BV + C)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v107, v109, v116, v105, v93, v118, v119, causal, v143, v65, v68, v71, v72, v75, v80, v81, v85, v99, v115, v119, v93, v106, v98, v101, v113, v114, v118, v120, v110, v142
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -2046,44 +2021,42 @@ def chunk_local_bwd_kernel(
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v85.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v117 = v85
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v115 = v99
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v119.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 12 * C * BV + C + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
     v128 = v100
-    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v132 = (v128 * v117)
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v132.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
     v103 = k
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v103 * v99)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 12 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2104,17 +2077,17 @@ def chunk_local_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 12 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 11 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v98)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v101 = (q * v98)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v101)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v113 = v93
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 12 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 13 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2128,7 +2101,7 @@ def chunk_local_bwd_kernel(
         v104 = v87
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 12 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 11 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2136,7 +2109,7 @@ def chunk_local_bwd_kernel(
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v107)
     tl.debug_barrier()
-    v101 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2158,11 +2131,11 @@ def chunk_local_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 14 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 13 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 13 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2184,11 +2157,11 @@ def chunk_local_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 14 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 13 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v98 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 15 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 14 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2197,9 +2170,9 @@ def chunk_local_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 15 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 14 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    v120 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 14 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v120 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 13 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -2219,13 +2192,13 @@ def chunk_local_bwd_kernel(
     v140 = tl.sum((v139), axis=1)
     v141 = (v140 / (D))
     v142 = (v138 + v141[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 16 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v142)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 15 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v142)  # park
     v143 = ((-1.0) * v142)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v143.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 13 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 14 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 13 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v143)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v144 = tl.zeros((C, BV), DTYPE)
@@ -2245,11 +2218,11 @@ def chunk_local_bwd_kernel(
         v144_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v144 += v144_x * v144_y[:, None] * v144_m[:, None] * tl.exp(tl.minimum(v144_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v145 = (v115 * v144)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v145.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
-    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 15 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v142 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 16 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 14 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v142 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 15 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v146 = (v110 * v142)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v146.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -2299,7 +2272,7 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v51, v19, v20, v47, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v197, v199, v200, v110, v130, v140, v177, v179, v181, v188, v201, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
+        scratch = scratch_ptr + slot * (7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v51, v19, v20, v47, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v197, v199, v200, v110, v130, v140, v177, v179, v181, v188, v201, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v11 = tl.sum((v10), axis=0)
@@ -2350,8 +2323,6 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # parked tiles other threads stored
         v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v82 = v81
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
         v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v93 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
@@ -2374,7 +2345,7 @@ def chunk_state_bwd_kernel(
             v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
         v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v86 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -2462,7 +2433,7 @@ def chunk_state_bwd_kernel(
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v98 = v81
-        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v99 = v82
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2485,25 +2456,25 @@ def chunk_state_bwd_kernel(
             v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
         v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         tl.debug_barrier()  # parked tiles other threads stored
         v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v84 = tl.sum((v83), axis=0)
-        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
         v87 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v88 = (v85 * v87)
         v91 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v117 = (v88 * v91)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v104 = v88
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2519,7 +2490,7 @@ def chunk_state_bwd_kernel(
             v92 = v75
             tl.store(scratch + 4 * HID * D + 4 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
         tl.debug_barrier()
-        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2535,7 +2506,7 @@ def chunk_state_bwd_kernel(
             v100 = v64
             tl.store(scratch + 4 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
         tl.debug_barrier()
-        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2567,7 +2538,7 @@ def chunk_state_bwd_kernel(
             v115 = ((-1.0) * d_new_w1)
             tl.store(scratch + 5 * HID * D + 4 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
         tl.debug_barrier()
-        v117 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v117 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2578,7 +2549,7 @@ def chunk_state_bwd_kernel(
             v133 = ((-1.0) * v132)
             tl.store(scratch + 6 * HID * D + 4 * HID + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
         tl.debug_barrier()
-        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2612,7 +2583,7 @@ def chunk_state_bwd_kernel(
             v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 6 * HID * D + 4 * HID + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
         tl.debug_barrier()
-        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2630,12 +2601,12 @@ def chunk_state_bwd_kernel(
             v100 = tl.load(scratch + 4 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
             v109 = tl.load(scratch + 6 * HID * D + 4 * HID + 13 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v104 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v112 = (v104 * v111)
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v124 = (v112 + local_6)
         v125 = v124
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
         v141 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2648,18 +2619,18 @@ def chunk_state_bwd_kernel(
             v60 = tl.load(scratch + 4 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()
-        v125 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v125 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v142 = (v125 + v141)
         v143 = tl.sum((v142), axis=1)
         v144 = (v143 / (D))
         v145 = ((-1.0) * v144)
         v146 = (v142 + v145[:, None])
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v66 = (local_0 * local_0)
         v67 = tl.sum((v66), axis=1)
         v68 = (v67 / (D))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2667,54 +2638,54 @@ def chunk_state_bwd_kernel(
         v71 = tl.sum((v70), axis=1)
         v72 = (v71 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v147 = (2.0 * v72[:, None] * v146)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
         v148 = (2.0 * local_0 * v146)
         v149 = tl.sum((v148), axis=1)
         v150 = (v149 / (D))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v68 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+        v68 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
         v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         tl.debug_barrier()  # parked tiles other threads stored
-        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
         v158 = (v154 + v157)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
         v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v150 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+        v150 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
         v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         v153 = tl.sum((v152), axis=1)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         v156 = tl.sum((v155), axis=1)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v158 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v158 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         v161 = tl.sum((v160), axis=1)
-        v153 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+        v153 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
         v162 = (v153 + v156 + v161)
         v163 = (v162 / (D))
         v164 = (2.0 * local_0 * v163[:, None])
-        v147 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v151 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v159 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v147 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v151 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v159 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v165 = (v147 + v151 + v159 + v164)
         v166 = ((-1.0) * v165)
         v167 = tl.sum((v166), axis=1)
         v168 = (v167 / (D))
         v169 = (v165 + v168[:, None])
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2783,7 +2754,7 @@ def chunk_state_bwd_kernel(
             v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 7 * HID * D + 6 * HID + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
         tl.debug_barrier()
-        v169 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v169 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v179 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2957,7 +2928,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 4 * C * C)  # v51, v19, v20, v54, v63, v58, v59, v60, v79, v77, v83, v86, v95, v100, v80, v72, local_3, v101, causal, v72, v76, v80, v73, v81, v93
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 4 * C * C)  # v51, v19, v20, v54, v63, v58, v59, v60, v79, v77, v83, v86, v95, v100, v80, v72, local_3, v101, causal, v72, v76, v80, v81, v93
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -3064,7 +3035,6 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v73 = v72
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v73)  # park
     tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v80)
     tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v72)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3085,7 +3055,7 @@ def chunk_grad_q_1_bwd_kernel(
         v81 += tl.where(tl.arange(0, C)[None, :] == v81_p[:, None], v81_d[:, None], 0.0)
     v81 = v81 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v84 = v72
@@ -3110,7 +3080,7 @@ def chunk_grad_q_1_bwd_kernel(
         v93 += tl.where(tl.arange(0, C)[None, :] == v93_p[:, None], v93_d[:, None], 0.0)
     v93 = v93 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v93)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3134,7 +3104,7 @@ def chunk_grad_q_1_bwd_kernel(
         v77 = tl.dot(v76.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3149,7 +3119,7 @@ def chunk_grad_q_1_bwd_kernel(
         v86 = v64
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3179,7 +3149,7 @@ def chunk_grad_q_1_bwd_kernel(
         v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v101 += (tl.dot(v100.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v79.to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v73 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v73 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v80 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v101)
     tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3493,7 +3463,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + C * BV + 4 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v86, v89, v90, v93, v105, v110, v87, v75, local_3, v111, q, causal, v81, v75, v76, v88, v83, v103, v113, v82
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + C * BV + 4 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v86, v89, v90, v93, v105, v110, v87, v75, local_3, v111, q, causal, v81, v75, v88, v83, v103, v113, v82
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -3594,7 +3564,6 @@ def chunk_grad_k_0_bwd_kernel(
     v75 = tl.cumsum(v74, axis=0, reverse=False)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
     v76 = v75
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v76)  # park
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v87)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v75)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3615,15 +3584,15 @@ def chunk_grad_k_0_bwd_kernel(
         v88 += tl.where(tl.arange(0, C)[None, :] == v88_p[:, None], v88_d[:, None], 0.0)
     v88 = v88 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v88)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v88)  # park
     v80 = tl.exp(v75)  # cumulative decay in the chunk
     v83 = (q * v80)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v91 = v75
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v92 = v76
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3646,7 +3615,7 @@ def chunk_grad_k_0_bwd_kernel(
         v103 += tl.where(tl.arange(0, C)[None, :] == v103_p[:, None], v103_d[:, None], 0.0)
     v103 = v103 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v103)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v103)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3662,7 +3631,7 @@ def chunk_grad_k_0_bwd_kernel(
         v86 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
-    v88 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v88 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3670,7 +3639,7 @@ def chunk_grad_k_0_bwd_kernel(
         v89 = tl.dot(v88.to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v83 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v83 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3685,7 +3654,7 @@ def chunk_grad_k_0_bwd_kernel(
         v93 = v64
         tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v103 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3717,7 +3686,7 @@ def chunk_grad_k_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3741,15 +3710,15 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     v81 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v113 = (v81 * v112)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v113)  # park
     v73 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v77 = (v75 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v78 = tl.sum((v77), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = (v73[:, None] * tl.exp((v78[None, :] - v76)))  # decay from token s to the chunk's end
     v82 = (v79 * v81)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     v100 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3759,9 +3728,9 @@ def chunk_grad_k_0_bwd_kernel(
         v86 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v100 += tl.dot(v86.to(DOT_DTYPE), v99.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v101 = (v82 * v100)
-    v113 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v101 + v113)
     v115 = v114
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v115.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3800,7 +3769,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v79, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -3811,19 +3780,18 @@ def chunk_grad_k_1_bwd_kernel(
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v79)  # park
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -3910,12 +3878,12 @@ def chunk_grad_k_1_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v104 = (v98 * v103)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v113 = (v104 + local_6)
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -3937,15 +3905,15 @@ def chunk_grad_k_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
     v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v78)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3966,16 +3934,16 @@ def chunk_grad_k_1_bwd_kernel(
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     v83 = tl.exp(v78)  # cumulative decay in the chunk
     v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v94 = v78
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
@@ -3997,10 +3965,10 @@ def chunk_grad_k_1_bwd_kernel(
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4012,7 +3980,7 @@ def chunk_grad_k_1_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4032,7 +4000,7 @@ def chunk_grad_k_1_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4042,7 +4010,7 @@ def chunk_grad_k_1_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4064,7 +4032,7 @@ def chunk_grad_k_1_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4085,7 +4053,7 @@ def chunk_grad_k_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
@@ -4139,7 +4107,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 8 * C * BV + 2 * C * C + C)  # v51, v19, v20, v54, v63, v58, v59, v60, v74, v111, v113, v90, v92, v96, v100, v117, v127, v130, v131, v106, v110, v97, v122, v165, v93, v81, local_3, v81, v82, v88, v112, v94, v89, v115, v102, v120, v138, v139, v143, v150, v151, v145
+    scratch = scratch_ptr + slot * (3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 8 * C * BV + 2 * C * C + C)  # v51, v19, v20, v54, v63, v58, v59, v60, v74, v111, v113, v90, v92, v96, v100, v117, v127, v130, v131, v106, v110, v97, v122, v165, v93, v81, local_3, v81, v88, v112, v94, v89, v115, v102, v120, v138, v139, v143, v150, v151, v145
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -4236,22 +4204,21 @@ def chunk_grad_k_2_bwd_kernel(
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
     v82 = v81
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     v91 = k
     v112 = (v88 * v91)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v112)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v112)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v93 = (v91 * v87)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4272,15 +4239,15 @@ def chunk_grad_k_2_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v98 = v81
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
@@ -4302,15 +4269,15 @@ def chunk_grad_k_2_bwd_kernel(
         v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
     v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v115)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v115)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v102 = v88
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v102)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v102)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4324,7 +4291,7 @@ def chunk_grad_k_2_bwd_kernel(
         v111 = ((-1.0) * d_new_w1)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v111)
     tl.debug_barrier()
-    v112 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v112 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4332,7 +4299,7 @@ def chunk_grad_k_2_bwd_kernel(
         v113 = tl.dot(v112.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v113)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4346,7 +4313,7 @@ def chunk_grad_k_2_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4361,7 +4328,7 @@ def chunk_grad_k_2_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4383,7 +4350,7 @@ def chunk_grad_k_2_bwd_kernel(
         v127 = ((-1.0) * v126)
         tl.store(scratch + 3 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v127)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4417,7 +4384,7 @@ def chunk_grad_k_2_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 3 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4435,12 +4402,12 @@ def chunk_grad_k_2_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v106 = tl.load(scratch + 3 * HID * D + 2 * HID + 11 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v107 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v102 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v102 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v108 = (v102 * v107)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v119 = (v108 + local_6)
     v120 = v119
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4452,13 +4419,13 @@ def chunk_grad_k_2_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v133 += (tl.dot(v132.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v120 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v134 = (v120 + v133)
     v135 = tl.sum((v134), axis=1)
     v136 = (v135 / (D))
     v137 = ((-1.0) * v136)
     v138 = (v134 + v137[:, None])
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v138)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v138)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
@@ -4469,36 +4436,36 @@ def chunk_grad_k_2_bwd_kernel(
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     v139 = (2.0 * v72[:, None] * v138)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v139)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v139)  # park
     v140 = (2.0 * local_0 * v138)
     v141 = tl.sum((v140), axis=1)
     v142 = (v141 / (D))
     v143 = ((-0.5) * ln_weight[None, :] * local_1 * v142[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v143)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v143)  # park
     v146 = ((-0.5) * local_0 * ln_weight[None, :] * v142[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v149 = (ln_weight[None, :] * v138 / ((tl.sqrt((1.0 + v68[:, None])))))
     v150 = (v146 + v149)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v150)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v150)  # park
     v151 = (ln_weight[None, :] * v150 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v144 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v142[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v145 = tl.sum((v144), axis=1)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 8 * C * BV + 2 * C * C + offs_t, v145)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 8 * C * BV + 2 * C * C + offs_t, v145)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v138 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v138 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = ((-0.5) * ln_weight[None, :] * local_1 * v138 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v148 = tl.sum((v147), axis=1)
-    v150 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v150 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v152 = ((-0.5) * local_0 * ln_weight[None, :] * v150 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    v145 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 8 * C * BV + 2 * C * C + offs_t)  # parked
+    v145 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 8 * C * BV + 2 * C * C + offs_t)  # parked
     v154 = (v145 + v148 + v153)
     v155 = (v154 / (D))
     v156 = (2.0 * local_0 * v155[:, None])
-    v139 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v143 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v139 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v143 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (v139 + v143 + v151 + v156)
     v158 = ((-1.0) * v157)
     v159 = tl.sum((v158), axis=1)
@@ -4561,7 +4528,7 @@ def chunk_grad_k_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v47, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v193, v110, v130, v140, v177, v179, v182, v195, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
+    scratch = scratch_ptr + slot * (6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v47, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v193, v110, v130, v140, v177, v179, v182, v195, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4607,10 +4574,8 @@ def chunk_grad_k_3_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
@@ -4632,7 +4597,7 @@ def chunk_grad_k_3_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v86 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -4726,7 +4691,7 @@ def chunk_grad_k_3_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4749,25 +4714,25 @@ def chunk_grad_k_3_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
     v87 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
     v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v104 = v88
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4783,7 +4748,7 @@ def chunk_grad_k_3_bwd_kernel(
         v92 = v75
         tl.store(scratch + 5 * HID + 3 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4799,7 +4764,7 @@ def chunk_grad_k_3_bwd_kernel(
         v100 = v64
         tl.store(scratch + 5 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4831,7 +4796,7 @@ def chunk_grad_k_3_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 5 * HID + 4 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4842,7 +4807,7 @@ def chunk_grad_k_3_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 5 * HID + 5 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4876,7 +4841,7 @@ def chunk_grad_k_3_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 5 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4894,12 +4859,12 @@ def chunk_grad_k_3_bwd_kernel(
         v100 = tl.load(scratch + 5 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 5 * HID + 5 * HID * D + 13 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4912,72 +4877,72 @@ def chunk_grad_k_3_bwd_kernel(
         v60 = tl.load(scratch + 5 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
-    v125 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
     v168 = (v167 / (D))
     v169 = (v165 + v168[:, None])
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5036,7 +5001,7 @@ def chunk_grad_k_3_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID + 6 * HID * D + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5169,7 +5134,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v79, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -5180,19 +5145,18 @@ def chunk_grad_v_0_bwd_kernel(
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v79)  # park
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -5279,12 +5243,12 @@ def chunk_grad_v_0_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v104 = (v98 * v103)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v113 = (v104 + local_6)
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -5306,15 +5270,15 @@ def chunk_grad_v_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
     v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v78)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5335,16 +5299,16 @@ def chunk_grad_v_0_bwd_kernel(
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     v83 = tl.exp(v78)  # cumulative decay in the chunk
     v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v94 = v78
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
@@ -5366,10 +5330,10 @@ def chunk_grad_v_0_bwd_kernel(
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5381,7 +5345,7 @@ def chunk_grad_v_0_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5401,7 +5365,7 @@ def chunk_grad_v_0_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5411,7 +5375,7 @@ def chunk_grad_v_0_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5433,7 +5397,7 @@ def chunk_grad_v_0_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5454,7 +5418,7 @@ def chunk_grad_v_0_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
@@ -5508,7 +5472,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -5554,10 +5518,8 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
@@ -5579,7 +5541,7 @@ def chunk_grad_v_1_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -5672,21 +5634,21 @@ def chunk_grad_v_1_bwd_kernel(
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
     v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5709,13 +5671,13 @@ def chunk_grad_v_1_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5731,7 +5693,7 @@ def chunk_grad_v_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5755,7 +5717,7 @@ def chunk_grad_v_1_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5769,7 +5731,7 @@ def chunk_grad_v_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5792,7 +5754,7 @@ def chunk_grad_v_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5825,12 +5787,12 @@ def chunk_grad_v_1_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5839,66 +5801,66 @@ def chunk_grad_v_1_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -5924,7 +5886,7 @@ def chunk_grad_v_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6028,7 +5990,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 19 * C * D + 6 * C * C + 9 * C * BV + C)  # v19, v20, v54, v63, v58, v59, v60, v84, v87, v88, v89, v95, v141, v149, v85, v75, v97, local_3, causal, q, v151, local_5, v83, v80, v85, v61, v75, v76, v86, v81, v90, v91, v92, v93, v94, v97, v99, v147, v157, v161, v151, v155, v142, v124, v96, v159, v73, v167, v153
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 9 * C * BV + C)  # v19, v20, v54, v63, v58, v59, v60, v84, v87, v88, v89, v95, v141, v149, v85, v75, v97, local_3, causal, q, v151, local_5, v83, v80, v85, v61, v75, v86, v81, v90, v91, v92, v93, v94, v97, v99, v147, v157, v161, v151, v155, v142, v124, v96, v159, v73, v167, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -6132,7 +6094,6 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v75 = tl.cumsum(v74, axis=0, reverse=False)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v75)  # park
     v76 = v75
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v76)  # park
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v85)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v75)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6153,12 +6114,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v86 += tl.where(tl.arange(0, C)[None, :] == v86_p[:, None], v86_d[:, None], 0.0)
     v86 = v86 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v86)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v86)  # park
     v79 = tl.exp(v75)  # cumulative decay in the chunk
     v81 = (q * v79)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v90 = v79
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6173,7 +6134,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v84 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v84)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6181,7 +6142,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v87 = tl.dot(v86.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v87)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6201,20 +6162,20 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v91)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v92)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v93 = v75
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v94 = v76
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v94)  # park
     v97 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6227,10 +6188,10 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v97 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v97)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v97)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v97)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
@@ -6253,9 +6214,9 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v99_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v99 += v99_x[:, None] * v99_y * v99_m[:, None] * tl.exp(tl.minimum(v93 - v99_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v99)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v99)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v100 = (v92 - v99)
     v101 = tl.sum((v100), axis=1)
     v102 = (v101 / (D))
@@ -6275,14 +6236,14 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v132 = tl.sum((v131), axis=1)
     v133 = (v132 / (D))
     v134 = (v130 + v133[:, None])
-    v91 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v146 = (v134 * v91)
     v147 = v146
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v147)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v147)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v136 = tl.zeros((C, C), DTYPE)
@@ -6333,7 +6294,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v157 = (q * v156)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v157)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v157)  # park
     v112 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6354,12 +6315,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v121 = (v113 + v120)
     v122 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v121[None, :])
     tl.debug_barrier()  # parked tiles other threads stored
-    v147 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v157 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v157 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v160 = (v122 + v147 + v157)
     v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v161 = (v160 * tl.exp(v75))
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v161)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v161)  # park
     v151 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6368,12 +6329,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v150 = ((-1.0) * v149)
         v84 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v151 += (tl.dot(v150.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v150).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v151)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v151)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v151)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6396,11 +6357,11 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v155 = ((-1.0) * v85 * v154)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v155)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v155)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6424,7 +6385,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v139 = ((-1.0) * local_3 * v138)
     v142 = v139
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 14 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v142)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v142)  # park
     v123 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6436,10 +6397,10 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v83 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v124 = (v83 * v123)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v124)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 14 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v124)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v96 = local_2
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v96)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v96)  # park
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6449,32 +6410,32 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v95 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v114 += tl.dot(v95.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v96 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v96 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v115 = (v96 * v114)
     v117 = v115
-    v124 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v124 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 14 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v158 = (v117 + v124)
     v80 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v159 = (v80 * v158)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v159)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v159)  # park
     v73 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + offs_s, v73)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 9 * C * BV + offs_s, v73)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v77 = (v75 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v78 = tl.sum((v77), axis=0)
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v164 = ((-1.0) * v73[:, None] * v159 * tl.exp((v78[None, :] - v76)))
-    v142 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 14 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v155 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v142 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v155 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v166 = (v142 + v155 + v164)
     v167 = v166
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v167)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v167)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v151 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v151 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v152 = tl.zeros((C, D), DTYPE)
     v152_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -6496,20 +6457,20 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v153 = (q * v152)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v153)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v137 = (local_5 * v99)
     v143 = v137
-    v73 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + offs_s)  # parked
-    v159 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v73 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 9 * C * BV + offs_s)  # parked
+    v159 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v162 = (v73[:, None] * v159 * tl.exp((v78[None, :] - v76)))
     v163 = tl.sum((v162), axis=0)
     v165 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v163[None, :])
-    v153 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v161 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v167 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v153 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v161 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v167 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v168 = (v143 + v153 + v161 + v165 + v167)
     v169 = tl.cumsum(v168, axis=0, reverse=True)
     v61 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -6551,7 +6512,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v50, v51, v19, v20, v52, v53, v116, v54, v90, v63, v56, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
+    scratch = scratch_ptr + slot * (7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v50, v51, v19, v20, v52, v53, v116, v54, v90, v63, v56, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -6603,8 +6564,6 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v93 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
@@ -6627,7 +6586,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v86 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -6714,7 +6673,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6737,25 +6696,25 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
     v87 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
     v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v104 = v88
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6771,7 +6730,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 5 * HID * D + 3 * HID + 3 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6787,7 +6746,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 5 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6819,7 +6778,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 6 * HID * D + 3 * HID + 9 * C * HID + 3 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6830,7 +6789,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 7 * HID * D + 3 * HID + 10 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6864,7 +6823,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 7 * HID * D + 3 * HID + 14 * C * HID + 4 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6882,12 +6841,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v100 = tl.load(scratch + 5 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 7 * HID * D + 3 * HID + 13 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6900,72 +6859,72 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v60 = tl.load(scratch + 5 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
-    v125 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
     v168 = (v167 / (D))
     v169 = (v165 + v168[:, None])
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7022,7 +6981,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 6 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7089,7 +7048,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * BV + 5 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v85, v88, v89, v93, v113, v119, v86, v75, local_3, v120, q, causal, local_5, v95, v84, v75, v76, v87, v82, v91, v92, v109, v122, v94, v114, v107
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * BV + 5 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v85, v88, v89, v93, v113, v119, v86, v75, local_3, v120, q, causal, local_5, v95, v84, v75, v87, v82, v91, v92, v109, v122, v94, v114, v107
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7190,7 +7149,6 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v75 = tl.cumsum(v74, axis=0, reverse=False)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
     v76 = v75
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v76)  # park
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v86)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v75)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7211,18 +7169,18 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v87 += tl.where(tl.arange(0, C)[None, :] == v87_p[:, None], v87_d[:, None], 0.0)
     v87 = v87 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v87)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v87)  # park
     v80 = tl.exp(v75)  # cumulative decay in the chunk
     v82 = (q * v80)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v82)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v91 = v75
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v92 = v76
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
@@ -7244,7 +7202,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v109 += tl.where(tl.arange(0, C)[None, :] == v109_p[:, None], v109_d[:, None], 0.0)
     v109 = v109 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v109)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v109)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7260,7 +7218,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v85 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v85)
     tl.debug_barrier()
-    v87 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v87 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7268,7 +7226,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v88 = tl.dot(v87.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v88)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7283,7 +7241,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v93 = v64
         tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v109 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v109 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7315,7 +7273,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v120)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -7339,7 +7297,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     v84 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v122 = (v84 * v121)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v122)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v122)  # park
     v95 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7350,8 +7308,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v95 += tl.dot(v90.to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v95)
@@ -7375,10 +7333,10 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v94 = local_2
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v94)  # park
     v112 = (v94 * v110)
     v114 = v112
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v114)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v106 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7390,7 +7348,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v84 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v84 * v106)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     v101 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7400,20 +7358,20 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v101 += tl.dot(v93.to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v102 = (v94 * v101)
     v104 = v102
-    v107 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v123 = (v104 + v107)
     v73 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v77 = (v75 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v78 = tl.sum((v77), axis=0)
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = (v73[:, None] * tl.exp((v78[None, :] - v76)))  # decay from token s to the chunk's end
     v124 = (v79 * v123)
-    v114 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v122 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v122 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v125 = (v114 + v122 + v124)
     v126 = v125
     v127 = (v126 * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
@@ -7453,7 +7411,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
+    scratch = scratch_ptr + slot * (4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7499,10 +7457,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
@@ -7524,7 +7480,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v86 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -7617,7 +7573,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -7640,25 +7596,25 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
     v87 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
     v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v104 = v88
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7674,7 +7630,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 4 * HID + 3 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7690,7 +7646,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 4 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7722,7 +7678,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 4 * HID + 4 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7733,7 +7689,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 4 * HID + 5 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7767,7 +7723,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 4 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7785,12 +7741,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v100 = tl.load(scratch + 4 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 4 * HID + 5 * HID * D + 13 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7803,72 +7759,72 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v60 = tl.load(scratch + 4 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
-    v125 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
     v168 = (v167 / (D))
     v169 = (v165 + v168[:, None])
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7925,7 +7881,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7992,7 +7948,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 5 * C * BV)  # v19, v20, v54, v63, v58, v59, v60, v79, v82, v84, v80, v72, v91, local_3, causal, v72, v73, v81, v76, v85, v87, v88, v89
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 5 * C * BV)  # v19, v20, v54, v63, v58, v59, v60, v79, v82, v84, v80, v72, v91, local_3, causal, v72, v81, v76, v85, v87, v88, v89
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -8092,7 +8048,6 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v72 = tl.cumsum(v71, axis=0, reverse=False)
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v73 = v72
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v73)  # park
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v80)
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v72)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -8113,12 +8068,12 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v81 += tl.where(tl.arange(0, C)[None, :] == v81_p[:, None], v81_d[:, None], 0.0)
     v81 = v81 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     v74 = tl.exp(v72)  # cumulative decay in the chunk
     v76 = (q * v74)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v76)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v76)  # park
     v85 = v74
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8133,7 +8088,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v79 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8141,7 +8096,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v82 = tl.dot(v81.to(DOT_DTYPE), v79.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
-    v76 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8160,18 +8115,18 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v84 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v85 * v86)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v72 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v88 = v72
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v73 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v73 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v89 = v73
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v89)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v89)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8183,8 +8138,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v84 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
@@ -8207,7 +8162,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v93_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v88 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v87 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v87 - v93)
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
@@ -8254,7 +8209,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v79, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -8266,19 +8221,18 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v79)  # park
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -8365,12 +8319,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v104 = (v98 * v103)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v113 = (v104 + local_6)
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -8392,15 +8346,15 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
     v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v78)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -8421,16 +8375,16 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     v83 = tl.exp(v78)  # cumulative decay in the chunk
     v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v94 = v78
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
@@ -8452,10 +8406,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8467,7 +8421,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8487,7 +8441,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8497,7 +8451,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8519,7 +8473,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8540,7 +8494,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
@@ -8592,7 +8546,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v79, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -8604,19 +8558,18 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v79)  # park
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -8703,12 +8656,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v104 = (v98 * v103)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v113 = (v104 + local_6)
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -8730,15 +8683,15 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
     v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v78)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -8759,16 +8712,16 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     v83 = tl.exp(v78)  # cumulative decay in the chunk
     v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v94 = v78
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
@@ -8790,10 +8743,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8805,7 +8758,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8825,7 +8778,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8835,7 +8788,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8857,7 +8810,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8878,7 +8831,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
@@ -8927,7 +8880,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v79, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -8938,19 +8891,18 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v79)  # park
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -9037,12 +8989,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v104 = (v98 * v103)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v113 = (v104 + local_6)
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -9064,15 +9016,15 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
     v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v78)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -9093,16 +9045,16 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     v83 = tl.exp(v78)  # cumulative decay in the chunk
     v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v94 = v78
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
@@ -9124,10 +9076,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9139,7 +9091,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9159,7 +9111,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9169,7 +9121,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9191,7 +9143,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9212,7 +9164,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
@@ -9267,7 +9219,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -9313,10 +9265,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
@@ -9338,7 +9288,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -9431,21 +9381,21 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
     v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9468,13 +9418,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9490,7 +9440,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9514,7 +9464,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9528,7 +9478,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9551,7 +9501,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9584,12 +9534,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9598,66 +9548,66 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -9683,7 +9633,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9782,7 +9732,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -9828,10 +9778,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
@@ -9853,7 +9801,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -9946,21 +9894,21 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
     v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9983,13 +9931,13 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10005,7 +9953,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10029,7 +9977,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10043,7 +9991,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10066,7 +10014,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10099,12 +10047,12 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10113,66 +10061,66 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -10198,7 +10146,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10294,7 +10242,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -10340,10 +10288,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
@@ -10365,7 +10311,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -10458,21 +10404,21 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
     v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -10495,13 +10441,13 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10517,7 +10463,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10541,7 +10487,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10555,7 +10501,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10578,7 +10524,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10611,12 +10557,12 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10625,66 +10571,66 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -10710,7 +10656,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10850,7 +10796,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v79, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -10861,19 +10807,18 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v79)  # park
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -10960,12 +10905,12 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v104 = (v98 * v103)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v113 = (v104 + local_6)
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -10987,15 +10932,15 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
     v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v78)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -11016,16 +10961,16 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     v83 = tl.exp(v78)  # cumulative decay in the chunk
     v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v94 = v78
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
@@ -11047,10 +10992,10 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11062,7 +11007,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11082,7 +11027,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11092,7 +11037,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11114,7 +11059,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11135,7 +11080,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
@@ -11189,7 +11134,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v82, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -11235,10 +11180,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
@@ -11260,7 +11203,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -11353,21 +11296,21 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
     v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -11390,13 +11333,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11412,7 +11355,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11436,7 +11379,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11450,7 +11393,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11473,7 +11416,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11506,12 +11449,12 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11520,66 +11463,66 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -11605,7 +11548,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 11 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)

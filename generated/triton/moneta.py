@@ -71,9 +71,7 @@ DESCRIPTION = {'spec': 'moneta',
                                      ['t', 's'],
                                      ['t', 'o'],
                                      ['t', 'o'],
-                                     ['s', 'o'],
                                      ['t', 'i'],
-                                     ['s', 'i'],
                                      ['s', 'i'],
                                      ['s', 'i'],
                                      ['t', 'i'],
@@ -111,12 +109,10 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
-                                       ['s', 'o'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['s', 'o'],
                                        ['t', 'i'],
-                                       ['s', 'i'],
                                        ['t', 's'],
                                        ['t', 'i'],
                                        ['t', 'i'],
@@ -194,7 +190,6 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'i'],
-                                       ['s', 'i'],
                                        ['t', 'i'],
                                        ['t', 's'],
                                        ['t', 'o'],
@@ -260,7 +255,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'o'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 's']],
@@ -290,7 +284,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['s', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's']],
                               'value_blocks': 'none',
@@ -316,7 +309,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'o'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -352,7 +344,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -393,7 +384,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -446,7 +436,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
-                                          ['s', 'i'],
                                           ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'o'],
@@ -492,7 +481,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
-                                          ['s', 'i'],
                                           ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'o'],
@@ -534,7 +522,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
-                                          ['s', 'i'],
                                           ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'o'],
@@ -562,7 +549,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 's'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'o'],
@@ -593,7 +579,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
                                                    ['t', 's']],
@@ -629,7 +614,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -656,7 +640,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['h', 'i'],
                                                    ['s'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
@@ -700,7 +683,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['s', 'o'],
                                                    ['s', 'i'],
@@ -733,7 +715,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 's'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
-                                                 ['s', 'i'],
                                                  ['t', 's'],
                                                  ['t', 'i'],
                                                  ['t', 'o'],
@@ -765,7 +746,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 'i'],
-                                                 ['s', 'i'],
                                                  ['t', 's'],
                                                  ['t', 's']],
                                      'value_blocks': 'none',
@@ -826,7 +806,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
@@ -867,7 +846,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -913,7 +891,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
@@ -951,7 +928,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -1009,7 +985,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                 ['t', 'i'],
                                                 ['s', 'o'],
                                                 ['t', 'i'],
-                                                ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
@@ -1268,7 +1243,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 11 * C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v76, v77, v81, v74, v61, v91, v92, causal, v35, v53, v90, v61, v62, v67, v68, v66, v72, v107, v70, v92, v86, v87, v93, v83, v94, v95
+    scratch = scratch_ptr + slot * (2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 10 * C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v76, v77, v81, v74, v61, v91, v92, causal, v35, v53, v61, v67, v68, v66, v72, v107, v70, v92, v86, v87, v93, v83, v94, v95
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1338,29 +1313,27 @@ def chunk_out_fwd_kernel(
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v113 = v68
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = (v113 * v90)
-    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v110 = tl.sum((v109), axis=0)
     v116 = v110
@@ -1384,11 +1357,11 @@ def chunk_out_fwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v72 = k
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v68 * v72)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v53 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1405,7 +1378,7 @@ def chunk_out_fwd_kernel(
         v73 = v55
         tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v107 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1437,13 +1410,13 @@ def chunk_out_fwd_kernel(
         v128 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v134 = (v128 * v133[None, :])
         v135 += tl.sum((v134), axis=1)
-    v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1464,10 +1437,10 @@ def chunk_out_fwd_kernel(
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    v66 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1475,7 +1448,7 @@ def chunk_out_fwd_kernel(
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1490,19 +1463,19 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    v90 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1524,9 +1497,9 @@ def chunk_out_fwd_kernel(
         v81 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v86 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1548,12 +1521,12 @@ def chunk_out_fwd_kernel(
         v93_b = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1562,11 +1535,11 @@ def chunk_out_fwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1577,9 +1550,9 @@ def chunk_out_fwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1588,7 +1561,7 @@ def chunk_out_fwd_kernel(
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -1648,7 +1621,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 14 * C * BV)  # v15, v30, v31, v21, v73, v76, v77, v81, v89, v74, v61, v91, v92, causal, v122, v35, v53, v90, v67, v88, v92, v61, v62, v75, v66, v70, v86, v87, v91, v93, v83, v94, v95, v121
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 13 * C * BV)  # v15, v30, v31, v21, v73, v76, v77, v81, v89, v74, v61, v91, v92, causal, v122, v35, v53, v67, v88, v92, v61, v75, v66, v70, v86, v87, v91, v93, v83, v94, v95, v121
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1722,38 +1695,36 @@ def chunk_local_bwd_kernel(
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v53.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v88 = v67
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     v92 = (v90 * v88)
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v92.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v68 = (v65 * v67)
     v104 = v68
-    v90 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v105 = (v104 * v90)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v105.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     v72 = k
-    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1774,12 +1745,12 @@ def chunk_local_bwd_kernel(
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v53 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1793,7 +1764,7 @@ def chunk_local_bwd_kernel(
         v73 = v55
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v75 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v75 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1801,7 +1772,7 @@ def chunk_local_bwd_kernel(
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
     tl.debug_barrier()
-    v70 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1816,13 +1787,13 @@ def chunk_local_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1847,11 +1818,11 @@ def chunk_local_bwd_kernel(
         v81 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1873,12 +1844,12 @@ def chunk_local_bwd_kernel(
         v93_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1887,11 +1858,11 @@ def chunk_local_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1902,9 +1873,9 @@ def chunk_local_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1913,7 +1884,7 @@ def chunk_local_bwd_kernel(
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -1936,13 +1907,13 @@ def chunk_local_bwd_kernel(
     v120 = (v116 + v119[:, None])
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v120.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
     v121 = (v29 * v120)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v121)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v121)  # park
     v122 = ((-1.0) * v121)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v122.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v122)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v123 = tl.zeros((C, BV), DTYPE)
@@ -1962,11 +1933,11 @@ def chunk_local_bwd_kernel(
         v123_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v123_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v123 += v123_x * v123_y[:, None] * v123_m[:, None] * tl.exp(tl.minimum(v123_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v124 = (v88 * v123)
     tl.store(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v124.to(local_8_ptr.dtype.element_ty), mask=nv > 0)
-    v83 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v121 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v121 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v83 * v121)
     tl.store(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v125.to(local_9_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -2015,7 +1986,7 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 13 * C * BV + 4 * C * C + 3 * C)  # v84, v15, v29, v21, v41, v60, v85, v105, v30, v75, v91, v101, v106, v142, v154, v156, v66, v58, v64, v67, v159, v166, v176, v178, v185, v232, v177, v155, v157, v181, v184, v186, v136, v148, v149, v153, v68, v171, v187, v223, v242, v150, v174, v228, v160, v188, v233, v234, v61, v48, local_4, v76, causal, v48, v53, v49, v54, v55, v59, v80, v57, v62, v73, v74, v164, v86, v169, v194, v34, v195, v198, v199, v207, v208, v201, v218, v70, v72
+        scratch = scratch_ptr + slot * (11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 13 * C * BV + 4 * C * C + 3 * C)  # v84, v15, v29, v21, v41, v60, v85, v105, v30, v75, v91, v101, v106, v142, v154, v156, v66, v58, v64, v67, v159, v166, v176, v178, v185, v232, v177, v155, v157, v181, v184, v186, v136, v148, v149, v153, v68, v171, v187, v223, v242, v150, v174, v228, v160, v188, v233, v234, v61, v48, local_4, v76, causal, v48, v53, v54, v55, v59, v80, v57, v62, v73, v74, v164, v86, v169, v194, v34, v195, v198, v199, v207, v208, v201, v218, v70, v72
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v47 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v48 = tl.cumsum(v47, axis=0, reverse=False)
@@ -2028,18 +1999,17 @@ def chunk_state_bwd_kernel(
         v50 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v51 = tl.sum((v50), axis=0)
         v49 = v48
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v49)  # park
         v52 = (v46[:, None] * tl.exp((v51[None, :] - v49)))  # decay from token s to the chunk's end
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v54 = gate_eta
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v54)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v54)  # park
         v55 = (v52 * v54)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v55)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v55)  # park
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v59 = k
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v59)  # park
         v80 = (v55 * v59)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v80)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v80)  # park
         v12 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2084,7 +2054,7 @@ def chunk_state_bwd_kernel(
             v60 = v42
             tl.store(scratch + 2 * HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
         tl.debug_barrier()
-        v80 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v80 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v93 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2190,7 +2160,7 @@ def chunk_state_bwd_kernel(
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v57 = (q * v56)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v57)  # park
         v23 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2207,13 +2177,13 @@ def chunk_state_bwd_kernel(
             v22 = (w1 * w1)
             v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
         tl.debug_barrier()
-        v54 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v59 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v54 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v59 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v61 = (v59 * v54)
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v48 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v49 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v49 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2234,18 +2204,18 @@ def chunk_state_bwd_kernel(
             v62 += tl.where(tl.arange(0, C)[None, :] == v62_p[:, None], v62_d[:, None], 0.0)
         v62 = v62 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v73 = v48
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v73)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v73)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v49 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v49 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v74 = v49
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v74)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v74)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v73 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v73 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -2267,7 +2237,7 @@ def chunk_state_bwd_kernel(
             v164 += tl.where(tl.arange(0, C)[None, :] == v164_p[:, None], v164_d[:, None], 0.0)
         v164 = v164 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v164)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v164)  # park
         local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2278,7 +2248,7 @@ def chunk_state_bwd_kernel(
             v66 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 6 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
         tl.debug_barrier()
-        v57 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v57 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2288,7 +2258,7 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v24 = (v23 / (HID * D))
         v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-        v62 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v62 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2310,7 +2280,7 @@ def chunk_state_bwd_kernel(
             v159 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 6 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v159)
         tl.debug_barrier()
-        v164 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v164 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2334,7 +2304,7 @@ def chunk_state_bwd_kernel(
             v178 = (v25 * v176)
             tl.store(scratch + 6 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v178)
         tl.debug_barrier()
-        v57 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v57 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v180 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2364,7 +2334,7 @@ def chunk_state_bwd_kernel(
             v155 = ((-1.0) * v154)
             tl.store(scratch + 9 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v155)
         tl.debug_barrier()
-        v80 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v80 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2375,7 +2345,7 @@ def chunk_state_bwd_kernel(
             v181 = ((-1.0) * v178)
             tl.store(scratch + 10 * HID * D + 14 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v181)
         tl.debug_barrier()
-        v62 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v62 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v138 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2408,9 +2378,9 @@ def chunk_state_bwd_kernel(
         v140 = (v139 / (D * HID))
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v55 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v55 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v86 = v55
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v86)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v86)  # park
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2430,7 +2400,7 @@ def chunk_state_bwd_kernel(
             v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 10 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
         tl.debug_barrier()
-        v164 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v164 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2448,12 +2418,12 @@ def chunk_state_bwd_kernel(
             v75 = tl.load(scratch + 3 * HID * D + 4 * C * HID + BV * HID + HID + offs_s[:, None] * HID + offs_h[None, :])
             v149 = tl.load(scratch + 10 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v151 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v86 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v152 = (v86 * v151)
         local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v168 = (v152 + local_8)
         v169 = v168
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
         v189 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2466,18 +2436,18 @@ def chunk_state_bwd_kernel(
             v21 = tl.load(scratch + 2 * HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v189 += (tl.dot(v187.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v187).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()
-        v169 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v169 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v190 = (v169 + v189)
         v191 = tl.sum((v190), axis=1)
         v192 = (v191 / (D))
         v193 = ((-1.0) * v192)
         v194 = (v190 + v193[:, None])
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v194)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v194)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v32 = (local_0 * local_0)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + offs_t, v34)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 4 * C * C + offs_t, v34)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2485,61 +2455,61 @@ def chunk_state_bwd_kernel(
         v38 = tl.sum((v37), axis=1)
         v39 = (v38 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v195 = (2.0 * v39[:, None] * v194)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v195)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v195)  # park
         v196 = (2.0 * local_0 * v194)
         v197 = tl.sum((v196), axis=1)
         v198 = (v197 / (D))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + C + offs_t, v198)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 4 * C * C + C + offs_t, v198)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-        v34 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + offs_t)  # parked
+        v34 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 4 * C * C + offs_t)  # parked
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v199 = ((-0.5) * ln_weight[None, :] * local_2 * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v199)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v199)  # park
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v202 = ((-0.5) * local_0 * ln_weight[None, :] * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         tl.debug_barrier()  # parked tiles other threads stored
-        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v205 = (ln_weight[None, :] * v194 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v206 = (v202 + v205)
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v207_c0 = (local_1 * local_1)
         v207_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v207_c0)))
         v207 = (v206 * ((3.0 * v207_c1) + (3.0 * v207_c0 / (v207_c1))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 8 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v207)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 8 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v207)  # park
         v208 = (ln_weight[None, :] * v207 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 9 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v208)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 9 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v208)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v198 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + C + offs_t)  # parked
+        v198 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 4 * C * C + C + offs_t)  # parked
         v200 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * (tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v201 = tl.sum((v200), axis=1)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + 2 * C + offs_t, v201)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 10 * C * BV + 4 * C * C + 2 * C + offs_t, v201)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v203 = ((-0.5) * ln_weight[None, :] * local_2 * v194 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v204 = tl.sum((v203), axis=1)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v207 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 8 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v207 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 8 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v209 = ((-0.5) * local_0 * ln_weight[None, :] * v207 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v210 = tl.sum((v209), axis=1)
-        v201 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + 2 * C + offs_t)  # parked
+        v201 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 10 * C * BV + 4 * C * C + 2 * C + offs_t)  # parked
         v211 = (v201 + v204 + v210)
         v212 = (v211 / (D))
         v213 = (2.0 * local_0 * v212[:, None])
-        v195 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v199 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 7 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v208 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 9 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v195 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v199 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v208 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 9 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v214 = (v195 + v199 + v208 + v213)
         v215 = ((-1.0) * v214)
         v216 = tl.sum((v215), axis=1)
         v217 = (v216 / (D))
         v218 = (v214 + v217[:, None])
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v218)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 10 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v218)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2579,7 +2549,7 @@ def chunk_state_bwd_kernel(
         v53 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v69 = v53
         v70 = ((-1.0) + v69)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 11 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 11 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
         local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2607,9 +2577,9 @@ def chunk_state_bwd_kernel(
             v68 = tl.load(scratch + 10 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v71 += tl.dot(v68.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v70 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 11 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v70 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 11 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v72 = (v70 * v71)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 12 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 12 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
         v76 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2618,8 +2588,8 @@ def chunk_state_bwd_kernel(
             v75 = tl.load(scratch + 3 * HID * D + 4 * C * HID + BV * HID + HID + offs_s[:, None] * HID + offs_h[None, :])
             v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()  # parked tiles other threads stored
-        v73 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v74 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v73 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v74 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v76)
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2641,7 +2611,7 @@ def chunk_state_bwd_kernel(
             v78_b = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v78_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v78 += v78_x[:, None] * v78_y * v78_m[:, None] * tl.exp(tl.minimum(v73 - v78_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v72 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 12 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v72 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 12 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v79 = (v72 - v78)
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v161 = (v79 * local_6)
@@ -2666,7 +2636,7 @@ def chunk_state_bwd_kernel(
             v188 = tl.dot(tl.trans(local_3).to(DOT_DTYPE), v187.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 11 * HID * D + 22 * C * HID + 10 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v188)
         tl.debug_barrier()
-        v218 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 10 * C * D + 10 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v218 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 10 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v27 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2975,7 +2945,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C)  # v15, v26, v21, v44, v47, v48, v51, v54, v65, v61, v69, v45, v36, local_4, v45, v36, v37, v46, v41, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C)  # v15, v26, v21, v44, v47, v48, v51, v54, v65, v61, v69, v45, v36, local_4, v45, v36, v46, v41, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -2988,7 +2958,6 @@ def chunk_grad_q_2_bwd_kernel(
     v36 = tl.cumsum(v35, axis=0, reverse=False)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v37 = v36
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v37)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
@@ -3011,7 +2980,7 @@ def chunk_grad_q_2_bwd_kernel(
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3045,7 +3014,7 @@ def chunk_grad_q_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3059,7 +3028,7 @@ def chunk_grad_q_2_bwd_kernel(
         v44 = v33
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3067,7 +3036,7 @@ def chunk_grad_q_2_bwd_kernel(
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3084,7 +3053,7 @@ def chunk_grad_q_2_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v52 = v36
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = v37
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3107,7 +3076,7 @@ def chunk_grad_q_2_bwd_kernel(
         v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -3129,7 +3098,7 @@ def chunk_grad_q_2_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3202,7 +3171,7 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, v45, v36, local_4, v72, causal, v36, v41, v45, v37, v46, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, v45, v36, local_4, v72, causal, v36, v41, v45, v46, v63
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3265,7 +3234,6 @@ def chunk_grad_q_3_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v36
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v37)  # park
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v36)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3286,7 +3254,7 @@ def chunk_grad_q_3_bwd_kernel(
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -3313,7 +3281,7 @@ def chunk_grad_q_3_bwd_kernel(
         v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3334,7 +3302,7 @@ def chunk_grad_q_3_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3360,7 +3328,7 @@ def chunk_grad_q_3_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3392,7 +3360,7 @@ def chunk_grad_q_3_bwd_kernel(
         v71 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3450,7 +3418,7 @@ def chunk_grad_q_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + 2 * C * C)  # v15, v26, v21, v44, v47, v48, v51, v54, v65, v61, v70, v45, v36, local_4, v45, v36, v37, v46, v40, v41, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C)  # v15, v26, v21, v44, v47, v48, v51, v54, v65, v61, v70, v45, v36, local_4, v45, v36, v46, v40, v41, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -3463,7 +3431,6 @@ def chunk_grad_q_4_bwd_kernel(
     v36 = tl.cumsum(v35, axis=0, reverse=False)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v37 = v36
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v37)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
@@ -3486,7 +3453,7 @@ def chunk_grad_q_4_bwd_kernel(
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3517,11 +3484,11 @@ def chunk_grad_q_4_bwd_kernel(
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3535,7 +3502,7 @@ def chunk_grad_q_4_bwd_kernel(
         v44 = v33
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3543,7 +3510,7 @@ def chunk_grad_q_4_bwd_kernel(
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3560,7 +3527,7 @@ def chunk_grad_q_4_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v52 = v36
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = v37
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3583,7 +3550,7 @@ def chunk_grad_q_4_bwd_kernel(
         v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -3605,7 +3572,7 @@ def chunk_grad_q_4_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3643,7 +3610,7 @@ def chunk_grad_q_4_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 += (tl.dot(v70.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v40 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v72 = (v40 * v71)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v72.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3681,7 +3648,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v51, v67, v68, v87, v61, v73, v83, v117, v57, v49, v58, v128, v132, v138, v52, v39, local_4, v139, q, causal, v39, v40, v45, v46, v44, v50, v63, v126, v48, v53, v130
+    scratch = scratch_ptr + slot * (4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v51, v67, v68, v87, v61, v73, v83, v117, v57, v49, v58, v128, v132, v138, v52, v39, local_4, v139, q, causal, v39, v45, v46, v44, v50, v63, v126, v48, v53, v130
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v38 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -3690,13 +3657,12 @@ def chunk_grad_k_0_bwd_kernel(
     v41 = (v39 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v42 = tl.sum((v41), axis=0)
     v40 = v39
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v40)  # park
     v43 = (v37[:, None] * tl.exp((v42[None, :] - v40)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v45 = gate_eta
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     v46 = (v43 * v45)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v46)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3725,15 +3691,15 @@ def chunk_grad_k_0_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.exp(v39)  # cumulative decay in the chunk
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     v65 = (v44 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v66 = tl.sum((v65), axis=0)
     v50 = k
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = (v46 * v50)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3750,7 +3716,7 @@ def chunk_grad_k_0_bwd_kernel(
         v67 = (v66[None, :] * w1)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :], v67)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v75 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3860,9 +3826,9 @@ def chunk_grad_k_0_bwd_kernel(
         v124 = ((-1.0) * v123)
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v125 += tl.dot(v51.to(DOT_DTYPE), v124.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v126 = (v46 * v125)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v126)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v126)  # park
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3871,18 +3837,18 @@ def chunk_grad_k_0_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = ((-1.0) + v44)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v48 = (q * v47)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v50 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = (v50 * v45)
     v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v52)
     tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v39)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3903,7 +3869,7 @@ def chunk_grad_k_0_bwd_kernel(
         v53 += tl.where(tl.arange(0, C)[None, :] == v53_p[:, None], v53_d[:, None], 0.0)
     v53 = v53 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -3930,7 +3896,7 @@ def chunk_grad_k_0_bwd_kernel(
         v130 += tl.where(tl.arange(0, C)[None, :] == v130_p[:, None], v130_d[:, None], 0.0)
     v130 = v130 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v130)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v130)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3941,7 +3907,7 @@ def chunk_grad_k_0_bwd_kernel(
         v57 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID * D + 3 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3951,7 +3917,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v53 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3972,7 +3938,7 @@ def chunk_grad_k_0_bwd_kernel(
         v128 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v128)
     tl.debug_barrier()
-    v130 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v130 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4006,7 +3972,7 @@ def chunk_grad_k_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v139)
     tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4028,9 +3994,9 @@ def chunk_grad_k_0_bwd_kernel(
         v140_a = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v140_p[:, None] * D + tl.arange(0, D)[None, :])
         v140 += v140_x[:, None] * v140_y * v140_m[:, None] * tl.exp(tl.minimum(v140_a - v40, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v45 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v141 = (v45 * v140)
-    v126 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v126 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v142 = (v126 + v141)
     v143 = v142
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v143.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -4069,7 +4035,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v43, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -4078,18 +4044,17 @@ def chunk_grad_k_1_bwd_kernel(
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4119,7 +4084,7 @@ def chunk_grad_k_1_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4133,10 +4098,10 @@ def chunk_grad_k_1_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4231,9 +4196,9 @@ def chunk_grad_k_1_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4247,12 +4212,12 @@ def chunk_grad_k_1_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4271,13 +4236,13 @@ def chunk_grad_k_1_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4298,17 +4263,17 @@ def chunk_grad_k_1_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4321,7 +4286,7 @@ def chunk_grad_k_1_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4329,7 +4294,7 @@ def chunk_grad_k_1_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4346,7 +4311,7 @@ def chunk_grad_k_1_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4369,7 +4334,7 @@ def chunk_grad_k_1_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -4386,7 +4351,7 @@ def chunk_grad_k_1_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4418,7 +4383,7 @@ def chunk_grad_k_1_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4439,7 +4404,7 @@ def chunk_grad_k_1_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))
@@ -4497,7 +4462,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 6 * C * BV + 2 * C * C + C)  # v15, v26, v21, v38, v57, v75, v95, v96, v68, v81, v91, v126, v139, v132, v145, v60, v61, v64, v151, v147, v162, v165, v167, v198, v142, v65, v201, v58, v45, local_4, v45, v46, v51, v52, v56, v70, v50, v76, v154, v59, v54, v149, v173, v177, v186, v192
+    scratch = scratch_ptr + slot * (3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + C)  # v15, v26, v21, v38, v57, v75, v95, v96, v68, v81, v91, v126, v139, v132, v145, v60, v61, v64, v151, v147, v162, v165, v167, v198, v142, v65, v201, v58, v45, local_4, v45, v51, v52, v56, v70, v50, v76, v154, v59, v54, v149, v173, v177, v186, v192
     v43 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v44 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -4506,18 +4471,17 @@ def chunk_grad_k_2_bwd_kernel(
     v47 = (v45 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v48 = tl.sum((v47), axis=0)
     v46 = v45
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     v49 = (v43[:, None] * tl.exp((v48[None, :] - v46)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v51 = gate_eta
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v51)  # park
     v52 = (v49 * v51)
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v52)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v52)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v56 = k
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
     v70 = (v52 * v56)
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v70)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4547,7 +4511,7 @@ def chunk_grad_k_2_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = tl.exp(v45)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v50)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4562,10 +4526,10 @@ def chunk_grad_k_2_bwd_kernel(
         v57 = v39
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v50 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v72 = (v50 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v73 = tl.sum((v72), axis=0)
-    v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v83 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4660,9 +4624,9 @@ def chunk_grad_k_2_bwd_kernel(
     v129_c0 = (tl.sqrt(v89))
     v129 = ((-0.5) * v128 / (v129_c0 * ((tl.full((), 1e-06, DTYPE) + v129_c0) * (tl.full((), 1e-06, DTYPE) + v129_c0))))
     v130 = (v129 / (D * HID))
-    v52 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v76 = v52
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v76)  # park
     v140 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4677,12 +4641,12 @@ def chunk_grad_k_2_bwd_kernel(
         v68 = tl.load(scratch + 2 * HID * D + 3 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v140 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v76 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v141 = (v76 * v140)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v153 = (v141 + local_8)
     v154 = v153
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     v134 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4701,13 +4665,13 @@ def chunk_grad_k_2_bwd_kernel(
         v133 = (v125 * (v75 * v75) * tl.abs(v75) * tl.where(v75 > 0, 1.0, tl.where(v75 < 0, -1.0, 0.0)))
         v134 += tl.sum(tl.sum((v133), axis=1), axis=0)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v56 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = (v56 * v51)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v46 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4728,17 +4692,17 @@ def chunk_grad_k_2_bwd_kernel(
         v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
     v59 = v59 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = ((-1.0) + v50)
     v54 = (q * v53)
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v54)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v54)  # park
     v135_c0 = (tl.sqrt(v84))
     v135 = ((-0.5) * v134 / (v135_c0 * ((tl.full((), 1e-06, DTYPE) + v135_c0) * (tl.full((), 1e-06, DTYPE) + v135_c0))))
     v136 = (v135 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4751,7 +4715,7 @@ def chunk_grad_k_2_bwd_kernel(
         v145 = tl.dot(v70.to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 5 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v145)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4759,7 +4723,7 @@ def chunk_grad_k_2_bwd_kernel(
         v60 = tl.dot(v59.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 5 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v54 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v54 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4776,7 +4740,7 @@ def chunk_grad_k_2_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = v45
-    v46 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v67 = v46
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4799,7 +4763,7 @@ def chunk_grad_k_2_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -4816,7 +4780,7 @@ def chunk_grad_k_2_bwd_kernel(
         v64 = (v63 + v62)
         tl.store(scratch + 3 * HID * D + 7 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4848,7 +4812,7 @@ def chunk_grad_k_2_bwd_kernel(
         v162 = ((-1.0) * v161)
         tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v162)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4870,18 +4834,18 @@ def chunk_grad_k_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v167 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v168 += (tl.dot(v167.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v154 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v169 = (v154 + v168)
     v170 = tl.sum((v169), axis=1)
     v171 = (v170 / (D))
     v172 = ((-1.0) * v171)
     v173 = (v169 + v172[:, None])
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v173)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v173)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v175 = (2.0 * local_0 * v173)
     v176 = tl.sum((v175), axis=1)
     v177 = (v176 / (D))
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v177)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t, v177)  # park
     v29 = (local_0 * local_0)
     v30 = tl.sum((v29), axis=1)
     v31 = (v30 / (D))
@@ -4893,31 +4857,31 @@ def chunk_grad_k_2_bwd_kernel(
     v186_c0 = (local_1 * local_1)
     v186_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v186_c0)))
     v186 = (v185 * ((3.0 * v186_c1) + (3.0 * v186_c0 / (v186_c1))))
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v186)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v186)  # park
     v188 = ((-0.5) * local_0 * ln_weight[None, :] * v186 / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
     v189 = tl.sum((v188), axis=1)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v179 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v177[:, None] / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * (tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
     v180 = tl.sum((v179), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
-    v173 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v173 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v182 = ((-0.5) * ln_weight[None, :] * local_2 * v173 / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
     v183 = tl.sum((v182), axis=1)
     v190 = (v180 + v183 + v189)
     v191 = (v190 / (D))
     v192 = (2.0 * local_0 * v191[:, None])
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v192)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v186 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v186 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v187 = (ln_weight[None, :] * v186 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
     v34 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
     v35 = tl.sum((v34), axis=1)
     v36 = (v35 / (D))
-    v173 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v173 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v174 = (2.0 * v36[:, None] * v173)
-    v177 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v177 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     v178 = ((-0.5) * ln_weight[None, :] * local_2 * v177[:, None] / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v192 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v192 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v193 = (v174 + v178 + v187 + v192)
     v194 = ((-1.0) * v193)
     v195 = tl.sum((v194), axis=1)
@@ -4942,7 +4906,7 @@ def chunk_grad_k_2_bwd_kernel(
         v65 = (v65_c0 * (1.0 + tl.math.erf((v65_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 3 * HID * D + 15 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
-    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5009,7 +4973,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v43, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -5018,18 +4982,17 @@ def chunk_grad_v_0_bwd_kernel(
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5059,7 +5022,7 @@ def chunk_grad_v_0_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5073,10 +5036,10 @@ def chunk_grad_v_0_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5171,9 +5134,9 @@ def chunk_grad_v_0_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5187,12 +5150,12 @@ def chunk_grad_v_0_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5211,13 +5174,13 @@ def chunk_grad_v_0_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5238,17 +5201,17 @@ def chunk_grad_v_0_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5261,7 +5224,7 @@ def chunk_grad_v_0_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5269,7 +5232,7 @@ def chunk_grad_v_0_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5286,7 +5249,7 @@ def chunk_grad_v_0_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5309,7 +5272,7 @@ def chunk_grad_v_0_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -5326,7 +5289,7 @@ def chunk_grad_v_0_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5358,7 +5321,7 @@ def chunk_grad_v_0_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5379,7 +5342,7 @@ def chunk_grad_v_0_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))
@@ -5435,7 +5398,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v43, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -5444,18 +5407,17 @@ def chunk_grad_v_1_bwd_kernel(
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5485,7 +5447,7 @@ def chunk_grad_v_1_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5499,10 +5461,10 @@ def chunk_grad_v_1_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5597,9 +5559,9 @@ def chunk_grad_v_1_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5613,12 +5575,12 @@ def chunk_grad_v_1_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5637,13 +5599,13 @@ def chunk_grad_v_1_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5664,17 +5626,17 @@ def chunk_grad_v_1_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5687,7 +5649,7 @@ def chunk_grad_v_1_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5695,7 +5657,7 @@ def chunk_grad_v_1_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5712,7 +5674,7 @@ def chunk_grad_v_1_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5735,7 +5697,7 @@ def chunk_grad_v_1_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -5752,7 +5714,7 @@ def chunk_grad_v_1_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5784,7 +5746,7 @@ def chunk_grad_v_1_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5805,7 +5767,7 @@ def chunk_grad_v_1_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))
@@ -5858,7 +5820,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV)  # v15, v26, v44, v47, v48, v52, v55, v45, v36, v56, local_4, causal, v45, v36, v37, v46, v41, v53, v54
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV)  # v15, v26, v44, v47, v48, v52, v55, v45, v36, v56, local_4, causal, v45, v36, v46, v41, v53, v54
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -5871,7 +5833,6 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v36 = tl.cumsum(v35, axis=0, reverse=False)
     tl.store(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v37 = v36
-    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v37)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v36 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v45 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -5895,7 +5856,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5929,7 +5890,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
-    tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5943,7 +5904,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v44 = v33
         tl.store(scratch + HID * D + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5951,7 +5912,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5969,11 +5930,11 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v36 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v36
-    tl.store(scratch + HID * D + 6 * C * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = v37
-    tl.store(scratch + HID * D + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v54)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6000,8 +5961,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v52 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v56 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + HID * D + 6 * C * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v54 = tl.load(scratch + HID * D + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v56)
     tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -6067,7 +6028,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, v45, v36, local_4, v72, causal, v45, v36, v41, v37, v46, v52, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, v45, v36, local_4, v72, causal, v45, v36, v41, v46, v52, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -6130,8 +6091,6 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v36
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v37)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v36)
@@ -6153,16 +6112,16 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v52 = v36
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v52)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = v37
-    v52 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v52 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -6184,7 +6143,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -6205,7 +6164,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6231,7 +6190,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6263,7 +6222,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v71 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -6328,7 +6287,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 2 * C * BV + 2 * C * C)  # v15, v30, v21, v55, v74, v93, v94, v67, v79, v89, v124, v130, v58, v59, v62, v151, v146, v158, v56, v43, local_4, v43, v44, v49, v54, v69, v48, v144, v57, v52, v65, v149, v160
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + 2 * C * C)  # v15, v30, v21, v55, v74, v93, v94, v67, v79, v89, v124, v130, v58, v59, v62, v151, v146, v158, v56, v43, local_4, v43, v49, v54, v69, v48, v144, v57, v52, v65, v149, v160
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -6337,17 +6296,16 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v54 = k
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v54)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v54)  # park
     v69 = (v50 * v54)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6377,7 +6335,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6391,10 +6349,10 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v55 = v37
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v55)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v71 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v72 = tl.sum((v71), axis=0)
-    v69 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6537,15 +6495,15 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v139 = v138
     v143 = (v139 + v142)
     v144 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v143[None, :])
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v144)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v54 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v54 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = (v54 * v49)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v56)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6566,14 +6524,14 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v57 += tl.where(tl.arange(0, C)[None, :] == v57_p[:, None], v57_d[:, None], 0.0)
     v57 = v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v57)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v51 = ((-1.0) + v48)
     v52 = (q * v51)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v52)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v57 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6581,7 +6539,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6598,11 +6556,11 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v65 = v43
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v66 = v44
-    v65 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -6624,7 +6582,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -6641,7 +6599,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v62 = (v61 + v60)
         tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
     tl.debug_barrier()
-    v149 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v149 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6682,7 +6640,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v160 = (q * v159)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v160)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v160)  # park
     v64 = tl.zeros((C, BV), DTYPE)
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6702,8 +6660,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v154 = (v147 * v64)
     v155 = v154
     tl.debug_barrier()  # parked tiles other threads stored
-    v144 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v160 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v160 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v161 = (v144 + v155 + v160)
     v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v162 = (v161 * tl.exp(v43))
@@ -6747,7 +6705,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 6 * C * D + C * BV)  # v22, v44, v53, v72, v73, v45, v58, v68, v103, v109, v33, v35, v36, v41, v43, v48, v46, v119
+    scratch = scratch_ptr + slot * (3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + C * BV)  # v22, v44, v53, v72, v73, v45, v58, v68, v103, v109, v33, v35, v41, v43, v48, v46, v119
     v33 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + offs_s, v33)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -6757,17 +6715,16 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v37 = (v35 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v38 = tl.sum((v37), axis=0)
     v36 = v35
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + C * D + offs_s[:, None] * D + offs_i[None, :], v36)  # park
     v39 = (v33[:, None] * tl.exp((v38[None, :] - v36)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = gate_eta
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + C * D + offs_s[:, None] * D + offs_i[None, :], v41)  # park
     v42 = (v39 * v41)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v42 * v43)
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6810,7 +6767,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v40 = tl.exp(v35)  # cumulative decay in the chunk
     v50 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v51 = tl.sum((v50), axis=0)
-    v48 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v60 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6907,7 +6864,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v107 = (v106 / (D * HID))
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v46 = local_3
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v46)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + offs_s[:, None] * D + offs_o[None, :], v46)  # park
     v117 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6921,10 +6878,10 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v45 = tl.load(scratch + 2 * C * HID + HID * D + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v117 += tl.dot(v45.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v46 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v118 = (v46 * v117)
     v119 = v118
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v119)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v119)  # park
     v111 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6958,14 +6915,14 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v121 = ((-1.0) * v120)
         v44 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v122 += tl.dot(v44.to(DOT_DTYPE), v121.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v43 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v123 = (v43 * v122)
-    v119 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v119 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v128 = (v119 + v123)
-    v41 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v129 = (v41 * v128)
     v33 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + offs_s)  # parked
-    v36 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v130 = (v33[:, None] * v129 * tl.exp((v38[None, :] - v36)))
     v131 = tl.sum((v130), axis=0)
     v132 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v131[None, :])
@@ -7009,7 +6966,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 14 * C * D + 5 * C * BV + 5 * C * C + C)  # v15, v26, v21, v51, v71, v90, v91, v62, v76, v86, v121, v127, v54, v55, v58, v149, v143, v156, v52, v39, local_4, q, v157, causal, v64, local_7, v37, v39, v40, v45, v50, v66, v44, v63, v137, v162, v52, v53, v48, v60, v61, v145, v159
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 5 * C * C + C)  # v15, v26, v21, v51, v71, v90, v91, v62, v76, v86, v121, v127, v54, v55, v58, v149, v143, v156, v52, v39, local_4, q, v157, causal, v64, local_7, v37, v39, v45, v50, v66, v44, v63, v137, v162, v52, v53, v48, v60, v61, v145, v159
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s, v37)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -7019,17 +6976,16 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v41 = (v39 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v42 = tl.sum((v41), axis=0)
     v40 = v39
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v40)  # park
     v43 = (v37[:, None] * tl.exp((v42[None, :] - v40)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v45 = gate_eta
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     v46 = (v43 * v45)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = k
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v66 = (v46 * v50)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7059,7 +7015,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.exp(v39)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7073,10 +7029,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v51 = v33
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v44 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7173,7 +7129,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v125 = (v124 / (D * HID))
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v63 = local_3
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v63)  # park
     v135 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7187,10 +7143,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v62 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v136 = (v63 * v135)
     v137 = v136
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v137)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v137)  # park
     v129 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7224,26 +7180,26 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v139 = ((-1.0) * v138)
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v140 += tl.dot(v51.to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v141 = (v50 * v140)
-    v137 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v137 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v160 = (v137 + v141)
-    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v161 = (v45 * v160)
     v37 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s)  # parked
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v162 = ((-1.0) * v37[:, None] * v161 * tl.exp((v42[None, :] - v40)))
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v162)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v162)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = (v50 * v45)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v52)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v39)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7264,14 +7220,14 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v53 += tl.where(tl.arange(0, C)[None, :] == v53_p[:, None], v53_d[:, None], 0.0)
     v53 = v53 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = ((-1.0) + v44)
     v48 = (q * v47)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7279,7 +7235,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7296,13 +7252,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v60 = v39
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v61 = v40
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v61)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -7324,7 +7280,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v145 += tl.where(tl.arange(0, C)[None, :] == v145_p[:, None], v145_d[:, None], 0.0)
     v145 = v145 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v145)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 5 * C * BV + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v145)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -7341,7 +7297,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v58 = (v57 + v56)
         tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v145 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v145 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 5 * C * BV + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7383,7 +7339,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v157)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -7405,9 +7361,9 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v158_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v158_p[:, None] * D + tl.arange(0, D)[None, :])
         v158 += v158_x * v158_y[:, None] * v158_m[:, None] * tl.exp(tl.minimum(v158_a - v40, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v159 = ((-1.0) * v52 * v158)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v159)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 5 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v159)  # park
     v64 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7418,8 +7374,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v62 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v64 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v64)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
@@ -7444,8 +7400,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v147 = ((-1.0) * local_4 * v146)
     v150 = v147
-    v159 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v162 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 5 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v162 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v163 = (v150 + v159 + v162)
     v164 = v163
     v165 = tl.cumsum(v164, axis=0, reverse=True)
@@ -7488,7 +7444,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 6 * C * D + 3 * C * BV + 3 * C * C)  # v15, v26, v44, v47, v48, v52, v55, v45, v36, local_7, v57, causal, v45, v36, v37, v46, v41, v53, v54
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C)  # v15, v26, v44, v47, v48, v52, v55, v45, v36, local_7, v57, causal, v45, v36, v46, v41, v53, v54
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -7501,7 +7457,6 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v36 = tl.cumsum(v35, axis=0, reverse=False)
     tl.store(scratch + HID * D + 6 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v37 = v36
-    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v37)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v45 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
@@ -7524,7 +7479,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7558,7 +7513,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
-    tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7571,7 +7526,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v44 = v33
         tl.store(scratch + HID * D + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7579,7 +7534,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7597,11 +7552,11 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v36 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v36
-    tl.store(scratch + HID * D + 6 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = v37
-    tl.store(scratch + HID * D + 6 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7628,8 +7583,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v52 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + HID * D + 6 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v54 = tl.load(scratch + HID * D + 6 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
     tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v57)
@@ -7693,7 +7648,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, v45, v36, local_4, v72, q, causal, v43, v36, v41, v37, v46, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, v45, v36, local_4, v72, q, causal, v43, v36, v41, v46, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
@@ -7757,7 +7712,6 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v45 = (v43 * v39)
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v36
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v37)  # park
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v36)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7778,7 +7732,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -7805,7 +7759,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -7826,7 +7780,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7852,7 +7806,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7886,7 +7840,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -8359,7 +8313,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV)  # v15, v30, v21, v48, v51, v52, v56, v49, v40, v64, local_4, causal, v49, v40, v41, v50, v42, v45, v58, v60, v61, v62, v67, v68
+    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 7 * C * BV)  # v15, v30, v21, v48, v51, v52, v56, v49, v40, v64, local_4, causal, v49, v40, v50, v42, v45, v58, v60, v61, v62, v67, v68
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v47 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -8372,7 +8326,6 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v41 = v40
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v49 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v49)
@@ -8395,7 +8348,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v50 += tl.where(tl.arange(0, C)[None, :] == v50_p[:, None], v50_d[:, None], 0.0)
     v50 = v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v50)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v50)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8425,12 +8378,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v40 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v42 = tl.exp(v40)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = ((-1.0) + v42)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v45 = (q * v44)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8444,7 +8397,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v48 = v37
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v50 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v50 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8452,7 +8405,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v51 = tl.dot(v50.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v45 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8467,10 +8420,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v42 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v57 = v42
     v58 = ((-1.0) + v57)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8492,18 +8445,18 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v56 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v59 += tl.dot(v56.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v58 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = (v58 * v59)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = v40
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v61)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v62 = v41
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     v64 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8515,8 +8468,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v56 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v64 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v64)
     tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -8539,9 +8492,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v66_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v66_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v66 += v66_x[:, None] * v66_y * v66_m[:, None] * tl.exp(tl.minimum(v61 - v66_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = (v60 - v66)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v67)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v67)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8552,9 +8505,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v67 * v29)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8563,7 +8516,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v69 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v70 = (v69 + v68)
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
@@ -8611,7 +8564,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v43, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -8620,18 +8573,17 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8661,7 +8613,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8675,10 +8627,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8773,9 +8725,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8789,12 +8741,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8813,13 +8765,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -8840,17 +8792,17 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8863,7 +8815,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8871,7 +8823,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8888,7 +8840,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -8911,7 +8863,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -8928,7 +8880,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8960,7 +8912,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8981,7 +8933,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))
@@ -9033,7 +8985,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v43, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -9042,18 +8994,17 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9083,7 +9034,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9097,10 +9048,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9195,9 +9146,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9211,12 +9162,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9235,13 +9186,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -9262,17 +9213,17 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9285,7 +9236,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9293,7 +9244,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9310,7 +9261,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9333,7 +9284,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -9350,7 +9301,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9382,7 +9333,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9403,7 +9354,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))
@@ -9452,7 +9403,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v43, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -9461,18 +9412,17 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9502,7 +9452,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9516,10 +9466,10 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9614,9 +9564,9 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9630,12 +9580,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9654,13 +9604,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -9681,17 +9631,17 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9704,7 +9654,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9712,7 +9662,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9729,7 +9679,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9752,7 +9702,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -9769,7 +9719,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9801,7 +9751,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9822,7 +9772,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))
@@ -9957,7 +9907,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v43, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -9966,18 +9916,17 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10007,7 +9956,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10021,10 +9970,10 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10119,9 +10068,9 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10135,12 +10084,12 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10159,13 +10108,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -10186,17 +10135,17 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10209,7 +10158,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10217,7 +10166,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10234,7 +10183,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -10257,7 +10206,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -10274,7 +10223,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10306,7 +10255,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10327,7 +10276,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))

@@ -45,7 +45,6 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'o'],
                                        ['t'],
                                        ['t'],
-                                       ['s'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['s'],
@@ -92,7 +91,6 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'h'],
                                        ['t', 'o'],
                                        ['t', 'o'],
-                                       ['s', 'o'],
                                        ['t'],
                                        ['t', 'u'],
                                        ['t', 's'],
@@ -150,7 +148,6 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t'],
                                        ['t'],
                                        ['t', 'i'],
-                                       ['s'],
                                        ['t', 'u'],
                                        ['t'],
                                        ['t'],
@@ -158,7 +155,6 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'i'],
                                        ['s', 'i'],
                                        ['t', 's'],
-                                       ['s'],
                                        ['s'],
                                        ['s', 'u'],
                                        ['t', 's'],
@@ -276,10 +272,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['h', 'i'],
                                           ['t'],
-                                          ['s'],
                                           ['t', 'u'],
                                           ['t'],
-                                          ['s'],
                                           ['s'],
                                           ['s', 'u'],
                                           ['t', 's'],
@@ -315,10 +309,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['o', 'h'],
                                           ['t'],
-                                          ['s'],
                                           ['t', 'u'],
                                           ['t'],
-                                          ['s'],
                                           ['s'],
                                           ['s', 'u'],
                                           ['t', 's'],
@@ -413,10 +405,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['o', 'h'],
                                           ['t'],
-                                          ['s'],
                                           ['t', 'u'],
                                           ['t'],
-                                          ['s'],
                                           ['s'],
                                           ['s', 'u'],
                                           ['t', 's'],
@@ -457,10 +447,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['o', 'h'],
                                           ['t'],
-                                          ['s'],
                                           ['t', 'u'],
                                           ['t'],
-                                          ['s'],
                                           ['s'],
                                           ['s', 'u'],
                                           ['t', 's'],
@@ -534,7 +522,6 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t'],
-                                                   ['s'],
                                                    ['t', 'u'],
                                                    ['t'],
                                                    ['s', 'u'],
@@ -576,7 +563,6 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'i'],
                                                    ['t'],
                                                    ['t', 'i'],
-                                                   ['s'],
                                                    ['u'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -618,10 +604,8 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['t', 'h'],
                                                  ['h', 'i'],
                                                  ['t'],
-                                                 ['s'],
                                                  ['t', 'u'],
                                                  ['t'],
-                                                 ['s'],
                                                  ['t', 's'],
                                                  ['s', 'i'],
                                                  ['t', 's'],
@@ -692,10 +676,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['h', 'i'],
                                                    ['t'],
-                                                   ['s'],
                                                    ['t', 'u'],
                                                    ['t'],
-                                                   ['s'],
                                                    ['s'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
@@ -727,10 +709,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['h', 'i'],
                                                    ['h', 'i'],
                                                    ['t'],
-                                                   ['s'],
                                                    ['t', 'u'],
                                                    ['t'],
-                                                   ['s'],
                                                    ['s'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
@@ -794,10 +774,8 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['s', 'h'],
                                                   ['o', 'h'],
                                                   ['t'],
-                                                  ['s'],
                                                   ['t', 'u'],
                                                   ['t'],
-                                                  ['s'],
                                                   ['s'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
@@ -838,10 +816,8 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['s', 'h'],
                                                   ['o', 'h'],
                                                   ['t'],
-                                                  ['s'],
                                                   ['t', 'u'],
                                                   ['t'],
-                                                  ['s'],
                                                   ['s'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
@@ -882,10 +858,8 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['s', 'h'],
                                                   ['o', 'h'],
                                                   ['t'],
-                                                  ['s'],
                                                   ['t', 'u'],
                                                   ['t'],
-                                                  ['s'],
                                                   ['s'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
@@ -934,10 +908,8 @@ DESCRIPTION = {'spec': 'titans',
                                                 ['s', 'h'],
                                                 ['o', 'h'],
                                                 ['t'],
-                                                ['s'],
                                                 ['t', 'u'],
                                                 ['t'],
-                                                ['s'],
                                                 ['s'],
                                                 ['s', 'u'],
                                                 ['t', 's'],
@@ -1034,7 +1006,7 @@ def chunk_state_fwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * BV + 5 * C + C * D)  # v12, v13, v70, v73, v71, v82, v18, v52, v43, v44, v69, v87, v68, v92, v58
+        scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * BV + 4 * C + C * D)  # v12, v13, v70, v73, v71, v82, v18, v52, v43, v69, v87, v68, v92, v58
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1098,23 +1070,22 @@ def chunk_state_fwd_kernel(
         v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v47 = tl.sum((v46), axis=0)
         v44 = v43
-        tl.store(scratch + 6 * C * HID + C * BV + 2 * C + offs_s, v44)  # park
         v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
         v65 = v48
         v66 = (v61 * v65[None, :])
         v67 = tl.sum((v66), axis=1)
         v69 = k
-        tl.store(scratch + 6 * C * HID + C * BV + 3 * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+        tl.store(scratch + 6 * C * HID + C * BV + 2 * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
         v72 = v35
         v87 = (v72 * v67[:, None])
-        tl.store(scratch + 6 * C * HID + C * BV + 3 * C + C * D + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+        tl.store(scratch + 6 * C * HID + C * BV + 2 * C + C * D + offs_s[:, None] * D + offs_o[None, :], v87)  # park
         v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
         v68 = (v57 * v50)
-        tl.store(scratch + 6 * C * HID + 2 * C * BV + 3 * C + C * D + offs_s, v68)  # park
+        tl.store(scratch + 6 * C * HID + 2 * C * BV + 2 * C + C * D + offs_s, v68)  # park
         v92 = (v72 * v68[:, None])
-        tl.store(scratch + 6 * C * HID + 2 * C * BV + 4 * C + C * D + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+        tl.store(scratch + 6 * C * HID + 2 * C * BV + 3 * C + C * D + offs_s[:, None] * D + offs_o[None, :], v92)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1134,16 +1105,16 @@ def chunk_state_fwd_kernel(
         v76 = tl.sum((v75), axis=0)
         v52 = tl.load(scratch + 6 * C * HID + C * BV + offs_t)  # parked
         v58 = tl.exp(v52)  # cumulative decay in the chunk
-        tl.store(scratch + 6 * C * HID + 3 * C * BV + 4 * C + C * D + offs_t, v58)  # park
+        tl.store(scratch + 6 * C * HID + 3 * C * BV + 3 * C + C * D + offs_t, v58)  # park
         v62 = v58
         tl.debug_barrier()  # parked tiles other threads stored
-        v44 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C + offs_s)  # parked
+        v44 = tl.load(scratch + 6 * C * HID + C * BV + C + offs_s)  # parked
         v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
         v63 = (v59 * v62[None, :])
         v64 = tl.sum((v63), axis=1)
         v78 = (v64 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v79 = tl.sum((v78), axis=0)
-        v69 = tl.load(scratch + 6 * C * HID + C * BV + 3 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v69 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1160,8 +1131,8 @@ def chunk_state_fwd_kernel(
             v71 = v13
             tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v71)
         tl.debug_barrier()
-        v68 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 3 * C + C * D + offs_s)  # parked
-        v87 = tl.load(scratch + 6 * C * HID + C * BV + 3 * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v68 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 2 * C + C * D + offs_s)  # parked
+        v87 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1178,10 +1149,10 @@ def chunk_state_fwd_kernel(
             v82 = (v70 * v68[:, None])
             tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         tl.debug_barrier()
-        v58 = tl.load(scratch + 6 * C * HID + 3 * C * BV + 4 * C + C * D + offs_t)  # parked
+        v58 = tl.load(scratch + 6 * C * HID + 3 * C * BV + 3 * C + C * D + offs_t)  # parked
         v84 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v85 = tl.sum((v84), axis=0)
-        v69 = tl.load(scratch + 6 * C * HID + C * BV + 3 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v69 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1192,7 +1163,7 @@ def chunk_state_fwd_kernel(
             tl.store(starts_s1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(starts_s1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(final_s1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
         tl.debug_barrier()
-        v92 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 4 * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v92 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 3 * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1446,7 +1417,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 3 * C * BV + 3 * C + 3 * C * C + 2 * C * D)  # v12, v13, v76, v79, v73, v81, v82, v18, v35, v88, v43, v59, v62, v78, v65, v72, v49, v70
+    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + 2 * C * D)  # v12, v13, v76, v79, v73, v81, v82, v18, v35, v43, v59, v62, v78, v65, v72, v49, v70
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1499,7 +1470,6 @@ def chunk_local_bwd_kernel(
     tl.store(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v88 = v35
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v88.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
@@ -1517,7 +1487,7 @@ def chunk_local_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + offs_t, v43)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + offs_t, v43)  # park
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v44 = v43
@@ -1528,29 +1498,29 @@ def chunk_local_bwd_kernel(
     v105 = (v88 * v68[:, None])
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v105.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + C + offs_t[:, None] * C + offs_u[None, :], v59)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 7 * C * HID + 3 * C * BV + C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v59 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + C + 3 * C * C + offs_t, v65)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + 3 * C * C + offs_t, v65)  # park
     v72 = (q * v65[:, None])
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 7 * C * HID + 3 * C * BV + offs_t)  # parked
+    v43 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_t)  # parked
     v49 = tl.exp(v43)  # cumulative decay in the chunk
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + 2 * C + 3 * C * C + C * D + offs_t, v49)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + C * D + offs_t, v49)  # park
     v70 = (q * v49[:, None])
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1564,7 +1534,7 @@ def chunk_local_bwd_kernel(
         v76 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v76)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 7 * C * HID + 3 * C * BV + C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v78 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1572,7 +1542,7 @@ def chunk_local_bwd_kernel(
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v72 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1580,8 +1550,8 @@ def chunk_local_bwd_kernel(
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 2 * C + 3 * C * C + C * D + offs_t)  # parked
-    v70 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + C * D + offs_t)  # parked
+    v70 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1597,7 +1567,7 @@ def chunk_local_bwd_kernel(
         v82 = (v81 * v49[:, None])
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
-    v65 = tl.load(scratch + 7 * C * HID + 3 * C * BV + C + 3 * C * C + offs_t)  # parked
+    v65 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + 3 * C * C + offs_t)  # parked
     v86 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1617,9 +1587,9 @@ def chunk_local_bwd_kernel(
         v87 = v13
         v81 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.load(scratch + 7 * C * HID + 3 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v88 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 7 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
     v93 = tl.sum((v92), axis=1)
@@ -1645,10 +1615,10 @@ def chunk_local_bwd_kernel(
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v116.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
     v117 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v116.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.store(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v117.to(local_8_ptr.dtype.element_ty), mask=nv > 0)
-    v65 = tl.load(scratch + 7 * C * HID + 3 * C * BV + C + 3 * C * C + offs_t)  # parked
+    v65 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + 3 * C * C + offs_t)  # parked
     v118 = (v115 * v65[:, None])
     tl.store(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v118.to(local_9_ptr.dtype.element_ty), mask=nv > 0)
-    v49 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 2 * C + 3 * C * C + C * D + offs_t)  # parked
+    v49 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + C * D + offs_t)  # parked
     v119 = (v115 * v49[:, None])
     tl.store(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v119.to(local_10_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -1699,7 +1669,7 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (6 * HID * D + 26 * C * HID + 7 * BV * HID + 13 * C + 5 * C * D + 6 * C * C + 8 * C * BV)  # v104, v59, v62, v12, v24, v64, v68, v13, v72, v112, v119, v125, v131, v99, v101, v102, v106, v126, v129, v132, v86, v90, v91, v97, v69, v117, v87, v94, v133, v168, v93, v70, v123, v134, v98, v103, v85, v92, v71, v31, v37, v58, v32, v47, v40, v46, v53, v60, v63, v65, v41, v38, v49, v50, v66, v111, v57, v100, v56, v105, v88, v115, v140, v18, v141, v144, v145, v152, v153, v147, v163
+        scratch = scratch_ptr + slot * (6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 8 * C * BV)  # v104, v59, v62, v12, v24, v64, v68, v13, v72, v112, v119, v125, v131, v99, v101, v102, v106, v126, v129, v132, v86, v90, v91, v97, v69, v117, v87, v94, v133, v168, v93, v70, v123, v134, v98, v103, v85, v92, v71, v31, v37, v58, v47, v40, v46, v53, v60, v63, v65, v38, v49, v50, v66, v111, v57, v100, v56, v105, v88, v115, v140, v18, v141, v144, v145, v152, v153, v147, v163
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v30 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v31 = tl.cumsum(v30, axis=0, reverse=False)
@@ -1712,78 +1682,76 @@ def chunk_state_bwd_kernel(
         v58 = (q * v37[:, None])
         tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C + offs_t[:, None] * D + offs_i[None, :], v58)  # park
         v32 = v31
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C + C * D + offs_s, v32)  # park
         v47 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v31[:, None] - v32[None, :])))))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C + C * D + offs_t[:, None] * C + offs_u[None, :], v47)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C + C * D + offs_t[:, None] * C + offs_u[None, :], v47)  # park
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
         v40 = tl.cumsum(v39, axis=0, reverse=False)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C + C * D + C * C + offs_t, v40)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C + C * D + C * C + offs_t, v40)  # park
         v46 = tl.exp(v40)  # cumulative decay in the chunk
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 4 * C + C * D + C * C + offs_t, v46)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C + C * D + C * C + offs_t, v46)  # park
         v51 = v46
         v52 = (v47 * v51[None, :])
         v53 = tl.sum((v52), axis=1)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + C * D + C * C + offs_t, v53)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 4 * C + C * D + C * C + offs_t, v53)  # park
         v60 = (q * v53[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v63 = k
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
         v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
         v41 = v40
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 2 * C * C + offs_s, v41)  # park
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v38 = gate_eta
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 7 * C + 3 * C * D + 2 * C * C + offs_s, v38)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + 3 * C * D + 2 * C * C + offs_s, v38)  # park
         v49 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :]))))) * v38[None, :])))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :], v49)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :], v49)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v47 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+        v47 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
         v50 = tl.dot(v47.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v50)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v50)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v65 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v65 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v66 = (v65 * v50)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v109 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()  # parked tiles other threads stored
-        v50 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v50 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v111 = (v50 * v109)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v111)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v111)  # park
         local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         tl.debug_barrier()  # parked tiles other threads stored
-        v40 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C + C * D + C * C + offs_t)  # parked
+        v40 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C + C * D + C * C + offs_t)  # parked
         v43 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v44 = tl.sum((v43), axis=0)
-        v41 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 2 * C * C + offs_s)  # parked
+        v41 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C + C * D + C * C + offs_s)  # parked
         v45 = (v29 * tl.exp((v44 - v41)))  # decay from token s to the chunk's end
-        v38 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 7 * C + 3 * C * D + 2 * C * C + offs_s)  # parked
+        v38 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + 3 * C * D + 2 * C * C + offs_s)  # parked
         v57 = (v45 * v38)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 6 * C * C + offs_s, v57)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 6 * C * C + offs_s, v57)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v63 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v63 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v100 = (v63 * v57[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 7 * C + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v100)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v31 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + offs_t)  # parked
         v34 = (v31 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v35 = tl.sum((v34), axis=0)
-        v32 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 2 * C + C * D + offs_s)  # parked
+        v32 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + offs_s)  # parked
         v36 = (v29 * tl.exp((v35 - v32)))  # decay from token s to the chunk's end
         v54 = v36
-        v49 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+        v49 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
         v55 = (v49 * v54[None, :])
         v56 = tl.sum((v55), axis=1)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 4 * C * D + 6 * C * C + offs_s, v56)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 7 * C + 4 * C * D + 6 * C * C + offs_s, v56)  # park
         v105 = (v63 * v56[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v105)  # park
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -1801,7 +1769,7 @@ def chunk_state_bwd_kernel(
             v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v59)
         tl.debug_barrier()
-        v60 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v60 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1833,7 +1801,7 @@ def chunk_state_bwd_kernel(
             v64 = v25
             tl.store(scratch + HID * D + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
         tl.debug_barrier()
-        v66 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v66 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1849,7 +1817,7 @@ def chunk_state_bwd_kernel(
             v72 = v13
             tl.store(scratch + HID * D + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
         tl.debug_barrier()
-        v111 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v111 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1890,7 +1858,7 @@ def chunk_state_bwd_kernel(
             v99 = ((-1.0) * d_new_s1)
             tl.store(scratch + 2 * HID * D + 11 * C * HID + offs_h[:, None] * D + offs_i[None, :], v99)
         tl.debug_barrier()
-        v100 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v100 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 7 * C + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1901,7 +1869,7 @@ def chunk_state_bwd_kernel(
             v102 = ((-1.0) * d_new_w1)
             tl.store(scratch + 3 * HID * D + 12 * C * HID + offs_h[:, None] * D + offs_i[None, :], v102)
         tl.debug_barrier()
-        v105 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v105 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1912,7 +1880,7 @@ def chunk_state_bwd_kernel(
             v126 = ((-1.0) * v125)
             tl.store(scratch + 4 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v126)
         tl.debug_barrier()
-        v66 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v66 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1958,8 +1926,8 @@ def chunk_state_bwd_kernel(
             v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 4 * HID * D + 18 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
         tl.debug_barrier()
-        v57 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 6 * C * C + offs_s)  # parked
-        v111 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v57 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 6 * C * C + offs_s)  # parked
+        v111 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1974,7 +1942,7 @@ def chunk_state_bwd_kernel(
             v87 = (v72 * v57[:, None])
             tl.store(scratch + 4 * HID * D + 20 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
         tl.debug_barrier()
-        v56 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 4 * C * D + 6 * C * C + offs_s)  # parked
+        v56 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 7 * C + 4 * C * D + 6 * C * C + offs_s)  # parked
         v88 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1986,7 +1954,7 @@ def chunk_state_bwd_kernel(
             v94 = (v72 * v56[:, None])
             tl.store(scratch + 4 * HID * D + 21 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v94)
         tl.debug_barrier()
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
         v95 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1995,11 +1963,11 @@ def chunk_state_bwd_kernel(
             v91 = tl.load(scratch + 4 * HID * D + 17 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v95 += tl.dot(v94.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
-        v88 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v88 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v114 = (v88 + v95 + local_8)
         v115 = v114
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
         v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2012,18 +1980,18 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v135 += (tl.dot(v133.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()
-        v115 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v136 = (v115 + v135)
         v137 = tl.sum((v136), axis=1)
         v138 = (v137 / (D))
         v139 = ((-1.0) * v138)
         v140 = (v136 + v139[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v140)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v140)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v16 = (local_0 * local_0)
         v17 = tl.sum((v16), axis=1)
         v18 = (v17 / (D))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t, v18)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t, v18)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2031,56 +1999,56 @@ def chunk_state_bwd_kernel(
         v21 = tl.sum((v20), axis=1)
         v22 = (v21 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v141 = (2.0 * v22[:, None] * v140)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
         v142 = (2.0 * local_0 * v140)
         v143 = tl.sum((v142), axis=1)
         v144 = (v143 / (D))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t, v144)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t, v144)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-        v18 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t)  # parked
+        v18 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t)  # parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v145 = ((-0.5) * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
         v148 = ((-0.5) * local_0 * ln_weight[None, :] * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v151 = (ln_weight[None, :] * v140 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v152 = (v148 + v151)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
         v153 = (ln_weight[None, :] * v152 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v144 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t)  # parked
+        v144 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t)  # parked
         v146 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * (tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v147 = tl.sum((v146), axis=1)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t, v147)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t, v147)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v149 = ((-0.5) * ln_weight[None, :] * local_1 * v140 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v150 = tl.sum((v149), axis=1)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v152 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v152 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v154 = ((-0.5) * local_0 * ln_weight[None, :] * v152 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
         v155 = tl.sum((v154), axis=1)
-        v147 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t)  # parked
+        v147 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t)  # parked
         v156 = (v147 + v150 + v155)
         v157 = (v156 / (D))
         v158 = (2.0 * local_0 * v157[:, None])
-        v141 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v145 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v153 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 12 * C + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v141 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v145 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v153 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v159 = (v141 + v145 + v153 + v158)
         v160 = ((-1.0) * v159)
         v161 = tl.sum((v160), axis=1)
         v162 = (v161 / (D))
         v163 = (v159 + v162[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 13 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v163)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v163)  # park
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2132,13 +2100,13 @@ def chunk_state_bwd_kernel(
             v134 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 4 * HID * D + 25 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v134)
         tl.debug_barrier()
-        v53 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + C * D + C * C + offs_t)  # parked
+        v53 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 4 * C + C * D + C * C + offs_t)  # parked
         v76 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v77 = tl.sum((v76), axis=0)
-        v46 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 4 * C + C * D + C * C + offs_t)  # parked
+        v46 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C + C * D + C * C + offs_t)  # parked
         v78 = (v46 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v79 = tl.sum((v78), axis=0)
-        v163 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 13 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v163 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2157,8 +2125,8 @@ def chunk_state_bwd_kernel(
             v103 = (v77 * d_new_w1)
             tl.store(scratch + 5 * HID * D + 25 * C * HID + 5 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v103)
         tl.debug_barrier()
-        v53 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + C * D + C * C + offs_t)  # parked
-        v60 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 6 * C + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v53 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 4 * C + C * D + C * C + offs_t)  # parked
+        v60 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 5 * C + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2793,58 +2761,56 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + 5 * C + 5 * C * C + 4 * C * D)  # v12, v57, v60, v54, v61, v62, v82, v84, v89, v72, v71, v24, v25, v40, v33, v34, v31, v42, v43, v59, v53, v51, v81, v92, v76
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + 3 * C + 5 * C * C + 4 * C * D)  # v12, v57, v60, v54, v61, v62, v82, v84, v89, v72, v71, v24, v40, v33, v31, v42, v43, v59, v53, v51, v81, v92, v76
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
     tl.store(scratch + 10 * C * HID + HID * D + offs_t, v24)  # park
     v25 = v24
-    tl.store(scratch + 10 * C * HID + HID * D + C + offs_s, v25)  # park
     v40 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
-    tl.store(scratch + 10 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :], v40)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + C + offs_t[:, None] * C + offs_u[None, :], v40)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v33 = tl.cumsum(v32, axis=0, reverse=False)
-    tl.store(scratch + 10 * C * HID + HID * D + 2 * C + C * C + offs_t, v33)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + C + C * C + offs_t, v33)  # park
     v34 = v33
-    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + C * C + offs_s, v34)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v31 = gate_eta
-    tl.store(scratch + 10 * C * HID + HID * D + 4 * C + C * C + offs_s, v31)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 2 * C + C * C + offs_s, v31)  # park
     v42 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
-    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v42)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v42)  # park
     v43 = tl.dot(v40.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v43)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v56 = k
     v58 = tl.dot(q.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v59 = (v58 * v43)
-    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v33 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C + C * C + offs_t)  # parked
+    v33 = tl.load(scratch + 10 * C * HID + HID * D + C + C * C + offs_t)  # parked
     v39 = tl.exp(v33)  # cumulative decay in the chunk
     v44 = v39
-    v40 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v40 = tl.load(scratch + 10 * C * HID + HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v45 = (v40 * v44[None, :])
     v46 = tl.sum((v45), axis=1)
     v53 = (q * v46[:, None])
-    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v24 = tl.load(scratch + 10 * C * HID + HID * D + offs_t)  # parked
     v30 = tl.exp(v24)  # cumulative decay in the chunk
     v51 = (q * v30[:, None])
-    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v81 = (v43 * v79)
-    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2866,7 +2832,7 @@ def chunk_grad_k_0_bwd_kernel(
         v57 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2874,7 +2840,7 @@ def chunk_grad_k_0_bwd_kernel(
         v60 = tl.dot(v59.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2882,7 +2848,7 @@ def chunk_grad_k_0_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2899,7 +2865,7 @@ def chunk_grad_k_0_bwd_kernel(
         v62 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2937,29 +2903,29 @@ def chunk_grad_k_0_bwd_kernel(
         v57 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v89 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90 += (tl.dot(v89.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v57.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v43 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v43 * v90)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v92 = (tl.dot(tl.trans(v91).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v92)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v92)  # park
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v24 = tl.load(scratch + 10 * C * HID + HID * D + offs_t)  # parked
     v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v28 = tl.sum((v27), axis=0)
-    v25 = tl.load(scratch + 10 * C * HID + HID * D + C + offs_s)  # parked
+    v25 = tl.load(scratch + 10 * C * HID + HID * D + offs_s)  # parked
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v47 = v29
-    v42 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v42 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v48 = (v42 * v47[None, :])
     v49 = tl.sum((v48), axis=1)
-    v33 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C + C * C + offs_t)  # parked
+    v33 = tl.load(scratch + 10 * C * HID + HID * D + C + C * C + offs_t)  # parked
     v36 = (v33 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v37 = tl.sum((v36), axis=0)
-    v34 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + C * C + offs_s)  # parked
+    v34 = tl.load(scratch + 10 * C * HID + HID * D + C + C * C + offs_s)  # parked
     v38 = (v22 * tl.exp((v37 - v34)))  # decay from token s to the chunk's end
-    v31 = tl.load(scratch + 10 * C * HID + HID * D + 4 * C + C * C + offs_s)  # parked
+    v31 = tl.load(scratch + 10 * C * HID + HID * D + 2 * C + C * C + offs_s)  # parked
     v50 = (v38 * v31)
     v76 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2976,7 +2942,7 @@ def chunk_grad_k_0_bwd_kernel(
         v71 = ((-1.0) * d_new_s1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v71)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + HID * D + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v76)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v76)  # park
     v73 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2985,8 +2951,8 @@ def chunk_grad_k_0_bwd_kernel(
         v71 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v73 += tl.dot(v72.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v92 = tl.load(scratch + 10 * C * HID + HID * D + 5 * C + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v73 + v76 + v92)
     v94 = v93
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v94.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3025,87 +2991,85 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t, v37)  # park
     v38 = v37
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
-    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
-    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3126,7 +3090,7 @@ def chunk_grad_k_1_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3134,7 +3098,7 @@ def chunk_grad_k_1_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3142,7 +3106,7 @@ def chunk_grad_k_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3159,7 +3123,7 @@ def chunk_grad_k_1_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3190,7 +3154,7 @@ def chunk_grad_k_1_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3201,7 +3165,7 @@ def chunk_grad_k_1_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3212,7 +3176,7 @@ def chunk_grad_k_1_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3227,7 +3191,7 @@ def chunk_grad_k_1_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3242,9 +3206,9 @@ def chunk_grad_k_1_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3259,7 +3223,7 @@ def chunk_grad_k_1_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3268,11 +3232,11 @@ def chunk_grad_k_1_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -3717,87 +3681,85 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t, v37)  # park
     v38 = v37
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
-    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
-    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3818,7 +3780,7 @@ def chunk_grad_v_0_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3826,7 +3788,7 @@ def chunk_grad_v_0_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3834,7 +3796,7 @@ def chunk_grad_v_0_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3851,7 +3813,7 @@ def chunk_grad_v_0_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3882,7 +3844,7 @@ def chunk_grad_v_0_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3893,7 +3855,7 @@ def chunk_grad_v_0_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3904,7 +3866,7 @@ def chunk_grad_v_0_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3919,7 +3881,7 @@ def chunk_grad_v_0_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3934,9 +3896,9 @@ def chunk_grad_v_0_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3951,7 +3913,7 @@ def chunk_grad_v_0_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3960,11 +3922,11 @@ def chunk_grad_v_0_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -4016,87 +3978,85 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t, v37)  # park
     v38 = v37
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
-    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
-    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4117,7 +4077,7 @@ def chunk_grad_v_1_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4125,7 +4085,7 @@ def chunk_grad_v_1_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4133,7 +4093,7 @@ def chunk_grad_v_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4150,7 +4110,7 @@ def chunk_grad_v_1_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4181,7 +4141,7 @@ def chunk_grad_v_1_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4192,7 +4152,7 @@ def chunk_grad_v_1_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4203,7 +4163,7 @@ def chunk_grad_v_1_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4218,7 +4178,7 @@ def chunk_grad_v_1_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4233,9 +4193,9 @@ def chunk_grad_v_1_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4250,7 +4210,7 @@ def chunk_grad_v_1_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4259,11 +4219,11 @@ def chunk_grad_v_1_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -4646,60 +4606,59 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 5 * C + 9 * C * C + 2 * C * D + C * BV)  # v12, v45, v48, v42, v49, v51, v73, v75, v82, v50, v22, v23, v32, v28, v34, v35, v46, v47, v36, v41, v39, v69, v71, v88, v76, v90, v85
+    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C + 9 * C * C + 2 * C * D + C * BV)  # v12, v45, v48, v42, v49, v51, v73, v75, v82, v50, v22, v32, v28, v34, v35, v46, v47, v36, v41, v39, v69, v71, v88, v76, v90, v85
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
     tl.store(scratch + 10 * C * HID + offs_t, v22)  # park
     v23 = v22
-    tl.store(scratch + 10 * C * HID + C + offs_s, v23)  # park
     v32 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :])))))
-    tl.store(scratch + 10 * C * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v32)  # park
+    tl.store(scratch + 10 * C * HID + C + offs_t[:, None] * C + offs_u[None, :], v32)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 10 * C * HID + 2 * C + C * C + offs_t, v28)  # park
+    tl.store(scratch + 10 * C * HID + C + C * C + offs_t, v28)  # park
     v29 = v28
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v26 = gate_eta
     v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :]))))) * v26[None, :])))
-    tl.store(scratch + 10 * C * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v34)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v34)  # park
     v35 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = k
     v46 = tl.dot(q.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 10 * C * HID + 3 * C + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + 2 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v47 = (v46 * v35)
-    tl.store(scratch + 10 * C * HID + 3 * C + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 10 * C * HID + 2 * C + C * C + offs_t)  # parked
+    v28 = tl.load(scratch + 10 * C * HID + C + C * C + offs_t)  # parked
     v31 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = v31
-    tl.store(scratch + 10 * C * HID + 3 * C + 5 * C * C + offs_u, v36)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 5 * C * C + offs_u, v36)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v32 = tl.load(scratch + 10 * C * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v32 = tl.load(scratch + 10 * C * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v37 = (v32 * v36[None, :])
     v38 = tl.sum((v37), axis=1)
     v41 = (q * v38[:, None])
-    tl.store(scratch + 10 * C * HID + 4 * C + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v22 = tl.load(scratch + 10 * C * HID + offs_t)  # parked
     v25 = tl.exp(v22)  # cumulative decay in the chunk
     v39 = (q * v25[:, None])
-    tl.store(scratch + 10 * C * HID + 4 * C + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v69 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 10 * C * HID + 4 * C + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + 2 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v71 = (v35 * v69)
-    tl.store(scratch + 10 * C * HID + 4 * C + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -4722,7 +4681,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v45 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 10 * C * HID + 3 * C + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 10 * C * HID + 2 * C + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4730,7 +4689,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 10 * C * HID + 4 * C + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 10 * C * HID + 3 * C + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4738,7 +4697,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v39 = tl.load(scratch + 10 * C * HID + 4 * C + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 10 * C * HID + 3 * C + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4755,7 +4714,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v51 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v71 = tl.load(scratch + 10 * C * HID + 4 * C + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v71 = tl.load(scratch + 10 * C * HID + 3 * C + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4801,7 +4760,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + offs_t, v88)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + 7 * C * C + 2 * C * D + offs_t, v88)  # park
     v76 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4809,7 +4768,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v50 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v76 += tl.dot(v50.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + 5 * C + 7 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v65 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4825,14 +4784,14 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v66 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v65)
     tl.debug_barrier()  # parked tiles other threads stored
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v76 = tl.load(scratch + 10 * C * HID + 5 * C + 7 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = (local_6 * v76)
     v78 = tl.sum((v77), axis=1)
-    v88 = tl.load(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + offs_t)  # parked
+    v88 = tl.load(scratch + 10 * C * HID + 3 * C + 7 * C * C + 2 * C * D + offs_t)  # parked
     v89 = (v66 + v78 + v88)
-    v36 = tl.load(scratch + 10 * C * HID + 3 * C + 5 * C * C + offs_u)  # parked
+    v36 = tl.load(scratch + 10 * C * HID + 2 * C + 5 * C * C + offs_u)  # parked
     v90 = (v36[None, :] * v89[:, None])
-    tl.store(scratch + 10 * C * HID + 5 * C + 7 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :], v90)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :], v90)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4842,9 +4801,9 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v84 += (tl.dot(v83.to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v45.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 10 * C * HID + 3 * C + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v85 = (v46 * v84)
-    tl.store(scratch + 10 * C * HID + 5 * C + 8 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v85)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C + 8 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v85)  # park
     v53 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4853,17 +4812,17 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v51 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 10 * C * HID + 4 * C + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 3 * C + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v72 = (v53 * v69)
-    v85 = tl.load(scratch + 10 * C * HID + 5 * C + 8 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 10 * C * HID + 4 * C + 8 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v72 + v85)
-    v34 = tl.load(scratch + 10 * C * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v34 = tl.load(scratch + 10 * C * HID + 2 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v92 = (tl.dot(v91.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v90 = tl.load(scratch + 10 * C * HID + 5 * C + 7 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v90 = tl.load(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v93 = (v90 + v92)
     v94 = v93
     v22 = tl.load(scratch + 10 * C * HID + offs_t)  # parked
-    v23 = tl.load(scratch + 10 * C * HID + C + offs_s)  # parked
+    v23 = tl.load(scratch + 10 * C * HID + offs_s)  # parked
     v95 = (v94 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :]))))
     v96 = tl.sum((v95), axis=1)
     v97 = tl.cumsum(v96, axis=0, reverse=True)
@@ -4904,7 +4863,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + BV * HID + HID * D + 5 * C + 7 * C * C + 4 * C * D + C * BV)  # v12, v55, v64, v49, v71, v44, v47, v53, v54, v85, v87, v94, v32, v38, v48, v69, v76, v24, v43, v25, v40, v45, v50, v39, v51, v88, v81, v106, v84
+    scratch = scratch_ptr + slot * (10 * C * HID + BV * HID + HID * D + 4 * C + 7 * C * C + 4 * C * D + C * BV)  # v12, v55, v64, v49, v71, v44, v47, v53, v54, v85, v87, v94, v32, v38, v48, v69, v76, v24, v43, v40, v45, v50, v39, v51, v88, v81, v106, v84
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v31 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v32 = tl.cumsum(v31, axis=0, reverse=False)
@@ -4989,29 +4948,28 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v43 = (q * v29[:, None])
     tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v25 = v24
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C + C * C + 3 * C * D + offs_s, v25)  # park
     v36 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
     tl.debug_barrier()  # parked tiles other threads stored
     v32 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + offs_t)  # parked
     v35 = tl.exp(v32)  # cumulative decay in the chunk
     v40 = v35
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + C * C + 3 * C * D + offs_u, v40)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C + C * C + 3 * C * D + offs_u, v40)  # park
     v41 = (v36 * v40[None, :])
     v42 = tl.sum((v41), axis=1)
     v45 = (q * v42[:, None])
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v48 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v50 = tl.dot(q.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v50)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v38 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v39 = tl.dot(v36.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v39)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v39)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v51 = (v50 * v39)
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v51)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v43 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5021,7 +4979,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5031,7 +4989,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v47 = (v44 + v46)
         tl.store(scratch + 4 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v51 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5051,13 +5009,13 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v54 = tl.load(scratch + 6 * C * HID + BV * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 += tl.dot(v54.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 4 * C * C + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + 4 * C * C + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v81 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 4 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + 4 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v39 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v39 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = (v39 * v81)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -5102,14 +5060,14 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v99 = (v94 * v98)
         v100 += tl.sum((v99), axis=1)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v88 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 4 * C * C + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + 4 * C * C + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v89 = (local_6 * v88)
     v90 = tl.sum((v89), axis=1)
     v75 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v74)
     v105 = (v75 + v90 + v100)
-    v40 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + C * C + 3 * C * D + offs_u)  # parked
+    v40 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C + C * C + 3 * C * D + offs_u)  # parked
     v106 = (v40[None, :] * v105[:, None])
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 5 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :], v106)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + 5 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :], v106)  # park
     v57 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5118,9 +5076,9 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v55 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 4 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + 4 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v84 = (v57 * v81)
-    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 6 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + 6 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v84)  # park
     v96 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5130,17 +5088,17 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v49 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v96 += (tl.dot(v95.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v97 = (v50 * v96)
-    v84 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 6 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + 6 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v107 = (v84 + v97)
     v38 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v108 = (tl.dot(v107.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v106 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 5 * C + 5 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v106 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 4 * C + 5 * C * C + 4 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v109 = (v106 + v108)
     v110 = v109
     v24 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 2 * C + C * C + 2 * C * D + offs_t)  # parked
-    v25 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 3 * C + C * C + 3 * C * D + offs_s)  # parked
+    v25 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + 2 * C + C * C + 2 * C * D + offs_s)  # parked
     v112 = ((-1.0) * v110 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :]))))
     v113 = tl.sum((v112), axis=0)
     v48 = tl.load(scratch + 10 * C * HID + BV * HID + HID * D + C + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -5300,59 +5258,57 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 5 * C + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v24, v25, v37, v33, v34, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94, v69
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 3 * C + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v24, v37, v33, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94, v69
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
     tl.store(scratch + 9 * C * HID + HID * D + offs_t, v24)  # park
     v25 = v24
-    tl.store(scratch + 9 * C * HID + HID * D + C + offs_s, v25)  # park
     v37 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :], v37)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + C + offs_t[:, None] * C + offs_u[None, :], v37)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v33 = tl.cumsum(v32, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t, v33)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + C + C * C + offs_t, v33)  # park
     v34 = v33
-    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + C * C + offs_s, v34)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v31 = gate_eta
     v39 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
     v40 = tl.dot(v37.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = k
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v52 = tl.dot(q.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v53 = (v52 * v40)
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v33 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t)  # parked
+    v33 = tl.load(scratch + 9 * C * HID + HID * D + C + C * C + offs_t)  # parked
     v36 = tl.exp(v33)  # cumulative decay in the chunk
     v41 = v36
-    v37 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = tl.load(scratch + 9 * C * HID + HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v42 = (v37 * v41[None, :])
     v43 = tl.sum((v42), axis=1)
     v47 = (q * v43[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v24 = tl.load(scratch + 9 * C * HID + HID * D + offs_t)  # parked
     v30 = tl.exp(v24)  # cumulative decay in the chunk
     v45 = (q * v30[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v77 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v79 = (v40 * v77)
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5374,7 +5330,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v51 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5382,7 +5338,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5390,7 +5346,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5407,7 +5363,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v57 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v79 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v79 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5445,9 +5401,9 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v88 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += (tl.dot(v88.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v52 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v52 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v52 * v89)
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
     v59 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5458,13 +5414,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v59 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v80 = (v59 * v77)
-    v90 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v90 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v93 = (v80 + v90)
-    v37 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = tl.load(scratch + 9 * C * HID + HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v94 = (tl.dot(tl.trans(v93).to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v69 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5480,7 +5436,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v71 = ((-1.0) * d_new_w1)
         tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v71)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 8 * C * C + 3 * C * D + offs_s, v69)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 8 * C * C + 3 * C * D + offs_s, v69)  # park
     v72 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5489,24 +5445,24 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v71 = tl.load(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v72 += tl.dot(v51.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v73 = (v50 * v72)
     v74 = tl.sum((v73), axis=1)
-    v69 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
+    v69 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
     v91 = (v69 + v74)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v24 = tl.load(scratch + 9 * C * HID + HID * D + offs_t)  # parked
     v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v28 = tl.sum((v27), axis=0)
-    v25 = tl.load(scratch + 9 * C * HID + HID * D + C + offs_s)  # parked
+    v25 = tl.load(scratch + 9 * C * HID + HID * D + offs_s)  # parked
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v44 = v29
     v92 = (v44[None, :] * v91[:, None])
-    v94 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v94 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v95 = (v92 + v94)
     v96 = tl.trans(v95)
-    v33 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t)  # parked
-    v34 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + C * C + offs_s)  # parked
+    v33 = tl.load(scratch + 9 * C * HID + HID * D + C + C * C + offs_t)  # parked
+    v34 = tl.load(scratch + 9 * C * HID + HID * D + C + C * C + offs_s)  # parked
     v97 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v96)
     v98 = tl.sum((v97), axis=0)
     v99 = v98
@@ -5891,60 +5847,58 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 6 * C + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v24, v25, v37, v33, v34, v31, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94, v69
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 4 * C + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v24, v37, v33, v31, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94, v69
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
     tl.store(scratch + 9 * C * HID + HID * D + offs_t, v24)  # park
     v25 = v24
-    tl.store(scratch + 9 * C * HID + HID * D + C + offs_s, v25)  # park
     v37 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :], v37)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + C + offs_t[:, None] * C + offs_u[None, :], v37)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v33 = tl.cumsum(v32, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t, v33)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + C + C * C + offs_t, v33)  # park
     v34 = v33
-    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + C * C + offs_s, v34)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v31 = gate_eta
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + C * C + offs_s, v31)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_s, v31)  # park
     v39 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
     v40 = tl.dot(v37.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = k
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v52 = tl.dot(q.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v53 = (v52 * v40)
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v33 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t)  # parked
+    v33 = tl.load(scratch + 9 * C * HID + HID * D + C + C * C + offs_t)  # parked
     v36 = tl.exp(v33)  # cumulative decay in the chunk
     v41 = v36
-    v37 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = tl.load(scratch + 9 * C * HID + HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v42 = (v37 * v41[None, :])
     v43 = tl.sum((v42), axis=1)
     v47 = (q * v43[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v24 = tl.load(scratch + 9 * C * HID + HID * D + offs_t)  # parked
     v30 = tl.exp(v24)  # cumulative decay in the chunk
     v45 = (q * v30[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v77 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v79 = (v40 * v77)
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5966,7 +5920,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v51 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5974,7 +5928,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5982,7 +5936,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5999,7 +5953,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v57 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v79 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v79 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6037,9 +5991,9 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v88 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += (tl.dot(v88.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v52 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v52 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v52 * v89)
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
     v59 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6050,13 +6004,13 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v59 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v80 = (v59 * v77)
-    v90 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v90 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v93 = (v80 + v90)
-    v37 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = tl.load(scratch + 9 * C * HID + HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v94 = (tl.dot(tl.trans(v93).to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v69 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6072,7 +6026,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v71 = ((-1.0) * d_new_w1)
         tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v71)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C + 8 * C * C + 3 * C * D + offs_s, v69)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 8 * C * C + 3 * C * D + offs_s, v69)  # park
     v72 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6081,26 +6035,26 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v71 = tl.load(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v72 += tl.dot(v51.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v73 = (v50 * v72)
     v74 = tl.sum((v73), axis=1)
-    v69 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
+    v69 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
     v91 = (v69 + v74)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v24 = tl.load(scratch + 9 * C * HID + HID * D + offs_t)  # parked
     v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v28 = tl.sum((v27), axis=0)
-    v25 = tl.load(scratch + 9 * C * HID + HID * D + C + offs_s)  # parked
+    v25 = tl.load(scratch + 9 * C * HID + HID * D + offs_s)  # parked
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v44 = v29
     v92 = (v44[None, :] * v91[:, None])
-    v94 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v94 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v95 = (v92 + v94)
     v96 = tl.trans(v95)
-    v31 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + C * C + offs_s)  # parked
+    v31 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_s)  # parked
     v97 = (v31[None, :] * v96)
-    v33 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t)  # parked
-    v34 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + C * C + offs_s)  # parked
+    v33 = tl.load(scratch + 9 * C * HID + HID * D + C + C * C + offs_t)  # parked
+    v34 = tl.load(scratch + 9 * C * HID + HID * D + C + C * C + offs_s)  # parked
     v98 = (v97 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))
     v99 = tl.sum((v98), axis=1)
     v100 = tl.cumsum(v99, axis=0, reverse=True)
@@ -6141,60 +6095,58 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 2 * HID * D + 8 * C + 9 * C * C + 4 * C * D)  # v12, v53, v56, v50, v57, v59, v91, v93, v98, v81, v77, v24, v25, v39, v33, v34, v31, v42, v52, v54, v55, v49, v47, v87, v89, v99, v61, v75, v82, v70, v110, v104
+    scratch = scratch_ptr + slot * (9 * C * HID + 2 * HID * D + 6 * C + 9 * C * C + 4 * C * D)  # v12, v53, v56, v50, v57, v59, v91, v93, v98, v81, v77, v24, v39, v33, v31, v42, v52, v54, v55, v49, v47, v87, v89, v99, v61, v75, v82, v70, v110, v104
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
     tl.store(scratch + 9 * C * HID + 2 * HID * D + offs_t, v24)  # park
     v25 = v24
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + C + offs_s, v25)  # park
     v39 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :], v39)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + C + offs_t[:, None] * C + offs_u[None, :], v39)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v33 = tl.cumsum(v32, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 2 * C + C * C + offs_t, v33)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + C + C * C + offs_t, v33)  # park
     v34 = v33
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + C * C + offs_s, v34)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v31 = gate_eta
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C + C * C + offs_s, v31)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 2 * C + C * C + offs_s, v31)  # park
     v41 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
     v42 = tl.dot(v39.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v42)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v42)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v52 = k
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
     v54 = tl.dot(q.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v42 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v42 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v55 = (v54 * v42)
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v55)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v55)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v33 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + C * C + offs_t)  # parked
+    v33 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C + C * C + offs_t)  # parked
     v38 = tl.exp(v33)  # cumulative decay in the chunk
     v43 = v38
-    v39 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v39 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v44 = (v39 * v43[None, :])
     v45 = tl.sum((v44), axis=1)
     v49 = (q * v45[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v24 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_t)  # parked
     v30 = tl.exp(v24)  # cumulative decay in the chunk
     v47 = (q * v30[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v87 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v87)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v42 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v42 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v89 = (v42 * v87)
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v89)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v89)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6216,7 +6168,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v53 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v53)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v55 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6224,7 +6176,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v56 = tl.dot(v55.to(DOT_DTYPE), v53.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6232,7 +6184,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v50 = tl.dot(v49.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6249,7 +6201,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v59 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6287,7 +6239,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v98 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 += (tl.dot(v98.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v53.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v99)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v99)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6297,7 +6249,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v58 = (v58_c0 * (1.0 + tl.math.erf((v58_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v58.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 7 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v61)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 7 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v61)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v75 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6313,7 +6265,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v81 = ((-1.0) * d_new_w1)
         tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 8 * C * C + 3 * C * D + offs_s, v75)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 8 * C * C + 3 * C * D + offs_s, v75)  # park
     v82 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6321,7 +6273,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v81 = tl.load(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v82 += tl.dot(v53.to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 8 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6337,7 +6289,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v77 = ((-1.0) * d_new_s1)
         tl.store(scratch + 9 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 4 * C * D + offs_s, v70)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 8 * C * C + 4 * C * D + offs_s, v70)  # park
     v78 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6346,54 +6298,54 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v77 = tl.load(scratch + 9 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v78 += tl.dot(v53.to(DOT_DTYPE), v77.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v52 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = (v52 * v78)
     v80 = tl.sum((v79), axis=1)
-    v70 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 4 * C * D + offs_s)  # parked
+    v70 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 8 * C * C + 4 * C * D + offs_s)  # parked
     v101 = (v70 + v80)
-    v31 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + C * C + offs_s)  # parked
+    v31 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + C * C + offs_s)  # parked
     v102 = (v31 * v101)
-    v33 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + C * C + offs_t)  # parked
+    v33 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C + C * C + offs_t)  # parked
     v36 = (v33 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v37 = tl.sum((v36), axis=0)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v34 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + C * C + offs_s)  # parked
+    v34 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C + C * C + offs_s)  # parked
     v110 = ((-1.0) * v22 * v102 * tl.exp((v37 - v34)))
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 7 * C + 8 * C * C + 4 * C * D + offs_s, v110)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 8 * C * C + 4 * C * D + offs_s, v110)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v24 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_t)  # parked
     v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v28 = tl.sum((v27), axis=0)
-    v25 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C + offs_s)  # parked
+    v25 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_s)  # parked
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v46 = v29
-    v82 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 8 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v83 = (v52 * v82)
     v84 = tl.sum((v83), axis=1)
-    v75 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
+    v75 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
     v103 = (v75 + v84)
     v104 = (v46[None, :] * v103[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 8 * C + 8 * C * C + 4 * C * D + offs_s[:, None] * C + offs_u[None, :], v104)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 4 * C * D + offs_s[:, None] * C + offs_u[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 7 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v87 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v61 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 7 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v87 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v61 * v87)
-    v54 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v99 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v99 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v100 = (v54 * v99)
     v105 = (v90 + v100)
-    v39 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v39 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v106 = (tl.dot(tl.trans(v105).to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v39).to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v104 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 8 * C + 8 * C * C + 4 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v104 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 4 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v107 = (v104 + v106)
     v108 = tl.trans(v107)
-    v31 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + C * C + offs_s)  # parked
+    v31 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + C * C + offs_s)  # parked
     v109 = (v31[None, :] * v108)
-    v33 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + C * C + offs_t)  # parked
-    v34 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + C * C + offs_s)  # parked
+    v33 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C + C * C + offs_t)  # parked
+    v34 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C + C * C + offs_s)  # parked
     v111 = ((-1.0) * v109 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))
     v112 = tl.sum((v111), axis=0)
-    v110 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 7 * C + 8 * C * C + 4 * C * D + offs_s)  # parked
+    v110 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 8 * C * C + 4 * C * D + offs_s)  # parked
     v113 = (v110 + v112)
     v114 = v113
     v115 = tl.cumsum(v114, axis=0, reverse=True)
@@ -6600,87 +6552,85 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t, v37)  # park
     v38 = v37
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
-    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
-    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6701,7 +6651,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6709,7 +6659,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6717,7 +6667,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6734,7 +6684,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6765,7 +6715,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6776,7 +6726,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6787,7 +6737,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6802,7 +6752,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6817,9 +6767,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6834,7 +6784,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6843,11 +6793,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -6899,87 +6849,85 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t, v37)  # park
     v38 = v37
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
-    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
-    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7000,7 +6948,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7008,7 +6956,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7016,7 +6964,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7033,7 +6981,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7064,7 +7012,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7075,7 +7023,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7086,7 +7034,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7101,7 +7049,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7116,9 +7064,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7133,7 +7081,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7142,11 +7090,11 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -7195,87 +7143,85 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t, v37)  # park
     v38 = v37
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
-    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
-    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7296,7 +7242,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7304,7 +7250,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7312,7 +7258,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7329,7 +7275,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7360,7 +7306,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7371,7 +7317,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7382,7 +7328,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7397,7 +7343,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7412,9 +7358,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7429,7 +7375,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7438,11 +7384,11 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))
@@ -7534,87 +7480,85 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v29, v44, v37, v38, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t, v28)  # park
     v29 = v28
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s, v29)  # park
     v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :], v44)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v37 = tl.cumsum(v36, axis=0, reverse=False)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t, v37)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t, v37)  # park
     v38 = v37
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s, v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s, v35)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s, v35)  # park
     v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
     v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v60 = k
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
     v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v63 = (v62 * v47)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v43 = tl.exp(v37)  # cumulative decay in the chunk
     v48 = v43
-    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
     v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v34 = tl.exp(v28)  # cumulative decay in the chunk
     v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_s)  # parked
+    v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
-    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_t)  # parked
+    v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v41 = tl.sum((v40), axis=0)
-    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s)  # parked
+    v38 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_s)  # parked
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
-    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + C * C + offs_s)  # parked
+    v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7635,7 +7579,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v61 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7643,7 +7587,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7651,7 +7595,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7668,7 +7612,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7699,7 +7643,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v101 = ((-1.0) * v100)
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7710,7 +7654,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7721,7 +7665,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7736,7 +7680,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7751,9 +7695,9 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7768,7 +7712,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7777,11 +7721,11 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
     v108 = tl.sum((v107), axis=1)
     v109 = (v108 / (D))

@@ -76,7 +76,6 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
-                                       ['s', 'o'],
                                        ['s'],
                                        ['t', 's'],
                                        ['t', 'o'],
@@ -836,7 +835,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 5 * C * BV + C + 2 * C * C)  # v8, v9, v41, v43, v48, v50, v14, v22, v31, v51, v38, v45, v49, v53
+    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * BV + C + 2 * C * C)  # v8, v9, v41, v43, v48, v50, v14, v22, v31, v38, v45, v49, v53
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -891,11 +890,10 @@ def chunk_local_bwd_kernel(
     tl.store(scratch + 6 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     v51 = v31
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v51.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 6 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
-    tl.store(scratch + 6 * C * HID + 4 * C * BV + offs_s, v38)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * BV + offs_s, v38)  # park
     v40 = (v37 * v38)
     v65 = (v51 * v40[:, None])
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v65.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
@@ -903,7 +901,7 @@ def chunk_local_bwd_kernel(
     v42 = k
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 6 * C * HID + 4 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -923,7 +921,7 @@ def chunk_local_bwd_kernel(
         v43 = v33
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 6 * C * HID + 4 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = tl.load(scratch + 6 * C * HID + 3 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -946,7 +944,7 @@ def chunk_local_bwd_kernel(
         v50 = v9
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 4 * C * BV + C + C * C + offs_t[:, None] * D + offs_o[None, :], v49)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * BV + C + C * C + offs_t[:, None] * D + offs_o[None, :], v49)  # park
     v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -955,13 +953,13 @@ def chunk_local_bwd_kernel(
         v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 6 * C * HID + 4 * C * BV + offs_s)  # parked
+    v38 = tl.load(scratch + 6 * C * HID + 3 * C * BV + offs_s)  # parked
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 6 * C * HID + 5 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 6 * C * HID + 4 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 6 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 6 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v49 = tl.load(scratch + 6 * C * HID + 4 * C * BV + C + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v49 = tl.load(scratch + 6 * C * HID + 3 * C * BV + C + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -984,7 +982,7 @@ def chunk_local_bwd_kernel(
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v75.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     v76 = ((-1.0) * v75)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v76.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
-    v53 = tl.load(scratch + 6 * C * HID + 5 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 6 * C * HID + 4 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v77.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
 

@@ -68,7 +68,6 @@ DESCRIPTION = {'spec': 'yaad',
                                      ['s', 'i'],
                                      ['s', 'i'],
                                      ['s', 'i'],
-                                     ['s', 'i'],
                                      ['t', 's'],
                                      ['t', 'o'],
                                      ['t', 'o'],
@@ -98,12 +97,10 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
-                                       ['s', 'o'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['s', 'o'],
                                        ['t', 'i'],
-                                       ['s', 'i'],
                                        ['t', 's'],
                                        ['t', 'i'],
                                        ['t', 'i'],
@@ -149,7 +146,6 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['t', 'i'],
-                                       ['s', 'i'],
                                        ['t', 's'],
                                        ['t', 'i'],
                                        ['t', 'i'],
@@ -194,7 +190,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
@@ -246,7 +241,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'o'],
@@ -278,7 +272,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -313,7 +306,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -353,7 +345,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -384,7 +375,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
-                                          ['s', 'i'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i'],
@@ -410,7 +400,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'o'],
@@ -438,7 +427,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
                                                    ['t', 's']],
@@ -464,7 +452,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'o'],
@@ -516,7 +503,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'o'],
@@ -545,7 +531,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 's'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
-                                                 ['s', 'i'],
                                                  ['t', 's'],
                                                  ['t', 'i'],
                                                  ['t', 'o'],
@@ -573,7 +558,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 'i'],
-                                                 ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 's'],
                                                  ['t', 'o'],
@@ -617,7 +601,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
-                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -648,7 +631,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
-                                                   ['s', 'i'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'i'],
@@ -673,7 +655,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
                                                   ['t', 'o'],
@@ -703,7 +684,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
-                                                  ['s', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
@@ -731,7 +711,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'o'],
@@ -765,7 +744,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
-                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -805,7 +783,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                 ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['t', 'i'],
-                                                ['s', 'i'],
                                                 ['t', 's'],
                                                 ['t', 'i'],
                                                 ['t', 's'],
@@ -1039,7 +1016,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV)  # v45, v10, v11, v47, v52, v48, v40, v61, v62, causal, v40, v53, v44, v46, v43, v48, v41, v49, v16, v26, v35, v55, v62, v56, v57
+    scratch = scratch_ptr + slot * (5 * C * HID + 7 * C * D + 3 * C * C + 9 * C * BV)  # v45, v10, v11, v47, v52, v48, v40, v61, v62, causal, v40, v53, v44, v46, v43, v48, v49, v16, v26, v35, v55, v62, v56, v57
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -1063,8 +1040,6 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v41 = v40
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     v48 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
@@ -1086,7 +1061,7 @@ def chunk_out_fwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1118,7 +1093,7 @@ def chunk_out_fwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -1135,20 +1110,20 @@ def chunk_out_fwd_kernel(
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v16 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
-    v26 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v26 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1160,7 +1135,7 @@ def chunk_out_fwd_kernel(
         v47 = v37
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1181,22 +1156,22 @@ def chunk_out_fwd_kernel(
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v53 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = v35
     v43 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1206,9 +1181,9 @@ def chunk_out_fwd_kernel(
         v52 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1230,7 +1205,7 @@ def chunk_out_fwd_kernel(
         v63_b = tl.load(scratch + 5 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -1280,7 +1255,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 7 * C * D + 4 * C * C + 12 * C * BV)  # v10, v11, v54, v57, v59, v66, v55, v43, v68, v69, causal, v93, v16, v35, v67, v49, v65, v69, v43, v44, v56, v48, v51, v63, v64, v68, v70, v60, v92
+    scratch = scratch_ptr + slot * (6 * C * HID + 6 * C * D + 4 * C * C + 11 * C * BV)  # v10, v11, v54, v57, v59, v66, v55, v43, v68, v69, causal, v93, v16, v35, v49, v65, v69, v43, v56, v48, v51, v63, v64, v68, v70, v60, v92
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1336,38 +1311,36 @@ def chunk_local_bwd_kernel(
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v35.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
     tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v67 = v35
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v65 = v49
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     v69 = (v67 * v65)
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v69.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v50 = (v47 * v49)
     v78 = v50
-    v67 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v67 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = (v78 * v67)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v82.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     v53 = k
-    v49 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v49)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v43 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v44 = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1388,17 +1361,17 @@ def chunk_local_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     v48 = tl.exp(v43)  # cumulative decay in the chunk
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     v51 = (q * v48)
-    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v63 = v43
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1412,7 +1385,7 @@ def chunk_local_bwd_kernel(
         v54 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 6 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1420,7 +1393,7 @@ def chunk_local_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1442,11 +1415,11 @@ def chunk_local_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1468,11 +1441,11 @@ def chunk_local_bwd_kernel(
         v70_b = tl.load(scratch + 6 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v60 = v48
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1481,9 +1454,9 @@ def chunk_local_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 6 * C * HID + 7 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    v70 = tl.load(scratch + 6 * C * HID + 7 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v70 = tl.load(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -1503,13 +1476,13 @@ def chunk_local_bwd_kernel(
     v90 = tl.sum((v89), axis=1)
     v91 = (v90 / (D))
     v92 = (v88 + v91[:, None])
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v92)  # park
     v93 = ((-1.0) * v92)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v93.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v68 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, BV), DTYPE)
@@ -1529,11 +1502,11 @@ def chunk_local_bwd_kernel(
         v94_a = tl.load(scratch + 6 * C * HID + C * D + v94_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v94 += v94_x * v94_y[:, None] * v94_m[:, None] * tl.exp(tl.minimum(v94_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v95 = (v65 * v94)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v95.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
-    v60 = tl.load(scratch + 6 * C * HID + 7 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 6 * C * HID + 7 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v96 = (v60 * v92)
     tl.store(local_8_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v96.to(local_8_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -1582,7 +1555,7 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 9 * C * BV + 2 * C * C + 2 * C)  # v10, v24, v42, v45, v46, v11, v50, v72, v82, v83, v84, v65, v86, v89, v59, v121, v47, v73, v125, v126, v122, v90, v43, v31, local_4, v41, v37, v43, v31, v32, v44, v36, v39, v70, v67, v54, v91, v96, v100, v16, v108, v109, v115, v110, v120
+        scratch = scratch_ptr + slot * (17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 9 * C * BV + 2 * C * C + 2 * C)  # v10, v24, v42, v45, v46, v11, v50, v72, v82, v83, v84, v65, v86, v89, v59, v121, v47, v73, v125, v126, v122, v90, v43, v31, local_4, v41, v37, v43, v31, v44, v36, v39, v70, v67, v54, v91, v96, v100, v16, v108, v109, v115, v110, v120
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v41 = k
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
@@ -1597,7 +1570,6 @@ def chunk_state_bwd_kernel(
         v31 = tl.cumsum(v30, axis=0, reverse=False)
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v31)  # park
         v32 = v31
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v32)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v43 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
@@ -1620,18 +1592,18 @@ def chunk_state_bwd_kernel(
             v44 += tl.where(tl.arange(0, C)[None, :] == v44_p[:, None], v44_d[:, None], 0.0)
         v44 = v44 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v44)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v44)  # park
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v36 = tl.exp(v31)  # cumulative decay in the chunk
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
         v39 = (q * v36)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v31 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v48 = v31
-        v32 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v32 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v49 = v32
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -1654,22 +1626,22 @@ def chunk_state_bwd_kernel(
             v70 += tl.where(tl.arange(0, C)[None, :] == v70_p[:, None], v70_d[:, None], 0.0)
         v70 = v70 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v70)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v70)  # park
         local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         tl.debug_barrier()  # parked tiles other threads stored
         v31 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v33 = (v31 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v34 = tl.sum((v33), axis=0)
-        v32 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v32 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v35 = (v29[:, None] * tl.exp((v34[None, :] - v32)))  # decay from token s to the chunk's end
         v37 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v38 = (v35 * v37)
         v41 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v67 = (v38 * v41)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
         v54 = v38
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1692,7 +1664,7 @@ def chunk_state_bwd_kernel(
             v42 = v25
             tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v42)
         tl.debug_barrier()
-        v44 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v44 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1700,7 +1672,7 @@ def chunk_state_bwd_kernel(
             v45 = tl.dot(v44.to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v45)
         tl.debug_barrier()
-        v39 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v39 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1716,7 +1688,7 @@ def chunk_state_bwd_kernel(
             v50 = v11
             tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
         tl.debug_barrier()
-        v70 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v70 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1739,7 +1711,7 @@ def chunk_state_bwd_kernel(
             v83 = ((-1.0) * v82)
             tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v83)
         tl.debug_barrier()
-        v44 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v44 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1750,7 +1722,7 @@ def chunk_state_bwd_kernel(
             v65 = ((-1.0) * d_new_w1)
             tl.store(scratch + 11 * C * HID + offs_h[:, None] * D + offs_i[None, :], v65)
         tl.debug_barrier()
-        v67 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v67 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1776,7 +1748,7 @@ def chunk_state_bwd_kernel(
             v59 = ((-1.0) * d_new_w2)
             tl.store(scratch + 13 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v59)
         tl.debug_barrier()
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
         v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1785,80 +1757,80 @@ def chunk_state_bwd_kernel(
             v59 = tl.load(scratch + 13 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
             v61 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
-        v54 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v54 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v62 = (v54 * v61)
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v74 = (v62 + local_7)
         v75 = v74
-        v91 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v91 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v92 = (v75 + v91)
         v93 = tl.sum((v92), axis=1)
         v94 = (v93 / (D))
         v95 = ((-1.0) * v94)
         v96 = (v92 + v95[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v96)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v96)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v98 = (2.0 * local_0 * v96)
         v99 = tl.sum((v98), axis=1)
         v100 = (v99 / (D))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v100)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t, v100)  # park
         v14 = (local_0 * local_0)
         v15 = tl.sum((v14), axis=1)
         v16 = (v15 / (D))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t, v16)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t, v16)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
         v104 = ((-0.5) * local_0 * ln_weight[None, :] * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v107 = (ln_weight[None, :] * v96 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v108 = (v104 + v107)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v108)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v108)  # park
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v18 = gate_delta
         tl.debug_barrier()  # parked tiles other threads stored
-        v108 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v108 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v109 = (v108 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v109)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v109)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v16 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t)  # parked
+        v16 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t)  # parked
         v111 = ((-0.5) * local_0 * ln_weight[None, :] * v109 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v112 = tl.sum((v111), axis=1)
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v100 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+        v100 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
         v102 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * (tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v103 = tl.sum((v102), axis=1)
-        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v105 = ((-0.5) * ln_weight[None, :] * local_2 * v96 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v106 = tl.sum((v105), axis=1)
         v113 = (v103 + v106 + v112)
         v114 = (v113 / (D))
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v115 = (2.0 * local_0 * v114[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v115)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v115)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v109 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v109 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v110 = (ln_weight[None, :] * v109 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v21 = tl.sum((v20), axis=1)
         v22 = (v21 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v97 = (2.0 * v22[:, None] * v96)
-        v100 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+        v100 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
         v101 = ((-0.5) * ln_weight[None, :] * local_2 * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        v110 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v115 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v110 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v116 = (v97 + v101 + v110 + v115)
         v117 = ((-1.0) * v116)
         v118 = tl.sum((v117), axis=1)
         v119 = (v118 / (D))
         v120 = (v116 + v119[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1871,7 +1843,7 @@ def chunk_state_bwd_kernel(
             v47 = (v47_c0 * (1.0 + tl.math.erf((v47_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
         tl.debug_barrier()
-        v70 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v70 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1912,10 +1884,10 @@ def chunk_state_bwd_kernel(
             v126 = (tl.dot(tl.trans(v125).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v125.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 17 * C * HID + HID * D + BV * HID + offs_h[:, None] * D + offs_i[None, :], v126)
         tl.debug_barrier()
-        v36 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v36 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v52 = (v36 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v53 = tl.sum((v52), axis=0)
-        v39 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v39 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1928,7 +1900,7 @@ def chunk_state_bwd_kernel(
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v128.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v128.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
         tl.debug_barrier()
-        v120 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v120 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2033,7 +2005,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 7 * C * D + C * BV + 4 * C * C)  # v10, v27, v25, v31, v34, v43, v48, v28, v20, local_4, v49, causal, v20, v24, v26, v28, v21, v29, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + 6 * C * D + C * BV + 4 * C * C)  # v10, v27, v25, v31, v34, v43, v48, v28, v20, local_4, v49, causal, v20, v24, v26, v28, v29, v41
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2055,8 +2027,6 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v20 = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = v20
-    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v21)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
     tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v20)
@@ -2078,7 +2048,7 @@ def chunk_grad_q_1_bwd_kernel(
         v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v32 = v20
@@ -2104,7 +2074,7 @@ def chunk_grad_q_1_bwd_kernel(
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2135,7 +2105,7 @@ def chunk_grad_q_1_bwd_kernel(
         v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2150,7 +2120,7 @@ def chunk_grad_q_1_bwd_kernel(
         v34 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2180,7 +2150,7 @@ def chunk_grad_q_1_bwd_kernel(
         v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v49 += (tl.dot(v48.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v20 = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v21 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v28 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2421,7 +2391,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 10 * C * D + 2 * C * BV + 4 * C * C)  # v10, v34, v37, v38, v41, v53, v58, v35, v23, local_4, v59, q, causal, v29, v35, v23, v24, v36, v31, v39, v51, v61, v30
+    scratch = scratch_ptr + slot * (7 * C * HID + 9 * C * D + 2 * C * BV + 4 * C * C)  # v10, v34, v37, v38, v41, v53, v58, v35, v23, local_4, v59, q, causal, v29, v35, v23, v36, v31, v39, v51, v61, v30
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v33 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -2435,7 +2405,6 @@ def chunk_grad_k_0_bwd_kernel(
     v23 = tl.cumsum(v22, axis=0, reverse=False)
     tl.store(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v23)  # park
     v24 = v23
-    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v24)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v35)
@@ -2458,21 +2427,21 @@ def chunk_grad_k_0_bwd_kernel(
         v36 += tl.where(tl.arange(0, C)[None, :] == v36_p[:, None], v36_d[:, None], 0.0)
     v36 = v36 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v36)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v36)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v28 = tl.exp(v23)  # cumulative decay in the chunk
     v31 = (q * v28)
-    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v31)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v31)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v23 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v39 = v23
-    tl.store(scratch + 7 * C * HID + 8 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v39)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v39)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v40 = v24
-    v39 = tl.load(scratch + 7 * C * HID + 8 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v39 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -2494,7 +2463,7 @@ def chunk_grad_k_0_bwd_kernel(
         v51 += tl.where(tl.arange(0, C)[None, :] == v51_p[:, None], v51_d[:, None], 0.0)
     v51 = v51 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v51)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v51)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2517,7 +2486,7 @@ def chunk_grad_k_0_bwd_kernel(
         v34 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v36 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2525,7 +2494,7 @@ def chunk_grad_k_0_bwd_kernel(
         v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v37)
     tl.debug_barrier()
-    v31 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v31 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2540,7 +2509,7 @@ def chunk_grad_k_0_bwd_kernel(
         v41 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v41)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v51 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2572,7 +2541,7 @@ def chunk_grad_k_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v24 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v59)
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2596,15 +2565,15 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     v29 = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v61 = (v29 * v60)
-    tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v21 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v23 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v26 = tl.sum((v25), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v27 = (v21[:, None] * tl.exp((v26[None, :] - v24)))  # decay from token s to the chunk's end
     v30 = (v27 * v29)
-    tl.store(scratch + 7 * C * HID + 9 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v30)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v30)  # park
     v48 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2614,9 +2583,9 @@ def chunk_grad_k_0_bwd_kernel(
         v34 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 += tl.dot(v34.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v30 = tl.load(scratch + 7 * C * HID + 9 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v30 = tl.load(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v49 = (v30 * v48)
-    v61 = tl.load(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v62 = (v49 + v61)
     v63 = v62
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v63.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2655,7 +2624,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v29, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
@@ -2670,7 +2639,6 @@ def chunk_grad_k_1_bwd_kernel(
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v29)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
@@ -2693,17 +2661,17 @@ def chunk_grad_k_1_bwd_kernel(
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2726,22 +2694,22 @@ def chunk_grad_k_1_bwd_kernel(
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
     v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v35 = (v32 * v34)
     v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2763,7 +2731,7 @@ def chunk_grad_k_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2771,7 +2739,7 @@ def chunk_grad_k_1_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2786,7 +2754,7 @@ def chunk_grad_k_1_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2808,7 +2776,7 @@ def chunk_grad_k_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2819,7 +2787,7 @@ def chunk_grad_k_1_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2844,7 +2812,7 @@ def chunk_grad_k_1_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2853,12 +2821,12 @@ def chunk_grad_k_1_bwd_kernel(
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
@@ -2916,7 +2884,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (15 * C * HID + HID * D + BV * HID + 8 * C * D + 8 * C * BV + 2 * C * C + C)  # v10, v24, v61, v63, v40, v42, v46, v50, v67, v77, v80, v81, v56, v60, v47, v72, v116, v43, v31, local_4, v31, v32, v37, v38, v62, v44, v39, v65, v52, v70, v88, v89, v93, v101, v102, v95
+    scratch = scratch_ptr + slot * (15 * C * HID + HID * D + BV * HID + 7 * C * D + 8 * C * BV + 2 * C * C + C)  # v10, v24, v61, v63, v40, v42, v46, v50, v67, v77, v80, v81, v56, v60, v47, v72, v116, v43, v31, local_4, v31, v37, v38, v62, v44, v39, v65, v52, v70, v88, v89, v93, v101, v102, v95
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -2927,22 +2895,21 @@ def chunk_grad_k_2_bwd_kernel(
     v33 = (v31 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v34 = tl.sum((v33), axis=0)
     v32 = v31
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v32)  # park
     v35 = (v29[:, None] * tl.exp((v34[None, :] - v32)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v37 = gate_eta
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v37)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v37)  # park
     v38 = (v35 * v37)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     v41 = k
     v62 = (v38 * v41)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v41 * v37)
     v31 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v32 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v32 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 15 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.store(scratch + 15 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v31)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2963,16 +2930,16 @@ def chunk_grad_k_2_bwd_kernel(
         v44 += tl.where(tl.arange(0, C)[None, :] == v44_p[:, None], v44_d[:, None], 0.0)
     v44 = v44 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v44)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v44)  # park
     v36 = tl.exp(v31)  # cumulative decay in the chunk
     v39 = (q * v36)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v31 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = v31
-    v32 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v32 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v49 = v32
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2995,15 +2962,15 @@ def chunk_grad_k_2_bwd_kernel(
         v65 += tl.where(tl.arange(0, C)[None, :] == v65_p[:, None], v65_d[:, None], 0.0)
     v65 = v65 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = v38
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v52)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v52)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3024,7 +2991,7 @@ def chunk_grad_k_2_bwd_kernel(
         v61 = ((-1.0) * d_new_w1)
         tl.store(scratch + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v61)
     tl.debug_barrier()
-    v62 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3032,7 +2999,7 @@ def chunk_grad_k_2_bwd_kernel(
         v63 = tl.dot(v62.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
-    v39 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3046,7 +3013,7 @@ def chunk_grad_k_2_bwd_kernel(
         v42 = v25
         tl.store(scratch + 4 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v44 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v44 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3061,7 +3028,7 @@ def chunk_grad_k_2_bwd_kernel(
         v50 = v11
         tl.store(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v65 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v65 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3083,7 +3050,7 @@ def chunk_grad_k_2_bwd_kernel(
         v77 = ((-1.0) * v76)
         tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    v44 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v44 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3117,7 +3084,7 @@ def chunk_grad_k_2_bwd_kernel(
         v47 = (v47_c0 * (1.0 + tl.math.erf((v47_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v65 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v65 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3135,12 +3102,12 @@ def chunk_grad_k_2_bwd_kernel(
         v50 = tl.load(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v56 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v57 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v52 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v52 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v58 = (v52 * v57)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v69 = (v58 + local_7)
     v70 = v69
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3152,13 +3119,13 @@ def chunk_grad_k_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v83 += (tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v70 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v70 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v84 = (v70 + v83)
     v85 = tl.sum((v84), axis=1)
     v86 = (v85 / (D))
     v87 = ((-1.0) * v86)
     v88 = (v84 + v87[:, None])
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v14 = (local_0 * local_0)
     v15 = tl.sum((v14), axis=1)
@@ -3169,12 +3136,12 @@ def chunk_grad_k_2_bwd_kernel(
     v21 = tl.sum((v20), axis=1)
     v22 = (v21 / (D))
     v89 = (2.0 * v22[:, None] * v88)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v89)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v89)  # park
     v90 = (2.0 * local_0 * v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
     v93 = ((-0.5) * ln_weight[None, :] * local_2 * v92[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v18 = gate_delta
@@ -3183,28 +3150,28 @@ def chunk_grad_k_2_bwd_kernel(
     v100 = (v96 + v99)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v101 = (v100 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v101)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v101)  # park
     v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v102)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v102)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v94 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v92[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * (tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v95 = tl.sum((v94), axis=1)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 8 * C * BV + 2 * C * C + offs_t, v95)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 8 * C * BV + 2 * C * C + offs_t, v95)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = ((-0.5) * ln_weight[None, :] * local_2 * v88 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v98 = tl.sum((v97), axis=1)
-    v101 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v101 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v103 = ((-0.5) * local_0 * ln_weight[None, :] * v101 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v104 = tl.sum((v103), axis=1)
-    v95 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 8 * C * BV + 2 * C * C + offs_t)  # parked
+    v95 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 8 * C * BV + 2 * C * C + offs_t)  # parked
     v105 = (v95 + v98 + v104)
     v106 = (v105 / (D))
     v107 = (2.0 * local_0 * v106[:, None])
-    v89 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v93 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v102 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 8 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v89 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v102 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v108 = (v89 + v93 + v102 + v107)
     v109 = ((-1.0) * v108)
     v110 = tl.sum((v109), axis=1)
@@ -3267,7 +3234,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v29, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
@@ -3282,7 +3249,6 @@ def chunk_grad_v_0_bwd_kernel(
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v29)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
@@ -3305,17 +3271,17 @@ def chunk_grad_v_0_bwd_kernel(
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3338,22 +3304,22 @@ def chunk_grad_v_0_bwd_kernel(
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
     v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v35 = (v32 * v34)
     v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3375,7 +3341,7 @@ def chunk_grad_v_0_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3383,7 +3349,7 @@ def chunk_grad_v_0_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3398,7 +3364,7 @@ def chunk_grad_v_0_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3420,7 +3386,7 @@ def chunk_grad_v_0_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3431,7 +3397,7 @@ def chunk_grad_v_0_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3456,7 +3422,7 @@ def chunk_grad_v_0_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3465,12 +3431,12 @@ def chunk_grad_v_0_bwd_kernel(
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
@@ -3526,7 +3492,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 8 * C * D + 4 * C * BV + 2 * C * C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, v28, local_4, v18, v28, v29, v34, v35, v48, v64, v57, v41, v36, v60
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, v28, local_4, v18, v28, v34, v35, v48, v64, v57, v41, v36, v60
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v18 = gate_delta
@@ -3540,15 +3506,14 @@ def chunk_grad_v_1_bwd_kernel(
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
     v29 = v28
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v29)  # park
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v35 = (v32 * v34)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v35)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3571,25 +3536,25 @@ def chunk_grad_v_1_bwd_kernel(
         v46 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v40 = (v38 * v34)
     v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3610,16 +3575,16 @@ def chunk_grad_v_1_bwd_kernel(
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v44 = v28
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -3641,10 +3606,10 @@ def chunk_grad_v_1_bwd_kernel(
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3653,7 +3618,7 @@ def chunk_grad_v_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3673,7 +3638,7 @@ def chunk_grad_v_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3683,7 +3648,7 @@ def chunk_grad_v_1_bwd_kernel(
         v43 = (v37 - v42)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3705,7 +3670,7 @@ def chunk_grad_v_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3726,7 +3691,7 @@ def chunk_grad_v_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
@@ -3778,7 +3743,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV)  # v10, v27, v30, v32, v35, v28, v20, v36, local_4, causal, v28, v20, v21, v29, v24, v33, v34
+    scratch = scratch_ptr + slot * (5 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV)  # v10, v27, v30, v32, v35, v28, v20, v36, local_4, causal, v28, v20, v29, v24, v33, v34
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -3791,7 +3756,6 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v20 = tl.cumsum(v19, axis=0, reverse=False)
     tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     v21 = v20
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v21)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v20 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v28 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -3815,22 +3779,22 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v20 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v22 = tl.exp(v20)  # cumulative decay in the chunk
     v24 = (q * v22)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v24)  # park
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v24)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v20 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v33 = v20
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v33)  # park
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v33)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v34 = v21
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v34)  # park
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v34)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3852,7 +3816,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v27 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3860,7 +3824,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v30 = tl.dot(v29.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v30)
     tl.debug_barrier()
-    v24 = tl.load(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3884,8 +3848,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v35 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v36 += tl.dot(v32.to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v33 = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v34 = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v33 = tl.load(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v34 = tl.load(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v36)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -3951,7 +3915,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 7 * C * D + 2 * C * BV + 4 * C * C)  # v10, v27, v25, v31, v34, v43, v48, v28, v20, local_4, v49, causal, v26, v28, v20, v24, v21, v29, v32, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + 6 * C * D + 2 * C * BV + 4 * C * C)  # v10, v27, v25, v31, v34, v43, v48, v28, v20, local_4, v49, causal, v26, v28, v20, v24, v29, v32, v41
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3973,8 +3937,6 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = v20
-    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v21)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v28 = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
@@ -3997,17 +3959,17 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v32 = v20
-    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v32)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v32)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v33 = v21
-    v32 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v32 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -4029,7 +3991,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -4060,7 +4022,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4075,7 +4037,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v34 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4105,7 +4067,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v49 += (tl.dot(v48.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v21 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v28 = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4170,7 +4132,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + C)  # v10, v29, v32, v33, v34, v40, v75, v81, v30, v22, v41, local_4, causal, v30, v22, v23, v31, v26, v35, v36, v37, v38, v39, v47, v50, v66, v79, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + C)  # v10, v29, v32, v33, v34, v40, v75, v81, v30, v22, v41, local_4, causal, v30, v22, v31, v26, v35, v36, v37, v38, v39, v47, v50, v66, v79, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v28 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -4183,7 +4145,6 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v22 = tl.cumsum(v21, axis=0, reverse=False)
     tl.store(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v22)  # park
     v23 = v22
-    tl.store(scratch + 8 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v23)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v22 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -4207,15 +4168,15 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v31 += tl.where(tl.arange(0, C)[None, :] == v31_p[:, None], v31_d[:, None], 0.0)
     v31 = v31 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v31)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v31)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v22 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v24 = tl.exp(v22)  # cumulative decay in the chunk
     v26 = (q * v24)
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v26)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v26)  # park
     v35 = v24
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4237,7 +4198,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v29 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v29)
     tl.debug_barrier()
-    v31 = tl.load(scratch + 8 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v31 = tl.load(scratch + 8 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4245,7 +4206,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v32 = tl.dot(v31.to(DOT_DTYPE), v29.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
     tl.debug_barrier()
-    v26 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v26 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4265,20 +4226,20 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v34 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 += tl.dot(v34.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v36)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v36)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v37 = (v35 * v36)
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v37)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v37)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v22 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = v22
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v38)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v38)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 8 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = v23
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v39)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v39)  # park
     v41 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4291,8 +4252,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v34 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v41 += tl.dot(v34.to(DOT_DTYPE), tl.trans(v40).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v38 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v39 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v38 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v39 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v41)
     tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -4315,43 +4276,43 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v43_b = tl.load(scratch + 8 * C * HID + C * D + v43_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v43 += v43_x[:, None] * v43_y * v43_m[:, None] * tl.exp(tl.minimum(v38 - v43_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v37 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v37 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v44 = (v37 - v43)
     v45 = tl.sum((v44), axis=1)
     v46 = (v45 / (D))
     v47 = (v44 - v46[:, None])
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v47)  # park
     v48 = (v47 * v47)
     v49 = tl.sum((v48), axis=1)
     v50 = (v49 / (D))
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t, v50)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t, v50)  # park
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v63 = ((-0.5) * v47 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v50[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v50[:, None])))))
     v64 = tl.sum((v63), axis=1)
     v65 = (v64 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v47 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v66 = (2.0 * v47 * v65[:, None])
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v66)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v66)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v50 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t)  # parked
+    v50 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t)  # parked
     v62 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v50[:, None])))))
-    v66 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v66 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = (v62 + v66)
     v68 = ((-1.0) * v67)
     v69 = tl.sum((v68), axis=1)
     v70 = (v69 / (D))
     v71 = (v67 + v70[:, None])
-    v36 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v36 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v71 * v36)
     v79 = v78
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v79)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v79)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v39 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v38 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v39 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v73 = tl.zeros((C, C), DTYPE)
@@ -4402,7 +4363,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v83 = (q * v82)
-    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
     v55 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4423,8 +4384,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v60 = (v56 + v59)
     v61 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v60[None, :])
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v83 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v84 = (v61 + v79 + v83)
     v22 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v85 = (v84 * tl.exp(v22))
@@ -4576,7 +4537,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 12 * C * D + 5 * C * BV + 5 * C * C)  # v10, v32, v35, v36, v40, v60, v66, v33, v23, local_4, q, v67, causal, v42, local_6, v31, v28, v33, v23, v24, v34, v29, v38, v39, v56, v69, v61, v54, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + 11 * C * D + 5 * C * BV + 5 * C * C)  # v10, v32, v35, v36, v40, v60, v66, v33, v23, local_4, q, v67, causal, v42, local_6, v31, v28, v33, v23, v34, v29, v38, v39, v56, v69, v61, v54, v41
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v31 = k
     tl.store(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v31)  # park
@@ -4591,7 +4552,6 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v23 = tl.cumsum(v22, axis=0, reverse=False)
     tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v23)  # park
     v24 = v23
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v24)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v23 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v33 = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -4615,25 +4575,25 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v34 += tl.where(tl.arange(0, C)[None, :] == v34_p[:, None], v34_d[:, None], 0.0)
     v34 = v34 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v23 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v27 = tl.exp(v23)  # cumulative decay in the chunk
     v29 = (q * v27)
-    tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v29)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v23 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = v23
-    tl.store(scratch + 7 * C * HID + 9 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v38)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v38)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = v24
-    tl.store(scratch + 7 * C * HID + 9 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v39)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v39)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 7 * C * HID + 9 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v38 = tl.load(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -4655,7 +4615,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 9 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -4678,7 +4638,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v32 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v32)
     tl.debug_barrier()
-    v34 = tl.load(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v34 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4686,7 +4646,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v35 = tl.dot(v34.to(DOT_DTYPE), v32.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v35)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4701,7 +4661,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v40 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v40)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 7 * C * HID + 9 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 7 * C * HID + 8 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4733,7 +4693,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v24 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v67)
     tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4757,7 +4717,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     v33 = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) * v33 * v68)
-    tl.store(scratch + 7 * C * HID + 9 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     v42 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4768,8 +4728,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v40 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v42 += tl.dot(v37.to(DOT_DTYPE), tl.trans(v40).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 7 * C * HID + 9 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v39 = tl.load(scratch + 7 * C * HID + 9 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v38 = tl.load(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v39 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v42)
     tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
@@ -4794,7 +4754,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v58 = ((-1.0) * local_4 * v57)
     v61 = v58
-    tl.store(scratch + 7 * C * HID + 10 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 7 * C * HID + 9 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v53 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4806,10 +4766,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v31 = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = (v31 * v53)
-    tl.store(scratch + 7 * C * HID + 11 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v54)  # park
+    tl.store(scratch + 7 * C * HID + 10 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v54)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v41 = local_3
-    tl.store(scratch + 7 * C * HID + 12 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 11 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v41)  # park
     v48 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4819,10 +4779,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v40 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 += tl.dot(v40.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 7 * C * HID + 12 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 11 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v49 = (v41 * v48)
     v51 = v49
-    v54 = tl.load(scratch + 7 * C * HID + 11 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v54 = tl.load(scratch + 7 * C * HID + 10 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v70 = (v51 + v54)
     v28 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v71 = (v28 * v70)
@@ -4830,10 +4790,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v23 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v25 = (v23 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v26 = tl.sum((v25), axis=0)
-    v24 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = ((-1.0) * v21[:, None] * v71 * tl.exp((v26[None, :] - v24)))
-    v61 = tl.load(scratch + 7 * C * HID + 10 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v69 = tl.load(scratch + 7 * C * HID + 9 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 7 * C * HID + 9 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 7 * C * HID + 8 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v73 = (v61 + v69 + v72)
     v74 = v73
     v75 = tl.cumsum(v74, axis=0, reverse=True)
@@ -4876,7 +4836,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 6 * C * D + 3 * C * BV + 3 * C * C)  # v10, v27, v30, v32, v35, v28, v20, local_6, v37, causal, v28, v20, v21, v29, v24, v33, v34
+    scratch = scratch_ptr + slot * (5 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C)  # v10, v27, v30, v32, v35, v28, v20, local_6, v37, causal, v28, v20, v29, v24, v33, v34
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -4889,7 +4849,6 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v20 = tl.cumsum(v19, axis=0, reverse=False)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     v21 = v20
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v21)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 5 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
@@ -4912,20 +4871,20 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v22 = tl.exp(v20)  # cumulative decay in the chunk
     v24 = (q * v22)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v24)  # park
+    tl.store(scratch + 5 * C * HID + 4 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v24)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v20 = tl.load(scratch + 5 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v33 = v20
-    tl.store(scratch + 5 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v33)  # park
+    tl.store(scratch + 5 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v33)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 5 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 5 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v34 = v21
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v34)  # park
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v34)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4947,7 +4906,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v27 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 5 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 5 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4955,7 +4914,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v30 = tl.dot(v29.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v30)
     tl.debug_barrier()
-    v24 = tl.load(scratch + 5 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 4 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4979,8 +4938,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v35 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v37 += tl.dot(v32.to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v33 = tl.load(scratch + 5 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v34 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v33 = tl.load(scratch + 5 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v34 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v37)
@@ -5044,7 +5003,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C)  # v10, v27, v25, v31, v34, v43, v48, v28, v20, local_4, v49, q, causal, v26, v20, v24, v28, v21, v29, v32, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + 7 * C * D + 2 * C * BV + 4 * C * C)  # v10, v27, v25, v31, v34, v43, v48, v28, v20, local_4, v49, q, causal, v26, v20, v24, v28, v29, v32, v41
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
     tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v26)  # park
@@ -5066,8 +5025,6 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = v20
-    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v21)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
     tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v20)
@@ -5089,15 +5046,15 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 8 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v32 = v20
-    tl.store(scratch + 7 * C * HID + 8 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v32)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v32)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v33 = v21
-    v32 = tl.load(scratch + 7 * C * HID + 8 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v32 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -5119,7 +5076,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -5150,7 +5107,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + 8 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5165,7 +5122,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v34 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5197,7 +5154,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v21 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -5363,7 +5320,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v29, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
@@ -5378,7 +5335,6 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v29)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
@@ -5401,17 +5357,17 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5434,22 +5390,22 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
     v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v35 = (v32 * v34)
     v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5471,7 +5427,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5479,7 +5435,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5494,7 +5450,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5516,7 +5472,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5527,7 +5483,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5552,7 +5508,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5561,12 +5517,12 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
@@ -5622,7 +5578,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 8 * C * D + 4 * C * BV + 2 * C * C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, v28, local_4, v18, v28, v29, v34, v35, v48, v64, v57, v41, v36, v60
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, v28, local_4, v18, v28, v34, v35, v48, v64, v57, v41, v36, v60
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v18 = gate_delta
@@ -5636,15 +5592,14 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
     v29 = v28
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v29)  # park
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v35 = (v32 * v34)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v35)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5667,25 +5622,25 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v46 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v40 = (v38 * v34)
     v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5706,16 +5661,16 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v44 = v28
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -5737,10 +5692,10 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5749,7 +5704,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5769,7 +5724,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5779,7 +5734,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v43 = (v37 - v42)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5801,7 +5756,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5822,7 +5777,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
@@ -5874,7 +5829,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV)  # v10, v28, v31, v33, v29, v21, v40, local_4, causal, v29, v21, v22, v30, v25, v34, v36, v37, v38
+    scratch = scratch_ptr + slot * (4 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV)  # v10, v28, v31, v33, v29, v21, v40, local_4, causal, v29, v21, v30, v25, v34, v36, v37, v38
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v27 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -5887,7 +5842,6 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v21 = tl.cumsum(v20, axis=0, reverse=False)
     tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v21)  # park
     v22 = v21
-    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v22)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v29 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v29)
@@ -5910,13 +5864,13 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v30 += tl.where(tl.arange(0, C)[None, :] == v30_p[:, None], v30_d[:, None], 0.0)
     v30 = v30 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v23 = tl.exp(v21)  # cumulative decay in the chunk
     v25 = (q * v23)
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v25)  # park
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v25)  # park
     v34 = v23
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v34)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v34)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5938,7 +5892,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5946,7 +5900,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
-    v25 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v25 = tl.load(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5965,18 +5919,18 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v33 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v35 += tl.dot(v33.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v34 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v34 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v36 = (v34 * v35)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v36)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v36)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v21 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v21
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v37)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v37)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v22 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v22 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v38 = v22
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v38)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v38)  # park
     v40 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5988,8 +5942,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v33 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v40 += tl.dot(v33.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v38 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v37 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v38 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v40)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -6012,7 +5966,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v42_b = tl.load(scratch + 4 * C * HID + C * D + v42_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v42 += v42_x[:, None] * v42_y * v42_m[:, None] * tl.exp(tl.minimum(v37 - v42_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v36 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v36 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v43 = (v36 - v42)
     v44 = tl.sum((v43), axis=1)
     v45 = (v44 / (D))
@@ -6059,7 +6013,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, v27, local_4, v27, v28, v33, v34, v47, v63, v56, v40, v35, v59
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, v27, local_4, v27, v33, v34, v47, v63, v56, v40, v35, v59
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -6070,15 +6024,14 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v29 = (v27 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v30 = tl.sum((v29), axis=0)
     v28 = v27
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     v31 = (v25[:, None] * tl.exp((v30[None, :] - v28)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v33 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
     v34 = (v31 * v33)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v47 = v34
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6101,25 +6054,25 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v51 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v45.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v53 = (v47 * v52)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v62 = (v53 + local_7)
     v63 = v62
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v37 = k
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = (v34 * v37)
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = (v37 * v33)
     v27 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v39)
     tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v27)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6140,16 +6093,16 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v40 += tl.where(tl.arange(0, C)[None, :] == v40_p[:, None], v40_d[:, None], 0.0)
     v40 = v40 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     v32 = tl.exp(v27)  # cumulative decay in the chunk
     v35 = (q * v32)
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v35)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v43 = v27
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -6171,10 +6124,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
     v59 = v59 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6183,7 +6136,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6203,7 +6156,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v38 = v21
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6213,7 +6166,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v42 = (v36 - v41)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6235,7 +6188,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v68 = ((-1.0) * v67)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6256,7 +6209,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v72 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v73 += (tl.dot(v72.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v63 + v73)
     v75 = tl.sum((v74), axis=1)
     v76 = (v75 / (D))
@@ -6308,7 +6261,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, v27, local_4, v27, v28, v33, v34, v47, v63, v56, v40, v35, v59
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, v27, local_4, v27, v33, v34, v47, v63, v56, v40, v35, v59
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -6319,15 +6272,14 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v29 = (v27 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v30 = tl.sum((v29), axis=0)
     v28 = v27
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     v31 = (v25[:, None] * tl.exp((v30[None, :] - v28)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v33 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
     v34 = (v31 * v33)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v47 = v34
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6350,25 +6302,25 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v51 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v45.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v53 = (v47 * v52)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v62 = (v53 + local_7)
     v63 = v62
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v37 = k
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = (v34 * v37)
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = (v37 * v33)
     v27 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v39)
     tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v27)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6389,16 +6341,16 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v40 += tl.where(tl.arange(0, C)[None, :] == v40_p[:, None], v40_d[:, None], 0.0)
     v40 = v40 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     v32 = tl.exp(v27)  # cumulative decay in the chunk
     v35 = (q * v32)
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v35)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v43 = v27
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -6420,10 +6372,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
     v59 = v59 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6432,7 +6384,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6452,7 +6404,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v38 = v21
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6462,7 +6414,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v42 = (v36 - v41)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6484,7 +6436,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v68 = ((-1.0) * v67)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6505,7 +6457,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v72 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v73 += (tl.dot(v72.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v63 + v73)
     v75 = tl.sum((v74), axis=1)
     v76 = (v75 / (D))
@@ -6554,7 +6506,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v29, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
@@ -6569,7 +6521,6 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v29)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
@@ -6592,17 +6543,17 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6625,22 +6576,22 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
     v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v35 = (v32 * v34)
     v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6662,7 +6613,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6670,7 +6621,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6685,7 +6636,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6707,7 +6658,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6718,7 +6669,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6743,7 +6694,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6752,12 +6703,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
@@ -6854,7 +6805,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v29, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
@@ -6869,7 +6820,6 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v28 = tl.cumsum(v27, axis=0, reverse=False)
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v29)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
@@ -6892,17 +6842,17 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6925,22 +6875,22 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
     v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v35 = (v32 * v34)
     v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6962,7 +6912,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6970,7 +6920,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6985,7 +6935,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7007,7 +6957,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7018,7 +6968,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7043,7 +6993,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7052,12 +7002,12 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
