@@ -345,8 +345,9 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     relabelled: set[int] = set()
     for v in (v for seg in segments for v in (seg.values if isinstance(seg, _Loop) else [seg])
               if v.id in evicted and v.id not in reload):
-        if _same_extents(same_tile(v), v) and same_tile(v).id in park_slot:  # a relabelled parked tile: its slot
-            park_slot[v.id] = park_slot[same_tile(v).id]
+        base = same_tile(v)  # a relabelled parked tile with the same register extents reads that tile's slot
+        if base.id in park_slot and tile_shape(base.axes) == tile_shape(v.axes):
+            park_slot[v.id] = park_slot[base.id]
             relabelled.add(v.id)
             continue
         park_slot[v.id] = "scratch + " + _slot_offset(kept, len(kept))
@@ -692,11 +693,6 @@ def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[i
             if v.id in units and (not isinstance(seg, _Loop) or v.id in seg.sums):
                 held[v.id] = units[v.id]
     return evicted
-
-
-def _same_extents(a: Value, b: Value) -> bool:
-    """Whether two tiles of as many axes have the same extents in registers, axis by axis (t, s and u are all C)."""
-    return len(a.axes) == len(b.axes) and all(SHAPE[x] == SHAPE[y] for x, y in zip(a.axes, b.axes))
 
 
 def _per_token_vector(v: Value) -> bool:
