@@ -314,12 +314,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     accumulated = {u.id for u in into.values()}
     kept = [v for seg in segments if isinstance(seg, _Loop) for v in seg.values
             if v.id in read_elsewhere and not isinstance(v.op, ir.Input)]
-    # the factors of channel-decay products that are read a slice at a time (emit_triton.decayed_product), each
-    # tile once (a relabelled factor, such as the log-decays as (s, c), reads the slot of the tile it relabels)
     factors = [z for v in order if isinstance(v.op, ir.DecayedProduct) for z in staged_factors(v)]
-    kept += list({same_tile(z).id: same_tile(z) for z in factors}.values())
-    slot = {v.id: " + ".join(["scratch"] + [_slot_offset(kept, k)] * (k > 0)) for k, v in enumerate(kept)}
-    slot.update({z.id: slot[same_tile(z).id] for z in factors})
     reload = {v.id: f"{v.op.name} = {loads[v.op.name]}" for v in order
               if isinstance(v.op, ir.Input) and v.op.name in reloadable and v.op.name in loads}
     running = _running_sums(segments, graph, set(out_of) | accumulated)
@@ -340,6 +335,12 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
                      unread=blocked.by_blocks)
     for i, (where, again) in reread.items():
         evicted[i], reload[i] = where, again
+    # the factors of channel-decay products that are read a slice at a time (emit_triton.decayed_product), each
+    # tile once (a relabelled factor, such as the log-decays as (s, c), reads the slot of the tile it relabels); a
+    # factor parked where it is made is read from its park slot, not stored a second time
+    in_park = _factors_read_from_park(factors, evicted, reload)
+    kept += [z for z in {same_tile(z).id: same_tile(z) for z in factors}.values() if z.id not in in_park]
+    slot = {v.id: " + ".join(["scratch"] + [_slot_offset(kept, k)] * (k > 0)) for k, v in enumerate(kept)}
     by_id = {v.id: v for v in order}
     park_slot = {}  # a slot of its own, even for a tile kept above (that slot may be written after it is read)
     relabelled: set[int] = set()
@@ -352,7 +353,9 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
             continue
         park_slot[v.id] = "scratch + " + _slot_offset(kept, len(kept))
         kept.append(v)
-    staged: set[int] = set()
+    slot.update({i: park_slot[i] for i in in_park})
+    slot.update({z.id: slot[same_tile(z).id] for z in factors})
+    staged: set[int] = set(in_park)  # their park stores stage them
 
     def fetch(v: Value, here: int) -> list[str]:
         """Lines making a wide value read in loop `here` available: its block from memory if made elsewhere."""
@@ -784,6 +787,16 @@ def _input_load(lines: list[str], line: str, held: bool) -> None:
     if len(lines) < 2 or lines[-2] != _HELD_HERE:
         lines.append(_HELD_HERE)
     lines.append(f"    {line}")
+
+
+def _factors_read_from_park(factors: list[Value], evicted: dict[int, set[int]], reload: dict[int, str]) -> set[int]:
+    """The staged factors' tiles that a channel-decay product reads from their park slots: those parked with a store
+    of their own, emitted where the tile is made (after its loop, for a sum over the hidden axis), so before any
+    product reads it, and whose park layout is the staging layout (`stage`: row-major by the register extents; not a
+    value-axis tile, parked D wide and held BV wide, nor a hidden-axis one). Their park store stages them: a staging
+    store would write the same tile again."""
+    tiles = {same_tile(z).id: same_tile(z) for z in factors}.values()
+    return {z.id for z in tiles if z.id in evicted and z.id not in reload and all(SIZE[a] == SHAPE[a] for a in z.axes)}
 
 
 def _decayed_product_lines(v: Value, slot: dict[int, str], staged: set[int]) -> list[str]:

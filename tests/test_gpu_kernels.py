@@ -998,3 +998,22 @@ def test_a_relabelled_parked_tile_is_read_back_from_its_tiles_slot(stem):
                 assert all(b.split(" + offs_")[0] == slot for b in back), (value, back)
                 read_back += 1
     assert read_back > 0, "no relabelled tile was parked"
+
+
+@pytest.mark.parametrize("stem", ["moneta", "yaad", "memora"])
+def test_a_parked_decay_factor_is_read_from_its_park_slot(stem):
+    """A channel-decay product's factor that is parked where it is made (Moneta's cumulative log-decays, read a slice
+    at a time by the product and read back whole later) is stored once a chunk: the product reads it from its park
+    slot, and no staging store writes it again. A value-axis tile (parked D wide, held BV wide) keeps both."""
+    from mirasc.codegen import generate_triton
+
+    read_from_park = 0
+    for kernel in generate_triton(mirasc.load(model_path(stem))).split("@triton.jit")[1:]:
+        parked = {v: s.split(" + offs_")[0]
+                  for s, v in re.findall(r"^\s+tl\.store\((scratch[^\n]*), (v\d+)\)  # park$", kernel, re.M)}
+        staged = re.findall(r"^\s+tl\.store\(scratch[^\n]* \+ tl\.arange\(0, C\)\[:, None\] \* (?:C|D) "
+                            r"\+ tl\.arange\(0, (?:C|D)\)\[None, :\], (v\d+)\)$", kernel, re.M)
+        assert not set(staged) & set(parked), (stem, sorted(set(staged) & set(parked)))
+        product_reads = set(re.findall(r"tl\.load\((scratch[^()]*?) \+ (?:tl\.arange\(0, C\)|v\d+_[prs])", kernel))
+        read_from_park += len(product_reads & set(parked.values()))
+    assert read_from_park > 0, f"{stem}: no channel-decay product reads a park slot"

@@ -73,7 +73,6 @@ DESCRIPTION = {'spec': 'memora',
                                      ['t', 'h'],
                                      ['s', 'h'],
                                      ['s', 'i'],
-                                     ['t', 'i'],
                                      ['t', 's'],
                                      ['s', 'o'],
                                      ['t', 's'],
@@ -115,8 +114,6 @@ DESCRIPTION = {'spec': 'memora',
                                        ['t', 'h'],
                                        ['s', 'h'],
                                        ['s', 'i'],
-                                       ['t', 'i'],
-                                       ['t', 's'],
                                        ['s', 'o'],
                                        ['t', 's'],
                                        ['t', 'o'],
@@ -191,8 +188,6 @@ DESCRIPTION = {'spec': 'memora',
                                        ['o', 'h'],
                                        ['h'],
                                        ['h'],
-                                       ['s', 'i'],
-                                       ['t', 'i'],
                                        ['s', 'o'],
                                        ['t', 'i'],
                                        ['t', 'i'],
@@ -243,8 +238,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 's'],
@@ -302,7 +295,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 'i'],
@@ -339,7 +331,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -383,7 +374,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -446,8 +436,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o'],
                                           ['o', 'h'],
                                           ['h'],
-                                          ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -494,7 +482,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -542,8 +529,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o', 'h'],
                                           ['o', 'h'],
                                           ['o'],
-                                          ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -586,13 +571,9 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'i'],
-                                                   ['t', 'i'],
-                                                   ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
-                                                   ['t', 's'],
                                                    ['t', 'o'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
@@ -665,8 +646,6 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['o', 'h'],
                                                    ['o', 'h'],
                                                    ['o'],
-                                                   ['s', 'i'],
-                                                   ['t', 'i'],
                                                    ['s', 'o'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
@@ -709,7 +688,6 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'i'],
-                                                 ['t', 'i'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
                                                  ['t', 'i'],
@@ -770,8 +748,6 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['o', 'h'],
                                                  ['o', 'h'],
                                                  ['o'],
-                                                 ['s', 'i'],
-                                                 ['t', 'i'],
                                                  ['s', 'o'],
                                                  ['t', 'i'],
                                                  ['t', 'i'],
@@ -811,7 +787,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
@@ -847,7 +822,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
@@ -884,7 +858,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
@@ -921,7 +894,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
@@ -969,8 +941,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o'],
-                                                  ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
@@ -1028,8 +998,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o'],
-                                                  ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
@@ -1087,8 +1055,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o'],
-                                                  ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
@@ -1143,7 +1109,6 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['s', 'i'],
-                                                ['t', 'i'],
                                                 ['s', 'o'],
                                                 ['t', 'i'],
                                                 ['s', 'i'],
@@ -1191,8 +1156,6 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['o', 'h'],
                                                 ['o', 'h'],
                                                 ['o'],
-                                                ['s', 'i'],
-                                                ['t', 'i'],
                                                 ['s', 'o'],
                                                 ['t', 'i'],
                                                 ['t', 'i'],
@@ -1530,7 +1493,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 13 * C * BV + C)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v100, v102, v109, v98, v90, v111, v112, causal, v65, v68, v71, v72, v75, v80, v81, v85, v93, v90, v99, v92, v94, v112, v106, v107, v113, v103
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 13 * C * BV + C)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v100, v102, v109, v98, v111, v112, causal, v65, v68, v71, v72, v75, v80, v81, v85, v93, v90, v99, v92, v94, v112, v106, v107, v113, v103
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1628,64 +1591,64 @@ def chunk_out_fwd_kernel(
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t, v71)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + offs_t, v71)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v73 = k
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t)  # parked
+    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + offs_t)  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((1.0 + v71[:, None]) * tl.sqrt((1.0 + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
-    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = (2.0 * v68 * v79[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t)  # parked
-    v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + offs_t)  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((1.0 + v71[:, None])))))
-    v80 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v81)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v81)  # park
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v96 = k
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -1693,50 +1656,49 @@ def chunk_out_fwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v90)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v90)  # park
     v91 = v90
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = q * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v99_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + v99_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
         v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * D + tl.arange(0, D)[None, :])
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v99_p[:, None] * D + tl.arange(0, D)[None, :])
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + v99_p[:, None] * D + tl.arange(0, D)[None, :])
         v99_d = tl.sum(q * v99_y * tl.exp(tl.minimum(v90 - v99_b, 0.0)), axis=1)
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v99)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v99)  # park
     v92 = tl.exp(v90)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v92)  # park
     v94 = (q * v92)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = v85
-    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = v93
     v112 = (v110 * v108)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v106 = v90
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = v91
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v107)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1748,7 +1710,7 @@ def chunk_out_fwd_kernel(
         v97 = v87
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1756,7 +1718,7 @@ def chunk_out_fwd_kernel(
         v100 = tl.dot(v99.to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1778,35 +1740,35 @@ def chunk_out_fwd_kernel(
         v102 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v107 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
     v113_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v113_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v113_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v113_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v113_start = v113_k * BC
-        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v113_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + v113_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v113_rows = tl.where(tl.arange(0, C) // BC == v113_k, 1.0, 0.0)
-        v113 += v113_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v113 += v113_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v113 = v113 * v113_A
     for v113_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v113_p = v113_r + v113_j
-        v113_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v113_p)
-        v113_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v113_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_p)
-        v113_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v113_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * C + v113_p)
+        v113_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v113_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + C * BV + tl.arange(0, C) * C + v113_p)
+        v113_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = v92
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v103)  # park
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1815,9 +1777,9 @@ def chunk_out_fwd_kernel(
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v103 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v103 * v104)
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v114 = (v105 - v113)
     v115 = tl.sum((v114), axis=1)
     v116 = (v115 / (D))
@@ -1867,7 +1829,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 16 * C * BV + C)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v107, v109, v116, v105, v93, v118, v119, causal, v143, v65, v68, v71, v72, v75, v80, v81, v85, v99, v115, v119, v93, v106, v98, v101, v113, v114, v118, v120, v110, v142
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 16 * C * BV + 3 * C * C + C)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v107, v109, v116, v105, v119, causal, v143, v65, v68, v71, v72, v75, v80, v81, v85, v99, v115, v119, v93, v106, v98, v101, v113, v114, v118, v120, v110, v142
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1965,131 +1927,130 @@ def chunk_local_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
     tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v68.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t, v71)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + offs_t, v71)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v73 = k
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v75.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 5 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t)  # parked
+    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + offs_t)  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((1.0 + v71[:, None]) * tl.sqrt((1.0 + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
-    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = (2.0 * v68 * v79[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 6 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t)  # parked
-    v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + offs_t)  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 5 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((1.0 + v71[:, None])))))
-    v80 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 6 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v81)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 7 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v81)  # park
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 7 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v85.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v117 = v85
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v115 = v99
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 8 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v119.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
     v128 = v100
-    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 8 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v132 = (v128 * v117)
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v132.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
     v103 = k
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v103 * v99)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
         v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
-        v106_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v106_p[:, None] * D + tl.arange(0, D)[None, :])
         v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 11 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 11 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v98)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v101 = (q * v98)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v101)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v113 = v93
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 11 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 12 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2101,7 +2062,7 @@ def chunk_local_bwd_kernel(
         v104 = v87
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 11 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 11 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2109,7 +2070,7 @@ def chunk_local_bwd_kernel(
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v107)
     tl.debug_barrier()
-    v101 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2131,37 +2092,36 @@ def chunk_local_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 13 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 2 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 12 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 2 * C * C + C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
-        v120_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v120_p)
-        v120_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
-        v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 2 * C * C + C + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 13 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v98 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 14 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 14 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2170,9 +2130,9 @@ def chunk_local_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 14 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 14 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    v120 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 13 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v120 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -2192,37 +2152,37 @@ def chunk_local_bwd_kernel(
     v140 = tl.sum((v139), axis=1)
     v141 = (v140 / (D))
     v142 = (v138 + v141[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 15 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v142)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 15 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v142)  # park
     v143 = ((-1.0) * v142)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v143.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 13 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v143)
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 12 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 2 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v143)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v144 = tl.zeros((C, BV), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v144_xA = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_A
+    v144_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v144_xA = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_A
     for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v144_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v144_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v144_xA * v144_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144 += v144_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 2 * C * C + C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v144_xA * v144_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v144_p = v144_r + v144_j
-        v144_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v144_p * C + tl.arange(0, C))
-        v144_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v144_p * C + tl.arange(0, C))
-        v144_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 2 * C * C + C + v144_p * C + tl.arange(0, C))
+        v144_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + v144_p * C + tl.arange(0, C))
+        v144_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v144 += v144_x * v144_y[:, None] * v144_m[:, None] * tl.exp(tl.minimum(v144_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 9 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v145 = (v115 * v144)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v145.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
-    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 14 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v142 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 15 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 14 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v142 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 15 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v146 = (v110 * v142)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v146.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -2272,7 +2232,7 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v51, v19, v20, v47, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v197, v199, v200, v110, v130, v140, v177, v179, v181, v188, v201, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
+        scratch = scratch_ptr + slot * (7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * BV + 7 * C * D + 2 * C * C + 3 * C)  # v51, v19, v20, v47, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v197, v199, v200, v110, v130, v140, v177, v179, v181, v188, v201, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v11 = tl.sum((v10), axis=0)
@@ -2302,52 +2262,50 @@ def chunk_state_bwd_kernel(
         v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
         v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
         v81 = tl.cumsum(v80, axis=0, reverse=False)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
         v86 = tl.exp(v81)  # cumulative decay in the chunk
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v89 = (q * v86)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v91 = k
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
         v87 = v62
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v91 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v91 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v93 = (v91 * v87)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v82 = v81
-        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v93 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
+        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v93 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v94 = tl.zeros((C, C), DTYPE)
         v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v94_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v94_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v94_xA = q * v94_A
         for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v94_start = v94_k * BC
-            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
             v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-            v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v94_p = v94_r + v94_j
-            v94_y = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-            v94_b = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+            v94_y = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+            v94_b = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
             v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
             v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
         v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v86 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v86 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v103 = tl.sum((v102), axis=0)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2380,7 +2338,7 @@ def chunk_state_bwd_kernel(
             gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v13 = tl.sum((v12), axis=0)
-        v89 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v89 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2431,50 +2389,50 @@ def chunk_state_bwd_kernel(
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v98 = v81
-        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v99 = v82
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v120 = tl.zeros((C, C), DTYPE)
         v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v120_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v120_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v120_xA = local_5 * v120_A
         for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v120_start = v120_k * BC
-            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-            v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v120_p = v120_r + v120_j
-            v120_y = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-            v120_b = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v120_y = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v120_b = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
             v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
         v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         tl.debug_barrier()  # parked tiles other threads stored
-        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v84 = tl.sum((v83), axis=0)
-        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-        v87 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v87 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v88 = (v85 * v87)
-        v91 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v91 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v117 = (v88 * v91)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v104 = v88
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2490,7 +2448,7 @@ def chunk_state_bwd_kernel(
             v92 = v75
             tl.store(scratch + 4 * HID * D + 4 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
         tl.debug_barrier()
-        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2506,7 +2464,7 @@ def chunk_state_bwd_kernel(
             v100 = v64
             tl.store(scratch + 4 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
         tl.debug_barrier()
-        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2527,7 +2485,7 @@ def chunk_state_bwd_kernel(
             v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
             tl.store(scratch + 4 * HID * D + 4 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
         tl.debug_barrier()
-        v89 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v89 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2538,7 +2496,7 @@ def chunk_state_bwd_kernel(
             v115 = ((-1.0) * d_new_w1)
             tl.store(scratch + 5 * HID * D + 4 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
         tl.debug_barrier()
-        v117 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v117 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2549,7 +2507,7 @@ def chunk_state_bwd_kernel(
             v133 = ((-1.0) * v132)
             tl.store(scratch + 6 * HID * D + 4 * HID + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
         tl.debug_barrier()
-        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2583,7 +2541,7 @@ def chunk_state_bwd_kernel(
             v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 6 * HID * D + 4 * HID + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
         tl.debug_barrier()
-        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2601,12 +2559,12 @@ def chunk_state_bwd_kernel(
             v100 = tl.load(scratch + 4 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
             v109 = tl.load(scratch + 6 * HID * D + 4 * HID + 13 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v104 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v112 = (v104 * v111)
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v124 = (v112 + local_6)
         v125 = v124
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
         v141 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2619,18 +2577,18 @@ def chunk_state_bwd_kernel(
             v60 = tl.load(scratch + 4 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()
-        v125 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v125 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v142 = (v125 + v141)
         v143 = tl.sum((v142), axis=1)
         v144 = (v143 / (D))
         v145 = ((-1.0) * v144)
         v146 = (v142 + v145[:, None])
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v66 = (local_0 * local_0)
         v67 = tl.sum((v66), axis=1)
         v68 = (v67 / (D))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t, v68)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2638,54 +2596,54 @@ def chunk_state_bwd_kernel(
         v71 = tl.sum((v70), axis=1)
         v72 = (v71 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v147 = (2.0 * v72[:, None] * v146)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
         v148 = (2.0 * local_0 * v146)
         v149 = tl.sum((v148), axis=1)
         v150 = (v149 / (D))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t, v150)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v68 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+        v68 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t)  # parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
         v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         tl.debug_barrier()  # parked tiles other threads stored
-        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
         v158 = (v154 + v157)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
         v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v150 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+        v150 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t)  # parked
         v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         v153 = tl.sum((v152), axis=1)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         v156 = tl.sum((v155), axis=1)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v158 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v158 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
         v161 = tl.sum((v160), axis=1)
-        v153 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+        v153 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
         v162 = (v153 + v156 + v161)
         v163 = (v162 / (D))
         v164 = (2.0 * local_0 * v163[:, None])
-        v147 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v151 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v159 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v147 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v151 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v159 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v165 = (v147 + v151 + v159 + v164)
         v166 = ((-1.0) * v165)
         v167 = tl.sum((v166), axis=1)
         v168 = (v167 / (D))
         v169 = (v165 + v168[:, None])
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2754,7 +2712,7 @@ def chunk_state_bwd_kernel(
             v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 7 * HID * D + 6 * HID + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
         tl.debug_barrier()
-        v169 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v169 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v179 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2928,7 +2886,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 4 * C * C)  # v51, v19, v20, v54, v63, v58, v59, v60, v79, v77, v83, v86, v95, v100, v80, v72, local_3, v101, causal, v72, v76, v80, v81, v93
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 4 * C * C + 3 * C * D)  # v51, v19, v20, v54, v63, v58, v59, v60, v79, v77, v83, v86, v95, v100, local_3, v101, causal, v72, v76, v80, v81, v93
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -3021,66 +2979,64 @@ def chunk_grad_q_1_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v71 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v72 = tl.cumsum(v71, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v74 = tl.exp(v72)  # cumulative decay in the chunk
     v76 = (q * v74)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v76)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v76)  # park
     v78 = k
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v75 = v62
     v80 = (v78 * v75)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v80)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v80)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v73 = v72
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v80)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v72)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v81 = tl.zeros((C, C), DTYPE)
     v81_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + v81_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v81_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v81_xA = q * v81_A
     for v81_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v81_start = v81_k * BC
-        v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + v81_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v81_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v81_rows = tl.where(tl.arange(0, C) // BC == v81_k, 1.0, 0.0)
-        v81 += v81_rows[:, None] * tl.dot((v81_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v81_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 += v81_rows[:, None] * tl.dot((v81_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v81_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v81_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v81_p = v81_r + v81_j
-        v81_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + v81_p[:, None] * D + tl.arange(0, D)[None, :])
-        v81_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + v81_p[:, None] * D + tl.arange(0, D)[None, :])
+        v81_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + v81_p[:, None] * D + tl.arange(0, D)[None, :])
+        v81_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v81_p[:, None] * D + tl.arange(0, D)[None, :])
         v81_d = tl.sum(q * v81_y * tl.exp(tl.minimum(v72 - v81_b, 0.0)), axis=1)
         v81 += tl.where(tl.arange(0, C)[None, :] == v81_p[:, None], v81_d[:, None], 0.0)
     v81 = v81 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v84 = v72
     v85 = v73
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, C), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v93_xA = local_5 * v93_A
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93_d = tl.sum(local_5 * v93_y * tl.exp(tl.minimum(v84 - v93_b, 0.0)), axis=1)
         v93 += tl.where(tl.arange(0, C)[None, :] == v93_p[:, None], v93_d[:, None], 0.0)
     v93 = v93 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v93)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3096,7 +3052,7 @@ def chunk_grad_q_1_bwd_kernel(
         v79 = v69
         tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v76 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3104,7 +3060,7 @@ def chunk_grad_q_1_bwd_kernel(
         v77 = tl.dot(v76.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3119,7 +3075,7 @@ def chunk_grad_q_1_bwd_kernel(
         v86 = v64
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3148,27 +3104,27 @@ def chunk_grad_q_1_bwd_kernel(
         v79 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v101 += (tl.dot(v100.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v79.to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v73 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v80 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v101)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v73 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v101)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v102 = tl.zeros((C, D), DTYPE)
     v102_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v102_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + v102_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v102_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v102_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v102_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v102_start = v102_k * BC
-        v102_B = tl.where(tl.arange(0, C)[:, None] < v102_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + v102_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v102_B = tl.where(tl.arange(0, C)[:, None] < v102_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v102_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v102_rows = tl.where(tl.arange(0, C) // BC == v102_k, 1.0, 0.0)
-        v102 += v102_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v102_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102 += v102_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v102_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v102 = v102 * v102_A
     for v102_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v102_p = v102_r + v102_j
-        v102_x = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C) * C + v102_p)
-        v102_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + v102_p[:, None] * D + tl.arange(0, D)[None, :])
-        v102_m = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C) * C + v102_p)
-        v102_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + v102_p[:, None] * D + tl.arange(0, D)[None, :])
+        v102_x = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C) * C + v102_p)
+        v102_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + v102_p[:, None] * D + tl.arange(0, D)[None, :])
+        v102_m = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + C * C + tl.arange(0, C) * C + v102_p)
+        v102_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v102_p[:, None] * D + tl.arange(0, D)[None, :])
         v102 += v102_x[:, None] * v102_y * v102_m[:, None] * tl.exp(tl.minimum(v72 - v102_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v102.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3463,7 +3419,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + C * BV + 4 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v86, v89, v90, v93, v105, v110, v87, v75, local_3, v111, q, causal, v81, v75, v88, v83, v103, v113, v82
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v86, v89, v90, v93, v105, v110, v87, local_3, v111, q, causal, v81, v75, v88, v83, v103, v113, v82
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -3554,7 +3510,7 @@ def chunk_grad_k_0_bwd_kernel(
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v81 = v62
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v81)  # park
     v87 = (v85 * v81)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -3562,60 +3518,59 @@ def chunk_grad_k_0_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v74 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v75 = tl.cumsum(v74, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
     v76 = v75
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v87)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v75)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v88 = tl.zeros((C, C), DTYPE)
     v88_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v88_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v88_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v88_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v88_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v88_xA = q * v88_A
     for v88_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v88_start = v88_k * BC
-        v88_B = tl.where(tl.arange(0, C)[:, None] < v88_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v88_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v88_B = tl.where(tl.arange(0, C)[:, None] < v88_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v88_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v88_rows = tl.where(tl.arange(0, C) // BC == v88_k, 1.0, 0.0)
         v88 += v88_rows[:, None] * tl.dot((v88_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v88_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v88_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v88_p = v88_r + v88_j
         v88_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v88_p[:, None] * D + tl.arange(0, D)[None, :])
-        v88_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v88_p[:, None] * D + tl.arange(0, D)[None, :])
+        v88_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v88_p[:, None] * D + tl.arange(0, D)[None, :])
         v88_d = tl.sum(q * v88_y * tl.exp(tl.minimum(v75 - v88_b, 0.0)), axis=1)
         v88 += tl.where(tl.arange(0, C)[None, :] == v88_p[:, None], v88_d[:, None], 0.0)
     v88 = v88 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v88)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v88)  # park
     v80 = tl.exp(v75)  # cumulative decay in the chunk
     v83 = (q * v80)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v91 = v75
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v92 = v76
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v103 = tl.zeros((C, C), DTYPE)
     v103_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v103_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v103_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v103_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v103_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v103_xA = local_5 * v103_A
     for v103_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v103_start = v103_k * BC
-        v103_B = tl.where(tl.arange(0, C)[:, None] < v103_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v103_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v103_B = tl.where(tl.arange(0, C)[:, None] < v103_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v103_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v103_rows = tl.where(tl.arange(0, C) // BC == v103_k, 1.0, 0.0)
-        v103 += v103_rows[:, None] * tl.dot((v103_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v103_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v103 += v103_rows[:, None] * tl.dot((v103_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v103_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v103_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v103_p = v103_r + v103_j
-        v103_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v103_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v103_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v103_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v103_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v103_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v103_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v103_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v103_d = tl.sum(local_5 * v103_y * tl.exp(tl.minimum(v91 - v103_b, 0.0)), axis=1)
         v103 += tl.where(tl.arange(0, C)[None, :] == v103_p[:, None], v103_d[:, None], 0.0)
     v103 = v103 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v103)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v103)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3631,7 +3586,7 @@ def chunk_grad_k_0_bwd_kernel(
         v86 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
-    v88 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v88 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3639,7 +3594,7 @@ def chunk_grad_k_0_bwd_kernel(
         v89 = tl.dot(v88.to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v83 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v83 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3654,7 +3609,7 @@ def chunk_grad_k_0_bwd_kernel(
         v93 = v64
         tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v103 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3685,40 +3640,40 @@ def chunk_grad_k_0_bwd_kernel(
         v111 += (tl.dot(v110.to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v86.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v112 = tl.zeros((C, D), DTYPE)
     v112_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v112_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v112_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v112_yA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v112_A
+    v112_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v112_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v112_yA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v112_A
     for v112_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v112_start = v112_k * BC
-        v112_B = tl.where(tl.arange(0, C)[:, None] < v112_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v112_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
+        v112_B = tl.where(tl.arange(0, C)[:, None] < v112_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v112_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
         v112_rows = tl.where(tl.arange(0, C) // BC == v112_k, 1.0, 0.0)
-        v112 += v112_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v112_rows[:, None])).to(DOT_DTYPE), (v112_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v112 += v112_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v112_rows[:, None])).to(DOT_DTYPE), (v112_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v112_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v112_p = v112_r + v112_j
-        v112_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v112_p * C + tl.arange(0, C))
-        v112_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + v112_p[:, None] * D + tl.arange(0, D)[None, :])
-        v112_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + C * C + v112_p * C + tl.arange(0, C))
-        v112_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v112_p[:, None] * D + tl.arange(0, D)[None, :])
+        v112_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + v112_p * C + tl.arange(0, C))
+        v112_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + v112_p[:, None] * D + tl.arange(0, D)[None, :])
+        v112_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + v112_p * C + tl.arange(0, C))
+        v112_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v112_p[:, None] * D + tl.arange(0, D)[None, :])
         v112 += v112_x[:, None] * v112_y * v112_m[:, None] * tl.exp(tl.minimum(v112_a - v76, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v81 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v113 = (v81 * v112)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v113)  # park
     v73 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v77 = (v75 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v78 = tl.sum((v77), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = (v73[:, None] * tl.exp((v78[None, :] - v76)))  # decay from token s to the chunk's end
     v82 = (v79 * v81)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     v100 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3728,9 +3683,9 @@ def chunk_grad_k_0_bwd_kernel(
         v86 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v100 += tl.dot(v86.to(DOT_DTYPE), v99.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v101 = (v82 * v100)
-    v113 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v101 + v113)
     v115 = v114
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v115.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3769,29 +3724,29 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v77 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -3878,12 +3833,12 @@ def chunk_grad_k_1_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v104 = (v98 * v103)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v113 = (v104 + local_6)
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -3905,70 +3860,69 @@ def chunk_grad_k_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v78)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v91_xA = q * v91_A
     for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
         v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v91_p = v91_r + v91_j
         v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_p[:, None] * D + tl.arange(0, D)[None, :])
+        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
         v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     v83 = tl.exp(v78)  # cumulative decay in the chunk
     v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v94 = v78
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v110_xA = local_5 * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v110_p = v110_r + v110_j
-        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3980,7 +3934,7 @@ def chunk_grad_k_1_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4000,7 +3954,7 @@ def chunk_grad_k_1_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4010,7 +3964,7 @@ def chunk_grad_k_1_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4032,7 +3986,7 @@ def chunk_grad_k_1_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4053,7 +4007,7 @@ def chunk_grad_k_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
@@ -4107,7 +4061,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 8 * C * BV + 2 * C * C + C)  # v51, v19, v20, v54, v63, v58, v59, v60, v74, v111, v113, v90, v92, v96, v100, v117, v127, v130, v131, v106, v110, v97, v122, v165, v93, v81, local_3, v81, v88, v112, v94, v89, v115, v102, v120, v138, v139, v143, v150, v151, v145
+    scratch = scratch_ptr + slot * (3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 8 * C * BV + 2 * C * C + C)  # v51, v19, v20, v54, v63, v58, v59, v60, v74, v111, v113, v90, v92, v96, v100, v117, v127, v130, v131, v106, v110, v97, v122, v165, v93, local_3, v81, v88, v112, v94, v89, v115, v102, v120, v138, v139, v143, v150, v151, v145
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -4200,7 +4154,7 @@ def chunk_grad_k_2_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
     v82 = v81
@@ -4210,74 +4164,73 @@ def chunk_grad_k_2_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     v91 = k
     v112 = (v88 * v91)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v112)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v112)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v93 = (v91 * v87)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
         v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
         v94_y = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v98 = v81
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v115_xA = local_5 * v115_A
     for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v115_p = v115_r + v115_j
-        v115_y = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v115_b = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_y = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v115_d = tl.sum(local_5 * v115_y * tl.exp(tl.minimum(v98 - v115_b, 0.0)), axis=1)
         v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
     v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v115)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v115)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v102 = v88
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v102)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v102)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4291,7 +4244,7 @@ def chunk_grad_k_2_bwd_kernel(
         v111 = ((-1.0) * d_new_w1)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v111)
     tl.debug_barrier()
-    v112 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v112 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4299,7 +4252,7 @@ def chunk_grad_k_2_bwd_kernel(
         v113 = tl.dot(v112.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v113)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4313,7 +4266,7 @@ def chunk_grad_k_2_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4328,7 +4281,7 @@ def chunk_grad_k_2_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4350,7 +4303,7 @@ def chunk_grad_k_2_bwd_kernel(
         v127 = ((-1.0) * v126)
         tl.store(scratch + 3 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v127)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4384,7 +4337,7 @@ def chunk_grad_k_2_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 3 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4402,12 +4355,12 @@ def chunk_grad_k_2_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v106 = tl.load(scratch + 3 * HID * D + 2 * HID + 11 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v107 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v102 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v102 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v108 = (v102 * v107)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v119 = (v108 + local_6)
     v120 = v119
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4419,13 +4372,13 @@ def chunk_grad_k_2_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v133 += (tl.dot(v132.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v120 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v134 = (v120 + v133)
     v135 = tl.sum((v134), axis=1)
     v136 = (v135 / (D))
     v137 = ((-1.0) * v136)
     v138 = (v134 + v137[:, None])
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v138)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v138)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
@@ -4436,36 +4389,36 @@ def chunk_grad_k_2_bwd_kernel(
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     v139 = (2.0 * v72[:, None] * v138)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v139)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v139)  # park
     v140 = (2.0 * local_0 * v138)
     v141 = tl.sum((v140), axis=1)
     v142 = (v141 / (D))
     v143 = ((-0.5) * ln_weight[None, :] * local_1 * v142[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v143)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v143)  # park
     v146 = ((-0.5) * local_0 * ln_weight[None, :] * v142[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v149 = (ln_weight[None, :] * v138 / ((tl.sqrt((1.0 + v68[:, None])))))
     v150 = (v146 + v149)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v150)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v150)  # park
     v151 = (ln_weight[None, :] * v150 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v144 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v142[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v145 = tl.sum((v144), axis=1)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 8 * C * BV + 2 * C * C + offs_t, v145)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 8 * C * BV + 2 * C * C + offs_t, v145)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v138 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v138 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = ((-0.5) * ln_weight[None, :] * local_1 * v138 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v148 = tl.sum((v147), axis=1)
-    v150 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v150 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v152 = ((-0.5) * local_0 * ln_weight[None, :] * v150 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    v145 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 8 * C * BV + 2 * C * C + offs_t)  # parked
+    v145 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 8 * C * BV + 2 * C * C + offs_t)  # parked
     v154 = (v145 + v148 + v153)
     v155 = (v154 / (D))
     v156 = (2.0 * local_0 * v155[:, None])
-    v139 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v143 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v139 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v143 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (v139 + v143 + v151 + v156)
     v158 = ((-1.0) * v157)
     v159 = tl.sum((v158), axis=1)
@@ -4528,7 +4481,7 @@ def chunk_grad_k_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v47, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v193, v110, v130, v140, v177, v179, v182, v195, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
+    scratch = scratch_ptr + slot * (6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * BV + 7 * C * D + 2 * C * C + 3 * C)  # v19, v20, v47, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v193, v110, v130, v140, v177, v179, v182, v195, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4552,54 +4505,52 @@ def chunk_grad_k_3_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
+    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -4635,7 +4586,7 @@ def chunk_grad_k_3_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4689,50 +4640,50 @@ def chunk_grad_k_3_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_y = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v104 = v88
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4748,7 +4699,7 @@ def chunk_grad_k_3_bwd_kernel(
         v92 = v75
         tl.store(scratch + 5 * HID + 3 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4764,7 +4715,7 @@ def chunk_grad_k_3_bwd_kernel(
         v100 = v64
         tl.store(scratch + 5 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4785,7 +4736,7 @@ def chunk_grad_k_3_bwd_kernel(
         v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 5 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4796,7 +4747,7 @@ def chunk_grad_k_3_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 5 * HID + 4 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4807,7 +4758,7 @@ def chunk_grad_k_3_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 5 * HID + 5 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4841,7 +4792,7 @@ def chunk_grad_k_3_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 5 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4859,12 +4810,12 @@ def chunk_grad_k_3_bwd_kernel(
         v100 = tl.load(scratch + 5 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 5 * HID + 5 * HID * D + 13 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4877,72 +4828,72 @@ def chunk_grad_k_3_bwd_kernel(
         v60 = tl.load(scratch + 5 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
-    v125 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
     v168 = (v167 / (D))
     v169 = (v165 + v168[:, None])
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5001,7 +4952,7 @@ def chunk_grad_k_3_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID + 6 * HID * D + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5134,29 +5085,29 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v77 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -5243,12 +5194,12 @@ def chunk_grad_v_0_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v104 = (v98 * v103)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v113 = (v104 + local_6)
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -5270,70 +5221,69 @@ def chunk_grad_v_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v78)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v91_xA = q * v91_A
     for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
         v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v91_p = v91_r + v91_j
         v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_p[:, None] * D + tl.arange(0, D)[None, :])
+        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
         v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     v83 = tl.exp(v78)  # cumulative decay in the chunk
     v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v94 = v78
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v110_xA = local_5 * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v110_p = v110_r + v110_j
-        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5345,7 +5295,7 @@ def chunk_grad_v_0_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5365,7 +5315,7 @@ def chunk_grad_v_0_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5375,7 +5325,7 @@ def chunk_grad_v_0_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5397,7 +5347,7 @@ def chunk_grad_v_0_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5418,7 +5368,7 @@ def chunk_grad_v_0_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
@@ -5472,7 +5422,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -5496,54 +5446,52 @@ def chunk_grad_v_1_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -5582,7 +5530,7 @@ def chunk_grad_v_1_bwd_kernel(
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5631,53 +5579,53 @@ def chunk_grad_v_1_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5693,7 +5641,7 @@ def chunk_grad_v_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5717,7 +5665,7 @@ def chunk_grad_v_1_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5731,7 +5679,7 @@ def chunk_grad_v_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5754,7 +5702,7 @@ def chunk_grad_v_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5787,12 +5735,12 @@ def chunk_grad_v_1_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5801,66 +5749,66 @@ def chunk_grad_v_1_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -5885,8 +5833,8 @@ def chunk_grad_v_1_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5990,7 +5938,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 9 * C * BV + C)  # v19, v20, v54, v63, v58, v59, v60, v84, v87, v88, v89, v95, v141, v149, v85, v75, v97, local_3, causal, q, v151, local_5, v83, v80, v85, v61, v75, v86, v81, v90, v91, v92, v93, v94, v97, v99, v147, v157, v161, v151, v155, v142, v124, v96, v159, v73, v167, v153
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 16 * C * D + C)  # v19, v20, v54, v63, v58, v59, v60, v84, v87, v88, v89, v95, v141, v149, local_3, causal, q, local_5, v83, v80, v85, v61, v75, v86, v81, v90, v91, v92, v93, v94, v97, v99, v147, v157, v161, v151, v155, v142, v124, v96, v159, v73, v167, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -6077,49 +6025,47 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v83 = k
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v83)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + C * D + offs_s[:, None] * D + offs_i[None, :], v83)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v80 = v62
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v80)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v80)  # park
     v85 = (v83 * v80)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 4 * C * D + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v74 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v75 = tl.cumsum(v74, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :], v75)  # park
     v76 = v75
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v85)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v75)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, C), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v86_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v86_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v86_xA = q * v86_A
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v86_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v86_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((v86_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v86_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((v86_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v86_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
-        v86_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + v86_p[:, None] * D + tl.arange(0, D)[None, :])
-        v86_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v86_p[:, None] * D + tl.arange(0, D)[None, :])
+        v86_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + v86_p[:, None] * D + tl.arange(0, D)[None, :])
+        v86_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v86_p[:, None] * D + tl.arange(0, D)[None, :])
         v86_d = tl.sum(q * v86_y * tl.exp(tl.minimum(v75 - v86_b, 0.0)), axis=1)
         v86 += tl.where(tl.arange(0, C)[None, :] == v86_p[:, None], v86_d[:, None], 0.0)
     v86 = v86 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v86)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v86)  # park
     v79 = tl.exp(v75)  # cumulative decay in the chunk
     v81 = (q * v79)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v90 = v79
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :], v90)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6134,7 +6080,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v84 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v84)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6142,7 +6088,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v87 = tl.dot(v86.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v87)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6162,20 +6108,20 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v91)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :], v92)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v93 = v75
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v94 = v76
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 7 * C * D + offs_s[:, None] * D + offs_o[None, :], v94)  # park
     v97 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6188,35 +6134,34 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v97 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v97)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v97)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 7 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v97)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, BV), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 7 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v99 = v99 * v99_A
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
-        v99_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v99_p)
-        v99_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v99_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v99_p)
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 7 * C * D + tl.arange(0, C) * C + v99_p)
+        v99_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C) * C + v99_p)
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v99 += v99_x[:, None] * v99_y * v99_m[:, None] * tl.exp(tl.minimum(v93 - v99_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v99)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 3 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :], v99)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v100 = (v92 - v99)
     v101 = tl.sum((v100), axis=1)
     v102 = (v101 / (D))
@@ -6236,29 +6181,29 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v132 = tl.sum((v131), axis=1)
     v133 = (v132 / (D))
     v134 = (v130 + v133[:, None])
-    v91 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v146 = (v134 * v91)
     v147 = v146
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v147)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 7 * C * D + offs_t[:, None] * D + offs_i[None, :], v147)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 7 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v136 = tl.zeros((C, C), DTYPE)
     v136_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v136_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v136_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v136_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v136_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v136_xA = local_5 * v136_A
     for v136_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v136_start = v136_k * BC
-        v136_B = tl.where(tl.arange(0, C)[:, None] < v136_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v136_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v136_B = tl.where(tl.arange(0, C)[:, None] < v136_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v136_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v136_rows = tl.where(tl.arange(0, C) // BC == v136_k, 1.0, 0.0)
-        v136 += v136_rows[:, None] * tl.dot((v136_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v136_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v136 += v136_rows[:, None] * tl.dot((v136_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v136_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v136_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v136_p = v136_r + v136_j
-        v136_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v136_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v136_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v136_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v136_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + v136_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v136_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v136_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v136_d = tl.sum(local_5 * v136_y * tl.exp(tl.minimum(v93 - v136_b, 0.0)), axis=1)
         v136 += tl.where(tl.arange(0, C)[None, :] == v136_p[:, None], v136_d[:, None], 0.0)
     v136 = v136 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
@@ -6294,7 +6239,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v157 = (q * v156)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v157)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 8 * C * D + offs_t[:, None] * D + offs_i[None, :], v157)  # park
     v112 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6315,12 +6260,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v121 = (v113 + v120)
     v122 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v121[None, :])
     tl.debug_barrier()  # parked tiles other threads stored
-    v147 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v157 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 7 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v157 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 8 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v160 = (v122 + v147 + v157)
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v161 = (v160 * tl.exp(v75))
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v161)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 9 * C * D + offs_t[:, None] * D + offs_i[None, :], v161)  # park
     v151 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6329,63 +6274,62 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v150 = ((-1.0) * v149)
         v84 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v151 += (tl.dot(v150.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v150).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v151)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + offs_t[:, None] * C + offs_s[None, :], v151)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v151)
+    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v154 = tl.zeros((C, D), DTYPE)
     v154_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v154_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v154_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v154_xA = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v154_A
+    v154_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v154_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v154_xA = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v154_A
     for v154_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v154_start = v154_k * BC
-        v154_B = tl.where(tl.arange(0, C)[:, None] < v154_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v154_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
+        v154_B = tl.where(tl.arange(0, C)[:, None] < v154_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v154_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
         v154_rows = tl.where(tl.arange(0, C) // BC == v154_k, 1.0, 0.0)
-        v154 += v154_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v154_xA * v154_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v154 += v154_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v154_xA * v154_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v154_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v154_p = v154_r + v154_j
-        v154_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v154_p[:, None] * D + tl.arange(0, D)[None, :])
-        v154_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v154_p * C + tl.arange(0, C))
-        v154_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v154_p * C + tl.arange(0, C))
-        v154_a = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v154_p[:, None] * D + tl.arange(0, D)[None, :])
+        v154_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + v154_p[:, None] * D + tl.arange(0, D)[None, :])
+        v154_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + v154_p * C + tl.arange(0, C))
+        v154_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + v154_p * C + tl.arange(0, C))
+        v154_a = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v154_p[:, None] * D + tl.arange(0, D)[None, :])
         v154 += v154_x * v154_y[:, None] * v154_m[:, None] * tl.exp(tl.minimum(v154_a - v76, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v155 = ((-1.0) * v85 * v154)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v155)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 10 * C * D + offs_s[:, None] * D + offs_i[None, :], v155)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 7 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v138 = tl.zeros((C, BV), DTYPE)
     v138_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v138_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v138_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v138_yA = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v138_A
+    v138_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v138_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v138_yA = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v138_A
     for v138_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v138_start = v138_k * BC
-        v138_B = tl.where(tl.arange(0, C)[:, None] < v138_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v138_start * BV + tl.arange(0, BV))[None, :] - v94, 0.0)), 0.0)
+        v138_B = tl.where(tl.arange(0, C)[:, None] < v138_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v138_start * BV + tl.arange(0, BV))[None, :] - v94, 0.0)), 0.0)
         v138_rows = tl.where(tl.arange(0, C) // BC == v138_k, 1.0, 0.0)
-        v138 += v138_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v138_rows[:, None])).to(DOT_DTYPE), (v138_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v138 += v138_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 7 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v138_rows[:, None])).to(DOT_DTYPE), (v138_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v138_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v138_p = v138_r + v138_j
-        v138_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + v138_p * C + tl.arange(0, C))
-        v138_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + v138_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v138_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v138_p * C + tl.arange(0, C))
-        v138_a = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v138_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v138_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 7 * C * D + v138_p * C + tl.arange(0, C))
+        v138_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + C * D + v138_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v138_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + v138_p * C + tl.arange(0, C))
+        v138_a = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v138_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v138 += v138_x[:, None] * v138_y * v138_m[:, None] * tl.exp(tl.minimum(v138_a - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v139 = ((-1.0) * local_3 * v138)
     v142 = v139
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v142)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 11 * C * D + offs_s[:, None] * D + offs_i[None, :], v142)  # park
     v123 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6395,12 +6339,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v84 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.dot(v84.to(DOT_DTYPE), v118.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v83 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v124 = (v83 * v123)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 14 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v124)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 12 * C * D + offs_s[:, None] * D + offs_i[None, :], v124)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v96 = local_2
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v96)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 13 * C * D + offs_s[:, None] * D + offs_o[None, :], v96)  # park
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6410,70 +6354,70 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v95 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v114 += tl.dot(v95.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v96 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v96 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 13 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v115 = (v96 * v114)
     v117 = v115
-    v124 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 14 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v124 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 12 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v158 = (v117 + v124)
-    v80 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v159 = (v80 * v158)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v159)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 13 * C * D + offs_s[:, None] * D + offs_i[None, :], v159)  # park
     v73 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 9 * C * BV + offs_s, v73)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 14 * C * D + offs_s, v73)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v77 = (v75 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v78 = tl.sum((v77), axis=0)
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v164 = ((-1.0) * v73[:, None] * v159 * tl.exp((v78[None, :] - v76)))
-    v142 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v155 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 6 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v142 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 11 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v155 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 10 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v166 = (v142 + v155 + v164)
     v167 = v166
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v167)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 14 * C * D + C + offs_t[:, None] * D + offs_i[None, :], v167)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v151 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v151 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v152 = tl.zeros((C, D), DTYPE)
     v152_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v152_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v152_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v152_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v152_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v152_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v152_start = v152_k * BC
-        v152_B = tl.where(tl.arange(0, C)[:, None] < v152_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v152_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v152_B = tl.where(tl.arange(0, C)[:, None] < v152_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v152_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v152_rows = tl.where(tl.arange(0, C) // BC == v152_k, 1.0, 0.0)
-        v152 += v152_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v152_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v152 += v152_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v152_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v152 = v152 * v152_A
     for v152_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v152_p = v152_r + v152_j
-        v152_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + v152_p[:, None] * D + tl.arange(0, D)[None, :])
-        v152_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v152_p)
-        v152_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v152_p)
-        v152_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v152_p[:, None] * D + tl.arange(0, D)[None, :])
+        v152_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + v152_p[:, None] * D + tl.arange(0, D)[None, :])
+        v152_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + tl.arange(0, C) * C + v152_p)
+        v152_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C) * C + v152_p)
+        v152_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v152_p[:, None] * D + tl.arange(0, D)[None, :])
         v152 += v152_x * v152_y[:, None] * v152_m[:, None] * tl.exp(tl.minimum(v75 - v152_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v153 = (q * v152)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v153)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 15 * C * D + C + offs_t[:, None] * D + offs_i[None, :], v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 3 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v137 = (local_5 * v99)
     v143 = v137
-    v73 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 9 * C * BV + offs_s)  # parked
-    v159 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v73 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 14 * C * D + offs_s)  # parked
+    v159 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 13 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v162 = (v73[:, None] * v159 * tl.exp((v78[None, :] - v76)))
     v163 = tl.sum((v162), axis=0)
     v165 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v163[None, :])
-    v153 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v161 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v167 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v153 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 15 * C * D + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v161 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 9 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v167 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 14 * C * D + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v168 = (v143 + v153 + v161 + v165 + v167)
     v169 = tl.cumsum(v168, axis=0, reverse=True)
-    v61 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 4 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v170 = (v169 * tl.where((tl.full((), -1e-30, DTYPE) + v61) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), v61)))
     v171 = (v170 * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v171.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -6512,7 +6456,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v50, v51, v19, v20, v52, v53, v116, v54, v90, v63, v56, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
+    scratch = scratch_ptr + slot * (7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * BV + 7 * C * D + 2 * C * C + 3 * C)  # v50, v51, v19, v20, v52, v53, v116, v54, v90, v63, v56, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -6543,52 +6487,50 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
+    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -6620,7 +6562,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
-    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6671,50 +6613,50 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_y = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v104 = v88
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6730,7 +6672,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 5 * HID * D + 3 * HID + 3 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6746,7 +6688,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 5 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6767,7 +6709,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 5 * HID * D + 3 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6778,7 +6720,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 6 * HID * D + 3 * HID + 9 * C * HID + 3 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6789,7 +6731,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 7 * HID * D + 3 * HID + 10 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6823,7 +6765,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 7 * HID * D + 3 * HID + 14 * C * HID + 4 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6841,12 +6783,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v100 = tl.load(scratch + 5 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 7 * HID * D + 3 * HID + 13 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6859,72 +6801,72 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v60 = tl.load(scratch + 5 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
-    v125 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
     v168 = (v167 / (D))
     v169 = (v165 + v168[:, None])
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6981,7 +6923,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 6 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7048,7 +6990,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * BV + 5 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v85, v88, v89, v93, v113, v119, v86, v75, local_3, v120, q, causal, local_5, v95, v84, v75, v87, v82, v91, v92, v109, v122, v94, v114, v107
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * BV + 5 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v85, v88, v89, v93, v113, v119, v86, local_3, v120, q, causal, local_5, v95, v84, v75, v87, v82, v91, v92, v109, v122, v94, v114, v107
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7135,7 +7077,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v84 = k
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
@@ -7147,62 +7089,61 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v74 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v75 = tl.cumsum(v74, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
     v76 = v75
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v86)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v75)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v87 = tl.zeros((C, C), DTYPE)
     v87_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v87_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v87_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v87_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v87_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v87_xA = q * v87_A
     for v87_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v87_start = v87_k * BC
-        v87_B = tl.where(tl.arange(0, C)[:, None] < v87_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v87_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v87_B = tl.where(tl.arange(0, C)[:, None] < v87_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v87_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v87_rows = tl.where(tl.arange(0, C) // BC == v87_k, 1.0, 0.0)
         v87 += v87_rows[:, None] * tl.dot((v87_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v87_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v87_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v87_p = v87_r + v87_j
         v87_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v87_p[:, None] * D + tl.arange(0, D)[None, :])
-        v87_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v87_p[:, None] * D + tl.arange(0, D)[None, :])
+        v87_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v87_p[:, None] * D + tl.arange(0, D)[None, :])
         v87_d = tl.sum(q * v87_y * tl.exp(tl.minimum(v75 - v87_b, 0.0)), axis=1)
         v87 += tl.where(tl.arange(0, C)[None, :] == v87_p[:, None], v87_d[:, None], 0.0)
     v87 = v87 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v87)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v87)  # park
     v80 = tl.exp(v75)  # cumulative decay in the chunk
     v82 = (q * v80)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v82)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v91 = v75
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v92 = v76
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v109 = tl.zeros((C, C), DTYPE)
     v109_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v109_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v109_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v109_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v109_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v109_xA = local_5 * v109_A
     for v109_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v109_start = v109_k * BC
-        v109_B = tl.where(tl.arange(0, C)[:, None] < v109_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v109_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v109_B = tl.where(tl.arange(0, C)[:, None] < v109_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v109_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v109_rows = tl.where(tl.arange(0, C) // BC == v109_k, 1.0, 0.0)
-        v109 += v109_rows[:, None] * tl.dot((v109_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v109_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 += v109_rows[:, None] * tl.dot((v109_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v109_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v109_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v109_p = v109_r + v109_j
-        v109_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v109_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v109_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v109_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v109_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v109_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v109_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v109_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v109_d = tl.sum(local_5 * v109_y * tl.exp(tl.minimum(v91 - v109_b, 0.0)), axis=1)
         v109 += tl.where(tl.arange(0, C)[None, :] == v109_p[:, None], v109_d[:, None], 0.0)
     v109 = v109 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v109)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v109)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7218,7 +7159,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v85 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v85)
     tl.debug_barrier()
-    v87 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v87 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7226,7 +7167,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v88 = tl.dot(v87.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v88)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7241,7 +7182,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v93 = v64
         tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v109 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v109 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7272,32 +7213,32 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v120 += (tl.dot(v119.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v85.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v120)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v120)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v121 = tl.zeros((C, D), DTYPE)
     v121_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v121_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v121_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v121_yA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v121_A
+    v121_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v121_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v121_yA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v121_A
     for v121_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v121_start = v121_k * BC
-        v121_B = tl.where(tl.arange(0, C)[:, None] < v121_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v121_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
+        v121_B = tl.where(tl.arange(0, C)[:, None] < v121_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v121_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
         v121_rows = tl.where(tl.arange(0, C) // BC == v121_k, 1.0, 0.0)
-        v121 += v121_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v121_rows[:, None])).to(DOT_DTYPE), (v121_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v121 += v121_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v121_rows[:, None])).to(DOT_DTYPE), (v121_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v121_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v121_p = v121_r + v121_j
-        v121_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v121_p * C + tl.arange(0, C))
-        v121_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + v121_p[:, None] * D + tl.arange(0, D)[None, :])
-        v121_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + C * C + v121_p * C + tl.arange(0, C))
-        v121_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v121_p[:, None] * D + tl.arange(0, D)[None, :])
+        v121_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + v121_p * C + tl.arange(0, C))
+        v121_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + v121_p[:, None] * D + tl.arange(0, D)[None, :])
+        v121_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + v121_p * C + tl.arange(0, C))
+        v121_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v121_p[:, None] * D + tl.arange(0, D)[None, :])
         v121 += v121_x[:, None] * v121_y * v121_m[:, None] * tl.exp(tl.minimum(v121_a - v76, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v84 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v122 = (v84 * v121)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v122)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v122)  # park
     v95 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7308,35 +7249,35 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v95 += tl.dot(v90.to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v95)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v95)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, BV), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v110_xA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_A
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_xA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v110_start * BV + tl.arange(0, BV))[None, :] - v92, 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v110_start * BV + tl.arange(0, BV))[None, :] - v92, 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v110_xA * v110_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110 += v110_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v110_xA * v110_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v110_p = v110_r + v110_j
-        v110_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + v110_p * C + tl.arange(0, C))
-        v110_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + C * C + v110_p * C + tl.arange(0, C))
-        v110_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + v110_p * C + tl.arange(0, C))
+        v110_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + v110_p * C + tl.arange(0, C))
+        v110_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110 += v110_x * v110_y[:, None] * v110_m[:, None] * tl.exp(tl.minimum(v110_a - v92, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v94 = local_2
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v94)  # park
     v112 = (v94 * v110)
     v114 = v112
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v114)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v106 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7346,9 +7287,9 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v85 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v85.to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v84 * v106)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     v101 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7358,20 +7299,20 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v101 += tl.dot(v93.to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v102 = (v94 * v101)
     v104 = v102
-    v107 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v123 = (v104 + v107)
     v73 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v77 = (v75 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v78 = tl.sum((v77), axis=0)
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = (v73[:, None] * tl.exp((v78[None, :] - v76)))  # decay from token s to the chunk's end
     v124 = (v79 * v123)
-    v114 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v122 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v122 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v125 = (v114 + v122 + v124)
     v126 = v125
     v127 = (v126 * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
@@ -7411,7 +7352,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 9 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
+    scratch = scratch_ptr + slot * (4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * BV + 7 * C * D + 2 * C * C + 3 * C)  # v19, v20, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7435,54 +7376,52 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
+    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -7518,7 +7457,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7571,50 +7510,50 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_y = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v104 = v88
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7630,7 +7569,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 4 * HID + 3 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7646,7 +7585,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 4 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7667,7 +7606,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 4 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7678,7 +7617,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 4 * HID + 4 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7689,7 +7628,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 4 * HID + 5 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7723,7 +7662,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 4 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7741,12 +7680,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v100 = tl.load(scratch + 4 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 4 * HID + 5 * HID * D + 13 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7759,72 +7698,72 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v60 = tl.load(scratch + 4 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
-    v125 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
     v168 = (v167 / (D))
     v169 = (v165 + v168[:, None])
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7881,7 +7820,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 8 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7948,7 +7887,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 5 * C * BV)  # v19, v20, v54, v63, v58, v59, v60, v79, v82, v84, v80, v72, v91, local_3, causal, v72, v81, v76, v85, v87, v88, v89
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 5 * C * BV)  # v19, v20, v54, v63, v58, v59, v60, v79, v82, v84, v80, v91, local_3, causal, v72, v81, v76, v85, v87, v88, v89
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -8046,34 +7985,33 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v71 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v72 = tl.cumsum(v71, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v73 = v72
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v80)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v72)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v81 = tl.zeros((C, C), DTYPE)
     v81_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + v81_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + v81_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v81_xA = q * v81_A
     for v81_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v81_start = v81_k * BC
-        v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + v81_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + v81_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v81_rows = tl.where(tl.arange(0, C) // BC == v81_k, 1.0, 0.0)
         v81 += v81_rows[:, None] * tl.dot((v81_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v81_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v81_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v81_p = v81_r + v81_j
         v81_y = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + v81_p[:, None] * D + tl.arange(0, D)[None, :])
-        v81_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + v81_p[:, None] * D + tl.arange(0, D)[None, :])
+        v81_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + v81_p[:, None] * D + tl.arange(0, D)[None, :])
         v81_d = tl.sum(q * v81_y * tl.exp(tl.minimum(v72 - v81_b, 0.0)), axis=1)
         v81 += tl.where(tl.arange(0, C)[None, :] == v81_p[:, None], v81_d[:, None], 0.0)
     v81 = v81 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     v74 = tl.exp(v72)  # cumulative decay in the chunk
     v76 = (q * v74)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v76)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v76)  # park
     v85 = v74
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8088,7 +8026,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v79 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8096,7 +8034,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v82 = tl.dot(v81.to(DOT_DTYPE), v79.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
-    v76 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8115,18 +8053,18 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v84 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v85 * v86)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v88 = v72
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v73 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v73 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v89 = v73
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v89)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v89)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8138,31 +8076,31 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v84 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v88 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v87 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v87 - v93)
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
@@ -8209,7 +8147,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -8217,22 +8155,22 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v77 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -8319,12 +8257,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v104 = (v98 * v103)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v113 = (v104 + local_6)
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -8346,70 +8284,69 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v78)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v91_xA = q * v91_A
     for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
         v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v91_p = v91_r + v91_j
         v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_p[:, None] * D + tl.arange(0, D)[None, :])
+        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
         v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     v83 = tl.exp(v78)  # cumulative decay in the chunk
     v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v94 = v78
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v110_xA = local_5 * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v110_p = v110_r + v110_j
-        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8421,7 +8358,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8441,7 +8378,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8451,7 +8388,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8473,7 +8410,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8494,7 +8431,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
@@ -8546,7 +8483,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -8554,22 +8491,22 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v77 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -8656,12 +8593,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v104 = (v98 * v103)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v113 = (v104 + local_6)
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -8683,70 +8620,69 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v78)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v91_xA = q * v91_A
     for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
         v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v91_p = v91_r + v91_j
         v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_p[:, None] * D + tl.arange(0, D)[None, :])
+        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
         v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     v83 = tl.exp(v78)  # cumulative decay in the chunk
     v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v94 = v78
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v110_xA = local_5 * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v110_p = v110_r + v110_j
-        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8758,7 +8694,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8778,7 +8714,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8788,7 +8724,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8810,7 +8746,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8831,7 +8767,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
@@ -8880,29 +8816,29 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v77 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -8989,12 +8925,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v104 = (v98 * v103)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v113 = (v104 + local_6)
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -9016,70 +8952,69 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v78)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v91_xA = q * v91_A
     for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
         v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v91_p = v91_r + v91_j
         v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_p[:, None] * D + tl.arange(0, D)[None, :])
+        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
         v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     v83 = tl.exp(v78)  # cumulative decay in the chunk
     v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v94 = v78
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v110_xA = local_5 * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v110_p = v110_r + v110_j
-        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9091,7 +9026,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9111,7 +9046,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9121,7 +9056,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9143,7 +9078,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9164,7 +9099,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
@@ -9219,7 +9154,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -9243,54 +9178,52 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -9329,7 +9262,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9378,53 +9311,53 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9440,7 +9373,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9464,7 +9397,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9478,7 +9411,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9501,7 +9434,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9534,12 +9467,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9548,66 +9481,66 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -9632,8 +9565,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9732,7 +9665,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -9756,54 +9689,52 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -9842,7 +9773,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9891,53 +9822,53 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9953,7 +9884,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9977,7 +9908,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9991,7 +9922,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10014,7 +9945,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10047,12 +9978,12 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10061,66 +9992,66 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -10145,8 +10076,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10242,7 +10173,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -10266,54 +10197,52 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -10352,7 +10281,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -10401,53 +10330,53 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10463,7 +10392,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10487,7 +10416,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10501,7 +10430,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10524,7 +10453,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10557,12 +10486,12 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10571,66 +10500,66 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -10655,8 +10584,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10796,29 +10725,29 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, v78, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v77 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -10905,12 +10834,12 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v104 = (v98 * v103)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v113 = (v104 + local_6)
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -10932,70 +10861,69 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v78)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v91_xA = q * v91_A
     for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
         v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v91_p = v91_r + v91_j
         v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_p[:, None] * D + tl.arange(0, D)[None, :])
+        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
         v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     v83 = tl.exp(v78)  # cumulative decay in the chunk
     v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v94 = v78
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v110_xA = local_5 * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v110_p = v110_r + v110_j
-        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11007,7 +10935,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11027,7 +10955,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11037,7 +10965,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11059,7 +10987,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11080,7 +11008,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v114 + v124)
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
@@ -11134,7 +11062,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, v93, v81, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -11158,54 +11086,52 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v81)
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -11244,7 +11170,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -11293,53 +11219,53 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11355,7 +11281,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11379,7 +11305,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11393,7 +11319,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11416,7 +11342,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11449,12 +11375,12 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v112 = (v104 * v111)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v124 = (v112 + local_6)
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11463,66 +11389,66 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v125 + v141)
     v143 = tl.sum((v142), axis=1)
     v144 = (v143 / (D))
     v145 = ((-1.0) * v144)
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v66 = (local_0 * local_0)
     v67 = tl.sum((v66), axis=1)
     v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t, v68)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t, v150)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t, v150)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t)  # parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
     v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t)  # parked
+    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t)  # parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t, v153)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t)  # parked
+    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
     v162 = (v153 + v156 + v161)
     v163 = (v162 / (D))
     v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v147 + v151 + v159 + v164)
     v166 = ((-1.0) * v165)
     v167 = tl.sum((v166), axis=1)
@@ -11547,8 +11473,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)

@@ -65,7 +65,6 @@ DESCRIPTION = {'spec': 'moneta',
                                      ['t', 'h'],
                                      ['t', 'h'],
                                      ['s', 'i'],
-                                     ['t', 'i'],
                                      ['t', 's'],
                                      ['s', 'o'],
                                      ['t', 's'],
@@ -102,8 +101,6 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['t', 'h'],
                                        ['s', 'h'],
                                        ['s', 'i'],
-                                       ['t', 'i'],
-                                       ['t', 's'],
                                        ['s', 'o'],
                                        ['t', 's'],
                                        ['t', 'o'],
@@ -180,7 +177,6 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['o', 'h'],
                                        ['o', 'h'],
                                        ['s', 'i'],
-                                       ['t', 'i'],
                                        ['s', 'o'],
                                        ['t', 's'],
                                        ['t', 's'],
@@ -250,8 +246,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -276,8 +270,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 's'],
@@ -304,8 +296,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -338,7 +328,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 'i'],
@@ -381,7 +370,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -429,7 +417,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -474,7 +461,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -515,7 +501,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -542,8 +527,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
-                                                   ['s', 'i'],
-                                                   ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
@@ -571,8 +554,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'i'],
-                                                   ['t', 'i'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
                                                    ['t', 's'],
@@ -608,7 +589,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'i'],
-                                                   ['t', 'i'],
                                                    ['s', 'o'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
@@ -670,8 +650,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'i'],
-                                                   ['t', 'i'],
                                                    ['s', 'o'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -708,8 +686,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h'],
-                                                 ['s', 'i'],
-                                                 ['t', 'i'],
                                                  ['t', 'o'],
                                                  ['t', 's'],
                                                  ['t', 's'],
@@ -738,7 +714,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'i'],
-                                                 ['t', 'i'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
                                                  ['t', 'i'],
@@ -799,8 +774,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
@@ -843,7 +816,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
@@ -884,7 +856,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
@@ -925,7 +896,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
@@ -982,7 +952,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['s', 'i'],
-                                                ['t', 'i'],
                                                 ['s', 'o'],
                                                 ['t', 'i'],
                                                 ['s', 'i'],
@@ -1243,7 +1212,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 10 * C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v76, v77, v81, v74, v61, v91, v92, causal, v35, v53, v61, v67, v68, v66, v72, v107, v70, v92, v86, v87, v93, v83, v94, v95
+    scratch = scratch_ptr + slot * (2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 10 * C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v76, v77, v81, v74, v91, v92, causal, v35, v53, v61, v67, v68, v66, v72, v107, v70, v92, v86, v87, v93, v83, v94, v95
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1285,7 +1254,7 @@ def chunk_out_fwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
@@ -1300,7 +1269,7 @@ def chunk_out_fwd_kernel(
     v42 = (v41 - v)
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -1311,29 +1280,29 @@ def chunk_out_fwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v113 = v68
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = (v113 * v90)
-    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v110 = tl.sum((v109), axis=0)
     v116 = v110
@@ -1357,13 +1326,13 @@ def chunk_out_fwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v72 = k
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v68 * v72)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1378,7 +1347,7 @@ def chunk_out_fwd_kernel(
         v73 = v55
         tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v107 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1410,37 +1379,36 @@ def chunk_out_fwd_kernel(
         v128 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v134 = (v128 * v133[None, :])
         v135 += tl.sum((v134), axis=1)
-    v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
         v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    v66 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1448,7 +1416,7 @@ def chunk_out_fwd_kernel(
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1463,19 +1431,19 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    v90 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1497,36 +1465,36 @@ def chunk_out_fwd_kernel(
         v81 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v86 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v86 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1535,11 +1503,11 @@ def chunk_out_fwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1550,9 +1518,9 @@ def chunk_out_fwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1561,7 +1529,7 @@ def chunk_out_fwd_kernel(
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -1621,7 +1589,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 13 * C * BV)  # v15, v30, v31, v21, v73, v76, v77, v81, v89, v74, v61, v91, v92, causal, v122, v35, v53, v67, v88, v92, v61, v75, v66, v70, v86, v87, v91, v93, v83, v94, v95, v121
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 5 * C * D + 13 * C * BV + 3 * C * C)  # v15, v30, v31, v21, v73, v76, v77, v81, v89, v74, v92, causal, v122, v35, v53, v67, v88, v92, v61, v75, v66, v70, v86, v87, v91, v93, v83, v94, v95, v121
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1664,7 +1632,7 @@ def chunk_local_bwd_kernel(
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
     tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v35.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
@@ -1681,7 +1649,7 @@ def chunk_local_bwd_kernel(
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v43.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -1693,66 +1661,65 @@ def chunk_local_bwd_kernel(
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v53.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v88 = v67
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     v92 = (v90 * v88)
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v92.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 5 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v68 = (v65 * v67)
     v104 = v68
-    v90 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 3 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v105 = (v104 * v90)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v105.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     v72 = k
-    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
         v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 6 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v75)  # park
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1764,7 +1731,7 @@ def chunk_local_bwd_kernel(
         v73 = v55
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v75 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v75 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 6 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1772,7 +1739,7 @@ def chunk_local_bwd_kernel(
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
     tl.debug_barrier()
-    v70 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1787,13 +1754,13 @@ def chunk_local_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 7 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1818,38 +1785,37 @@ def chunk_local_bwd_kernel(
         v81 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 7 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 5 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 2 * C * C + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 9 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1858,11 +1824,11 @@ def chunk_local_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 9 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 10 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1873,9 +1839,9 @@ def chunk_local_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 10 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 11 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1884,7 +1850,7 @@ def chunk_local_bwd_kernel(
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 11 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -1907,37 +1873,37 @@ def chunk_local_bwd_kernel(
     v120 = (v116 + v119[:, None])
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v120.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
     v121 = (v29 * v120)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v121)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 12 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v121)  # park
     v122 = ((-1.0) * v121)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v122.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v122)
+    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 7 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v122)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v123 = tl.zeros((C, BV), DTYPE)
     v123_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v123_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v123_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v123_xA = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v123_A
+    v123_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v123_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v123_xA = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v123_A
     for v123_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v123_start = v123_k * BC
-        v123_B = tl.where(tl.arange(0, C)[:, None] < v123_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v123_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v123_B = tl.where(tl.arange(0, C)[:, None] < v123_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v123_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v123_rows = tl.where(tl.arange(0, C) // BC == v123_k, 1.0, 0.0)
-        v123 += v123_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v123_xA * v123_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v123 += v123_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v123_xA * v123_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v123_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v123_p = v123_r + v123_j
-        v123_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v123_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v123_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v123_p * C + tl.arange(0, C))
-        v123_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + v123_p * C + tl.arange(0, C))
-        v123_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v123_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v123_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + C * C + v123_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v123_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 2 * C * C + v123_p * C + tl.arange(0, C))
+        v123_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + v123_p * C + tl.arange(0, C))
+        v123_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v123_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v123 += v123_x * v123_y[:, None] * v123_m[:, None] * tl.exp(tl.minimum(v123_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v124 = (v88 * v123)
     tl.store(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v124.to(local_8_ptr.dtype.element_ty), mask=nv > 0)
-    v83 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v121 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 9 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v121 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 12 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v83 * v121)
     tl.store(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v125.to(local_9_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -1986,13 +1952,13 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 13 * C * BV + 4 * C * C + 3 * C)  # v84, v15, v29, v21, v41, v60, v85, v105, v30, v75, v91, v101, v106, v142, v154, v156, v66, v58, v64, v67, v159, v166, v176, v178, v185, v232, v177, v155, v157, v181, v184, v186, v136, v148, v149, v153, v68, v171, v187, v223, v242, v150, v174, v228, v160, v188, v233, v234, v61, v48, local_4, v76, causal, v48, v53, v54, v55, v59, v80, v57, v62, v73, v74, v164, v86, v169, v194, v34, v195, v198, v199, v207, v208, v201, v218, v70, v72
+        scratch = scratch_ptr + slot * (11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 13 * C * BV + 4 * C * C + 3 * C)  # v84, v15, v29, v21, v41, v60, v85, v105, v30, v75, v91, v101, v106, v142, v154, v156, v66, v58, v64, v67, v159, v166, v176, v178, v185, v232, v177, v155, v157, v181, v184, v186, v136, v148, v149, v153, v68, v171, v187, v223, v242, v150, v174, v228, v160, v188, v233, v234, v61, local_4, v76, causal, v48, v53, v54, v55, v59, v80, v57, v62, v73, v74, v164, v86, v169, v194, v34, v195, v198, v199, v207, v208, v201, v218, v70, v72
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v47 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v48 = tl.cumsum(v47, axis=0, reverse=False)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
         v53 = tl.exp(v48)  # cumulative decay in the chunk
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v53)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v53)  # park
         v82 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v83 = tl.sum((v82), axis=0)
         v46 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -2002,14 +1968,14 @@ def chunk_state_bwd_kernel(
         v52 = (v46[:, None] * tl.exp((v51[None, :] - v49)))  # decay from token s to the chunk's end
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v54 = gate_eta
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v54)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v54)  # park
         v55 = (v52 * v54)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v55)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v55)  # park
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v59 = k
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v59)  # park
         v80 = (v55 * v59)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v80)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v80)  # park
         v12 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2054,7 +2020,7 @@ def chunk_state_bwd_kernel(
             v60 = v42
             tl.store(scratch + 2 * HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
         tl.debug_barrier()
-        v80 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v80 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v93 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2155,12 +2121,12 @@ def chunk_state_bwd_kernel(
         v145_c0 = (tl.sqrt(v94))
         v145 = ((-0.5) * v144 / (v145_c0 * ((tl.full((), 1e-06, DTYPE) + v145_c0) * (tl.full((), 1e-06, DTYPE) + v145_c0))))
         v146 = (v145 / (HID * D))
-        v53 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v53 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v56 = ((-1.0) + v53)
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v57 = (q * v56)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v57)  # park
         v23 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2177,67 +2143,66 @@ def chunk_state_bwd_kernel(
             v22 = (w1 * w1)
             v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
         tl.debug_barrier()
-        v54 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v59 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v54 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v59 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v61 = (v59 * v54)
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v48 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v49 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v48 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v49 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v62 = tl.zeros((C, C), DTYPE)
         v62_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v62_A = tl.exp(tl.minimum(tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v62_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v62_A = tl.exp(tl.minimum(tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + v62_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v62_xA = q * v62_A
         for v62_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v62_start = v62_k * BC
-            v62_B = tl.where(tl.arange(0, C)[:, None] < v62_start, tl.exp(tl.minimum(tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v62_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+            v62_B = tl.where(tl.arange(0, C)[:, None] < v62_start, tl.exp(tl.minimum(tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + v62_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
             v62_rows = tl.where(tl.arange(0, C) // BC == v62_k, 1.0, 0.0)
             v62 += v62_rows[:, None] * tl.dot((v62_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v62_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v62_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v62_p = v62_r + v62_j
             v62_y = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + v62_p[:, None] * D + tl.arange(0, D)[None, :])
-            v62_b = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v62_p[:, None] * D + tl.arange(0, D)[None, :])
+            v62_b = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + v62_p[:, None] * D + tl.arange(0, D)[None, :])
             v62_d = tl.sum(q * v62_y * tl.exp(tl.minimum(v48 - v62_b, 0.0)), axis=1)
             v62 += tl.where(tl.arange(0, C)[None, :] == v62_p[:, None], v62_d[:, None], 0.0)
         v62 = v62 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v73 = v48
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v73)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v73)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v49 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v49 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v74 = v49
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v74)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v74)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v73 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v73 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v164 = tl.zeros((C, C), DTYPE)
         v164_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v164_A = tl.exp(tl.minimum(tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v164_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v164_A = tl.exp(tl.minimum(tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + v164_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v164_xA = local_7 * v164_A
         for v164_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v164_start = v164_k * BC
-            v164_B = tl.where(tl.arange(0, C)[:, None] < v164_start, tl.exp(tl.minimum(tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v164_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+            v164_B = tl.where(tl.arange(0, C)[:, None] < v164_start, tl.exp(tl.minimum(tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + v164_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v164_rows = tl.where(tl.arange(0, C) // BC == v164_k, 1.0, 0.0)
-            v164 += v164_rows[:, None] * tl.dot((v164_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v164_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v164 += v164_rows[:, None] * tl.dot((v164_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v164_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v164_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v164_p = v164_r + v164_j
-            v164_y = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + v164_p[:, None] * BV + tl.arange(0, BV)[None, :])
-            v164_b = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v164_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v164_y = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v164_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v164_b = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + v164_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v164_d = tl.sum(local_7 * v164_y * tl.exp(tl.minimum(v73 - v164_b, 0.0)), axis=1)
             v164 += tl.where(tl.arange(0, C)[None, :] == v164_p[:, None], v164_d[:, None], 0.0)
         v164 = v164 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v164)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v164)  # park
         local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2248,7 +2213,7 @@ def chunk_state_bwd_kernel(
             v66 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 6 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
         tl.debug_barrier()
-        v57 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v57 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2258,7 +2223,7 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v24 = (v23 / (HID * D))
         v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-        v62 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v62 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2280,7 +2245,7 @@ def chunk_state_bwd_kernel(
             v159 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 6 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v159)
         tl.debug_barrier()
-        v164 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v164 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2304,7 +2269,7 @@ def chunk_state_bwd_kernel(
             v178 = (v25 * v176)
             tl.store(scratch + 6 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v178)
         tl.debug_barrier()
-        v57 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v57 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v180 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2334,7 +2299,7 @@ def chunk_state_bwd_kernel(
             v155 = ((-1.0) * v154)
             tl.store(scratch + 9 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v155)
         tl.debug_barrier()
-        v80 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v80 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2345,7 +2310,7 @@ def chunk_state_bwd_kernel(
             v181 = ((-1.0) * v178)
             tl.store(scratch + 10 * HID * D + 14 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v181)
         tl.debug_barrier()
-        v62 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v62 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v138 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2378,9 +2343,9 @@ def chunk_state_bwd_kernel(
         v140 = (v139 / (D * HID))
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v55 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v55 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v86 = v55
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v86)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v86)  # park
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2400,7 +2365,7 @@ def chunk_state_bwd_kernel(
             v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 10 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
         tl.debug_barrier()
-        v164 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v164 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2418,12 +2383,12 @@ def chunk_state_bwd_kernel(
             v75 = tl.load(scratch + 3 * HID * D + 4 * C * HID + BV * HID + HID + offs_s[:, None] * HID + offs_h[None, :])
             v149 = tl.load(scratch + 10 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v151 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v86 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v152 = (v86 * v151)
         local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v168 = (v152 + local_8)
         v169 = v168
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
         v189 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2436,18 +2401,18 @@ def chunk_state_bwd_kernel(
             v21 = tl.load(scratch + 2 * HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v189 += (tl.dot(v187.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v187).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()
-        v169 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v169 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v190 = (v169 + v189)
         v191 = tl.sum((v190), axis=1)
         v192 = (v191 / (D))
         v193 = ((-1.0) * v192)
         v194 = (v190 + v193[:, None])
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v194)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v194)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v32 = (local_0 * local_0)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 4 * C * C + offs_t, v34)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 4 * C * C + offs_t, v34)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2455,61 +2420,61 @@ def chunk_state_bwd_kernel(
         v38 = tl.sum((v37), axis=1)
         v39 = (v38 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v195 = (2.0 * v39[:, None] * v194)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v195)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v195)  # park
         v196 = (2.0 * local_0 * v194)
         v197 = tl.sum((v196), axis=1)
         v198 = (v197 / (D))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 4 * C * C + C + offs_t, v198)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 7 * C * BV + 4 * C * C + C + offs_t, v198)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-        v34 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 4 * C * C + offs_t)  # parked
+        v34 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 4 * C * C + offs_t)  # parked
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v199 = ((-0.5) * ln_weight[None, :] * local_2 * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v199)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 7 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v199)  # park
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v202 = ((-0.5) * local_0 * ln_weight[None, :] * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         tl.debug_barrier()  # parked tiles other threads stored
-        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v205 = (ln_weight[None, :] * v194 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v206 = (v202 + v205)
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v207_c0 = (local_1 * local_1)
         v207_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v207_c0)))
         v207 = (v206 * ((3.0 * v207_c1) + (3.0 * v207_c0 / (v207_c1))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 8 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v207)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 8 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v207)  # park
         v208 = (ln_weight[None, :] * v207 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 9 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v208)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 9 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v208)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v198 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 4 * C * C + C + offs_t)  # parked
+        v198 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 7 * C * BV + 4 * C * C + C + offs_t)  # parked
         v200 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * (tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v201 = tl.sum((v200), axis=1)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 10 * C * BV + 4 * C * C + 2 * C + offs_t, v201)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 10 * C * BV + 4 * C * C + 2 * C + offs_t, v201)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v203 = ((-0.5) * ln_weight[None, :] * local_2 * v194 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v204 = tl.sum((v203), axis=1)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v207 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 8 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v207 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 8 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v209 = ((-0.5) * local_0 * ln_weight[None, :] * v207 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
         v210 = tl.sum((v209), axis=1)
-        v201 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 10 * C * BV + 4 * C * C + 2 * C + offs_t)  # parked
+        v201 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 10 * C * BV + 4 * C * C + 2 * C + offs_t)  # parked
         v211 = (v201 + v204 + v210)
         v212 = (v211 / (D))
         v213 = (2.0 * local_0 * v212[:, None])
-        v195 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v199 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v208 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 9 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v195 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v199 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 7 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v208 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 9 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v214 = (v195 + v199 + v208 + v213)
         v215 = ((-1.0) * v214)
         v216 = tl.sum((v215), axis=1)
         v217 = (v216 / (D))
         v218 = (v214 + v217[:, None])
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 10 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v218)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 10 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v218)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2546,10 +2511,10 @@ def chunk_state_bwd_kernel(
         v246_c0 = (tl.sqrt(v13))
         v246 = ((-0.5) * v245 / (v246_c0 * ((tl.full((), 1e-06, DTYPE) + v246_c0) * (tl.full((), 1e-06, DTYPE) + v246_c0))))
         v247 = (v246 / (HID * D))
-        v53 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v53 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v69 = v53
         v70 = ((-1.0) + v69)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 11 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 11 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
         local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2577,9 +2542,9 @@ def chunk_state_bwd_kernel(
             v68 = tl.load(scratch + 10 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v71 += tl.dot(v68.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v70 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 11 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v70 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 11 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v72 = (v70 * v71)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 12 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 12 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
         v76 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2588,30 +2553,30 @@ def chunk_state_bwd_kernel(
             v75 = tl.load(scratch + 3 * HID * D + 4 * C * HID + BV * HID + HID + offs_s[:, None] * HID + offs_h[None, :])
             v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()  # parked tiles other threads stored
-        v73 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v74 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v73 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v74 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v76)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v76)
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v78 = tl.zeros((C, BV), DTYPE)
         v78_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v78_A = tl.exp(tl.minimum(tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v78_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v78_A = tl.exp(tl.minimum(tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + v78_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         for v78_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v78_start = v78_k * BC
-            v78_B = tl.where(tl.arange(0, C)[:, None] < v78_start, tl.exp(tl.minimum(tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v78_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+            v78_B = tl.where(tl.arange(0, C)[:, None] < v78_start, tl.exp(tl.minimum(tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + v78_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v78_rows = tl.where(tl.arange(0, C) // BC == v78_k, 1.0, 0.0)
-            v78 += v78_rows[:, None] * tl.dot((tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v78_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v78 += v78_rows[:, None] * tl.dot((tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v78_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v78 = v78 * v78_A
         for v78_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v78_p = v78_r + v78_j
-            v78_x = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C) * C + v78_p)
-            v78_y = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + v78_p[:, None] * BV + tl.arange(0, BV)[None, :])
-            v78_m = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C) * C + v78_p)
-            v78_b = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v78_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v78_x = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C) * C + v78_p)
+            v78_y = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + v78_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v78_m = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + C * C + tl.arange(0, C) * C + v78_p)
+            v78_b = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + v78_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v78 += v78_x[:, None] * v78_y * v78_m[:, None] * tl.exp(tl.minimum(v73 - v78_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v72 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 12 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v72 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 12 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v79 = (v72 - v78)
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v161 = (v79 * local_6)
@@ -2636,7 +2601,7 @@ def chunk_state_bwd_kernel(
             v188 = tl.dot(tl.trans(local_3).to(DOT_DTYPE), v187.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 11 * HID * D + 22 * C * HID + 10 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v188)
         tl.debug_barrier()
-        v218 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 9 * C * D + 10 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v218 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 10 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v27 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2945,42 +2910,40 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C)  # v15, v26, v21, v44, v47, v48, v51, v54, v65, v61, v69, v45, v36, local_4, v45, v36, v46, v41, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * D + 2 * C * C)  # v15, v26, v21, v44, v47, v48, v51, v54, v65, v61, v69, local_4, v45, v36, v46, v41, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
     v45 = (v43 * v39)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v37 = v36
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v36)
+    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v46_xA = q * v46_A
     for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
-        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v46_p = v46_r + v46_j
-        v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
+        v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + v46_p[:, None] * D + tl.arange(0, D)[None, :])
+        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
         v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3008,13 +2971,13 @@ def chunk_grad_q_2_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3028,7 +2991,7 @@ def chunk_grad_q_2_bwd_kernel(
         v44 = v33
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3036,7 +2999,7 @@ def chunk_grad_q_2_bwd_kernel(
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3051,32 +3014,32 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v52 = v36
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = v37
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, C), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v63_xA = local_7 * v63_A
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
-        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63_d = tl.sum(local_7 * v63_y * tl.exp(tl.minimum(v52 - v63_b, 0.0)), axis=1)
         v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -3098,7 +3061,7 @@ def chunk_grad_q_2_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3171,7 +3134,7 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, v45, v36, local_4, v72, causal, v36, v41, v45, v46, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + C * BV + 4 * C * C + 3 * C * D)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, local_4, v72, causal, v36, v41, v45, v46, v63
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3219,42 +3182,40 @@ def chunk_grad_q_3_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
     v41 = (q * v40)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
     v45 = (v43 * v39)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v36
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v36)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v46_xA = q * v46_A
     for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
-        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v46_p = v46_r + v46_j
-        v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
+        v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
+        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v46_p[:, None] * D + tl.arange(0, D)[None, :])
         v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -3262,26 +3223,26 @@ def chunk_grad_q_3_bwd_kernel(
     v53 = v37
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, C), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v63_xA = local_7 * v63_A
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
-        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63_d = tl.sum(local_7 * v63_y * tl.exp(tl.minimum(v52 - v63_b, 0.0)), axis=1)
         v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3292,7 +3253,7 @@ def chunk_grad_q_3_bwd_kernel(
         v50 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3302,7 +3263,7 @@ def chunk_grad_q_3_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3328,7 +3289,7 @@ def chunk_grad_q_3_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3359,27 +3320,27 @@ def chunk_grad_q_3_bwd_kernel(
         v44 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v73 = tl.zeros((C, D), DTYPE)
     v73_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v73_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v73_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v73_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v73_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v73_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v73_start = v73_k * BC
-        v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v73_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v73_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v73_rows = tl.where(tl.arange(0, C) // BC == v73_k, 1.0, 0.0)
-        v73 += v73_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v73_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v73 += v73_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v73_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v73 = v73 * v73_A
     for v73_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v73_p = v73_r + v73_j
-        v73_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C) * C + v73_p)
-        v73_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v73_p[:, None] * D + tl.arange(0, D)[None, :])
-        v73_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C) * C + v73_p)
-        v73_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v73_p[:, None] * D + tl.arange(0, D)[None, :])
+        v73_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C) * C + v73_p)
+        v73_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + v73_p[:, None] * D + tl.arange(0, D)[None, :])
+        v73_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * C + tl.arange(0, C) * C + v73_p)
+        v73_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v73_p[:, None] * D + tl.arange(0, D)[None, :])
         v73 += v73_x[:, None] * v73_y * v73_m[:, None] * tl.exp(tl.minimum(v36 - v73_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v73.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3418,42 +3379,40 @@ def chunk_grad_q_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C)  # v15, v26, v21, v44, v47, v48, v51, v54, v65, v61, v70, v45, v36, local_4, v45, v36, v46, v40, v41, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + C * BV + 4 * C * D + 2 * C * C)  # v15, v26, v21, v44, v47, v48, v51, v54, v65, v61, v70, local_4, v45, v36, v46, v40, v41, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
     v45 = (v43 * v39)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v37 = v36
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v36)
+    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v46_xA = q * v46_A
     for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
-        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v46_p = v46_r + v46_j
-        v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
+        v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + v46_p[:, None] * D + tl.arange(0, D)[None, :])
+        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
         v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3481,14 +3440,14 @@ def chunk_grad_q_4_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3502,7 +3461,7 @@ def chunk_grad_q_4_bwd_kernel(
         v44 = v33
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3510,7 +3469,7 @@ def chunk_grad_q_4_bwd_kernel(
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3525,32 +3484,32 @@ def chunk_grad_q_4_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v52 = v36
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = v37
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, C), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v63_xA = local_7 * v63_A
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
-        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63_d = tl.sum(local_7 * v63_y * tl.exp(tl.minimum(v52 - v63_b, 0.0)), axis=1)
         v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -3572,7 +3531,7 @@ def chunk_grad_q_4_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3610,7 +3569,7 @@ def chunk_grad_q_4_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 += (tl.dot(v70.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v40 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v72 = (v40 * v71)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v72.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3648,21 +3607,21 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v51, v67, v68, v87, v61, v73, v83, v117, v57, v49, v58, v128, v132, v138, v52, v39, local_4, v139, q, causal, v39, v45, v46, v44, v50, v63, v126, v48, v53, v130
+    scratch = scratch_ptr + slot * (4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v51, v67, v68, v87, v61, v73, v83, v117, v57, v49, v58, v128, v132, v138, v52, local_4, v139, q, causal, v39, v45, v46, v44, v50, v63, v126, v48, v53, v130
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v38 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v39 = tl.cumsum(v38, axis=0, reverse=False)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     v41 = (v39 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v42 = tl.sum((v41), axis=0)
     v40 = v39
     v43 = (v37[:, None] * tl.exp((v42[None, :] - v40)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v45 = gate_eta
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     v46 = (v43 * v45)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v46)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3689,17 +3648,17 @@ def chunk_grad_k_0_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.exp(v39)  # cumulative decay in the chunk
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     v65 = (v44 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v66 = tl.sum((v65), axis=0)
     v50 = k
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = (v46 * v50)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3716,7 +3675,7 @@ def chunk_grad_k_0_bwd_kernel(
         v67 = (v66[None, :] * w1)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :], v67)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v75 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3826,9 +3785,9 @@ def chunk_grad_k_0_bwd_kernel(
         v124 = ((-1.0) * v123)
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v125 += tl.dot(v51.to(DOT_DTYPE), v124.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v126 = (v46 * v125)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v126)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v126)  # park
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3837,39 +3796,38 @@ def chunk_grad_k_0_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = ((-1.0) + v44)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v48 = (q * v47)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v50 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = (v50 * v45)
-    v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v52)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v39)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v53 = tl.zeros((C, C), DTYPE)
     v53_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v53_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v53_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v53_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v53_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v53_xA = q * v53_A
     for v53_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v53_start = v53_k * BC
-        v53_B = tl.where(tl.arange(0, C)[:, None] < v53_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v53_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v53_B = tl.where(tl.arange(0, C)[:, None] < v53_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v53_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v53_rows = tl.where(tl.arange(0, C) // BC == v53_k, 1.0, 0.0)
         v53 += v53_rows[:, None] * tl.dot((v53_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v53_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v53_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v53_p = v53_r + v53_j
         v53_y = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + v53_p[:, None] * D + tl.arange(0, D)[None, :])
-        v53_b = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v53_p[:, None] * D + tl.arange(0, D)[None, :])
+        v53_b = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v53_p[:, None] * D + tl.arange(0, D)[None, :])
         v53_d = tl.sum(q * v53_y * tl.exp(tl.minimum(v39 - v53_b, 0.0)), axis=1)
         v53 += tl.where(tl.arange(0, C)[None, :] == v53_p[:, None], v53_d[:, None], 0.0)
     v53 = v53 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -3877,26 +3835,26 @@ def chunk_grad_k_0_bwd_kernel(
     v60 = v40
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v130 = tl.zeros((C, C), DTYPE)
     v130_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v130_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v130_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v130_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v130_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v130_xA = local_7 * v130_A
     for v130_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v130_start = v130_k * BC
-        v130_B = tl.where(tl.arange(0, C)[:, None] < v130_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v130_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v130_B = tl.where(tl.arange(0, C)[:, None] < v130_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v130_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v130_rows = tl.where(tl.arange(0, C) // BC == v130_k, 1.0, 0.0)
-        v130 += v130_rows[:, None] * tl.dot((v130_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v130_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v130 += v130_rows[:, None] * tl.dot((v130_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v130_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v130_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v130_p = v130_r + v130_j
-        v130_y = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + v130_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v130_b = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v130_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v130_y = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v130_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v130_b = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v130_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v130_d = tl.sum(local_7 * v130_y * tl.exp(tl.minimum(v59 - v130_b, 0.0)), axis=1)
         v130 += tl.where(tl.arange(0, C)[None, :] == v130_p[:, None], v130_d[:, None], 0.0)
     v130 = v130 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v130)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v130)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3907,7 +3865,7 @@ def chunk_grad_k_0_bwd_kernel(
         v57 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID * D + 3 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3917,7 +3875,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v53 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3938,7 +3896,7 @@ def chunk_grad_k_0_bwd_kernel(
         v128 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v128)
     tl.debug_barrier()
-    v130 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v130 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3971,32 +3929,32 @@ def chunk_grad_k_0_bwd_kernel(
         v139 += (tl.dot(v138.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v138).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v139)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v139)
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v140 = tl.zeros((C, D), DTYPE)
     v140_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v140_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v140_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v140_yA = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v140_A
+    v140_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v140_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v140_yA = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v140_A
     for v140_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v140_start = v140_k * BC
-        v140_B = tl.where(tl.arange(0, C)[:, None] < v140_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v140_start * D + tl.arange(0, D))[None, :] - v40, 0.0)), 0.0)
+        v140_B = tl.where(tl.arange(0, C)[:, None] < v140_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v140_start * D + tl.arange(0, D))[None, :] - v40, 0.0)), 0.0)
         v140_rows = tl.where(tl.arange(0, C) // BC == v140_k, 1.0, 0.0)
-        v140 += v140_B * tl.dot(tl.trans((tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v140_rows[:, None])).to(DOT_DTYPE), (v140_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v140 += v140_B * tl.dot(tl.trans((tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v140_rows[:, None])).to(DOT_DTYPE), (v140_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v140_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v140_p = v140_r + v140_j
-        v140_x = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + v140_p * C + tl.arange(0, C))
-        v140_y = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + C * C + v140_p[:, None] * D + tl.arange(0, D)[None, :])
-        v140_m = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + C * C + v140_p * C + tl.arange(0, C))
-        v140_a = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v140_p[:, None] * D + tl.arange(0, D)[None, :])
+        v140_x = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + C * BV + v140_p * C + tl.arange(0, C))
+        v140_y = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + C * BV + C * C + v140_p[:, None] * D + tl.arange(0, D)[None, :])
+        v140_m = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + C * C + v140_p * C + tl.arange(0, C))
+        v140_a = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v140_p[:, None] * D + tl.arange(0, D)[None, :])
         v140 += v140_x[:, None] * v140_y * v140_m[:, None] * tl.exp(tl.minimum(v140_a - v40, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v45 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v141 = (v45 * v140)
-    v126 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v126 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v142 = (v126 + v141)
     v143 = v142
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v143.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -4035,26 +3993,26 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4082,9 +4040,9 @@ def chunk_grad_k_1_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4098,10 +4056,10 @@ def chunk_grad_k_1_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4196,9 +4154,9 @@ def chunk_grad_k_1_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4212,12 +4170,12 @@ def chunk_grad_k_1_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4236,44 +4194,43 @@ def chunk_grad_k_1_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
         v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4286,7 +4243,7 @@ def chunk_grad_k_1_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4294,7 +4251,7 @@ def chunk_grad_k_1_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4309,32 +4266,32 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v144_xA = local_7 * v144_A
     for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -4351,7 +4308,7 @@ def chunk_grad_k_1_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4383,7 +4340,7 @@ def chunk_grad_k_1_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4404,7 +4361,7 @@ def chunk_grad_k_1_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))
@@ -4462,26 +4419,26 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + C)  # v15, v26, v21, v38, v57, v75, v95, v96, v68, v81, v91, v126, v139, v132, v145, v60, v61, v64, v151, v147, v162, v165, v167, v198, v142, v65, v201, v58, v45, local_4, v45, v51, v52, v56, v70, v50, v76, v154, v59, v54, v149, v173, v177, v186, v192
+    scratch = scratch_ptr + slot * (3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C + C)  # v15, v26, v21, v38, v57, v75, v95, v96, v68, v81, v91, v126, v139, v132, v145, v60, v61, v64, v151, v147, v162, v165, v167, v198, v142, v65, v201, v58, local_4, v45, v51, v52, v56, v70, v50, v76, v154, v59, v54, v149, v173, v177, v186, v192
     v43 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v44 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v45 = tl.cumsum(v44, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     v47 = (v45 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v48 = tl.sum((v47), axis=0)
     v46 = v45
     v49 = (v43[:, None] * tl.exp((v48[None, :] - v46)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v51 = gate_eta
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v51)  # park
     v52 = (v49 * v51)
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v52)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v52)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v56 = k
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
     v70 = (v52 * v56)
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v70)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4509,9 +4466,9 @@ def chunk_grad_k_2_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = tl.exp(v45)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v50)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4526,10 +4483,10 @@ def chunk_grad_k_2_bwd_kernel(
         v57 = v39
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v50 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v72 = (v50 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v73 = tl.sum((v72), axis=0)
-    v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v83 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4624,9 +4581,9 @@ def chunk_grad_k_2_bwd_kernel(
     v129_c0 = (tl.sqrt(v89))
     v129 = ((-0.5) * v128 / (v129_c0 * ((tl.full((), 1e-06, DTYPE) + v129_c0) * (tl.full((), 1e-06, DTYPE) + v129_c0))))
     v130 = (v129 / (D * HID))
-    v52 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v76 = v52
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v76)  # park
     v140 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4641,12 +4598,12 @@ def chunk_grad_k_2_bwd_kernel(
         v68 = tl.load(scratch + 2 * HID * D + 3 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v140 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v76 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v141 = (v76 * v140)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v153 = (v141 + local_8)
     v154 = v153
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     v134 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4665,44 +4622,43 @@ def chunk_grad_k_2_bwd_kernel(
         v133 = (v125 * (v75 * v75) * tl.abs(v75) * tl.where(v75 > 0, 1.0, tl.where(v75 < 0, -1.0, 0.0)))
         v134 += tl.sum(tl.sum((v133), axis=1), axis=0)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v56 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = (v56 * v51)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v46 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v59 = tl.zeros((C, C), DTYPE)
     v59_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v59_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + v59_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v59_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + v59_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v59_xA = q * v59_A
     for v59_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v59_start = v59_k * BC
-        v59_B = tl.where(tl.arange(0, C)[:, None] < v59_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + v59_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v59_B = tl.where(tl.arange(0, C)[:, None] < v59_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + v59_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v59_rows = tl.where(tl.arange(0, C) // BC == v59_k, 1.0, 0.0)
         v59 += v59_rows[:, None] * tl.dot((v59_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v59_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v59_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v59_p = v59_r + v59_j
         v59_y = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + v59_p[:, None] * D + tl.arange(0, D)[None, :])
-        v59_b = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + v59_p[:, None] * D + tl.arange(0, D)[None, :])
+        v59_b = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + v59_p[:, None] * D + tl.arange(0, D)[None, :])
         v59_d = tl.sum(q * v59_y * tl.exp(tl.minimum(v45 - v59_b, 0.0)), axis=1)
         v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
     v59 = v59 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = ((-1.0) + v50)
     v54 = (q * v53)
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v54)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v54)  # park
     v135_c0 = (tl.sqrt(v84))
     v135 = ((-0.5) * v134 / (v135_c0 * ((tl.full((), 1e-06, DTYPE) + v135_c0) * (tl.full((), 1e-06, DTYPE) + v135_c0))))
     v136 = (v135 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4715,7 +4671,7 @@ def chunk_grad_k_2_bwd_kernel(
         v145 = tl.dot(v70.to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 5 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v145)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4723,7 +4679,7 @@ def chunk_grad_k_2_bwd_kernel(
         v60 = tl.dot(v59.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 5 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v54 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v54 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4738,32 +4694,32 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = v45
-    v46 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v67 = v46
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v149_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v149_xA = local_7 * v149_A
     for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v149_start = v149_k * BC
-        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + v149_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
-        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v149_p = v149_r + v149_j
-        v149_y = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v149_b = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_y = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_b = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v149_d = tl.sum(local_7 * v149_y * tl.exp(tl.minimum(v66 - v149_b, 0.0)), axis=1)
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -4780,7 +4736,7 @@ def chunk_grad_k_2_bwd_kernel(
         v64 = (v63 + v62)
         tl.store(scratch + 3 * HID * D + 7 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4812,7 +4768,7 @@ def chunk_grad_k_2_bwd_kernel(
         v162 = ((-1.0) * v161)
         tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v162)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4834,18 +4790,18 @@ def chunk_grad_k_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v167 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v168 += (tl.dot(v167.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v154 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v169 = (v154 + v168)
     v170 = tl.sum((v169), axis=1)
     v171 = (v170 / (D))
     v172 = ((-1.0) * v171)
     v173 = (v169 + v172[:, None])
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v173)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v173)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v175 = (2.0 * local_0 * v173)
     v176 = tl.sum((v175), axis=1)
     v177 = (v176 / (D))
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t, v177)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t, v177)  # park
     v29 = (local_0 * local_0)
     v30 = tl.sum((v29), axis=1)
     v31 = (v30 / (D))
@@ -4857,31 +4813,31 @@ def chunk_grad_k_2_bwd_kernel(
     v186_c0 = (local_1 * local_1)
     v186_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v186_c0)))
     v186 = (v185 * ((3.0 * v186_c1) + (3.0 * v186_c0 / (v186_c1))))
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v186)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v186)  # park
     v188 = ((-0.5) * local_0 * ln_weight[None, :] * v186 / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
     v189 = tl.sum((v188), axis=1)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v179 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v177[:, None] / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * (tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
     v180 = tl.sum((v179), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
-    v173 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v173 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v182 = ((-0.5) * ln_weight[None, :] * local_2 * v173 / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
     v183 = tl.sum((v182), axis=1)
     v190 = (v180 + v183 + v189)
     v191 = (v190 / (D))
     v192 = (2.0 * local_0 * v191[:, None])
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v192)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v186 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v186 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v187 = (ln_weight[None, :] * v186 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
     v34 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
     v35 = tl.sum((v34), axis=1)
     v36 = (v35 / (D))
-    v173 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v173 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v174 = (2.0 * v36[:, None] * v173)
-    v177 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+    v177 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
     v178 = ((-0.5) * ln_weight[None, :] * local_2 * v177[:, None] / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v192 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v192 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v193 = (v174 + v178 + v187 + v192)
     v194 = ((-1.0) * v193)
     v195 = tl.sum((v194), axis=1)
@@ -4906,7 +4862,7 @@ def chunk_grad_k_2_bwd_kernel(
         v65 = (v65_c0 * (1.0 + tl.math.erf((v65_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 3 * HID * D + 15 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
-    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4973,26 +4929,26 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5020,9 +4976,9 @@ def chunk_grad_v_0_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5036,10 +4992,10 @@ def chunk_grad_v_0_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5134,9 +5090,9 @@ def chunk_grad_v_0_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5150,12 +5106,12 @@ def chunk_grad_v_0_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5174,44 +5130,43 @@ def chunk_grad_v_0_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
         v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5224,7 +5179,7 @@ def chunk_grad_v_0_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5232,7 +5187,7 @@ def chunk_grad_v_0_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5247,32 +5202,32 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v144_xA = local_7 * v144_A
     for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -5289,7 +5244,7 @@ def chunk_grad_v_0_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5321,7 +5276,7 @@ def chunk_grad_v_0_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5342,7 +5297,7 @@ def chunk_grad_v_0_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))
@@ -5398,26 +5353,26 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5445,9 +5400,9 @@ def chunk_grad_v_1_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5461,10 +5416,10 @@ def chunk_grad_v_1_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5559,9 +5514,9 @@ def chunk_grad_v_1_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5575,12 +5530,12 @@ def chunk_grad_v_1_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5599,44 +5554,43 @@ def chunk_grad_v_1_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
         v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5649,7 +5603,7 @@ def chunk_grad_v_1_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5657,7 +5611,7 @@ def chunk_grad_v_1_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5672,32 +5626,32 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v144_xA = local_7 * v144_A
     for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -5714,7 +5668,7 @@ def chunk_grad_v_1_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5746,7 +5700,7 @@ def chunk_grad_v_1_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5767,7 +5721,7 @@ def chunk_grad_v_1_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))
@@ -5820,43 +5774,41 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV)  # v15, v26, v44, v47, v48, v52, v55, v45, v36, v56, local_4, causal, v45, v36, v46, v41, v53, v54
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D)  # v15, v26, v44, v47, v48, v52, v55, v56, local_4, causal, v45, v36, v46, v41, v53, v54
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
     v45 = (v43 * v39)
-    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v37 = v36
     tl.debug_barrier()  # parked tiles other threads stored
-    v36 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v45 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
-    tl.store(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v36)
+    v36 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v46_xA = q * v46_A
     for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
-        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v46_p = v46_r + v46_j
-        v46_y = tl.load(scratch + HID * D + 6 * C * HID + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 6 * C * HID + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
+        v46_y = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + v46_p[:, None] * D + tl.arange(0, D)[None, :])
+        v46_b = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
         v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5884,13 +5836,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
-    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5904,7 +5856,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v44 = v33
         tl.store(scratch + HID * D + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5912,7 +5864,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5928,13 +5880,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v36
-    tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = v37
-    tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v54)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5961,28 +5913,28 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v52 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v56 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v54 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v56)
-    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
-    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v56)
+    tl.store(scratch + HID * D + 6 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 6 * C * HID + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v58 = tl.zeros((C, BV), DTYPE)
     v58_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v58_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + C * D + v58_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v58_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + v58_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v58_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v58_start = v58_k * BC
-        v58_B = tl.where(tl.arange(0, C)[:, None] < v58_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * D + v58_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v58_B = tl.where(tl.arange(0, C)[:, None] < v58_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + v58_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v58_rows = tl.where(tl.arange(0, C) // BC == v58_k, 1.0, 0.0)
-        v58 += v58_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v58_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 += v58_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 6 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v58_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v58 = v58 * v58_A
     for v58_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v58_p = v58_r + v58_j
-        v58_x = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + tl.arange(0, C) * C + v58_p)
-        v58_y = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + C * C + v58_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v58_m = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v58_p)
-        v58_b = tl.load(scratch + HID * D + 6 * C * HID + C * D + v58_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v58_x = tl.load(scratch + HID * D + 6 * C * HID + tl.arange(0, C) * C + v58_p)
+        v58_y = tl.load(scratch + HID * D + 6 * C * HID + C * C + v58_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v58_m = tl.load(scratch + HID * D + 6 * C * HID + C * C + C * BV + tl.arange(0, C) * C + v58_p)
+        v58_b = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + v58_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v58 += v58_x[:, None] * v58_y * v58_m[:, None] * tl.exp(tl.minimum(v53 - v58_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -6028,13 +5980,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, v45, v36, local_4, v72, causal, v45, v36, v41, v46, v52, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, local_4, v72, causal, v45, v36, v41, v46, v52, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
     v45 = (v43 * v39)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6082,68 +6034,66 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v36
-    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v36)
+    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v46_xA = q * v46_A
     for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
-        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v46_p = v46_r + v46_j
-        v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
+        v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v46_p[:, None] * D + tl.arange(0, D)[None, :])
+        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
         v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v52 = v36
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v52)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = v37
-    v52 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v52 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, C), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v63_xA = local_7 * v63_A
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
-        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63_d = tl.sum(local_7 * v63_y * tl.exp(tl.minimum(v52 - v63_b, 0.0)), axis=1)
         v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -6154,7 +6104,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v50 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6164,7 +6114,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6190,7 +6140,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6221,27 +6171,27 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v44 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v73 = tl.zeros((C, D), DTYPE)
     v73_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v73_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v73_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v73_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v73_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v73_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v73_start = v73_k * BC
-        v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v73_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v73_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v73_rows = tl.where(tl.arange(0, C) // BC == v73_k, 1.0, 0.0)
-        v73 += v73_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v73_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v73 += v73_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v73_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v73 = v73 * v73_A
     for v73_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v73_p = v73_r + v73_j
-        v73_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v73_p[:, None] * D + tl.arange(0, D)[None, :])
-        v73_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C) * C + v73_p)
-        v73_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C) * C + v73_p)
-        v73_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v73_p[:, None] * D + tl.arange(0, D)[None, :])
+        v73_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v73_p[:, None] * D + tl.arange(0, D)[None, :])
+        v73_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C) * C + v73_p)
+        v73_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * C + tl.arange(0, C) * C + v73_p)
+        v73_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v73_p[:, None] * D + tl.arange(0, D)[None, :])
         v73 += v73_x * v73_y[:, None] * v73_m[:, None] * tl.exp(tl.minimum(v36 - v73_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -6287,25 +6237,25 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * BV + 2 * C * C)  # v15, v30, v21, v55, v74, v93, v94, v67, v79, v89, v124, v130, v58, v59, v62, v151, v146, v158, v56, v43, local_4, v43, v49, v54, v69, v48, v144, v57, v52, v65, v149, v160
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 2 * C * C)  # v15, v30, v21, v55, v74, v93, v94, v67, v79, v89, v124, v130, v58, v59, v62, v151, v146, v158, v56, local_4, v43, v49, v54, v69, v48, v144, v57, v52, v65, v149, v160
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v54 = k
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v54)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v54)  # park
     v69 = (v50 * v54)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6333,9 +6283,9 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6349,10 +6299,10 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v55 = v37
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v55)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v71 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v72 = tl.sum((v71), axis=0)
-    v69 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6495,43 +6445,42 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v139 = v138
     v143 = (v139 + v142)
     v144 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v143[None, :])
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v144)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v54 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v54 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = (v54 * v49)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v56)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v57 = tl.zeros((C, C), DTYPE)
     v57_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v57_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v57_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v57_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v57_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v57_xA = q * v57_A
     for v57_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v57_start = v57_k * BC
-        v57_B = tl.where(tl.arange(0, C)[:, None] < v57_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v57_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v57_B = tl.where(tl.arange(0, C)[:, None] < v57_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v57_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v57_rows = tl.where(tl.arange(0, C) // BC == v57_k, 1.0, 0.0)
         v57 += v57_rows[:, None] * tl.dot((v57_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v57_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v57_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v57_p = v57_r + v57_j
         v57_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + v57_p[:, None] * D + tl.arange(0, D)[None, :])
-        v57_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v57_p[:, None] * D + tl.arange(0, D)[None, :])
+        v57_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v57_p[:, None] * D + tl.arange(0, D)[None, :])
         v57_d = tl.sum(q * v57_y * tl.exp(tl.minimum(v43 - v57_b, 0.0)), axis=1)
         v57 += tl.where(tl.arange(0, C)[None, :] == v57_p[:, None], v57_d[:, None], 0.0)
     v57 = v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v57)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v51 = ((-1.0) + v48)
     v52 = (q * v51)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v52)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v57 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6539,7 +6488,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6554,35 +6503,35 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v65 = v43
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v66 = v44
-    v65 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v149_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v149_xA = local_7 * v149_A
     for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v149_start = v149_k * BC
-        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v149_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
-        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v149_p = v149_r + v149_j
-        v149_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v149_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v149_d = tl.sum(local_7 * v149_y * tl.exp(tl.minimum(v65 - v149_b, 0.0)), axis=1)
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -6599,7 +6548,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v62 = (v61 + v60)
         tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
     tl.debug_barrier()
-    v149 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v149 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6640,7 +6589,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v160 = (q * v159)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v160)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v160)  # park
     v64 = tl.zeros((C, BV), DTYPE)
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6660,10 +6609,10 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v154 = (v147 * v64)
     v155 = v154
     tl.debug_barrier()  # parked tiles other threads stored
-    v144 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v160 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v160 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v161 = (v144 + v155 + v160)
-    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v162 = (v161 * tl.exp(v43))
     v163 = tl.cumsum(v162, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -6966,26 +6915,26 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * BV + 5 * C * C + C)  # v15, v26, v21, v51, v71, v90, v91, v62, v76, v86, v121, v127, v54, v55, v58, v149, v143, v156, v52, v39, local_4, q, v157, causal, v64, local_7, v37, v39, v45, v50, v66, v44, v63, v137, v162, v52, v53, v48, v60, v61, v145, v159
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 11 * C * D + 5 * C * C + C)  # v15, v26, v21, v51, v71, v90, v91, v62, v76, v86, v121, v127, v54, v55, v58, v149, v143, v156, local_4, q, v157, causal, v64, local_7, v37, v39, v45, v50, v66, v44, v63, v137, v162, v52, v53, v48, v60, v61, v145, v159
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s, v37)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + offs_s, v37)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v38 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v39 = tl.cumsum(v38, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     v41 = (v39 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v42 = tl.sum((v41), axis=0)
     v40 = v39
     v43 = (v37[:, None] * tl.exp((v42[None, :] - v40)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v45 = gate_eta
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 2 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     v46 = (v43 * v45)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = k
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 3 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v66 = (v46 * v50)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 4 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7013,9 +6962,9 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.exp(v39)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 5 * C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7029,10 +6978,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v51 = v33
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 5 * C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v44 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 4 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7129,7 +7078,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v125 = (v124 / (D * HID))
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v63 = local_3
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 6 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v63)  # park
     v135 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7143,10 +7092,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v62 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 6 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v136 = (v63 * v135)
     v137 = v136
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v137)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 6 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v137)  # park
     v129 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7180,54 +7129,52 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v139 = ((-1.0) * v138)
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v140 += tl.dot(v51.to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 3 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v141 = (v50 * v140)
-    v137 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v137 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 6 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v160 = (v137 + v141)
-    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 2 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v161 = (v45 * v160)
-    v37 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s)  # parked
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + offs_s)  # parked
+    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v162 = ((-1.0) * v37[:, None] * v161 * tl.exp((v42[None, :] - v40)))
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v162)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 7 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v162)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 2 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 3 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = (v50 * v45)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 8 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v52)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v39)
+    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v53 = tl.zeros((C, C), DTYPE)
     v53_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v53_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v53_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v53_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v53_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v53_xA = q * v53_A
     for v53_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v53_start = v53_k * BC
-        v53_B = tl.where(tl.arange(0, C)[:, None] < v53_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v53_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v53_B = tl.where(tl.arange(0, C)[:, None] < v53_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v53_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v53_rows = tl.where(tl.arange(0, C) // BC == v53_k, 1.0, 0.0)
-        v53 += v53_rows[:, None] * tl.dot((v53_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v53_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v53 += v53_rows[:, None] * tl.dot((v53_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 8 * C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v53_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v53_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v53_p = v53_r + v53_j
-        v53_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + v53_p[:, None] * D + tl.arange(0, D)[None, :])
-        v53_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v53_p[:, None] * D + tl.arange(0, D)[None, :])
+        v53_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 8 * C * D + 3 * C * C + C + v53_p[:, None] * D + tl.arange(0, D)[None, :])
+        v53_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v53_p[:, None] * D + tl.arange(0, D)[None, :])
         v53_d = tl.sum(q * v53_y * tl.exp(tl.minimum(v39 - v53_b, 0.0)), axis=1)
         v53 += tl.where(tl.arange(0, C)[None, :] == v53_p[:, None], v53_d[:, None], 0.0)
     v53 = v53 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 9 * C * D + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 5 * C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = ((-1.0) + v44)
     v48 = (q * v47)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 9 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 9 * C * D + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7235,7 +7182,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 9 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7250,37 +7197,37 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v60 = v39
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 10 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v61 = v40
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 10 * C * D + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v61)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 10 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v145 = tl.zeros((C, C), DTYPE)
     v145_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v145_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v145_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v145_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v145_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v145_xA = local_7 * v145_A
     for v145_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v145_start = v145_k * BC
-        v145_B = tl.where(tl.arange(0, C)[:, None] < v145_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v145_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v145_B = tl.where(tl.arange(0, C)[:, None] < v145_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v145_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v145_rows = tl.where(tl.arange(0, C) // BC == v145_k, 1.0, 0.0)
-        v145 += v145_rows[:, None] * tl.dot((v145_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v145_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v145 += v145_rows[:, None] * tl.dot((v145_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v145_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v145_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v145_p = v145_r + v145_j
-        v145_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v145_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v145_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v145_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v145_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + v145_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v145_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v145_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v145_d = tl.sum(local_7 * v145_y * tl.exp(tl.minimum(v60 - v145_b, 0.0)), axis=1)
         v145 += tl.where(tl.arange(0, C)[None, :] == v145_p[:, None], v145_d[:, None], 0.0)
     v145 = v145 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 5 * C * BV + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v145)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 10 * C * D + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v145)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -7297,7 +7244,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v58 = (v57 + v56)
         tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v145 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 5 * C * BV + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v145 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 10 * C * D + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7338,32 +7285,32 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v157 += (tl.dot(v156.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v157)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v157)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v158 = tl.zeros((C, D), DTYPE)
     v158_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v158_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v158_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v158_xA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v158_A
+    v158_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v158_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v158_xA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v158_A
     for v158_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v158_start = v158_k * BC
-        v158_B = tl.where(tl.arange(0, C)[:, None] < v158_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v158_start * D + tl.arange(0, D))[None, :] - v40, 0.0)), 0.0)
+        v158_B = tl.where(tl.arange(0, C)[:, None] < v158_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v158_start * D + tl.arange(0, D))[None, :] - v40, 0.0)), 0.0)
         v158_rows = tl.where(tl.arange(0, C) // BC == v158_k, 1.0, 0.0)
-        v158 += v158_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v158_xA * v158_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v158 += v158_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v158_xA * v158_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v158_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v158_p = v158_r + v158_j
-        v158_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + v158_p[:, None] * D + tl.arange(0, D)[None, :])
-        v158_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + v158_p * C + tl.arange(0, C))
-        v158_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + C * C + v158_p * C + tl.arange(0, C))
-        v158_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v158_p[:, None] * D + tl.arange(0, D)[None, :])
+        v158_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + v158_p[:, None] * D + tl.arange(0, D)[None, :])
+        v158_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + v158_p * C + tl.arange(0, C))
+        v158_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + C * C + v158_p * C + tl.arange(0, C))
+        v158_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v158_p[:, None] * D + tl.arange(0, D)[None, :])
         v158 += v158_x * v158_y[:, None] * v158_m[:, None] * tl.exp(tl.minimum(v158_a - v40, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 8 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v159 = ((-1.0) * v52 * v158)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 5 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v159)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 10 * C * D + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v159)  # park
     v64 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7374,34 +7321,34 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v62 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v64 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 10 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 10 * C * D + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v64)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v64)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v146 = tl.zeros((C, BV), DTYPE)
     v146_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v146_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v146_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v146_yA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v146_A
+    v146_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v146_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v146_yA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v146_A
     for v146_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v146_start = v146_k * BC
-        v146_B = tl.where(tl.arange(0, C)[:, None] < v146_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v146_start * BV + tl.arange(0, BV))[None, :] - v61, 0.0)), 0.0)
+        v146_B = tl.where(tl.arange(0, C)[:, None] < v146_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v146_start * BV + tl.arange(0, BV))[None, :] - v61, 0.0)), 0.0)
         v146_rows = tl.where(tl.arange(0, C) // BC == v146_k, 1.0, 0.0)
-        v146 += v146_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v146_rows[:, None])).to(DOT_DTYPE), (v146_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v146 += v146_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v146_rows[:, None])).to(DOT_DTYPE), (v146_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v146_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v146_p = v146_r + v146_j
-        v146_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + 2 * C * C + v146_p * C + tl.arange(0, C))
-        v146_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + 3 * C * C + v146_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v146_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + C * C + v146_p * C + tl.arange(0, C))
-        v146_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v146_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v146_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 2 * C * C + v146_p * C + tl.arange(0, C))
+        v146_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 3 * C * C + v146_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v146_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + C * C + v146_p * C + tl.arange(0, C))
+        v146_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v146_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v146 += v146_x[:, None] * v146_y * v146_m[:, None] * tl.exp(tl.minimum(v146_a - v61, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v147 = ((-1.0) * local_4 * v146)
     v150 = v147
-    v159 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 5 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v162 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v159 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 10 * C * D + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v162 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 7 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v163 = (v150 + v159 + v162)
     v164 = v163
     v165 = tl.cumsum(v164, axis=0, reverse=True)
@@ -7444,42 +7391,40 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C)  # v15, v26, v44, v47, v48, v52, v55, v45, v36, local_7, v57, causal, v45, v36, v46, v41, v53, v54
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 3 * C * BV + 3 * C * C + 3 * C * D)  # v15, v26, v44, v47, v48, v52, v55, local_7, v57, causal, v45, v36, v46, v41, v53, v54
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
     v45 = (v43 * v39)
-    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v37 = v36
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
-    tl.store(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v36)
+    v45 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v46_xA = q * v46_A
     for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
-        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v46_p = v46_r + v46_j
-        v46_y = tl.load(scratch + HID * D + 6 * C * HID + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 6 * C * HID + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
+        v46_y = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + v46_p[:, None] * D + tl.arange(0, D)[None, :])
+        v46_b = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
         v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7507,13 +7452,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = (q * v40)
-    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7526,7 +7471,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v44 = v33
         tl.store(scratch + HID * D + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7534,7 +7479,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7550,13 +7495,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v36
-    tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = v37
-    tl.store(scratch + HID * D + 6 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v54)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7583,28 +7528,28 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v52 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v54 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
-    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v57)
-    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + HID * D + 6 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v57)
+    tl.store(scratch + HID * D + 6 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v65 = tl.zeros((C, BV), DTYPE)
     v65_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v65_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + C * D + v65_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v65_xA = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v65_A
+    v65_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + v65_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v65_xA = tl.load(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v65_A
     for v65_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v65_start = v65_k * BC
-        v65_B = tl.where(tl.arange(0, C)[:, None] < v65_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * D + v65_start * BV + tl.arange(0, BV))[None, :] - v54, 0.0)), 0.0)
+        v65_B = tl.where(tl.arange(0, C)[:, None] < v65_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + v65_start * BV + tl.arange(0, BV))[None, :] - v54, 0.0)), 0.0)
         v65_rows = tl.where(tl.arange(0, C) // BC == v65_k, 1.0, 0.0)
-        v65 += v65_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v65_xA * v65_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v65 += v65_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 6 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v65_xA * v65_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v65_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v65_p = v65_r + v65_j
-        v65_x = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + v65_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v65_y = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + C * BV + v65_p * C + tl.arange(0, C))
-        v65_m = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + C * BV + C * C + v65_p * C + tl.arange(0, C))
-        v65_a = tl.load(scratch + HID * D + 6 * C * HID + C * D + v65_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v65_x = tl.load(scratch + HID * D + 6 * C * HID + v65_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v65_y = tl.load(scratch + HID * D + 6 * C * HID + C * BV + v65_p * C + tl.arange(0, C))
+        v65_m = tl.load(scratch + HID * D + 6 * C * HID + C * BV + C * C + v65_p * C + tl.arange(0, C))
+        v65_a = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + v65_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v65 += v65_x * v65_y[:, None] * v65_m[:, None] * tl.exp(tl.minimum(v65_a - v54, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -7648,10 +7593,10 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, v45, v36, local_4, v72, q, causal, v43, v36, v41, v46, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, v45, local_4, v72, q, causal, v43, v36, v41, v46, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7700,39 +7645,38 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v38 = tl.exp(v36)  # cumulative decay in the chunk
     v40 = ((-1.0) + v38)
     v41 = (q * v40)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = (v43 * v39)
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v36
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v36)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v46_xA = q * v46_A
     for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
         v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v46_p = v46_r + v46_j
         v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
+        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v46_p[:, None] * D + tl.arange(0, D)[None, :])
         v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
         v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -7740,26 +7684,26 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v53 = v37
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, C), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v63_xA = local_7 * v63_A
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
-        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63_d = tl.sum(local_7 * v63_y * tl.exp(tl.minimum(v52 - v63_b, 0.0)), axis=1)
         v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -7770,7 +7714,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v50 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7780,7 +7724,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7806,7 +7750,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7839,30 +7783,30 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v72 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v73 = tl.zeros((C, D), DTYPE)
     v73_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v73_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v73_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v73_yA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v73_A
+    v73_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v73_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v73_yA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v73_A
     for v73_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v73_start = v73_k * BC
-        v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v73_start * D + tl.arange(0, D))[None, :] - v37, 0.0)), 0.0)
+        v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v73_start * D + tl.arange(0, D))[None, :] - v37, 0.0)), 0.0)
         v73_rows = tl.where(tl.arange(0, C) // BC == v73_k, 1.0, 0.0)
-        v73 += v73_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v73_rows[:, None])).to(DOT_DTYPE), (v73_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v73 += v73_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v73_rows[:, None])).to(DOT_DTYPE), (v73_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v73_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v73_p = v73_r + v73_j
-        v73_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + v73_p * C + tl.arange(0, C))
-        v73_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + v73_p[:, None] * D + tl.arange(0, D)[None, :])
-        v73_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + C * C + v73_p * C + tl.arange(0, C))
-        v73_a = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v73_p[:, None] * D + tl.arange(0, D)[None, :])
+        v73_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + v73_p * C + tl.arange(0, C))
+        v73_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + C * C + v73_p[:, None] * D + tl.arange(0, D)[None, :])
+        v73_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + v73_p * C + tl.arange(0, C))
+        v73_a = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v73_p[:, None] * D + tl.arange(0, D)[None, :])
         v73 += v73_x[:, None] * v73_y * v73_m[:, None] * tl.exp(tl.minimum(v73_a - v37, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v43 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v43 * v73)
     v75 = v74
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v75.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -8313,42 +8257,40 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 7 * C * BV)  # v15, v30, v21, v48, v51, v52, v56, v49, v40, v64, local_4, causal, v49, v40, v50, v42, v45, v58, v60, v61, v62, v67, v68
+    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 3 * C * C + 7 * C * BV + 4 * C * D)  # v15, v30, v21, v48, v51, v52, v56, v64, local_4, causal, v49, v40, v50, v42, v45, v58, v60, v61, v62, v67, v68
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v47 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
     v49 = (v47 * v43)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v41 = v40
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v49)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    v49 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v50 = tl.zeros((C, C), DTYPE)
     v50_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v50_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v50_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v50_xA = q * v50_A
     for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v50_start = v50_k * BC
-        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v50_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + v50_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
-        v50 += v50_rows[:, None] * tl.dot((v50_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 += v50_rows[:, None] * tl.dot((v50_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v50_p = v50_r + v50_j
-        v50_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + v50_p[:, None] * D + tl.arange(0, D)[None, :])
-        v50_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
+        v50_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + v50_p[:, None] * D + tl.arange(0, D)[None, :])
+        v50_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
         v50_d = tl.sum(q * v50_y * tl.exp(tl.minimum(v40 - v50_b, 0.0)), axis=1)
         v50 += tl.where(tl.arange(0, C)[None, :] == v50_p[:, None], v50_d[:, None], 0.0)
     v50 = v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v50)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v50)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8376,14 +8318,14 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v40 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v42 = tl.exp(v40)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = ((-1.0) + v42)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v45 = (q * v44)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8397,7 +8339,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v48 = v37
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v50 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v50 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8405,7 +8347,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v51 = tl.dot(v50.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v45 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8420,10 +8362,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v42 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v57 = v42
     v58 = ((-1.0) + v57)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v58)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8445,18 +8387,18 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v56 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v59 += tl.dot(v56.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v58 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = (v58 * v59)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 2 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = v40
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 3 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v61)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v62 = v41
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 4 * C * BV + 4 * C * D + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     v64 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8468,33 +8410,33 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v56 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v64 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 3 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 4 * C * BV + 4 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v64)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v64)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v66 = tl.zeros((C, BV), DTYPE)
     v66_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v66_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v66_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v66_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + v66_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v66_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v66_start = v66_k * BC
-        v66_B = tl.where(tl.arange(0, C)[:, None] < v66_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v66_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v66_B = tl.where(tl.arange(0, C)[:, None] < v66_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + v66_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v66_rows = tl.where(tl.arange(0, C) // BC == v66_k, 1.0, 0.0)
-        v66 += v66_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v66_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 += v66_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v66_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v66 = v66 * v66_A
     for v66_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v66_p = v66_r + v66_j
-        v66_x = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v66_p)
-        v66_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + v66_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v66_m = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v66_p)
-        v66_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v66_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v66_x = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C) * C + v66_p)
+        v66_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * C + v66_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v66_m = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * C + C * BV + tl.arange(0, C) * C + v66_p)
+        v66_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + v66_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v66 += v66_x[:, None] * v66_y * v66_m[:, None] * tl.exp(tl.minimum(v61 - v66_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 2 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = (v60 - v66)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v67)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 5 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v67)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8505,9 +8447,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 5 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v67 * v29)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 6 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8516,7 +8458,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v69 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 6 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v70 = (v69 + v68)
     v71 = tl.sum((v70), axis=1)
     v72 = (v71 / (D))
@@ -8564,26 +8506,26 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8611,9 +8553,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8627,10 +8569,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8725,9 +8667,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8741,12 +8683,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8765,44 +8707,43 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
         v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8815,7 +8756,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8823,7 +8764,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8838,32 +8779,32 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v144_xA = local_7 * v144_A
     for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -8880,7 +8821,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8912,7 +8853,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8933,7 +8874,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))
@@ -8985,26 +8926,26 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9032,9 +8973,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9048,10 +8989,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9146,9 +9087,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9162,12 +9103,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9186,44 +9127,43 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
         v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9236,7 +9176,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9244,7 +9184,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9259,32 +9199,32 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v144_xA = local_7 * v144_A
     for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -9301,7 +9241,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9333,7 +9273,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9354,7 +9294,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))
@@ -9403,26 +9343,26 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9450,9 +9390,9 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9466,10 +9406,10 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9564,9 +9504,9 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9580,12 +9520,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9604,44 +9544,43 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
         v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9654,7 +9593,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9662,7 +9601,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9677,32 +9616,32 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v144_xA = local_7 * v144_A
     for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -9719,7 +9658,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9751,7 +9690,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9772,7 +9711,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))
@@ -9907,26 +9846,26 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, v42, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9954,9 +9893,9 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9970,10 +9909,10 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10068,9 +10007,9 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10084,12 +10023,12 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v137 = (v72 * v136)
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v147 = (v137 + local_8)
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10108,44 +10047,43 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
         v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = ((-1.0) + v47)
     v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10158,7 +10096,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10166,7 +10104,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10181,32 +10119,32 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v144_xA = local_7 * v144_A
     for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -10223,7 +10161,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10255,7 +10193,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10276,7 +10214,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v148 + v159)
     v161 = tl.sum((v160), axis=1)
     v162 = (v161 / (D))

@@ -57,8 +57,6 @@ DESCRIPTION = {'spec': 'yaad',
                                      ['t', 'h'],
                                      ['s', 'h'],
                                      ['t', 'h'],
-                                     ['s', 'i'],
-                                     ['t', 'i'],
                                      ['t', 's'],
                                      ['s', 'o'],
                                      ['t', 's'],
@@ -90,8 +88,6 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 'h'],
                                        ['s', 'h'],
                                        ['s', 'i'],
-                                       ['t', 'i'],
-                                       ['t', 's'],
                                        ['s', 'o'],
                                        ['t', 's'],
                                        ['t', 'o'],
@@ -139,8 +135,6 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['h', 'i'],
                                        ['o', 'h'],
                                        ['o', 'h'],
-                                       ['s', 'i'],
-                                       ['t', 'i'],
                                        ['s', 'o'],
                                        ['s', 'i'],
                                        ['s', 'i'],
@@ -183,8 +177,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 's'],
@@ -208,8 +200,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -232,8 +222,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 'i'],
@@ -265,8 +253,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['h', 'i'],
                                           ['t', 'h'],
                                           ['o', 'h'],
-                                          ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -303,7 +289,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -338,8 +323,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['h', 'i'],
                                           ['t', 'h'],
                                           ['o', 'h'],
-                                          ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -369,7 +352,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['t', 'i'],
@@ -393,8 +375,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
-                                                   ['s', 'i'],
-                                                   ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
@@ -418,8 +398,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'i'],
-                                                   ['t', 'i'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
                                                    ['t', 's'],
@@ -445,8 +423,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'i'],
-                                                   ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
@@ -491,8 +467,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'i'],
-                                                   ['t', 'i'],
                                                    ['s', 'o'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -524,8 +498,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h'],
-                                                 ['s', 'i'],
-                                                 ['t', 'i'],
                                                  ['t', 'o'],
                                                  ['t', 's'],
                                                  ['t', 's'],
@@ -549,8 +521,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['s', 'i'],
-                                                 ['t', 'i'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
                                                  ['t', 'i'],
@@ -594,8 +564,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['h', 'i'],
                                                    ['t', 'h'],
                                                    ['o', 'h'],
-                                                   ['s', 'i'],
-                                                   ['t', 'i'],
                                                    ['s', 'o'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
@@ -625,7 +593,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'i'],
-                                                   ['t', 'i'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'i'],
@@ -648,8 +615,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
@@ -679,7 +644,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
@@ -708,7 +672,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
@@ -737,8 +700,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['h', 'i'],
                                                   ['t', 'h'],
                                                   ['o', 'h'],
-                                                  ['s', 'i'],
-                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -776,8 +737,6 @@ DESCRIPTION = {'spec': 'yaad',
                                                 ['h', 'i'],
                                                 ['t', 'h'],
                                                 ['o', 'h'],
-                                                ['s', 'i'],
-                                                ['t', 'i'],
                                                 ['s', 'o'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
@@ -1016,54 +975,52 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 7 * C * D + 3 * C * C + 9 * C * BV)  # v45, v10, v11, v47, v52, v48, v40, v61, v62, causal, v40, v53, v44, v46, v43, v48, v49, v16, v26, v35, v55, v62, v56, v57
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * C + 9 * C * BV + 5 * C * D)  # v45, v10, v11, v47, v52, v61, v62, causal, v40, v53, v44, v46, v43, v48, v49, v16, v26, v35, v55, v62, v56, v57
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v53 = v42
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = (q * v42)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v46)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v48 = (v46 * v43)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v41 = v40
-    v48 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    v48 = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 4 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
-        v49_y = tl.load(scratch + 5 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
-        v49_b = tl.load(scratch + 5 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_y = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 4 * C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v49_p[:, None] * D + tl.arange(0, D)[None, :])
         v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 5 * C * D + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1093,7 +1050,7 @@ def chunk_out_fwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 2 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -1110,20 +1067,20 @@ def chunk_out_fwd_kernel(
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v16 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 5 * C * HID + 3 * C * C + 2 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
-    v26 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v26 = tl.load(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 4 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1135,7 +1092,7 @@ def chunk_out_fwd_kernel(
         v47 = v37
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 5 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1154,24 +1111,24 @@ def chunk_out_fwd_kernel(
         v52 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v53 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 5 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 5 * C * HID + 3 * C * C + 4 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = v35
-    v43 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 6 * C * BV + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 7 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 8 * C * BV + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1181,31 +1138,31 @@ def chunk_out_fwd_kernel(
         v52 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v56 = tl.load(scratch + 5 * C * HID + 3 * C * C + 7 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 5 * C * HID + 3 * C * C + 8 * C * BV + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 5 * C * HID + 3 * C * C + 6 * C * BV + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 5 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 5 * C * HID + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
-        v63_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
-        v63_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
-        v63_b = tl.load(scratch + 5 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 5 * C * HID + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 5 * C * HID + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 5 * C * HID + 3 * C * C + 5 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -1255,7 +1212,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 6 * C * D + 4 * C * C + 11 * C * BV)  # v10, v11, v54, v57, v59, v66, v55, v43, v68, v69, causal, v93, v16, v35, v49, v65, v69, v43, v56, v48, v51, v63, v64, v68, v70, v60, v92
+    scratch = scratch_ptr + slot * (6 * C * HID + 5 * C * D + 11 * C * BV + 3 * C * C)  # v10, v11, v54, v57, v59, v66, v55, v69, causal, v93, v16, v35, v49, v65, v69, v43, v56, v48, v51, v63, v64, v68, v70, v60, v92
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1278,7 +1235,7 @@ def chunk_local_bwd_kernel(
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
     tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v16.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 6 * C * HID + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -1297,7 +1254,7 @@ def chunk_local_bwd_kernel(
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v25.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v16 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -1309,71 +1266,70 @@ def chunk_local_bwd_kernel(
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v35.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 6 * C * HID + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v67 = v35
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 6 * C * HID + C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v65 = v49
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     v69 = (v67 * v65)
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v69.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 5 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 6 * C * HID + C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v50 = (v47 * v49)
     v78 = v50
-    v67 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v67 = tl.load(scratch + 6 * C * HID + C * D + 3 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = (v78 * v67)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v82.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     v53 = k
-    v49 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 6 * C * HID + C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v49)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v43 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v44 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
         v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 6 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 6 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 6 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     v48 = tl.exp(v43)  # cumulative decay in the chunk
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     v51 = (q * v48)
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v63 = v43
-    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 7 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 6 * C * HID + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1385,7 +1341,7 @@ def chunk_local_bwd_kernel(
         v54 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 6 * C * HID + 3 * C * D + 6 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1393,7 +1349,7 @@ def chunk_local_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 6 * C * HID + 4 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1415,37 +1371,36 @@ def chunk_local_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v63 = tl.load(scratch + 6 * C * HID + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 6 * C * HID + 5 * C * D + 7 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 6 * C * HID + 2 * C * D + 5 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 6 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
-        v70_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 6 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_x = tl.load(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 2 * C * C + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 6 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 6 * C * HID + C * D + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 6 * C * HID + 3 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v60 = v48
-    tl.store(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 9 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1454,9 +1409,9 @@ def chunk_local_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 6 * C * HID + 5 * C * D + 9 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    v70 = tl.load(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v70 = tl.load(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -1476,37 +1431,37 @@ def chunk_local_bwd_kernel(
     v90 = tl.sum((v89), axis=1)
     v91 = (v90 / (D))
     v92 = (v88 + v91[:, None])
-    tl.store(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 10 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v92)  # park
     v93 = ((-1.0) * v92)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v93.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v68 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v93)
+    v63 = tl.load(scratch + 6 * C * HID + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 6 * C * HID + 5 * C * D + 7 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    tl.store(scratch + 6 * C * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, BV), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v94_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v94_xA = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v94_A
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v94_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_xA = tl.load(scratch + 6 * C * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v94_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v94_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_B * tl.dot(tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v94_xA * v94_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_B * tl.dot(tl.trans((tl.load(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v94_xA * v94_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_x = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + v94_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v94_y = tl.load(scratch + 6 * C * HID + 2 * C * D + v94_p * C + tl.arange(0, C))
-        v94_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + v94_p * C + tl.arange(0, C))
-        v94_a = tl.load(scratch + 6 * C * HID + C * D + v94_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v94_x = tl.load(scratch + 6 * C * HID + C * D + C * BV + C * C + v94_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v94_y = tl.load(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 2 * C * C + v94_p * C + tl.arange(0, C))
+        v94_m = tl.load(scratch + 6 * C * HID + C * D + C * BV + v94_p * C + tl.arange(0, C))
+        v94_a = tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v94_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v94 += v94_x * v94_y[:, None] * v94_m[:, None] * tl.exp(tl.minimum(v94_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 6 * C * HID + 2 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v95 = (v65 * v94)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v95.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
-    v60 = tl.load(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 6 * C * HID + 6 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 6 * C * HID + 5 * C * D + 9 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 6 * C * HID + 5 * C * D + 10 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v96 = (v60 * v92)
     tl.store(local_8_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v96.to(local_8_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -1555,93 +1510,91 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 9 * C * BV + 2 * C * C + 2 * C)  # v10, v24, v42, v45, v46, v11, v50, v72, v82, v83, v84, v65, v86, v89, v59, v121, v47, v73, v125, v126, v122, v90, v43, v31, local_4, v41, v37, v43, v31, v44, v36, v39, v70, v67, v54, v91, v96, v100, v16, v108, v109, v115, v110, v120
+        scratch = scratch_ptr + slot * (17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * BV + 7 * C * D + 2 * C * C + 2 * C)  # v10, v24, v42, v45, v46, v11, v50, v72, v82, v83, v84, v65, v86, v89, v59, v121, v47, v73, v125, v126, v122, v90, local_4, v41, v37, v43, v31, v44, v36, v39, v70, v67, v54, v91, v96, v100, v16, v108, v109, v115, v110, v120
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v41 = k
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v37 = gate_eta
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v37)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v37)  # park
         v43 = (v41 * v37)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v43)  # park
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v30 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v31 = tl.cumsum(v30, axis=0, reverse=False)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v31)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v31)  # park
         v32 = v31
         tl.debug_barrier()  # parked tiles other threads stored
-        v43 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v31)
+        v43 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v44 = tl.zeros((C, C), DTYPE)
         v44_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v44_A = tl.exp(tl.minimum(tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + v44_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v44_A = tl.exp(tl.minimum(tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + v44_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v44_xA = q * v44_A
         for v44_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v44_start = v44_k * BC
-            v44_B = tl.where(tl.arange(0, C)[:, None] < v44_start, tl.exp(tl.minimum(tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + v44_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+            v44_B = tl.where(tl.arange(0, C)[:, None] < v44_start, tl.exp(tl.minimum(tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + v44_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
             v44_rows = tl.where(tl.arange(0, C) // BC == v44_k, 1.0, 0.0)
-            v44 += v44_rows[:, None] * tl.dot((v44_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v44_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v44 += v44_rows[:, None] * tl.dot((v44_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v44_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v44_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v44_p = v44_r + v44_j
-            v44_y = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + v44_p[:, None] * D + tl.arange(0, D)[None, :])
-            v44_b = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + v44_p[:, None] * D + tl.arange(0, D)[None, :])
+            v44_y = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 2 * C * D + v44_p[:, None] * D + tl.arange(0, D)[None, :])
+            v44_b = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + v44_p[:, None] * D + tl.arange(0, D)[None, :])
             v44_d = tl.sum(q * v44_y * tl.exp(tl.minimum(v31 - v44_b, 0.0)), axis=1)
             v44 += tl.where(tl.arange(0, C)[None, :] == v44_p[:, None], v44_d[:, None], 0.0)
         v44 = v44 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v44)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v44)  # park
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v36 = tl.exp(v31)  # cumulative decay in the chunk
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
         v39 = (q * v36)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
-        v31 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v31 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         v48 = v31
-        v32 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v32 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v49 = v32
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v70 = tl.zeros((C, C), DTYPE)
         v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v70_A = tl.exp(tl.minimum(tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v70_A = tl.exp(tl.minimum(tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v70_xA = local_6 * v70_A
         for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v70_start = v70_k * BC
-            v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+            v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-            v70 += v70_rows[:, None] * tl.dot((v70_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v70 += v70_rows[:, None] * tl.dot((v70_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v70_p = v70_r + v70_j
-            v70_y = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-            v70_b = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v70_y = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v70_b = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v70_d = tl.sum(local_6 * v70_y * tl.exp(tl.minimum(v48 - v70_b, 0.0)), axis=1)
             v70 += tl.where(tl.arange(0, C)[None, :] == v70_p[:, None], v70_d[:, None], 0.0)
         v70 = v70 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v70)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v70)  # park
         local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         tl.debug_barrier()  # parked tiles other threads stored
-        v31 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v31 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         v33 = (v31 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v34 = tl.sum((v33), axis=0)
-        v32 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v32 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v35 = (v29[:, None] * tl.exp((v34[None, :] - v32)))  # decay from token s to the chunk's end
-        v37 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v37 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v38 = (v35 * v37)
-        v41 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v41 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v67 = (v38 * v41)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
         v54 = v38
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1664,7 +1617,7 @@ def chunk_state_bwd_kernel(
             v42 = v25
             tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v42)
         tl.debug_barrier()
-        v44 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v44 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1672,7 +1625,7 @@ def chunk_state_bwd_kernel(
             v45 = tl.dot(v44.to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v45)
         tl.debug_barrier()
-        v39 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v39 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1688,7 +1641,7 @@ def chunk_state_bwd_kernel(
             v50 = v11
             tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
         tl.debug_barrier()
-        v70 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v70 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1711,7 +1664,7 @@ def chunk_state_bwd_kernel(
             v83 = ((-1.0) * v82)
             tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v83)
         tl.debug_barrier()
-        v44 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v44 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1722,7 +1675,7 @@ def chunk_state_bwd_kernel(
             v65 = ((-1.0) * d_new_w1)
             tl.store(scratch + 11 * C * HID + offs_h[:, None] * D + offs_i[None, :], v65)
         tl.debug_barrier()
-        v67 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v67 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1748,7 +1701,7 @@ def chunk_state_bwd_kernel(
             v59 = ((-1.0) * d_new_w2)
             tl.store(scratch + 13 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v59)
         tl.debug_barrier()
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
         v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1757,80 +1710,80 @@ def chunk_state_bwd_kernel(
             v59 = tl.load(scratch + 13 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
             v61 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
-        v54 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v54 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v62 = (v54 * v61)
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v74 = (v62 + local_7)
         v75 = v74
-        v91 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v91 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v92 = (v75 + v91)
         v93 = tl.sum((v92), axis=1)
         v94 = (v93 / (D))
         v95 = ((-1.0) * v94)
         v96 = (v92 + v95[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v96)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v96)  # park
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v98 = (2.0 * local_0 * v96)
         v99 = tl.sum((v98), axis=1)
         v100 = (v99 / (D))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t, v100)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t, v100)  # park
         v14 = (local_0 * local_0)
         v15 = tl.sum((v14), axis=1)
         v16 = (v15 / (D))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t, v16)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t, v16)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
         v104 = ((-0.5) * local_0 * ln_weight[None, :] * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v107 = (ln_weight[None, :] * v96 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v108 = (v104 + v107)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v108)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v108)  # park
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v18 = gate_delta
         tl.debug_barrier()  # parked tiles other threads stored
-        v108 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v108 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v109 = (v108 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v109)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v109)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v16 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + C + offs_t)  # parked
+        v16 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t)  # parked
         v111 = ((-0.5) * local_0 * ln_weight[None, :] * v109 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v112 = tl.sum((v111), axis=1)
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v100 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+        v100 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t)  # parked
         v102 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * (tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v103 = tl.sum((v102), axis=1)
-        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v105 = ((-0.5) * ln_weight[None, :] * local_2 * v96 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v106 = tl.sum((v105), axis=1)
         v113 = (v103 + v106 + v112)
         v114 = (v113 / (D))
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v115 = (2.0 * local_0 * v114[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v115)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v115)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v109 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 5 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v109 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v110 = (ln_weight[None, :] * v109 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
         v21 = tl.sum((v20), axis=1)
         v22 = (v21 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v97 = (2.0 * v22[:, None] * v96)
-        v100 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
+        v100 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t)  # parked
         v101 = ((-0.5) * ln_weight[None, :] * local_2 * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        v110 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v115 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 6 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v110 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v116 = (v97 + v101 + v110 + v115)
         v117 = ((-1.0) * v116)
         v118 = tl.sum((v117), axis=1)
         v119 = (v118 / (D))
         v120 = (v116 + v119[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1843,7 +1796,7 @@ def chunk_state_bwd_kernel(
             v47 = (v47_c0 * (1.0 + tl.math.erf((v47_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
         tl.debug_barrier()
-        v70 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v70 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1884,10 +1837,10 @@ def chunk_state_bwd_kernel(
             v126 = (tl.dot(tl.trans(v125).to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v125.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
             tl.store(scratch + 17 * C * HID + HID * D + BV * HID + offs_h[:, None] * D + offs_i[None, :], v126)
         tl.debug_barrier()
-        v36 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v36 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         v52 = (v36 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v53 = tl.sum((v52), axis=0)
-        v39 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v39 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1900,7 +1853,7 @@ def chunk_state_bwd_kernel(
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v128.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v128.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
         tl.debug_barrier()
-        v120 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * D + 8 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v120 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2005,76 +1958,74 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 6 * C * D + C * BV + 4 * C * C)  # v10, v27, v25, v31, v34, v43, v48, v28, v20, local_4, v49, causal, v20, v24, v26, v28, v29, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + C * BV + 4 * C * C + 4 * C * D)  # v10, v27, v25, v31, v34, v43, v48, local_4, v49, causal, v20, v24, v26, v28, v29, v41
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v20)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     v22 = tl.exp(v20)  # cumulative decay in the chunk
     v24 = (q * v22)
-    tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v24)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v24)  # park
     v26 = k
-    tl.store(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v26)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v26)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v23 = gate_eta
     tl.debug_barrier()  # parked tiles other threads stored
-    v26 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v26 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v28 = (v26 * v23)
-    tl.store(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = v20
-    v28 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
-    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v20)
+    v28 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v29 = tl.zeros((C, C), DTYPE)
     v29_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v29_xA = q * v29_A
     for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v29_start = v29_k * BC
-        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
-        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v29_p = v29_r + v29_j
-        v29_y = tl.load(scratch + 7 * C * HID + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_b = tl.load(scratch + 7 * C * HID + C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
+        v29_y = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
+        v29_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v29_p[:, None] * D + tl.arange(0, D)[None, :])
         v29_d = tl.sum(q * v29_y * tl.exp(tl.minimum(v20 - v29_b, 0.0)), axis=1)
         v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v32 = v20
     v33 = v21
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v41_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v41_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v41_xA = local_6 * v41_A
     for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v41_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v41_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 7 * C * HID + 2 * C * D + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v41_b = tl.load(scratch + 7 * C * HID + C * D + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v41_y = tl.load(scratch + 7 * C * HID + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v41_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v41_d = tl.sum(local_6 * v41_y * tl.exp(tl.minimum(v32 - v41_b, 0.0)), axis=1)
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2097,7 +2048,7 @@ def chunk_grad_q_1_bwd_kernel(
         v27 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v24 = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2105,7 +2056,7 @@ def chunk_grad_q_1_bwd_kernel(
         v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2120,7 +2071,7 @@ def chunk_grad_q_1_bwd_kernel(
         v34 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2149,27 +2100,27 @@ def chunk_grad_q_1_bwd_kernel(
         v27 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v49 += (tl.dot(v48.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v20 = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v21 = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
-    tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
+    tl.store(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v50 = tl.zeros((C, D), DTYPE)
     v50_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v50_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v50_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v50_start = v50_k * BC
-        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v50_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v50_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
-        v50 += v50_rows[:, None] * tl.dot((tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 += v50_rows[:, None] * tl.dot((tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v50 = v50 * v50_A
     for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v50_p = v50_r + v50_j
-        v50_x = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C) * C + v50_p)
-        v50_y = tl.load(scratch + 7 * C * HID + v50_p[:, None] * D + tl.arange(0, D)[None, :])
-        v50_m = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C) * C + v50_p)
-        v50_b = tl.load(scratch + 7 * C * HID + C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
+        v50_x = tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C) * C + v50_p)
+        v50_y = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
+        v50_m = tl.load(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C) * C + v50_p)
+        v50_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v50_p[:, None] * D + tl.arange(0, D)[None, :])
         v50 += v50_x[:, None] * v50_y * v50_m[:, None] * tl.exp(tl.minimum(v20 - v50_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v50.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2208,50 +2159,48 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 7 * C * D + C * BV + 2 * C * C)  # v25, v10, v27, v31, v34, v43, v47, v28, v20, local_4, v20, v22, v24, v26, v28, v29, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + C * BV + 5 * C * D + 2 * C * C)  # v25, v10, v27, v31, v34, v43, v47, local_4, v20, v22, v24, v26, v28, v29, v41
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v20)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     v22 = tl.exp(v20)  # cumulative decay in the chunk
-    tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v22)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v22)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v24 = (q * v22)
-    tl.store(scratch + 7 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v24)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v24)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
-    tl.store(scratch + 7 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v26)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v26)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v23 = gate_eta
     tl.debug_barrier()  # parked tiles other threads stored
-    v26 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v26 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v28 = (v26 * v23)
-    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = v20
-    v28 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
-    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v20)
+    v28 = tl.load(scratch + 7 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v29 = tl.zeros((C, C), DTYPE)
     v29_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v29_xA = q * v29_A
     for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v29_start = v29_k * BC
-        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
-        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * BV + 4 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v29_p = v29_r + v29_j
-        v29_y = tl.load(scratch + 7 * C * HID + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_b = tl.load(scratch + 7 * C * HID + C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
+        v29_y = tl.load(scratch + 7 * C * HID + C * BV + 4 * C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
+        v29_b = tl.load(scratch + 7 * C * HID + C * BV + v29_p[:, None] * D + tl.arange(0, D)[None, :])
         v29_d = tl.sum(q * v29_y * tl.exp(tl.minimum(v20 - v29_b, 0.0)), axis=1)
         v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 5 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -2259,29 +2208,29 @@ def chunk_grad_q_2_bwd_kernel(
     v33 = v21
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v41_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + v41_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v41_xA = local_6 * v41_A
     for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v41_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + v41_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 7 * C * HID + 2 * C * D + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v41_b = tl.load(scratch + 7 * C * HID + C * D + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v41_y = tl.load(scratch + 7 * C * HID + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v41_b = tl.load(scratch + 7 * C * HID + C * BV + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v41_d = tl.sum(local_6 * v41_y * tl.exp(tl.minimum(v32 - v41_b, 0.0)), axis=1)
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2310,7 +2259,7 @@ def chunk_grad_q_2_bwd_kernel(
         v27 = v17
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + C * BV + 5 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2325,7 +2274,7 @@ def chunk_grad_q_2_bwd_kernel(
         v34 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2353,7 +2302,7 @@ def chunk_grad_q_2_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v47 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v48 += (tl.dot(v47.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v22 = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v22 = tl.load(scratch + 7 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v49 = (v22 * v48)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v49.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -2391,79 +2340,77 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 9 * C * D + 2 * C * BV + 4 * C * C)  # v10, v34, v37, v38, v41, v53, v58, v35, v23, local_4, v59, q, causal, v29, v35, v23, v36, v31, v39, v51, v61, v30
+    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 4 * C * C + 7 * C * D)  # v10, v34, v37, v38, v41, v53, v58, local_4, v59, q, causal, v29, v35, v23, v36, v31, v39, v51, v61, v30
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v33 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v29 = gate_eta
-    tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :], v29)  # park
     v35 = (v33 * v29)
-    tl.store(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v22 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v23 = tl.cumsum(v22, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v23)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v23)  # park
     v24 = v23
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v35)
-    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v23)
+    v35 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v36 = tl.zeros((C, C), DTYPE)
     v36_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v36_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v36_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v36_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v36_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v36_xA = q * v36_A
     for v36_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v36_start = v36_k * BC
-        v36_B = tl.where(tl.arange(0, C)[:, None] < v36_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v36_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v36_B = tl.where(tl.arange(0, C)[:, None] < v36_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v36_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v36_rows = tl.where(tl.arange(0, C) // BC == v36_k, 1.0, 0.0)
-        v36 += v36_rows[:, None] * tl.dot((v36_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v36_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v36 += v36_rows[:, None] * tl.dot((v36_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v36_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v36_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v36_p = v36_r + v36_j
-        v36_y = tl.load(scratch + 7 * C * HID + v36_p[:, None] * D + tl.arange(0, D)[None, :])
-        v36_b = tl.load(scratch + 7 * C * HID + C * D + v36_p[:, None] * D + tl.arange(0, D)[None, :])
+        v36_y = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v36_p[:, None] * D + tl.arange(0, D)[None, :])
+        v36_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v36_p[:, None] * D + tl.arange(0, D)[None, :])
         v36_d = tl.sum(q * v36_y * tl.exp(tl.minimum(v23 - v36_b, 0.0)), axis=1)
         v36 += tl.where(tl.arange(0, C)[None, :] == v36_p[:, None], v36_d[:, None], 0.0)
     v36 = v36 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v36)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v36)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v28 = tl.exp(v23)  # cumulative decay in the chunk
     v31 = (q * v28)
-    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v31)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * D + offs_i[None, :], v31)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v39 = v23
-    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v39)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v39)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v40 = v24
-    v39 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v39 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v51 = tl.zeros((C, C), DTYPE)
     v51_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v51_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v51_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v51_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v51_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v51_xA = local_6 * v51_A
     for v51_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v51_start = v51_k * BC
-        v51_B = tl.where(tl.arange(0, C)[:, None] < v51_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v51_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v51_B = tl.where(tl.arange(0, C)[:, None] < v51_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v51_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v51_rows = tl.where(tl.arange(0, C) // BC == v51_k, 1.0, 0.0)
-        v51 += v51_rows[:, None] * tl.dot((v51_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v51_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 += v51_rows[:, None] * tl.dot((v51_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v51_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v51_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v51_p = v51_r + v51_j
-        v51_y = tl.load(scratch + 7 * C * HID + 2 * C * D + v51_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v51_b = tl.load(scratch + 7 * C * HID + C * D + v51_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v51_y = tl.load(scratch + 7 * C * HID + v51_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v51_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v51_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v51_d = tl.sum(local_6 * v51_y * tl.exp(tl.minimum(v39 - v51_b, 0.0)), axis=1)
         v51 += tl.where(tl.arange(0, C)[None, :] == v51_p[:, None], v51_d[:, None], 0.0)
     v51 = v51 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v51)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * C + offs_s[None, :], v51)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2486,7 +2433,7 @@ def chunk_grad_k_0_bwd_kernel(
         v34 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v36 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2494,7 +2441,7 @@ def chunk_grad_k_0_bwd_kernel(
         v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v37)
     tl.debug_barrier()
-    v31 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v31 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2509,7 +2456,7 @@ def chunk_grad_k_0_bwd_kernel(
         v41 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v41)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v51 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2540,40 +2487,40 @@ def chunk_grad_k_0_bwd_kernel(
         v59 += (tl.dot(v58.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v34.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v23 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v24 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v59)
-    tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v23 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v59)
+    tl.store(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 7 * C * HID + C * BV + C * C + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v60 = tl.zeros((C, D), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v60_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v60_yA = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v60_A
+    v60_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v60_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v60_yA = tl.load(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v60_A
     for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v60_start * D + tl.arange(0, D))[None, :] - v24, 0.0)), 0.0)
+        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v60_start * D + tl.arange(0, D))[None, :] - v24, 0.0)), 0.0)
         v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v60_rows[:, None])).to(DOT_DTYPE), (v60_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60 += v60_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v60_rows[:, None])).to(DOT_DTYPE), (v60_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v60_p = v60_r + v60_j
-        v60_x = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + v60_p * C + tl.arange(0, C))
-        v60_y = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + v60_p[:, None] * D + tl.arange(0, D)[None, :])
-        v60_m = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + C * C + v60_p * C + tl.arange(0, C))
-        v60_a = tl.load(scratch + 7 * C * HID + C * D + v60_p[:, None] * D + tl.arange(0, D)[None, :])
+        v60_x = tl.load(scratch + 7 * C * HID + C * BV + v60_p * C + tl.arange(0, C))
+        v60_y = tl.load(scratch + 7 * C * HID + C * BV + C * C + v60_p[:, None] * D + tl.arange(0, D)[None, :])
+        v60_m = tl.load(scratch + 7 * C * HID + C * BV + C * C + C * D + v60_p * C + tl.arange(0, C))
+        v60_a = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v60_p[:, None] * D + tl.arange(0, D)[None, :])
         v60 += v60_x[:, None] * v60_y * v60_m[:, None] * tl.exp(tl.minimum(v60_a - v24, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v29 = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v61 = (v29 * v60)
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v21 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v25 = (v23 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v26 = tl.sum((v25), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v27 = (v21[:, None] * tl.exp((v26[None, :] - v24)))  # decay from token s to the chunk's end
     v30 = (v27 * v29)
-    tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v30)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v30)  # park
     v48 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2583,9 +2530,9 @@ def chunk_grad_k_0_bwd_kernel(
         v34 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 += tl.dot(v34.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v30 = tl.load(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v30 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v49 = (v30 * v48)
-    v61 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v62 = (v49 + v61)
     v63 = v62
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v63.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2624,92 +2571,90 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v40 = (v38 * v34)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v41_xA = q * v41_A
     for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
+        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
+        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
         v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v60_xA = local_6 * v60_A
     for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
-    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v35 = (v32 * v34)
-    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2731,7 +2676,7 @@ def chunk_grad_k_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2739,7 +2684,7 @@ def chunk_grad_k_1_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2754,7 +2699,7 @@ def chunk_grad_k_1_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2776,7 +2721,7 @@ def chunk_grad_k_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2787,7 +2732,7 @@ def chunk_grad_k_1_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2812,7 +2757,7 @@ def chunk_grad_k_1_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2821,12 +2766,12 @@ def chunk_grad_k_1_bwd_kernel(
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
@@ -2884,93 +2829,92 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (15 * C * HID + HID * D + BV * HID + 7 * C * D + 8 * C * BV + 2 * C * C + C)  # v10, v24, v61, v63, v40, v42, v46, v50, v67, v77, v80, v81, v56, v60, v47, v72, v116, v43, v31, local_4, v31, v37, v38, v62, v44, v39, v65, v52, v70, v88, v89, v93, v101, v102, v95
+    scratch = scratch_ptr + slot * (15 * C * HID + HID * D + BV * HID + 6 * C * D + 8 * C * BV + 2 * C * C + C)  # v10, v24, v61, v63, v40, v42, v46, v50, v67, v77, v80, v81, v56, v60, v47, v72, v116, v43, local_4, v31, v37, v38, v62, v44, v39, v65, v52, v70, v88, v89, v93, v101, v102, v95
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v30 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v31 = tl.cumsum(v30, axis=0, reverse=False)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v31)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v31)  # park
     v33 = (v31 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v34 = tl.sum((v33), axis=0)
     v32 = v31
     v35 = (v29[:, None] * tl.exp((v34[None, :] - v32)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v37 = gate_eta
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v37)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v37)  # park
     v38 = (v35 * v37)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     v41 = k
     v62 = (v38 * v41)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v41 * v37)
-    v31 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v32 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v31 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v32 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 15 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v31)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v44 = tl.zeros((C, C), DTYPE)
     v44_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v44_A = tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + v44_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v44_A = tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + v44_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v44_xA = q * v44_A
     for v44_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v44_start = v44_k * BC
-        v44_B = tl.where(tl.arange(0, C)[:, None] < v44_start, tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + v44_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v44_B = tl.where(tl.arange(0, C)[:, None] < v44_start, tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + v44_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v44_rows = tl.where(tl.arange(0, C) // BC == v44_k, 1.0, 0.0)
         v44 += v44_rows[:, None] * tl.dot((v44_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 15 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v44_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v44_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v44_p = v44_r + v44_j
         v44_y = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + v44_p[:, None] * D + tl.arange(0, D)[None, :])
-        v44_b = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + v44_p[:, None] * D + tl.arange(0, D)[None, :])
+        v44_b = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + v44_p[:, None] * D + tl.arange(0, D)[None, :])
         v44_d = tl.sum(q * v44_y * tl.exp(tl.minimum(v31 - v44_b, 0.0)), axis=1)
         v44 += tl.where(tl.arange(0, C)[None, :] == v44_p[:, None], v44_d[:, None], 0.0)
     v44 = v44 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v44)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v44)  # park
     v36 = tl.exp(v31)  # cumulative decay in the chunk
     v39 = (q * v36)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v31 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = v31
-    v32 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v32 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v49 = v32
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v65 = tl.zeros((C, C), DTYPE)
     v65_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v65_A = tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + v65_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v65_A = tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + v65_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v65_xA = local_6 * v65_A
     for v65_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v65_start = v65_k * BC
-        v65_B = tl.where(tl.arange(0, C)[:, None] < v65_start, tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + v65_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v65_B = tl.where(tl.arange(0, C)[:, None] < v65_start, tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + v65_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v65_rows = tl.where(tl.arange(0, C) // BC == v65_k, 1.0, 0.0)
-        v65 += v65_rows[:, None] * tl.dot((v65_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v65_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v65 += v65_rows[:, None] * tl.dot((v65_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v65_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v65_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v65_p = v65_r + v65_j
-        v65_y = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + v65_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v65_b = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + v65_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v65_y = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + v65_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v65_b = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + v65_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v65_d = tl.sum(local_6 * v65_y * tl.exp(tl.minimum(v48 - v65_b, 0.0)), axis=1)
         v65 += tl.where(tl.arange(0, C)[None, :] == v65_p[:, None], v65_d[:, None], 0.0)
     v65 = v65 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = v38
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v52)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v52)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2991,7 +2935,7 @@ def chunk_grad_k_2_bwd_kernel(
         v61 = ((-1.0) * d_new_w1)
         tl.store(scratch + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v61)
     tl.debug_barrier()
-    v62 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2999,7 +2943,7 @@ def chunk_grad_k_2_bwd_kernel(
         v63 = tl.dot(v62.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
-    v39 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3013,7 +2957,7 @@ def chunk_grad_k_2_bwd_kernel(
         v42 = v25
         tl.store(scratch + 4 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v44 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v44 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3028,7 +2972,7 @@ def chunk_grad_k_2_bwd_kernel(
         v50 = v11
         tl.store(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v65 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v65 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3050,7 +2994,7 @@ def chunk_grad_k_2_bwd_kernel(
         v77 = ((-1.0) * v76)
         tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    v44 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v44 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3084,7 +3028,7 @@ def chunk_grad_k_2_bwd_kernel(
         v47 = (v47_c0 * (1.0 + tl.math.erf((v47_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v65 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v65 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3102,12 +3046,12 @@ def chunk_grad_k_2_bwd_kernel(
         v50 = tl.load(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v56 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v57 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v52 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v52 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v58 = (v52 * v57)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v69 = (v58 + local_7)
     v70 = v69
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3119,13 +3063,13 @@ def chunk_grad_k_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v83 += (tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
-    v70 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v70 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v84 = (v70 + v83)
     v85 = tl.sum((v84), axis=1)
     v86 = (v85 / (D))
     v87 = ((-1.0) * v86)
     v88 = (v84 + v87[:, None])
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v14 = (local_0 * local_0)
     v15 = tl.sum((v14), axis=1)
@@ -3136,12 +3080,12 @@ def chunk_grad_k_2_bwd_kernel(
     v21 = tl.sum((v20), axis=1)
     v22 = (v21 / (D))
     v89 = (2.0 * v22[:, None] * v88)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v89)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v89)  # park
     v90 = (2.0 * local_0 * v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
     v93 = ((-0.5) * ln_weight[None, :] * local_2 * v92[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v18 = gate_delta
@@ -3150,28 +3094,28 @@ def chunk_grad_k_2_bwd_kernel(
     v100 = (v96 + v99)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v101 = (v100 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v101)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v101)  # park
     v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v102)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v102)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v94 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v92[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * (tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v95 = tl.sum((v94), axis=1)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 8 * C * BV + 2 * C * C + offs_t, v95)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 8 * C * BV + 2 * C * C + offs_t, v95)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = ((-0.5) * ln_weight[None, :] * local_2 * v88 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v98 = tl.sum((v97), axis=1)
-    v101 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v101 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v103 = ((-0.5) * local_0 * ln_weight[None, :] * v101 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     v104 = tl.sum((v103), axis=1)
-    v95 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 8 * C * BV + 2 * C * C + offs_t)  # parked
+    v95 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 8 * C * BV + 2 * C * C + offs_t)  # parked
     v105 = (v95 + v98 + v104)
     v106 = (v105 / (D))
     v107 = (2.0 * local_0 * v106[:, None])
-    v89 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v93 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v102 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v89 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v102 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v108 = (v89 + v93 + v102 + v107)
     v109 = ((-1.0) * v108)
     v110 = tl.sum((v109), axis=1)
@@ -3234,92 +3178,90 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v40 = (v38 * v34)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v41_xA = q * v41_A
     for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
+        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
+        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
         v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v60_xA = local_6 * v60_A
     for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
-    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v35 = (v32 * v34)
-    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3341,7 +3283,7 @@ def chunk_grad_v_0_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3349,7 +3291,7 @@ def chunk_grad_v_0_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3364,7 +3306,7 @@ def chunk_grad_v_0_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3386,7 +3328,7 @@ def chunk_grad_v_0_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3397,7 +3339,7 @@ def chunk_grad_v_0_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3422,7 +3364,7 @@ def chunk_grad_v_0_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3431,12 +3373,12 @@ def chunk_grad_v_0_bwd_kernel(
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
@@ -3492,28 +3434,28 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, v28, local_4, v18, v28, v34, v35, v48, v64, v57, v41, v36, v60
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + 2 * C * C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, local_4, v18, v28, v34, v35, v48, v64, v57, v41, v36, v60
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v18 = gate_delta
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
     v29 = v28
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v35 = (v32 * v34)
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v35)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3536,80 +3478,79 @@ def chunk_grad_v_1_bwd_kernel(
         v46 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v40 = (v38 * v34)
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v41_xA = q * v41_A
     for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
         v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v41_p = v41_r + v41_j
         v41_y = tl.load(scratch + 9 * C * HID + BV * HID + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
+        v41_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v41_p[:, None] * D + tl.arange(0, D)[None, :])
         v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v44 = v28
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v60_xA = local_6 * v60_A
     for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3618,7 +3559,7 @@ def chunk_grad_v_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3638,7 +3579,7 @@ def chunk_grad_v_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3648,7 +3589,7 @@ def chunk_grad_v_1_bwd_kernel(
         v43 = (v37 - v42)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3670,7 +3611,7 @@ def chunk_grad_v_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3691,7 +3632,7 @@ def chunk_grad_v_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
@@ -3704,7 +3645,7 @@ def chunk_grad_v_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v80 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v18 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v18 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v80 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
     v82 = ((-1.0) * v81)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v82.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3743,58 +3684,56 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV)  # v10, v27, v30, v32, v35, v28, v20, v36, local_4, causal, v28, v20, v29, v24, v33, v34
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D)  # v10, v27, v30, v32, v35, v36, local_4, causal, v28, v20, v29, v24, v33, v34
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v23 = gate_eta
     v28 = (v26 * v23)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v20)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     v21 = v20
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v20)
+    v20 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v29 = tl.zeros((C, C), DTYPE)
     v29_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v29_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v29_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v29_xA = q * v29_A
     for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v29_start = v29_k * BC
-        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
-        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v29_p = v29_r + v29_j
-        v29_y = tl.load(scratch + 5 * C * HID + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_b = tl.load(scratch + 5 * C * HID + C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
+        v29_y = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v29_p[:, None] * D + tl.arange(0, D)[None, :])
+        v29_b = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
         v29_d = tl.sum(q * v29_y * tl.exp(tl.minimum(v20 - v29_b, 0.0)), axis=1)
         v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v22 = tl.exp(v20)  # cumulative decay in the chunk
     v24 = (q * v22)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v24)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v24)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v33 = v20
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v33)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v33)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v34 = v21
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v34)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v34)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3816,7 +3755,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v27 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3824,7 +3763,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v30 = tl.dot(v29.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v30)
     tl.debug_barrier()
-    v24 = tl.load(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3848,28 +3787,28 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v35 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v36 += tl.dot(v32.to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v33 = tl.load(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v34 = tl.load(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v33 = tl.load(scratch + 5 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v34 = tl.load(scratch + 5 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v36)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v36)
+    tl.store(scratch + 5 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 5 * C * HID + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v38 = tl.zeros((C, BV), DTYPE)
     v38_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v38_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v38_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v38_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + v38_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v38_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v38_start = v38_k * BC
-        v38_B = tl.where(tl.arange(0, C)[:, None] < v38_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v38_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v38_B = tl.where(tl.arange(0, C)[:, None] < v38_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + v38_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v38_rows = tl.where(tl.arange(0, C) // BC == v38_k, 1.0, 0.0)
-        v38 += v38_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v38_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v38 += v38_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v38_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v38 = v38 * v38_A
     for v38_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v38_p = v38_r + v38_j
-        v38_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v38_p)
-        v38_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v38_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v38_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v38_p)
-        v38_b = tl.load(scratch + 5 * C * HID + C * D + v38_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v38_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * C + v38_p)
+        v38_y = tl.load(scratch + 5 * C * HID + C * C + v38_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v38_m = tl.load(scratch + 5 * C * HID + C * C + C * BV + tl.arange(0, C) * C + v38_p)
+        v38_b = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + v38_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v38 += v38_x[:, None] * v38_y * v38_m[:, None] * tl.exp(tl.minimum(v33 - v38_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -3915,83 +3854,81 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 6 * C * D + 2 * C * BV + 4 * C * C)  # v10, v27, v25, v31, v34, v43, v48, v28, v20, local_4, v49, causal, v26, v28, v20, v24, v29, v32, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 4 * C * C + 4 * C * D)  # v10, v27, v25, v31, v34, v43, v48, local_4, v49, causal, v26, v28, v20, v24, v29, v32, v41
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
-    tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v26)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v26)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v23 = gate_eta
     tl.debug_barrier()  # parked tiles other threads stored
-    v26 = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v26 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v28 = (v26 * v23)
-    tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v20)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     v22 = tl.exp(v20)  # cumulative decay in the chunk
     v24 = (q * v22)
-    tl.store(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v24)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v24)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = v20
-    v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
-    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v20)
+    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v29 = tl.zeros((C, C), DTYPE)
     v29_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v29_xA = q * v29_A
     for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v29_start = v29_k * BC
-        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
-        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v29_p = v29_r + v29_j
-        v29_y = tl.load(scratch + 7 * C * HID + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_b = tl.load(scratch + 7 * C * HID + C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
+        v29_y = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
+        v29_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
         v29_d = tl.sum(q * v29_y * tl.exp(tl.minimum(v20 - v29_b, 0.0)), axis=1)
         v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v32 = v20
-    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v32)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v32)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v33 = v21
-    v32 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v32 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v41_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v41_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v41_xA = local_6 * v41_A
     for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v41_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v41_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 7 * C * HID + 2 * C * D + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v41_b = tl.load(scratch + 7 * C * HID + C * D + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v41_y = tl.load(scratch + 7 * C * HID + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v41_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v41_d = tl.sum(local_6 * v41_y * tl.exp(tl.minimum(v32 - v41_b, 0.0)), axis=1)
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -4014,7 +3951,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v27 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v24 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4022,7 +3959,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4037,7 +3974,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v34 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4066,27 +4003,27 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v27 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v49 += (tl.dot(v48.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v21 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
-    tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
+    tl.store(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v50 = tl.zeros((C, D), DTYPE)
     v50_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v50_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v50_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v50_start = v50_k * BC
-        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v50_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v50_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
-        v50 += v50_rows[:, None] * tl.dot((tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 += v50_rows[:, None] * tl.dot((tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v50 = v50 * v50_A
     for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v50_p = v50_r + v50_j
-        v50_x = tl.load(scratch + 7 * C * HID + v50_p[:, None] * D + tl.arange(0, D)[None, :])
-        v50_y = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C) * C + v50_p)
-        v50_m = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C) * C + v50_p)
-        v50_b = tl.load(scratch + 7 * C * HID + C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
+        v50_x = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
+        v50_y = tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C) * C + v50_p)
+        v50_m = tl.load(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C) * C + v50_p)
+        v50_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
         v50 += v50_x * v50_y[:, None] * v50_m[:, None] * tl.exp(tl.minimum(v20 - v50_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -4132,51 +4069,49 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + C)  # v10, v29, v32, v33, v34, v40, v75, v81, v30, v22, v41, local_4, causal, v30, v22, v31, v26, v35, v36, v37, v38, v39, v47, v50, v66, v79, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 3 * C * C + 8 * C * BV + 5 * C * D + C)  # v10, v29, v32, v33, v34, v40, v75, v81, v41, local_4, causal, v30, v22, v31, v26, v35, v36, v37, v38, v39, v47, v50, v66, v79, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v28 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v25 = gate_eta
     v30 = (v28 * v25)
-    tl.store(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v30)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v30)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
-    tl.store(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v22)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v22)  # park
     v23 = v22
     tl.debug_barrier()  # parked tiles other threads stored
-    v22 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v30 = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v30)
-    tl.store(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v22)
+    v22 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v30 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v31 = tl.zeros((C, C), DTYPE)
     v31_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v31_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v31_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v31_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v31_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v31_xA = q * v31_A
     for v31_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v31_start = v31_k * BC
-        v31_B = tl.where(tl.arange(0, C)[:, None] < v31_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v31_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v31_B = tl.where(tl.arange(0, C)[:, None] < v31_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v31_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v31_rows = tl.where(tl.arange(0, C) // BC == v31_k, 1.0, 0.0)
-        v31 += v31_rows[:, None] * tl.dot((v31_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v31_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v31 += v31_rows[:, None] * tl.dot((v31_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v31_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v31_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v31_p = v31_r + v31_j
-        v31_y = tl.load(scratch + 8 * C * HID + v31_p[:, None] * D + tl.arange(0, D)[None, :])
-        v31_b = tl.load(scratch + 8 * C * HID + C * D + v31_p[:, None] * D + tl.arange(0, D)[None, :])
+        v31_y = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + v31_p[:, None] * D + tl.arange(0, D)[None, :])
+        v31_b = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v31_p[:, None] * D + tl.arange(0, D)[None, :])
         v31_d = tl.sum(q * v31_y * tl.exp(tl.minimum(v22 - v31_b, 0.0)), axis=1)
         v31 += tl.where(tl.arange(0, C)[None, :] == v31_p[:, None], v31_d[:, None], 0.0)
     v31 = v31 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 8 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v31)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v31)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v22 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v22 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v24 = tl.exp(v22)  # cumulative decay in the chunk
     v26 = (q * v24)
-    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v26)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v26)  # park
     v35 = v24
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4198,7 +4133,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v29 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v29)
     tl.debug_barrier()
-    v31 = tl.load(scratch + 8 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v31 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4206,7 +4141,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v32 = tl.dot(v31.to(DOT_DTYPE), v29.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
     tl.debug_barrier()
-    v26 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v26 = tl.load(scratch + 8 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4226,20 +4161,20 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v34 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 += tl.dot(v34.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v36)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v36)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 8 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v37 = (v35 * v36)
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v37)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v37)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v22 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v22 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = v22
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v38)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v38)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = v23
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v39)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * C + 5 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v39)  # park
     v41 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4252,82 +4187,82 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v34 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v41 += tl.dot(v34.to(DOT_DTYPE), tl.trans(v40).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v38 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v39 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v38 = tl.load(scratch + 8 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v39 = tl.load(scratch + 8 * C * HID + 3 * C * C + 5 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v41)
-    tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
-    tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v41)
+    tl.store(scratch + 8 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 8 * C * HID + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v43 = tl.zeros((C, BV), DTYPE)
     v43_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v43_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v43_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v43_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v43_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v43_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v43_start = v43_k * BC
-        v43_B = tl.where(tl.arange(0, C)[:, None] < v43_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v43_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v43_B = tl.where(tl.arange(0, C)[:, None] < v43_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v43_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v43_rows = tl.where(tl.arange(0, C) // BC == v43_k, 1.0, 0.0)
-        v43 += v43_rows[:, None] * tl.dot((tl.load(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v43_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v43 += v43_rows[:, None] * tl.dot((tl.load(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 8 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v43_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v43 = v43 * v43_A
     for v43_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v43_p = v43_r + v43_j
-        v43_x = tl.load(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C) * C + v43_p)
-        v43_y = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + v43_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v43_m = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v43_p)
-        v43_b = tl.load(scratch + 8 * C * HID + C * D + v43_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v43_x = tl.load(scratch + 8 * C * HID + tl.arange(0, C) * C + v43_p)
+        v43_y = tl.load(scratch + 8 * C * HID + C * C + v43_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v43_m = tl.load(scratch + 8 * C * HID + C * C + C * BV + tl.arange(0, C) * C + v43_p)
+        v43_b = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v43_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v43 += v43_x[:, None] * v43_y * v43_m[:, None] * tl.exp(tl.minimum(v38 - v43_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v37 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v37 = tl.load(scratch + 8 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v44 = (v37 - v43)
     v45 = tl.sum((v44), axis=1)
     v46 = (v45 / (D))
     v47 = (v44 - v46[:, None])
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v47)  # park
     v48 = (v47 * v47)
     v49 = tl.sum((v48), axis=1)
     v50 = (v49 / (D))
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t, v50)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + offs_t, v50)  # park
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v63 = ((-0.5) * v47 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v50[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v50[:, None])))))
     v64 = tl.sum((v63), axis=1)
     v65 = (v64 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v47 = tl.load(scratch + 8 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v66 = (2.0 * v47 * v65[:, None])
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v66)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + C + offs_t[:, None] * D + offs_o[None, :], v66)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v50 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t)  # parked
+    v50 = tl.load(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + offs_t)  # parked
     v62 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v50[:, None])))))
-    v66 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v66 = tl.load(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = (v62 + v66)
     v68 = ((-1.0) * v67)
     v69 = tl.sum((v68), axis=1)
     v70 = (v69 / (D))
     v71 = (v67 + v70[:, None])
-    v36 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v36 = tl.load(scratch + 8 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v71 * v36)
     v79 = v78
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v79)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * C + 8 * C * BV + 3 * C * D + C + offs_t[:, None] * D + offs_i[None, :], v79)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v39 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v38 = tl.load(scratch + 8 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v39 = tl.load(scratch + 8 * C * HID + 3 * C * C + 5 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v73 = tl.zeros((C, C), DTYPE)
     v73_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v73_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v73_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v73_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v73_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v73_xA = local_6 * v73_A
     for v73_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v73_start = v73_k * BC
-        v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v73_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v73_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v73_rows = tl.where(tl.arange(0, C) // BC == v73_k, 1.0, 0.0)
-        v73 += v73_rows[:, None] * tl.dot((v73_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v73_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v73 += v73_rows[:, None] * tl.dot((v73_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v73_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v73_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v73_p = v73_r + v73_j
-        v73_y = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + v73_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v73_b = tl.load(scratch + 8 * C * HID + C * D + v73_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v73_y = tl.load(scratch + 8 * C * HID + C * C + v73_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v73_b = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v73_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v73_d = tl.sum(local_6 * v73_y * tl.exp(tl.minimum(v38 - v73_b, 0.0)), axis=1)
         v73 += tl.where(tl.arange(0, C)[None, :] == v73_p[:, None], v73_d[:, None], 0.0)
     v73 = v73 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
@@ -4363,7 +4298,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v83 = (q * v82)
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * C + 8 * C * BV + 4 * C * D + C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
     v55 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4384,10 +4319,10 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v60 = (v56 + v59)
     v61 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v60[None, :])
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v83 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 8 * C * HID + 3 * C * C + 8 * C * BV + 3 * C * D + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 3 * C * C + 8 * C * BV + 4 * C * D + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v84 = (v61 + v79 + v83)
-    v22 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v22 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v85 = (v84 * tl.exp(v22))
     v86 = tl.cumsum(v85, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -4537,85 +4472,83 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 11 * C * D + 5 * C * BV + 5 * C * C)  # v10, v32, v35, v36, v40, v60, v66, v33, v23, local_4, q, v67, causal, v42, local_6, v31, v28, v33, v23, v34, v29, v38, v39, v56, v69, v61, v54, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + 5 * C * BV + 9 * C * D + 5 * C * C)  # v10, v32, v35, v36, v40, v60, v66, local_4, q, v67, causal, v42, local_6, v31, v28, v33, v23, v34, v29, v38, v39, v56, v69, v61, v54, v41
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v31 = k
-    tl.store(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v31)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v31)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v28 = gate_eta
-    tl.store(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     v33 = (v31 * v28)
-    tl.store(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v33)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v33)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v22 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v23 = tl.cumsum(v22, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v23)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v23)  # park
     v24 = v23
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v33 = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v33)
-    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v23)
+    v23 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v33 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v34 = tl.zeros((C, C), DTYPE)
     v34_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v34_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v34_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v34_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v34_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v34_xA = q * v34_A
     for v34_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v34_start = v34_k * BC
-        v34_B = tl.where(tl.arange(0, C)[:, None] < v34_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v34_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v34_B = tl.where(tl.arange(0, C)[:, None] < v34_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v34_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v34_rows = tl.where(tl.arange(0, C) // BC == v34_k, 1.0, 0.0)
-        v34 += v34_rows[:, None] * tl.dot((v34_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v34_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v34 += v34_rows[:, None] * tl.dot((v34_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v34_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v34_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v34_p = v34_r + v34_j
-        v34_y = tl.load(scratch + 7 * C * HID + v34_p[:, None] * D + tl.arange(0, D)[None, :])
-        v34_b = tl.load(scratch + 7 * C * HID + C * D + v34_p[:, None] * D + tl.arange(0, D)[None, :])
+        v34_y = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * D + 3 * C * C + v34_p[:, None] * D + tl.arange(0, D)[None, :])
+        v34_b = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v34_p[:, None] * D + tl.arange(0, D)[None, :])
         v34_d = tl.sum(q * v34_y * tl.exp(tl.minimum(v23 - v34_b, 0.0)), axis=1)
         v34 += tl.where(tl.arange(0, C)[None, :] == v34_p[:, None], v34_d[:, None], 0.0)
     v34 = v34 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 5 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v27 = tl.exp(v23)  # cumulative decay in the chunk
     v29 = (q * v27)
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 5 * C * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v29)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = v23
-    tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v38)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 6 * C * D + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v38)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = v24
-    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v39)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + 6 * C * D + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v39)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v38 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 6 * C * D + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v56_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v56_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = local_6 * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v56_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v56_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 7 * C * HID + 2 * C * D + v56_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v56_b = tl.load(scratch + 7 * C * HID + C * D + v56_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v56_y = tl.load(scratch + 7 * C * HID + v56_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v56_b = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v56_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v56_d = tl.sum(local_6 * v56_y * tl.exp(tl.minimum(v38 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 8 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * BV + 6 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -4638,7 +4571,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v32 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v32)
     tl.debug_barrier()
-    v34 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v34 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 5 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4646,7 +4579,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v35 = tl.dot(v34.to(DOT_DTYPE), v32.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v35)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 5 * C * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4661,7 +4594,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v40 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v40)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 7 * C * HID + 8 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 7 * C * HID + 4 * C * BV + 6 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4692,32 +4625,32 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v67 += (tl.dot(v66.to(DOT_DTYPE), tl.trans(v32).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v32.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v23 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v24 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v67)
-    tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v23 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 7 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v67)
+    tl.store(scratch + 7 * C * HID + C * BV + C * D + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, D), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v68_xA = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_A
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v24, 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v68_start * D + tl.arange(0, D))[None, :] - v24, 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v68_xA * v68_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v68_xA * v68_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
-        v68_x = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_y = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + v68_p * C + tl.arange(0, C))
-        v68_m = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + C * C + v68_p * C + tl.arange(0, C))
-        v68_a = tl.load(scratch + 7 * C * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_x = tl.load(scratch + 7 * C * HID + C * BV + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_y = tl.load(scratch + 7 * C * HID + C * BV + C * D + v68_p * C + tl.arange(0, C))
+        v68_m = tl.load(scratch + 7 * C * HID + C * BV + C * D + C * C + v68_p * C + tl.arange(0, C))
+        v68_a = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v68_p[:, None] * D + tl.arange(0, D)[None, :])
         v68 += v68_x * v68_y[:, None] * v68_m[:, None] * tl.exp(tl.minimum(v68_a - v24, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v33 = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v33 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) * v33 * v68)
-    tl.store(scratch + 7 * C * HID + 8 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * BV + 6 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     v42 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4728,33 +4661,33 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v40 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v42 += tl.dot(v37.to(DOT_DTYPE), tl.trans(v40).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 7 * C * HID + 8 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v39 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v38 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 6 * C * D + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v39 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 6 * C * D + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v42)
-    tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 7 * C * HID + C * BV + C * D + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v42)
+    tl.store(scratch + 7 * C * HID + C * BV + C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v57 = tl.zeros((C, BV), DTYPE)
     v57_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v57_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v57_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v57_yA = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v57_A
+    v57_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v57_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v57_yA = tl.load(scratch + 7 * C * HID + C * BV + C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v57_A
     for v57_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v57_start = v57_k * BC
-        v57_B = tl.where(tl.arange(0, C)[:, None] < v57_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v57_start * BV + tl.arange(0, BV))[None, :] - v39, 0.0)), 0.0)
+        v57_B = tl.where(tl.arange(0, C)[:, None] < v57_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v57_start * BV + tl.arange(0, BV))[None, :] - v39, 0.0)), 0.0)
         v57_rows = tl.where(tl.arange(0, C) // BC == v57_k, 1.0, 0.0)
-        v57 += v57_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v57_rows[:, None])).to(DOT_DTYPE), (v57_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 += v57_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + C * BV + C * D + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v57_rows[:, None])).to(DOT_DTYPE), (v57_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v57_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v57_p = v57_r + v57_j
-        v57_x = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + v57_p * C + tl.arange(0, C))
-        v57_y = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 3 * C * C + v57_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v57_m = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + C * C + v57_p * C + tl.arange(0, C))
-        v57_a = tl.load(scratch + 7 * C * HID + C * D + v57_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v57_x = tl.load(scratch + 7 * C * HID + C * BV + C * D + 2 * C * C + v57_p * C + tl.arange(0, C))
+        v57_y = tl.load(scratch + 7 * C * HID + C * BV + C * D + 3 * C * C + v57_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v57_m = tl.load(scratch + 7 * C * HID + C * BV + C * D + C * C + v57_p * C + tl.arange(0, C))
+        v57_a = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v57_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v57 += v57_x[:, None] * v57_y * v57_m[:, None] * tl.exp(tl.minimum(v57_a - v39, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v58 = ((-1.0) * local_4 * v57)
     v61 = v58
-    tl.store(scratch + 7 * C * HID + 9 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * BV + 7 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v53 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4764,12 +4697,12 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v32 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v32.to(DOT_DTYPE), v52.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v31 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = (v31 * v53)
-    tl.store(scratch + 7 * C * HID + 10 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v54)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * BV + 8 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v54)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v41 = local_3
-    tl.store(scratch + 7 * C * HID + 11 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * BV + 9 * C * D + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v41)  # park
     v48 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4779,21 +4712,21 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v40 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 += tl.dot(v40.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 7 * C * HID + 11 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 4 * C * BV + 9 * C * D + 5 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v49 = (v41 * v48)
     v51 = v49
-    v54 = tl.load(scratch + 7 * C * HID + 10 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v54 = tl.load(scratch + 7 * C * HID + 4 * C * BV + 8 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v70 = (v51 + v54)
-    v28 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v71 = (v28 * v70)
     v21 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v23 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v25 = (v23 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v26 = tl.sum((v25), axis=0)
-    v24 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = ((-1.0) * v21[:, None] * v71 * tl.exp((v26[None, :] - v24)))
-    v61 = tl.load(scratch + 7 * C * HID + 9 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v69 = tl.load(scratch + 7 * C * HID + 8 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 7 * C * HID + 4 * C * BV + 7 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 7 * C * HID + 4 * C * BV + 6 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v73 = (v61 + v69 + v72)
     v74 = v73
     v75 = tl.cumsum(v74, axis=0, reverse=True)
@@ -4836,55 +4769,53 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C)  # v10, v27, v30, v32, v35, v28, v20, local_6, v37, causal, v28, v20, v29, v24, v33, v34
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 3 * C * C + 3 * C * D)  # v10, v27, v30, v32, v35, local_6, v37, causal, v28, v20, v29, v24, v33, v34
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v23 = gate_eta
     v28 = (v26 * v23)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 5 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v20)  # park
+    tl.store(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     v21 = v20
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 5 * C * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v20)
+    v28 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v29 = tl.zeros((C, C), DTYPE)
     v29_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v29_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v29_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v29_xA = q * v29_A
     for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v29_start = v29_k * BC
-        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
-        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v29_p = v29_r + v29_j
-        v29_y = tl.load(scratch + 5 * C * HID + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_b = tl.load(scratch + 5 * C * HID + C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
+        v29_y = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + v29_p[:, None] * D + tl.arange(0, D)[None, :])
+        v29_b = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
         v29_d = tl.sum(q * v29_y * tl.exp(tl.minimum(v20 - v29_b, 0.0)), axis=1)
         v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 5 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v22 = tl.exp(v20)  # cumulative decay in the chunk
     v24 = (q * v22)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v24)  # park
+    tl.store(scratch + 5 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v24)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 5 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v33 = v20
-    tl.store(scratch + 5 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v33)  # park
+    tl.store(scratch + 5 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v33)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 5 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v34 = v21
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v34)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v34)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4906,7 +4837,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v27 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 5 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4914,7 +4845,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v30 = tl.dot(v29.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v30)
     tl.debug_barrier()
-    v24 = tl.load(scratch + 5 * C * HID + 4 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4938,28 +4869,28 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v35 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v37 += tl.dot(v32.to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v33 = tl.load(scratch + 5 * C * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v34 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v33 = tl.load(scratch + 5 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v34 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v37)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 5 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v37)
+    tl.store(scratch + 5 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v44 = tl.zeros((C, BV), DTYPE)
     v44_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v44_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v44_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v44_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v44_A
+    v44_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + v44_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v44_xA = tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v44_A
     for v44_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v44_start = v44_k * BC
-        v44_B = tl.where(tl.arange(0, C)[:, None] < v44_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v44_start * BV + tl.arange(0, BV))[None, :] - v34, 0.0)), 0.0)
+        v44_B = tl.where(tl.arange(0, C)[:, None] < v44_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + v44_start * BV + tl.arange(0, BV))[None, :] - v34, 0.0)), 0.0)
         v44_rows = tl.where(tl.arange(0, C) // BC == v44_k, 1.0, 0.0)
-        v44 += v44_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v44_xA * v44_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v44 += v44_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v44_xA * v44_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v44_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v44_p = v44_r + v44_j
-        v44_x = tl.load(scratch + 5 * C * HID + 2 * C * D + v44_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v44_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * BV + v44_p * C + tl.arange(0, C))
-        v44_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * BV + C * C + v44_p * C + tl.arange(0, C))
-        v44_a = tl.load(scratch + 5 * C * HID + C * D + v44_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v44_x = tl.load(scratch + 5 * C * HID + v44_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v44_y = tl.load(scratch + 5 * C * HID + C * BV + v44_p * C + tl.arange(0, C))
+        v44_m = tl.load(scratch + 5 * C * HID + C * BV + C * C + v44_p * C + tl.arange(0, C))
+        v44_a = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + v44_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v44 += v44_x * v44_y[:, None] * v44_m[:, None] * tl.exp(tl.minimum(v44_a - v34, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5003,80 +4934,78 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 7 * C * D + 2 * C * BV + 4 * C * C)  # v10, v27, v25, v31, v34, v43, v48, v28, v20, local_4, v49, q, causal, v26, v20, v24, v28, v29, v32, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 4 * C * C + 5 * C * D)  # v10, v27, v25, v31, v34, v43, v48, local_4, v49, q, causal, v26, v20, v24, v28, v29, v32, v41
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
-    tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v26)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :], v26)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v20)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     v22 = tl.exp(v20)  # cumulative decay in the chunk
     v24 = (q * v22)
-    tl.store(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v24)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v24)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v23 = gate_eta
     tl.debug_barrier()  # parked tiles other threads stored
-    v26 = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v26 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v28 = (v26 * v23)
-    tl.store(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = v20
-    v28 = tl.load(scratch + 7 * C * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
-    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v20)
+    v28 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v29 = tl.zeros((C, C), DTYPE)
     v29_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v29_xA = q * v29_A
     for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v29_start = v29_k * BC
-        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
-        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v29_p = v29_r + v29_j
-        v29_y = tl.load(scratch + 7 * C * HID + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_b = tl.load(scratch + 7 * C * HID + C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
+        v29_y = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
+        v29_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
         v29_d = tl.sum(q * v29_y * tl.exp(tl.minimum(v20 - v29_b, 0.0)), axis=1)
         v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 5 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v32 = v20
-    tl.store(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v32)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v32)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v33 = v21
-    v32 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v32 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v41_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v41_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v41_xA = local_6 * v41_A
     for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v41_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v41_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 7 * C * HID + 2 * C * D + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v41_b = tl.load(scratch + 7 * C * HID + C * D + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v41_y = tl.load(scratch + 7 * C * HID + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v41_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v41_d = tl.sum(local_6 * v41_y * tl.exp(tl.minimum(v32 - v41_b, 0.0)), axis=1)
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -5099,7 +5028,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v27 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v24 = tl.load(scratch + 7 * C * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5107,7 +5036,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 5 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5122,7 +5051,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v34 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5153,30 +5082,30 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v49 += (tl.dot(v48.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v21 = tl.load(scratch + 7 * C * HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
-    tl.store(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 7 * C * HID + 3 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
+    tl.store(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 7 * C * HID + C * BV + C * C + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v50 = tl.zeros((C, D), DTYPE)
     v50_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v50_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v50_yA = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_A
+    v50_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v50_yA = tl.load(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_A
     for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v50_start = v50_k * BC
-        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v50_start * D + tl.arange(0, D))[None, :] - v21, 0.0)), 0.0)
+        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v50_start * D + tl.arange(0, D))[None, :] - v21, 0.0)), 0.0)
         v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
-        v50 += v50_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v50_rows[:, None])).to(DOT_DTYPE), (v50_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 += v50_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v50_rows[:, None])).to(DOT_DTYPE), (v50_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v50_p = v50_r + v50_j
-        v50_x = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + v50_p * C + tl.arange(0, C))
-        v50_y = tl.load(scratch + 7 * C * HID + 2 * C * D + C * BV + C * C + v50_p[:, None] * D + tl.arange(0, D)[None, :])
-        v50_m = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + C * C + v50_p * C + tl.arange(0, C))
-        v50_a = tl.load(scratch + 7 * C * HID + C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
+        v50_x = tl.load(scratch + 7 * C * HID + C * BV + v50_p * C + tl.arange(0, C))
+        v50_y = tl.load(scratch + 7 * C * HID + C * BV + C * C + v50_p[:, None] * D + tl.arange(0, D)[None, :])
+        v50_m = tl.load(scratch + 7 * C * HID + C * BV + C * C + C * D + v50_p * C + tl.arange(0, C))
+        v50_a = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
         v50 += v50_x[:, None] * v50_y * v50_m[:, None] * tl.exp(tl.minimum(v50_a - v21, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v26 = tl.load(scratch + 7 * C * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v26 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v51 = (v26 * v50)
     v52 = v51
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v52.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -5320,92 +5249,90 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v40 = (v38 * v34)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v41_xA = q * v41_A
     for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
+        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
+        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
         v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v60_xA = local_6 * v60_A
     for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
-    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v35 = (v32 * v34)
-    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5427,7 +5354,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5435,7 +5362,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5450,7 +5377,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5472,7 +5399,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5483,7 +5410,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5508,7 +5435,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5517,12 +5444,12 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
@@ -5578,28 +5505,28 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, v28, local_4, v18, v28, v34, v35, v48, v64, v57, v41, v36, v60
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + 2 * C * C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, local_4, v18, v28, v34, v35, v48, v64, v57, v41, v36, v60
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v18 = gate_delta
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
     v29 = v28
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v35 = (v32 * v34)
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v35)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5622,80 +5549,79 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v46 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v40 = (v38 * v34)
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v41_xA = q * v41_A
     for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
         v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v41_p = v41_r + v41_j
         v41_y = tl.load(scratch + 9 * C * HID + BV * HID + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
+        v41_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v41_p[:, None] * D + tl.arange(0, D)[None, :])
         v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v44 = v28
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v60_xA = local_6 * v60_A
     for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5704,7 +5630,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5724,7 +5650,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5734,7 +5660,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v43 = (v37 - v42)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5756,7 +5682,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5777,7 +5703,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
@@ -5790,7 +5716,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     v80 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v18 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v18 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v80 * tl.where((v18 >= tl.abs(local_1)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0))))
     v82 = v81
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v82.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -5829,48 +5755,46 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV)  # v10, v28, v31, v33, v29, v21, v40, local_4, causal, v29, v21, v30, v25, v34, v36, v37, v38
+    scratch = scratch_ptr + slot * (4 * C * HID + 3 * C * C + 5 * C * BV + 3 * C * D)  # v10, v28, v31, v33, v40, local_4, causal, v29, v21, v30, v25, v34, v36, v37, v38
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v27 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_eta
     v29 = (v27 * v24)
-    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v29)  # park
+    tl.store(scratch + 4 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v29)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v20 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v21 = tl.cumsum(v20, axis=0, reverse=False)
-    tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v21)  # park
+    tl.store(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v21)  # park
     v22 = v21
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v29)
-    tl.store(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v21)
+    v29 = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v30 = tl.zeros((C, C), DTYPE)
     v30_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v30_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * C * HID + C * D + v30_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v30_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + v30_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v30_xA = q * v30_A
     for v30_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v30_start = v30_k * BC
-        v30_B = tl.where(tl.arange(0, C)[:, None] < v30_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v30_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v30_B = tl.where(tl.arange(0, C)[:, None] < v30_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + v30_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v30_rows = tl.where(tl.arange(0, C) // BC == v30_k, 1.0, 0.0)
-        v30 += v30_rows[:, None] * tl.dot((v30_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v30_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v30 += v30_rows[:, None] * tl.dot((v30_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v30_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v30_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v30_p = v30_r + v30_j
-        v30_y = tl.load(scratch + 4 * C * HID + v30_p[:, None] * D + tl.arange(0, D)[None, :])
-        v30_b = tl.load(scratch + 4 * C * HID + C * D + v30_p[:, None] * D + tl.arange(0, D)[None, :])
+        v30_y = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + v30_p[:, None] * D + tl.arange(0, D)[None, :])
+        v30_b = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + v30_p[:, None] * D + tl.arange(0, D)[None, :])
         v30_d = tl.sum(q * v30_y * tl.exp(tl.minimum(v21 - v30_b, 0.0)), axis=1)
         v30 += tl.where(tl.arange(0, C)[None, :] == v30_p[:, None], v30_d[:, None], 0.0)
     v30 = v30 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 4 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v23 = tl.exp(v21)  # cumulative decay in the chunk
     v25 = (q * v23)
-    tl.store(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v25)  # park
+    tl.store(scratch + 4 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v25)  # park
     v34 = v23
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v34)  # park
+    tl.store(scratch + 4 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v34)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5892,7 +5816,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5900,7 +5824,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
-    v25 = tl.load(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v25 = tl.load(scratch + 4 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5919,18 +5843,18 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v33 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v35 += tl.dot(v33.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v34 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v34 = tl.load(scratch + 4 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v36 = (v34 * v35)
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v36)  # park
+    tl.store(scratch + 4 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v36)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v21
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v37)  # park
+    tl.store(scratch + 4 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v37)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v22 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v22 = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v38 = v22
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v38)  # park
+    tl.store(scratch + 4 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v38)  # park
     v40 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5942,31 +5866,31 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v33 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v40 += tl.dot(v33.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v38 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v37 = tl.load(scratch + 4 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v38 = tl.load(scratch + 4 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v40)
-    tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
-    tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v40)
+    tl.store(scratch + 4 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 4 * C * HID + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v42 = tl.zeros((C, BV), DTYPE)
     v42_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v42_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * C * HID + C * D + v42_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v42_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + v42_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v42_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v42_start = v42_k * BC
-        v42_B = tl.where(tl.arange(0, C)[:, None] < v42_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v42_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v42_B = tl.where(tl.arange(0, C)[:, None] < v42_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + v42_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v42_rows = tl.where(tl.arange(0, C) // BC == v42_k, 1.0, 0.0)
-        v42 += v42_rows[:, None] * tl.dot((tl.load(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v42_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 += v42_rows[:, None] * tl.dot((tl.load(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 4 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v42_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v42 = v42 * v42_A
     for v42_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v42_p = v42_r + v42_j
-        v42_x = tl.load(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C) * C + v42_p)
-        v42_y = tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + v42_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v42_m = tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v42_p)
-        v42_b = tl.load(scratch + 4 * C * HID + C * D + v42_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v42_x = tl.load(scratch + 4 * C * HID + tl.arange(0, C) * C + v42_p)
+        v42_y = tl.load(scratch + 4 * C * HID + C * C + v42_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v42_m = tl.load(scratch + 4 * C * HID + C * C + C * BV + tl.arange(0, C) * C + v42_p)
+        v42_b = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + v42_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v42 += v42_x[:, None] * v42_y * v42_m[:, None] * tl.exp(tl.minimum(v37 - v42_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v36 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v36 = tl.load(scratch + 4 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v43 = (v36 - v42)
     v44 = tl.sum((v43), axis=1)
     v45 = (v44 / (D))
@@ -6013,25 +5937,25 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, v27, local_4, v27, v33, v34, v47, v63, v56, v40, v35, v59
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, local_4, v27, v33, v34, v47, v63, v56, v40, v35, v59
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v26 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v27 = tl.cumsum(v26, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v27)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v27)  # park
     v29 = (v27 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v30 = tl.sum((v29), axis=0)
     v28 = v27
     v31 = (v25[:, None] * tl.exp((v30[None, :] - v28)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v33 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
     v34 = (v31 * v33)
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v47 = v34
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6054,80 +5978,79 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v51 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v45.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v53 = (v47 * v52)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v62 = (v53 + local_7)
     v63 = v62
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v37 = k
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = (v34 * v37)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = (v37 * v33)
-    v27 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v27 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v39)
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v27)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v40 = tl.zeros((C, C), DTYPE)
     v40_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v40_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + v40_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v40_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v40_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v40_xA = q * v40_A
     for v40_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v40_start = v40_k * BC
-        v40_B = tl.where(tl.arange(0, C)[:, None] < v40_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + v40_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v40_B = tl.where(tl.arange(0, C)[:, None] < v40_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v40_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v40_rows = tl.where(tl.arange(0, C) // BC == v40_k, 1.0, 0.0)
         v40 += v40_rows[:, None] * tl.dot((v40_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v40_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v40_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v40_p = v40_r + v40_j
         v40_y = tl.load(scratch + 9 * C * HID + BV * HID + v40_p[:, None] * D + tl.arange(0, D)[None, :])
-        v40_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v40_p[:, None] * D + tl.arange(0, D)[None, :])
+        v40_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v40_p[:, None] * D + tl.arange(0, D)[None, :])
         v40_d = tl.sum(q * v40_y * tl.exp(tl.minimum(v27 - v40_b, 0.0)), axis=1)
         v40 += tl.where(tl.arange(0, C)[None, :] == v40_p[:, None], v40_d[:, None], 0.0)
     v40 = v40 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     v32 = tl.exp(v27)  # cumulative decay in the chunk
     v35 = (q * v32)
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v35)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v43 = v27
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v59 = tl.zeros((C, C), DTYPE)
     v59_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v59_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + v59_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v59_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v59_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v59_xA = local_6 * v59_A
     for v59_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v59_start = v59_k * BC
-        v59_B = tl.where(tl.arange(0, C)[:, None] < v59_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + v59_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v59_B = tl.where(tl.arange(0, C)[:, None] < v59_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v59_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v59_rows = tl.where(tl.arange(0, C) // BC == v59_k, 1.0, 0.0)
-        v59 += v59_rows[:, None] * tl.dot((v59_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v59_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v59 += v59_rows[:, None] * tl.dot((v59_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v59_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v59_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v59_p = v59_r + v59_j
-        v59_y = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + v59_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v59_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v59_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v59_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v59_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v59_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v59_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v59_d = tl.sum(local_6 * v59_y * tl.exp(tl.minimum(v43 - v59_b, 0.0)), axis=1)
         v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
     v59 = v59 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6136,7 +6059,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6156,7 +6079,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v38 = v21
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6166,7 +6089,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v42 = (v36 - v41)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6188,7 +6111,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v68 = ((-1.0) * v67)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6209,7 +6132,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v72 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v73 += (tl.dot(v72.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v63 + v73)
     v75 = tl.sum((v74), axis=1)
     v76 = (v75 / (D))
@@ -6261,25 +6184,25 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, v27, local_4, v27, v33, v34, v47, v63, v56, v40, v35, v59
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, local_4, v27, v33, v34, v47, v63, v56, v40, v35, v59
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v26 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v27 = tl.cumsum(v26, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v27)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v27)  # park
     v29 = (v27 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v30 = tl.sum((v29), axis=0)
     v28 = v27
     v31 = (v25[:, None] * tl.exp((v30[None, :] - v28)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v33 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
     v34 = (v31 * v33)
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v47 = v34
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6302,80 +6225,79 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v51 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v45.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v53 = (v47 * v52)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v62 = (v53 + local_7)
     v63 = v62
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v37 = k
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = (v34 * v37)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = (v37 * v33)
-    v27 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v27 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v39)
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v27)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v40 = tl.zeros((C, C), DTYPE)
     v40_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v40_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + v40_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v40_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v40_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v40_xA = q * v40_A
     for v40_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v40_start = v40_k * BC
-        v40_B = tl.where(tl.arange(0, C)[:, None] < v40_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + v40_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v40_B = tl.where(tl.arange(0, C)[:, None] < v40_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v40_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v40_rows = tl.where(tl.arange(0, C) // BC == v40_k, 1.0, 0.0)
         v40 += v40_rows[:, None] * tl.dot((v40_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v40_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v40_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v40_p = v40_r + v40_j
         v40_y = tl.load(scratch + 9 * C * HID + BV * HID + v40_p[:, None] * D + tl.arange(0, D)[None, :])
-        v40_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v40_p[:, None] * D + tl.arange(0, D)[None, :])
+        v40_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v40_p[:, None] * D + tl.arange(0, D)[None, :])
         v40_d = tl.sum(q * v40_y * tl.exp(tl.minimum(v27 - v40_b, 0.0)), axis=1)
         v40 += tl.where(tl.arange(0, C)[None, :] == v40_p[:, None], v40_d[:, None], 0.0)
     v40 = v40 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     v32 = tl.exp(v27)  # cumulative decay in the chunk
     v35 = (q * v32)
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v35)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v43 = v27
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v59 = tl.zeros((C, C), DTYPE)
     v59_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v59_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + v59_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v59_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v59_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v59_xA = local_6 * v59_A
     for v59_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v59_start = v59_k * BC
-        v59_B = tl.where(tl.arange(0, C)[:, None] < v59_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + v59_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v59_B = tl.where(tl.arange(0, C)[:, None] < v59_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v59_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v59_rows = tl.where(tl.arange(0, C) // BC == v59_k, 1.0, 0.0)
-        v59 += v59_rows[:, None] * tl.dot((v59_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v59_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v59 += v59_rows[:, None] * tl.dot((v59_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v59_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v59_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v59_p = v59_r + v59_j
-        v59_y = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + v59_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v59_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v59_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v59_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v59_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v59_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v59_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v59_d = tl.sum(local_6 * v59_y * tl.exp(tl.minimum(v43 - v59_b, 0.0)), axis=1)
         v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
     v59 = v59 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6384,7 +6306,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6404,7 +6326,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v38 = v21
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6414,7 +6336,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v42 = (v36 - v41)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6436,7 +6358,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v68 = ((-1.0) * v67)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6457,7 +6379,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v72 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v73 += (tl.dot(v72.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v63 + v73)
     v75 = tl.sum((v74), axis=1)
     v76 = (v75 / (D))
@@ -6506,92 +6428,90 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v40 = (v38 * v34)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v41_xA = q * v41_A
     for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
+        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
+        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
         v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v60_xA = local_6 * v60_A
     for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
-    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v35 = (v32 * v34)
-    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6613,7 +6533,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6621,7 +6541,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6636,7 +6556,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6658,7 +6578,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6669,7 +6589,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6694,7 +6614,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6703,12 +6623,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
@@ -6805,92 +6725,90 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, v40, v28, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v40 = (v38 * v34)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v28)
+    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v41_xA = q * v41_A
     for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
+        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
+        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
         v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v33 = tl.exp(v28)  # cumulative decay in the chunk
     v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v60_xA = local_6 * v60_A
     for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
-    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v35 = (v32 * v34)
-    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6912,7 +6830,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6920,7 +6838,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6935,7 +6853,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6957,7 +6875,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6968,7 +6886,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6993,7 +6911,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7002,12 +6920,12 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = (v48 * v53)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = (v54 + local_7)
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
