@@ -191,6 +191,31 @@ CHANNEL_WEIGHT_SPECS = {  # a channel axis in the weight of one token's gradient
 }
 
 
+def _launch_with(monkeypatch, option: str, choose) -> list:
+    """Every kernel launched with the launcher's default config but for `option`, set to choose(kernel info), as a
+    spill guard candidate would set it on a GPU; the values set, one per launch."""
+    from dataclasses import replace
+
+    import mirasc.backends.triton as backend
+
+    default = backend._Launch.config
+    launched = []
+
+    def config(self, info):
+        launched.append(choose(info))
+        return replace(default(self, info), **{option: launched[-1]})
+
+    monkeypatch.setattr(backend._Launch, "config", config)
+    return launched
+
+
+def _fp64_errors(tri, ref, T: int, seed: int) -> dict:
+    """Relative RMS errors of every output and gradient of the Triton op against the torch backend's, fp64, one
+    row of T tokens, two heads, chunks of 16."""
+    ins = make_inputs(ref, 1, T, 2, D, dtype=torch.float64, seed=seed)
+    return _errors(_on_cpu(_run(tri, _to(ins), 16)), _run(ref, ins, 16))
+
+
 @pytest.mark.parametrize("name", sorted(CHANNEL_WEIGHT_SPECS))
 def test_triton_channel_weights_need_no_cube(name):
     """A channel step size, or a static channel decay, makes the weight of token s's gradient at token t a
@@ -206,9 +231,7 @@ def test_triton_channel_weights_need_no_cube(name):
     products = [v for v in program.values if isinstance(v.op, ir.DecayedProduct)]
     assert bool(products) == (name == "static_channel_decay"), [v.hint for v in products]
     tri, ref = mirasc.compile(text, backend="triton"), mirasc.compile(text, backend="torch")
-    ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=4)
-    got = _on_cpu(_run(tri, _to(ins), 16))
-    err = _errors(got, _run(ref, ins, 16))
+    err = _fp64_errors(tri, ref, 37, seed=4)
     assert max(err.values()) < 1e-10, err
 
 
@@ -382,10 +405,8 @@ def test_triton_value_blocks_match_torch(ops, name, monkeypatch):
     # ttt_linear: a term that never reaches the LayerNorm (ln_bias's, from d_out) runs by columns, and one whose
     # only LayerNorm value is the adjoint local_bwd made (a query-gradient term) by partial sums
     assert grads == ({"none", "columns", "partial"} if name == "ttt_linear" else {"columns", "partial"}), kinds
-    ins = make_inputs(ref, 1, 21, 2, D, dtype=torch.float64, seed=6)
     monkeypatch.setattr(backend, "INTERPRETER_VALUE_BLOCK", D // 4)
-    blocks = _on_cpu(_run(tri, _to(ins), 16))
-    err = _errors(blocks, _run(ref, ins, 16))
+    err = _fp64_errors(tri, ref, 21, seed=6)
     assert max(err.values()) < 1e-10, err
 
 
@@ -402,10 +423,8 @@ def test_triton_head_blocks_match_torch(ops, name, monkeypatch):
     source = inspect.getsource(tri.triton_module)
     assert "for kb in range(0, D, BK):" in source
     assert "tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_k[None, :]" in source
-    ins = make_inputs(ref, 1, 21, 2, D, dtype=torch.float64, seed=8)
     monkeypatch.setattr(backend, "INTERPRETER_HEAD_BLOCK", D // 4)
-    blocks = _on_cpu(_run(tri, _to(ins), 16))
-    err = _errors(blocks, _run(ref, ins, 16))
+    err = _fp64_errors(tri, ref, 21, seed=8)
     assert max(err.values()) < 1e-10, err
 
 
@@ -414,24 +433,11 @@ def test_triton_swapped_products_match_torch(ops, name, monkeypatch):
     """Every kernel launched with SWAP_PRODUCTS (a transposed product made as the product of its transposed operands
     in swapped order, the spill guard's candidate on a GPU) gives what the torch backend gives, in fp64, every output
     and gradient."""
-    from dataclasses import replace
-
-    import mirasc.backends.triton as backend
-
     tri, ref = ops(name)
     jobs = tri.triton_module.DESCRIPTION["kernels"]
     assert sum(info["swappable"] for info in jobs.values()) >= 3, jobs
-    default = backend._Launch.config
-    launched = []
-
-    def swapped(self, info):
-        launched.append(info["swappable"])
-        return replace(default(self, info), swap_products=info["swappable"])
-
-    monkeypatch.setattr(backend._Launch, "config", swapped)
-    ins = make_inputs(ref, 1, 21, 2, D, dtype=torch.float64, seed=9)
-    out = _on_cpu(_run(tri, _to(ins), 16))
-    err = _errors(out, _run(ref, ins, 16))
+    launched = _launch_with(monkeypatch, "swap_products", lambda info: info["swappable"])
+    err = _fp64_errors(tri, ref, 21, seed=9)
     assert any(launched) and max(err.values()) < 1e-10, err
 
 
@@ -440,24 +446,11 @@ def test_triton_index_per_chunk_matches_torch(ops, name, monkeypatch):
     """The state passes launched with INDEX_PER_CHUNK (their index vectors made again for each chunk, a spill guard
     candidate on a GPU) give what the torch backend gives, in fp64, every output and gradient, over several chunks
     (the vectors are made in the chunk loop, and a partial last chunk masks with them)."""
-    from dataclasses import replace
-
-    import mirasc.backends.triton as backend
-
     tri, ref = ops(name)
     text = Path(tri.triton_module.__file__).read_text(encoding="utf-8")
     assert text.count("if INDEX_PER_CHUNK:") == 2, "the forward and the backward state pass"
-    default = backend._Launch.config
-    launched = []
-
-    def per_chunk(self, info):
-        launched.append(info["grid"] == "sequences")
-        return replace(default(self, info), index_per_chunk=info["grid"] == "sequences")
-
-    monkeypatch.setattr(backend._Launch, "config", per_chunk)
-    ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=11)
-    out = _on_cpu(_run(tri, _to(ins), 16))
-    err = _errors(out, _run(ref, ins, 16))
+    launched = _launch_with(monkeypatch, "index_per_chunk", lambda info: info["grid"] == "sequences")
+    err = _fp64_errors(tri, ref, 37, seed=11)
     assert sum(launched) >= 2 and max(err.values()) < 1e-10, err
 
 
@@ -467,24 +460,11 @@ def test_triton_inputs_reread_match_torch(ops, name, monkeypatch):
     kernels after the matrix products that do not read them (REREAD_INPUTS, a spill guard candidate on a GPU),
     launched that way, gives what the torch backend gives, in fp64, every output and gradient, over several chunks
     and a partial last one."""
-    from dataclasses import replace
-
-    import mirasc.backends.triton as backend
-
     tri, ref = ops(name)
     jobs = tri.triton_module.DESCRIPTION["kernels"]
     assert jobs["state_fwd"]["rereads"] and jobs["state_bwd"]["rereads"], jobs
-    default = backend._Launch.config
-    launched = []
-
-    def reread(self, info):
-        launched.append(info["rereads"])
-        return replace(default(self, info), reread_inputs=info["rereads"])
-
-    monkeypatch.setattr(backend._Launch, "config", reread)
-    ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=12)
-    out = _on_cpu(_run(tri, _to(ins), 16))
-    err = _errors(out, _run(ref, ins, 16))
+    launched = _launch_with(monkeypatch, "reread_inputs", lambda info: info["rereads"])
+    err = _fp64_errors(tri, ref, 37, seed=12)
     assert sum(launched) >= 4 and max(err.values()) < 1e-10, err
 
 
@@ -495,24 +475,11 @@ def test_triton_params_once_match_torch(ops, monkeypatch):
     the other kernels load the parameters where they read them either way. Titans' passes read both parameters,
     and its backward pass loads the weight again after a loop (the load that parking repeats, under the same
     constexpr)."""
-    from dataclasses import replace
-
-    import mirasc.backends.triton as backend
-
     tri, ref = ops("titans")
     jobs = tri.triton_module.DESCRIPTION["kernels"]
     assert [j for j, info in jobs.items() if info["holds_params"]] == ["state_fwd", "state_bwd"], jobs
-    default = backend._Launch.config
-    launched = []
-
-    def once(self, info):
-        launched.append(info["holds_params"])
-        return replace(default(self, info), params_once=info["holds_params"])
-
-    monkeypatch.setattr(backend._Launch, "config", once)
-    ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=13)
-    out = _on_cpu(_run(tri, _to(ins), 16))
-    err = _errors(out, _run(ref, ins, 16))
+    launched = _launch_with(monkeypatch, "params_once", lambda info: info["holds_params"])
+    err = _fp64_errors(tri, ref, 37, seed=13)
     assert sum(launched) >= 2 and max(err.values()) < 1e-10, err
 
 
@@ -572,8 +539,7 @@ def test_triton_ttt_linear_any_sub_chunk_matches_torch(ops, monkeypatch, sub_chu
     tri, ref = ops("ttt_linear")
     assert "for tb in range(0, C, BC):" in inspect.getsource(tri.triton_module)
     monkeypatch.setattr(backend, "INTERPRETER_SUB_CHUNK", sub_chunk)
-    ins = make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=11)
-    err = _errors(_on_cpu(_run(tri, _to(ins), 16)), _run(ref, ins, 16))
+    err = _fp64_errors(tri, ref, 37, seed=11)
     assert max(err.values()) < 1e-10, err
 
 
