@@ -338,8 +338,9 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     # the factors of channel-decay products that are read a slice at a time (emit_triton.decayed_product), each
     # tile once (a relabelled factor, such as the log-decays as (s, c), reads the slot of the tile it relabels); a
     # factor parked where it is made is read from its park slot, not stored a second time
-    in_park = _factors_read_from_park(factors, evicted, reload)
-    kept += [z for z in {same_tile(z).id: same_tile(z) for z in factors}.values() if z.id not in in_park]
+    factor_tiles = list({same_tile(z).id: same_tile(z) for z in factors}.values())
+    in_park = _factors_read_from_park(factor_tiles, evicted, reload)
+    kept += [z for z in factor_tiles if z.id not in in_park]
     slot = {v.id: " + ".join(["scratch"] + [_slot_offset(kept, k)] * (k > 0)) for k, v in enumerate(kept)}
     by_id = {v.id: v for v in order}
     park_slot = {}  # a slot of its own, even for a tile kept above (that slot may be written after it is read)
@@ -789,13 +790,12 @@ def _input_load(lines: list[str], line: str, held: bool) -> None:
     lines.append(f"    {line}")
 
 
-def _factors_read_from_park(factors: list[Value], evicted: dict[int, set[int]], reload: dict[int, str]) -> set[int]:
-    """The staged factors' tiles that a channel-decay product reads from their park slots: those parked with a store
+def _factors_read_from_park(tiles: list[Value], evicted: dict[int, set[int]], reload: dict[int, str]) -> set[int]:
+    """Of the staged factors' tiles, those a channel-decay product reads from their park slots: parked with a store
     of their own, emitted where the tile is made (after its loop, for a sum over the hidden axis), so before any
     product reads it, and whose park layout is the staging layout (`stage`: row-major by the register extents; not a
     value-axis tile, parked D wide and held BV wide, nor a hidden-axis one). Their park store stages them: a staging
     store would write the same tile again."""
-    tiles = {same_tile(z).id: same_tile(z) for z in factors}.values()
     return {z.id for z in tiles if z.id in evicted and z.id not in reload and all(SIZE[a] == SHAPE[a] for a in z.axes)}
 
 
