@@ -52,6 +52,7 @@ class KernelReport:
     block_value: int | None = None  # BV (the head dim in a kernel not run by value blocks)
     block_hidden: int | None = None  # BH
     sub_chunk: int | None = None  # BC, the sub-chunk of channel-decay products or token blocks (0: neither)
+    row_block: int | None = None  # BR, the rows of a block of values made token by token (0: none)
     swap_products: bool = False  # its transposed products made with their operands swapped (SWAP_PRODUCTS)
     index_per_chunk: bool = False  # a state pass's index vectors made again for each chunk (INDEX_PER_CHUNK)
     reread_inputs: bool = False  # input tiles loaded again after the loops that do not read them (REREAD_INPUTS)
@@ -234,18 +235,20 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
                timeout: float = 300.0, options: dict | None = None, block_hidden: int | None = None,
                only: list[str] | None = None, warps: int | None = None,
                block_value: int | None = None, stages: int | None = None,
-               sub_chunk: int | None = None, spill_guard: bool = True) -> list[KernelReport]:
+               sub_chunk: int | None = None, spill_guard: bool = True,
+               row_block: int | None = None) -> list[KernelReport]:
     """Compile every kernel of the spec's Triton module (or the ones named in `only`) for the target and report one
     row per kernel.
 
     spec: a prebuilt name, a path, spec text or a Spec (as mirasc.compile takes). The module is generated into a
     temporary folder; the kernels' sizes are those of a call with this chunk size, head dim and input dtype, and
-    the launcher's config unless `warps`, `stages`, `block_hidden`, `block_value` or `sub_chunk` (BC, of the
-    channel-decay products) say otherwise. The launcher's config is what a GPU launch takes: its default, or with
-    `spill_guard` (and no block or warps given) the first candidate that compiles without spills where the default
-    spills (mirasc.backends.tuning.SpillGuard, the same choice by the same rule); the row gives the default's stack
-    too."""
+    the launcher's config unless `warps`, `stages`, `block_hidden`, `block_value`, `sub_chunk` (BC, of the
+    channel-decay products) or `row_block` (BR, of the row blocks) say otherwise. The launcher's config is what a
+    GPU launch takes: its default, or with `spill_guard` (and no block or warps given) the first candidate that
+    compiles without spills where the default spills (mirasc.backends.tuning.SpillGuard, the same choice by the
+    same rule); the row gives the default's stack too."""
     from .backends.triton import check_sizes, hidden_block, num_warps, value_block
+    from .backends.triton import row_block as default_row_block
     from .backends.triton import sub_chunk as default_sub_chunk
     from .backends.tuning import Config, candidates
     from .codegen import generate_triton
@@ -262,9 +265,11 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
     for what, block, whole in (("block_hidden", block_hidden, hidden), ("block_value", block_value, head_dim)):
         if block is not None and (block < 16 or block > whole or block & (block - 1)):
             raise ValueError(f"{what}: expected a power of two from 16 to {whole}, got {block}")
-    if sub_chunk is not None and (sub_chunk < 1 or sub_chunk > chunk_size or sub_chunk & (sub_chunk - 1)):
-        raise ValueError(f"sub_chunk: expected a power of two from 1 to the chunk size {chunk_size}, got {sub_chunk}")
-    guard = spill_guard and warps is None and block_value is None and block_hidden is None and sub_chunk is None
+    for what, rows in (("sub_chunk", sub_chunk), ("row_block", row_block)):
+        if rows is not None and (rows < 1 or rows > chunk_size or rows & (rows - 1)):
+            raise ValueError(f"{what}: expected a power of two from 1 to the chunk size {chunk_size}, got {rows}")
+    guard = (spill_guard and warps is None and block_value is None and block_hidden is None and sub_chunk is None
+             and row_block is None)
     reports = []
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"{checked.name}_triton.py"
@@ -282,7 +287,9 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
             default = Config(warps or num_warps(chunk_size, head_dim, hidden, job["tiles"], by_value),
                              (block_value or value_block(head_dim, arch)) if by_value else head_dim,
                              block_hidden or hidden_block(hidden, head_dim),
-                             (sub_chunk or default_sub_chunk(chunk_size, on_gpu=True)) if job["sub_chunks"] else 0)
+                             (sub_chunk or default_sub_chunk(chunk_size, on_gpu=True)) if job["sub_chunks"] else 0,
+                             row_block=(row_block or default_row_block(chunk_size, on_gpu=True))
+                             if job["row_blocks"] else 0)
             configs = candidates(default, job["value_blocks"], head_dim, hidden, True, chunk_size,
                                  job["swappable"], job["grid"] == "sequences", job["rereads"],
                                  job["holds_params"]) if guard else [default]
@@ -330,7 +337,7 @@ class _Target:
         row = KernelReport(self.spec, kernel, self.head_dim, self.hidden, self.chunk_size, self.dtype, self.arch,
                            ok=False, dots=_products(_kernel_source(Path(self.path), kernel)),
                            num_warps=config.num_warps, num_stages=stages, block_value=config.block_value,
-                           block_hidden=config.block_hidden, sub_chunk=config.sub_chunk,
+                           block_hidden=config.block_hidden, sub_chunk=config.sub_chunk, row_block=config.row_block,
                            swap_products=config.swap_products, index_per_chunk=config.index_per_chunk,
                            reread_inputs=config.reread_inputs, params_once=config.params_once)
         consts = {"C": self.chunk_size, "D": self.head_dim, "HID": self.hidden, **config.constexprs(self.chunk_size),
@@ -370,7 +377,8 @@ def meets_targets(r: KernelReport, max_compile_s: float = 30.0, max_shared: int 
 
 def format_rows(reports: list[KernelReport]) -> str:
     head = ("| spec | kernel | D | hidden | ok | compile s | regs | stack B | shared B | mma | replicated | dots "
-            "| warps | stages | BV / BH / BC (/ swapped products, index per chunk, inputs reread, parameters once) "
+            "| warps | stages | BV / BH / BC (/ rows BR, swapped products, index per chunk, inputs reread, "
+            "parameters once) "
             "| default's stack B "
             "| targets |")
     out = [head, "|" + "---|" * 17]
@@ -382,7 +390,8 @@ def format_rows(reports: list[KernelReport]) -> str:
         out.append(f"| {r.spec} | {r.kernel} | {r.head_dim} | {r.hidden} | {'yes' if r.ok else 'no'} | "
                    f"{cell(r.compile_s)} | {cell(r.regs)} | {cell(r.stack)} | {cell(r.shared)} | {cell(r.mma)} | "
                    f"{cell(r.replicated)} | {r.dots} | {r.num_warps} | {r.num_stages} | "
-                   f"{r.block_value} / {r.block_hidden} / {r.sub_chunk}{' / swapped' if r.swap_products else ''}"
+                   f"{r.block_value} / {r.block_hidden} / {r.sub_chunk}"
+                   f"{f' / rows {r.row_block}' if r.row_block else ''}{' / swapped' if r.swap_products else ''}"
                    f"{' / index per chunk' if r.index_per_chunk else ''}"
                    f"{' / inputs reread' if r.reread_inputs else ''}"
                    f"{' / parameters once' if r.params_once else ''} | "

@@ -147,7 +147,8 @@ def cmd_aot(args) -> int:
                                dtype=args.dtype, timeout=args.timeout, options=_options(args.option),
                                block_hidden=args.block_hidden, block_value=args.block_value,
                                warps=args.num_warps, stages=args.num_stages, only=args.only,
-                               sub_chunk=args.sub_chunk, spill_guard=not args.no_spill_guard)
+                               sub_chunk=args.sub_chunk, spill_guard=not args.no_spill_guard,
+                               row_block=args.row_block)
         except SpecError as e:
             print(e, file=sys.stderr)
             status = 1
@@ -211,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--block-value", type=int, help="BV, the value-axis block of value-blocked kernels")
     a.add_argument("--sub-chunk", type=int, help="BC, the sub-chunk of channel-decay products and of the state "
                                                  "passes run by sub-chunks (default: the launcher's choice)")
+    a.add_argument("--row-block", type=int, help="BR, the rows of a block of an MLP memory's values made token by "
+                                                 "token (default: the launcher's choice)")
     a.add_argument("--num-warps", type=int, help="warps per program (default: the launcher's choice)")
     a.add_argument("--num-stages", type=int, help="software-pipelining stages of the kernels' loops (default: the "
                    "launcher's choice)")

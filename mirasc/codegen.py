@@ -165,6 +165,7 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         jobs[job] = {"grid": "chunks" if k.mode == "chunk" else "sequences",
                      "scratch": [list(axes) for axes in k.scratch], "value_blocks": k.value_blocks,
                      "tiles": round(k.tiles, 2), "sub_chunks": k.sub_chunked,
+                     "row_blocks": k.row_blocked,
                      "swappable": k.swappable, "rereads": k.rereads,
                      "holds_params": k.holds_params}
         found.append(k)
@@ -177,7 +178,8 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         # each value they keep in scratch memory, per program, and how they run by blocks of BV value columns
         # ("columns", "partial": each block writes its share of a sum to its own copy, "none": one block), and the
         # most register tiles (64 x 64 fp32) live at once, which sets the launcher's warps; whether it takes the
-        # sub-chunk BC (channel-decay products, a state pass by sub-chunks), products written both ways
+        # sub-chunk BC (channel-decay products, a state pass by sub-chunks), the row block BR (a stretch of values
+        # made token by token between hidden-block loops), products written both ways
         # (SWAP_PRODUCTS), input tiles it can load again after its loops (REREAD_INPUTS) and per-row parameters it can
         # load once before its chunk loop (PARAMS_ONCE), which its configs vary
         "kernels": jobs,

@@ -10,6 +10,7 @@ each (C, D) accumulator of fp32 holds 16 to 32 registers a thread at C = D = 64 
 would hold too many of the chunk's tiles through its blocks is split (`_split_loops`), and a tile a loop passes
 without reading it waits in scratch memory rather than in registers (`_parked`), as do, between the loops, the
 tiles read again furthest away whenever more than PARK_UNITS would be live at once.
+A stretch of values made token by token between the loops (a LayerNorm) runs by blocks of BR rows (`_row_runs`).
 A narrow output the caller names in `early_stores` is stored on the line after it is made, so that it leaves the
 registers there. A linear memory's scores (q·kᵀ, k·kᵀ) are made by blocks of BK head columns ("head-axis blocks").
 """
@@ -132,7 +133,7 @@ class Body:
     lines: list[str]
     scratch: list[tuple[str, ...]]
     tiles: float = 0.0
-    products: bool = False
+    sub_chunked: bool = False
     stored: frozenset[str] = frozenset()  # the outputs of `block_stores` the lines store themselves
 
 
@@ -308,6 +309,9 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     segments = _inputs_where_read(_made_where_read(segments), reloadable)
     loop_of = _loop_of(segments)
     out_of = {v.id: n for n, v in graph.outputs.items()}
+    segments = _row_runs(segments, loads, set(out_of) | {u.id for u in _shared_accumulators(graph, loop_of).values()})
+    loop_of = _loop_of(segments)
+    row_ends = {j: _row_ends(segments, j) for j, seg in enumerate(segments) if isinstance(seg, _Rows)}
     read_elsewhere = {a.id for j, seg in enumerate(segments) if isinstance(seg, _Loop) for u in seg.values
                       if not inlined(u) for a in _read(u) if loop_of.get(a.id, j) != j}
     into = _shared_accumulators(graph, loop_of)
@@ -335,6 +339,15 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
                      unread=blocked.by_blocks)
     for i, (where, again) in reread.items():
         evicted[i], reload[i] = where, again
+    for j, (entries, exits) in row_ends.items():  # a row run reads its entries by rows from their park slots
+        for e in entries:
+            if not isinstance(e.op, ir.Input):
+                evicted.setdefault(e.id, set()).add(j)
+        for x in exits:  # and they are read after it from there, or loaded again
+            evicted.setdefault(x.id, set()).add(j + 1)
+            if isinstance(x.op, ir.Input):
+                reload[x.id] = f"{x.op.name} = {loads[x.op.name]}"
+                reread.pop(x.id, None)
     # the factors of channel-decay products that are read a slice at a time (emit_triton.decayed_product), each
     # tile once (a relabelled factor, such as the log-decays as (s, c), reads the slot of the tile it relabels); a
     # factor parked where it is made is read from its park slot, not stored a second time
@@ -345,8 +358,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     by_id = {v.id: v for v in order}
     park_slot = {}  # a slot of its own, even for a tile kept above (that slot may be written after it is read)
     relabelled: set[int] = set()
-    for v in (v for seg in segments for v in (seg.values if isinstance(seg, _Loop) else [seg])
-              if v.id in evicted and v.id not in reload):
+    for v in (v for seg in segments for v in _values(seg) if v.id in evicted and v.id not in reload):
         base = same_tile(v)  # a relabelled parked tile with the same register extents reads that tile's slot
         if base.id in park_slot and tile_shape(base.axes) == tile_shape(v.axes):
             park_slot[v.id] = park_slot[base.id]
@@ -377,6 +389,9 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     started: set[int] = set()  # running sums with a term in their tile
     for j, seg in enumerate(segments):
         reads = _segment_reads(seg)
+        if isinstance(seg, _Rows):
+            _emit_rows(seg, *row_ends[j], j, reads, parking, park_slot, loads, held_ids, lines)
+            continue
         parking.read_back(j, reads, lines)
         if not isinstance(seg, _Loop):
             if seg.id in blocked.skipped:  # read only by products made by head-axis blocks, or stored by them
@@ -430,9 +445,152 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
             lines.append("tl.debug_barrier()")
         lines += [early_stores[out_of[v.id]] for v in seg.values if out_of.get(v.id) in early_stores]
         parking.made(seg.values, lines)
-    products = any(isinstance(v.op, ir.DecayedProduct) for v in order)
-    return Body(lines, [v.axes for v in kept], peak_units(graph, order), products,
+    sub_chunked = any(isinstance(v.op, ir.DecayedProduct) for v in order)
+    return Body(lines, [v.axes for v in kept], peak_units(graph, order), sub_chunked,
                 frozenset(blocked.stores.values()))
+
+
+# ------------------------------------------------------------------------------------------------ row blocks
+# Between an MLP memory's hidden-block loops, its LayerNorm (forward, and most of all backward) is a stretch of
+# values made token by token: elementwise, or summed over the value axis, never across tokens. Whole, each is a (C, D)
+# tile, 32 registers a thread at D = 128 and 8 warps, and the backward's stretch holds several at once: TTT-MLP's
+# backward state pass spilled 1,872 B a thread at sm_90a, D = 128 (C = 64, bf16, its default config), nearly all of
+# it on the LayerNorm's lines. Made BR rows at a time, with the tiles it reads from earlier values read from their
+# park slots by rows, and those read after it parked by rows, it spills 584 B by blocks of 16 (bench/README.md, "Row
+# blocks"). BR is the launcher's (mirasc.backends.triton.row_block); the spill guard also tries the whole chunk as one
+# block, which some kernels at D = 64 take.
+ROW_RUN_UNITS = 2.0  # the least tile units (kernel_plan.tile_units) of made values for a stretch to run by row blocks
+ROW_OFFS = "offs_rb"  # the token offsets of the current row block
+ROW_LOOP = "for rb in range(0, C, BR):"
+
+
+@dataclass
+class _Rows:
+    """Consecutive straight-line values made token by token along one token axis (`axis`), run by blocks of BR rows
+    (`_row_block_lines`)."""
+
+    values: list[Value] = field(default_factory=list)
+    axis: str = "t"
+
+
+def _token_axes(v: Value) -> set[str]:
+    return set(v.axes) & set(ir.TOKEN_AXES)
+
+
+def _row_axis(v: Value, loads: dict[str, str], fixed: set[int]) -> str | None:
+    """The token axis v is made along token by token, "" for a per-row parameter (an input without a token axis,
+    loaded before the row blocks), None if neither. `fixed`: made values that cannot leave the registers (outputs,
+    shared accumulators), which a row block could not read by rows."""
+    toks = _token_axes(v)
+    if isinstance(v.op, ir.Input):
+        if v.op.name not in loads or len(toks) > 1:
+            return None
+        if not toks:
+            return ""
+        (axis,) = toks
+        return axis if OFFS[axis] in loads[v.op.name] else None
+    if (len(toks) != 1 or v.id in fixed or inlined(v) or not isinstance(v.op, (ir.Elementwise, ir.Einsum, ir.Rename))
+            or is_dot(v)):
+        return None
+    (axis,) = toks
+    if any(not _token_axes(a) <= toks for a in v.args):
+        return None  # a product over the tokens, or a relabelling of the token axis
+    if any(a.id in fixed and _token_axes(a) for a in _read(v)):
+        return None
+    return axis
+
+
+def _row_runs(segments: list[Value | _Loop], loads: dict[str, str], fixed: set[int]) -> list[Value | _Loop | _Rows]:
+    """The segments with each stretch of row values (`_row_axis`) that makes at least ROW_RUN_UNITS of tiles joined
+    into one _Rows; only in kernels with hidden-block loops (the linear memories' kernels have their own head-axis
+    blocks)."""
+    if not any(isinstance(seg, _Loop) for seg in segments):
+        return list(segments)
+    out: list[Value | _Loop | _Rows] = []
+    run: list[Value] = []
+    axis = ""
+
+    def close() -> None:
+        if sum(tile_units(v) for v in run if not isinstance(v.op, ir.Input)) >= ROW_RUN_UNITS:
+            out.append(_Rows(list(run), axis))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for seg in segments:
+        a = None if isinstance(seg, _Loop) else _row_axis(seg, loads, fixed)
+        if a is None or (a and axis and a != axis):
+            close()
+            axis = ""
+            if a is None:
+                out.append(seg)
+                continue
+        run.append(seg)
+        axis = axis or a
+    close()
+    return out
+
+
+def _row_ends(segments: list, j: int) -> tuple[list[Value], list[Value]]:
+    """A row run's entries (token tiles made or loaded before it that its values read) and exits (its values with a
+    token axis read after it)."""
+    run = segments[j]
+    made = {v.id for v in run.values}
+    entries = {a.id: a for v in run.values if not isinstance(v.op, ir.Input) for a in _read(v)
+               if a.id not in made and _token_axes(a)}
+    later = set().union(*[_segment_reads(seg) for seg in segments[j + 1:]])
+    exits = [v for v in run.values if v.id in later and _token_axes(v)]
+    return sorted(entries.values(), key=lambda v: v.id), exits
+
+
+def _emit_rows(run: _Rows, entries: list[Value], exits: list[Value], j: int, reads: set[int], parking: _Parking,
+               slot: dict[int, str], loads: dict[str, str], held: set[int], lines: list[str]) -> None:
+    """A row run's lines (segment j): the tiles it reads whole read back, its per-row parameters loaded, then the
+    loop over its row blocks; its exits leave the registers with it (read back from their slots, or loaded again,
+    where next read)."""
+    parking.read_back(j, reads - {e.id for e in entries}, lines)
+    for v in run.values:
+        if isinstance(v.op, ir.Input) and not _token_axes(v) and v.id not in parking.held:
+            _input_load(lines, f"{v.op.name} = {loads[v.op.name]}", v.id in held)
+            parking.made([v], lines)
+    if any(not isinstance(e.op, ir.Input) for e in entries):
+        lines.append("tl.debug_barrier()  # parked tiles other threads stored")
+    lines += _row_block_lines(run, entries, exits, slot, loads)
+    parking.made_ids |= {x.id for x in exits}
+    if any(not isinstance(x.op, ir.Input) for x in exits):
+        parking.stored_at = len(lines)
+
+
+def _row_block_lines(run: _Rows, entries: list[Value], exits: list[Value], slot: dict[int, str],
+                     loads: dict[str, str]) -> list[str]:
+    """The run's lines inside a loop over blocks of BR rows: its entries read by rows (made ones from their park
+    slots, inputs from memory), its values made, its made exits stored to their park slots by rows. Every name with
+    a token axis gets the suffix `_rows` inside the loop (a loop may not change a variable's shape)."""
+    stored = {v.id for v in exits if not isinstance(v.op, ir.Input)}
+    inner = []
+    for e in entries:
+        inner.append(f"{e.op.name} = {loads[e.op.name]}" if isinstance(e.op, ir.Input)
+                     else f"{name(e)} = tl.load({slot[e.id]} + {_offsets(e.axes, False)})")
+    for v in run.values:
+        if isinstance(v.op, ir.Input):
+            inner += [f"{v.op.name} = {loads[v.op.name]}"] if _token_axes(v) else []
+            continue
+        inner += _with_hint(v, line(v))
+        if v.id in stored:
+            inner.append(f"tl.store({slot[v.id]} + {_offsets(v.axes, False)}, {name(v)})  # park")
+    renamed = [name(v) for v in [*entries, *run.values] if _token_axes(v) and not inlined(v)]
+    # with the helpers a value's lines make (v64_c0, a common subexpression of v64)
+    rename = re.compile(r"\b(" + "|".join(map(re.escape, renamed)) + r")(_c\d+)?\b") if renamed else None
+    own = OFFS[run.axis]
+
+    def by_rows(text: str) -> str:
+        code, sep, comment = text.partition("  # ")
+        code = code.replace(f"private_index({own}, {SHAPE[run.axis]},", f"private_index({ROW_OFFS}, BR,")
+        code = re.sub(rf"\b{own}\b", ROW_OFFS, code)
+        return (rename.sub(r"\1_rows\2", code) if rename else code) + sep + comment
+
+    return ([f"{ROW_LOOP}  # the tokens by blocks of BR rows: values made token by token",
+             f"    {ROW_OFFS} = rb + tl.arange(0, BR)"] + ["    " + by_rows(x) for x in inner])
 
 
 # ------------------------------------------------------------------------------------------------ head-axis blocks
@@ -641,13 +799,17 @@ def _head_block(load_line: str) -> str:
 
 def _heavy(seg: Value | _Loop) -> bool:
     """Whether a segment holds many tiles of its own while it runs: a hidden-block loop, a channel-decay product."""
-    return isinstance(seg, _Loop) or isinstance(seg.op, ir.DecayedProduct)
+    return isinstance(seg, _Loop) or (isinstance(seg, Value) and isinstance(seg.op, ir.DecayedProduct))
 
 
-def _segment_reads(seg: Value | _Loop) -> set[int]:
+def _values(seg) -> list[Value]:
+    """The values a segment makes (or loads): a loop's or a row run's, or the value itself."""
+    return seg.values if isinstance(seg, (_Loop, _Rows)) else [seg]
+
+
+def _segment_reads(seg) -> set[int]:
     """The ids of the values a segment's lines read by name."""
-    values = seg.values if isinstance(seg, _Loop) else [seg]
-    return {a.id for u in values if not inlined(u) for a in _read(u)}
+    return {a.id for u in _values(seg) if not inlined(u) for a in _read(u)}
 
 
 def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[int]) -> dict[int, set[int]]:
@@ -669,7 +831,7 @@ def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[i
     units: dict[int, float] = {}
     parkable: set[int] = set()
     for seg in segments:
-        for v in seg.values if isinstance(seg, _Loop) else [seg]:
+        for v in _values(seg):
             if not (wide(v) or inlined(v)) and (tile_units(v) > 0 or _per_token_vector(v) or v.id in reloadable):
                 units[v.id] = tile_units(v)  # 0 for a vector: it leaves the registers but adds nothing to `live`
                 if v.id not in excluded and (v.id in reloadable or not isinstance(v.op, ir.Input)):
@@ -684,7 +846,7 @@ def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[i
             out = movable
         else:
             nxt = {i: min(k for k in range(j + 1, last[i] + 1) if i in reads[k]) for i in movable}
-            out, live = [], sum(held.values()) + tile_units(seg)
+            out, live = [], sum(held.values()) + (tile_units(seg) if isinstance(seg, Value) else 0.0)
             for i in sorted(movable, key=lambda i: -nxt[i]):
                 if live <= PARK_UNITS:
                     break
@@ -693,8 +855,8 @@ def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[i
         for i in out:
             evicted.setdefault(i, set()).add(j)
             del held[i]
-        for v in seg.values if isinstance(seg, _Loop) else [seg]:
-            if v.id in units and (not isinstance(seg, _Loop) or v.id in seg.sums):
+        for v in _values(seg):  # a row run's values leave the registers with their row blocks
+            if v.id in units and (isinstance(seg, Value) or (isinstance(seg, _Loop) and v.id in seg.sums)):
                 held[v.id] = units[v.id]
     return evicted
 
@@ -714,11 +876,11 @@ def _reread(segments: list[Value | _Loop], loads: dict[int, str], after_products
     `unread`: {value id: the tiles it reads by blocks of its own}, reads that do not count."""
     heavy = (lambda seg: _heavy(seg) or is_dot(seg)) if after_products else _heavy
     unread = unread or {}
-    reads = [_segment_reads(seg) - unread.get(seg.id, set()) if not isinstance(seg, _Loop) else _segment_reads(seg)
+    reads = [_segment_reads(seg) - unread.get(seg.id, set()) if isinstance(seg, Value) else _segment_reads(seg)
              for seg in segments]
     out = {}
     for j, seg in enumerate(segments):
-        if isinstance(seg, _Loop) or seg.id not in loads:
+        if not isinstance(seg, Value) or seg.id not in loads:
             continue
         readers = [k for k in range(j + 1, len(segments)) if seg.id in reads[k]]
         where = {k for k in range(j + 1, max(readers, default=j)) if heavy(segments[k]) and seg.id not in reads[k]}

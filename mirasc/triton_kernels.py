@@ -26,7 +26,7 @@ from .emit_triton import (
     name,
 )
 from .ir import Graph, Value
-from .kernel_body import Body, body, load, store
+from .kernel_body import ROW_LOOP, Body, body, load, store
 from .kernel_plan import VALUE_AXIS, gradient_terms, value_kinds, value_local
 from .token_blocks import token_blocked_body
 
@@ -96,7 +96,7 @@ class Kernel:
     # block writing its share of a sum over the value axis to its own copy of the output; "none": one block of D
     value_blocks: str = "none"
     tiles: float = 0.0  # the most register tiles live at once (Body.tiles): the launcher's warps follow it
-    sub_chunked: bool = False  # it takes the sub-chunk BC (Body.products), which the launcher chooses
+    sub_chunked: bool = False  # it takes the sub-chunk BC (Body.sub_chunked), which the launcher chooses
     # values it writes for every chunk, [n_chunks, axes...], for a later kernel to read (name, axes)
     makes: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
@@ -110,6 +110,11 @@ class Kernel:
         """It can load input tiles again rather than hold them through its loops (kernel_body, REREAD_INPUTS)."""
         lines = (*self.prologue, *self.loop, *self.epilogue)
         return any(line.lstrip().startswith("if REREAD_INPUTS:") for line in lines)
+
+    @property
+    def row_blocked(self) -> bool:
+        """It makes a stretch of values token by token, by blocks of BR rows (kernel_body, row blocks)."""
+        return any(line.lstrip().startswith(ROW_LOOP) for line in (*self.prologue, *self.loop, *self.epilogue))
 
     @property
     def holds_params(self) -> bool:
@@ -271,7 +276,7 @@ def _per_chunk(a: _Assembler, job: str, doc: str, made: Graph, loads: dict, args
     by_columns = value_local(made) and any(VALUE_AXIS in v.axes for v in made.values)
     return Kernel(f"chunk_{job}_kernel", doc, "chunk", args + [f"{n}_ptr" for n in made.outputs] +
                   (["scratch_ptr"] if b.scratch else []), a.static_loads, lines, [], b.scratch,
-                  value_blocks="columns" if by_columns else "none", tiles=b.tiles, sub_chunked=b.products,
+                  value_blocks="columns" if by_columns else "none", tiles=b.tiles, sub_chunked=b.sub_chunked,
                   makes=[(n, v.axes) for n, v in made.outputs.items()] if listed else [])
 
 
@@ -313,7 +318,7 @@ def _state_forward(a: _Assembler, stored_first: bool) -> Kernel:
         return Kernel("chunk_state_fwd_kernel", doc, "up", args + (["scratch_ptr"] if b.scratch else []),
                       [f"{s} = {load(f'{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads, loop,
                       [store(f"final_{s}_ptr", axes[s], "pid", s) for s in states], b.scratch,
-                      value_blocks="columns" if value_local(part) else "none", tiles=b.tiles, sub_chunked=b.products)
+                      value_blocks="columns" if value_local(part) else "none", tiles=b.tiles, sub_chunked=b.sub_chunked)
     # the state in memory: chunk c reads starts[c] and writes starts[c + 1] (the final state after the last chunk)
     last = "(c + 1) * C >= seq_len"
     outputs = {f"new_{s}": [(f"starts_{s}_ptr", f"({a.at} + 1)", "(c + 1) * C < seq_len"),
@@ -322,7 +327,7 @@ def _state_forward(a: _Assembler, stored_first: bool) -> Kernel:
     prologue = a.params_once(part) + _copy_blocks(states, axes, "{}_ptr", "pid", "starts_{}_ptr", "first_chunk")
     return Kernel("chunk_state_fwd_kernel", doc, "up", args + ["scratch_ptr"], prologue,
                   b.lines + keep + ["tl.debug_barrier()  # the next chunk reads the state this one wrote"], [],
-                  b.scratch, tiles=b.tiles, sub_chunked=b.products)
+                  b.scratch, tiles=b.tiles, sub_chunked=b.sub_chunked)
 
 
 def _state_in_registers(a: _Assembler, part: Graph, loads: dict[str, str]) -> Body:
@@ -350,7 +355,7 @@ def _outputs(a: _Assembler) -> Kernel:
                   b.lines + [store("out_ptr", part.outputs["out"].axes, "", name(part.outputs["out"]), token=True,
                                    private=a.hidden)],
                   [], b.scratch, value_blocks="columns" if not a.hidden and value_local(part) else "none",
-                  tiles=b.tiles, sub_chunked=b.products)
+                  tiles=b.tiles, sub_chunked=b.sub_chunked)
 
 
 def carry_free(part: Graph, carries: set[str]) -> list[Value]:
@@ -435,7 +440,7 @@ def _state_backward(a: _Assembler) -> list[Kernel]:
             "chunk_state_bwd_kernel", doc, "down", args + (["scratch_ptr"] if b.scratch else []),
             [f"carry_{s} = {load(f'd_final_{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads,
             loop, [store(f"d_init_{s}_ptr", axes[s], "pid", f"carry_{s}") for s in states], b.scratch,
-            value_blocks="columns" if value_local(part) else "none", tiles=b.tiles, sub_chunked=b.products)]
+            value_blocks="columns" if value_local(part) else "none", tiles=b.tiles, sub_chunked=b.sub_chunked)]
     # in memory: chunk c reads carries[c] (the last chunk's is d_final) and writes carries[c - 1], or d_init
     sources = {**a.starts,
                **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}
@@ -450,7 +455,7 @@ def _state_backward(a: _Assembler) -> list[Kernel]:
     return first + [Kernel(
         "chunk_state_bwd_kernel", doc, "down", args + ["scratch_ptr"], prologue,
         b.lines + ["tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote"], [],
-        b.scratch, tiles=b.tiles, sub_chunked=b.products)]
+        b.scratch, tiles=b.tiles, sub_chunked=b.sub_chunked)]
 
 
 def _local_values(a: _Assembler) -> Kernel:
@@ -509,7 +514,7 @@ def _gradients(a: _Assembler) -> list[Kernel]:
                               f"`{n}`", "chunk", args + (["scratch_ptr"] if b.scratch else []),
                               prologue, b.lines + [grad] * ("term" not in b.stored), [], b.scratch,
                               value_blocks=blocks, tiles=b.tiles,
-                              sub_chunked=b.products))
+                              sub_chunked=b.sub_chunked))
     return out
 
 

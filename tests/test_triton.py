@@ -468,6 +468,21 @@ def test_triton_inputs_reread_match_torch(ops, name, monkeypatch):
     assert sum(launched) >= 4 and max(err.values()) < 1e-10, err
 
 
+@pytest.mark.parametrize("rows", ["whole", "blocks"])
+def test_triton_row_blocks_match_torch(ops, rows, monkeypatch):
+    """An MLP memory's stretches made token by token (its LayerNorm's forward and backward: mirasc.kernel_body, row
+    blocks) give what the torch backend gives, in fp64, every output and gradient, over several chunks and a partial
+    last one, whether each is one block of the whole chunk (BR = C, a spill guard candidate on a GPU) or blocks of
+    4 rows (the interpreter's default; 16 on a GPU)."""
+    tri, ref = ops("ttt_mlp")
+    jobs = tri.triton_module.DESCRIPTION["kernels"]
+    assert jobs["state_fwd"]["row_blocks"] and jobs["state_bwd"]["row_blocks"], jobs
+    launched = _launch_with(monkeypatch, "row_block",
+                            lambda info: (16 if rows == "whole" else 4) if info["row_blocks"] else 0)
+    err = _fp64_errors(tri, ref, 37, seed=14)
+    assert sum(map(bool, launched)) >= 4 and max(err.values()) < 1e-10, err
+
+
 def test_triton_params_once_match_torch(ops, monkeypatch):
     """An MLP memory's state passes launched with PARAMS_ONCE (their per-row parameters, the LayerNorm's weight and
     bias, loaded once before the chunk loop and held through every chunk, a spill guard candidate on a GPU) give

@@ -37,6 +37,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                             'value_blocks': 'columns',
                             'tiles': 3.0,
                             'sub_chunks': False,
+                            'row_blocks': False,
                             'swappable': False,
                             'rereads': False,
                             'holds_params': False},
@@ -45,6 +46,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                            'value_blocks': 'columns',
                            'tiles': 5.0,
                            'sub_chunks': False,
+                           'row_blocks': False,
                            'swappable': False,
                            'rereads': True,
                            'holds_params': False},
@@ -53,6 +55,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                          'value_blocks': 'columns',
                          'tiles': 6.0,
                          'sub_chunks': False,
+                         'row_blocks': False,
                          'swappable': False,
                          'rereads': True,
                          'holds_params': False},
@@ -61,6 +64,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                            'value_blocks': 'columns',
                            'tiles': 3.0,
                            'sub_chunks': False,
+                           'row_blocks': False,
                            'swappable': False,
                            'rereads': False,
                            'holds_params': False},
@@ -69,6 +73,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                            'value_blocks': 'columns',
                            'tiles': 6.0,
                            'sub_chunks': False,
+                           'row_blocks': False,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': False},
@@ -77,6 +82,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                               'value_blocks': 'partial',
                               'tiles': 4.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': True,
                               'rereads': False,
                               'holds_params': False},
@@ -85,6 +91,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                               'value_blocks': 'partial',
                               'tiles': 3.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': True,
                               'rereads': False,
                               'holds_params': False},
@@ -93,6 +100,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                               'value_blocks': 'partial',
                               'tiles': 5.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -101,6 +109,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                               'value_blocks': 'partial',
                               'tiles': 3.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': False,
                               'rereads': False,
                               'holds_params': False},
@@ -109,6 +118,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                               'value_blocks': 'partial',
                               'tiles': 3.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': True,
                               'rereads': False,
                               'holds_params': False},
@@ -117,6 +127,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                               'value_blocks': 'partial',
                               'tiles': 5.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -125,6 +136,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                               'value_blocks': 'partial',
                               'tiles': 3.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': True,
                               'rereads': False,
                               'holds_params': False},
@@ -133,6 +145,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                               'value_blocks': 'columns',
                               'tiles': 3.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': False,
                               'rereads': False,
                               'holds_params': False},
@@ -141,6 +154,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                               'value_blocks': 'columns',
                               'tiles': 3.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': False,
                               'rereads': False,
                               'holds_params': False},
@@ -149,6 +163,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                                        'value_blocks': 'partial',
                                        'tiles': 5.0,
                                        'sub_chunks': False,
+                                       'row_blocks': False,
                                        'swappable': False,
                                        'rereads': True,
                                        'holds_params': False},
@@ -157,6 +172,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
+                                       'row_blocks': False,
                                        'swappable': False,
                                        'rereads': True,
                                        'holds_params': False},
@@ -165,6 +181,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
+                                       'row_blocks': False,
                                        'swappable': True,
                                        'rereads': False,
                                        'holds_params': False},
@@ -173,6 +190,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                                        'value_blocks': 'partial',
                                        'tiles': 6.0,
                                        'sub_chunks': False,
+                                       'row_blocks': False,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -181,6 +199,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
+                                       'row_blocks': False,
                                        'swappable': False,
                                        'rereads': True,
                                        'holds_params': False},
@@ -189,6 +208,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
+                                       'row_blocks': False,
                                        'swappable': True,
                                        'rereads': False,
                                        'holds_params': False},
@@ -197,6 +217,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                                        'value_blocks': 'partial',
                                        'tiles': 6.0,
                                        'sub_chunks': False,
+                                       'row_blocks': False,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -205,6 +226,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                                      'value_blocks': 'partial',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
+                                     'row_blocks': False,
                                      'swappable': False,
                                      'rereads': True,
                                      'holds_params': False},
@@ -213,6 +235,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                                      'value_blocks': 'partial',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
+                                     'row_blocks': False,
                                      'swappable': True,
                                      'rereads': False,
                                      'holds_params': False},
@@ -221,6 +244,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
                                      'value_blocks': 'partial',
                                      'tiles': 6.0,
                                      'sub_chunks': False,
+                                     'row_blocks': False,
                                      'swappable': True,
                                      'rereads': True,
                                      'holds_params': False}},
@@ -246,7 +270,7 @@ def private_index(offs, align: tl.constexpr, anchor, ON_GPU: tl.constexpr):
 def chunk_stored_fwd_kernel(
     q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's stored values, which no state reaches."""
@@ -298,7 +322,7 @@ def chunk_stored_fwd_kernel(
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, final_w1_ptr, starts_w1_ptr, stored_0_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state."""
@@ -370,7 +394,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -442,7 +466,7 @@ def chunk_out_fwd_kernel(
 def chunk_local_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, local_0_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
@@ -492,7 +516,7 @@ def chunk_local_bwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -572,7 +596,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -635,7 +659,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -678,7 +702,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -763,7 +787,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -828,7 +852,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -891,7 +915,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_k_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `k`."""
@@ -976,7 +1000,7 @@ def chunk_grad_k_3_bwd_kernel(
 def chunk_grad_k_4_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `k`."""
@@ -1040,7 +1064,7 @@ def chunk_grad_k_4_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -1099,7 +1123,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -1140,7 +1164,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -1230,7 +1254,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -1303,7 +1327,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
@@ -1373,7 +1397,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
@@ -1464,7 +1488,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
 def chunk_grad_gate_alpha_4_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `gate_alpha`."""
@@ -1536,7 +1560,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
 def chunk_grad_gate_alpha_5_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 5 of the gradient of one chunk's `gate_alpha`."""
@@ -1607,7 +1631,7 @@ def chunk_grad_gate_alpha_5_bwd_kernel(
 def chunk_grad_gate_alpha_6_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 6 of the gradient of one chunk's `gate_alpha`."""
@@ -1699,7 +1723,7 @@ def chunk_grad_gate_alpha_6_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -1767,7 +1791,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -1833,7 +1857,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, local_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_eta`."""

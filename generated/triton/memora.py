@@ -48,14 +48,18 @@ DESCRIPTION = {'spec': 'memora',
                                        ['o', 'h'],
                                        ['s', 'h'],
                                        ['t', 'i'],
+                                       ['t', 'i'],
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'i'],
+                                       ['t', 'i'],
+                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 9.0,
                            'sub_chunks': False,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': True},
@@ -78,13 +82,8 @@ DESCRIPTION = {'spec': 'memora',
                                      ['t', 's'],
                                      ['t', 'o'],
                                      ['t', 'o'],
-                                     ['t'],
-                                     ['t', 'o'],
-                                     ['t', 'o'],
-                                     ['t', 'o'],
-                                     ['t', 'o'],
-                                     ['t', 'o'],
                                      ['s', 'i'],
+                                     ['t', 'i'],
                                      ['t', 'i'],
                                      ['t', 's'],
                                      ['t', 'i'],
@@ -93,10 +92,14 @@ DESCRIPTION = {'spec': 'memora',
                                      ['t', 'o'],
                                      ['s', 'o'],
                                      ['t', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
                                      ['t', 'o']],
                          'value_blocks': 'none',
                          'tiles': 12.0,
                          'sub_chunks': True,
+                         'row_blocks': True,
                          'swappable': True,
                          'rereads': True,
                          'holds_params': False},
@@ -125,22 +128,30 @@ DESCRIPTION = {'spec': 'memora',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t'],
+                                       ['t', 'o'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['s', 'o'],
+                                       ['s'],
                                        ['t', 'i'],
+                                       ['t', 'i'],
+                                       ['s', 'o'],
                                        ['t', 's'],
                                        ['t', 'i'],
                                        ['t', 'i'],
                                        ['t', 'o'],
                                        ['s', 'o'],
                                        ['t', 's'],
+                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 16.0,
                            'sub_chunks': True,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': False},
@@ -192,26 +203,24 @@ DESCRIPTION = {'spec': 'memora',
                                        ['t', 'i'],
                                        ['t', 'i'],
                                        ['t', 'i'],
+                                       ['t', 'i'],
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['t', 's'],
                                        ['t', 's'],
+                                       ['s'],
+                                       ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'o'],
+                                       ['s', 'o'],
+                                       ['s', 'o'],
                                        ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t'],
-                                       ['t', 'o'],
-                                       ['t'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 22.0,
                            'sub_chunks': True,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': True},
@@ -220,6 +229,7 @@ DESCRIPTION = {'spec': 'memora',
                               'value_blocks': 'none',
                               'tiles': 2.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': False,
                               'rereads': False,
                               'holds_params': False},
@@ -243,12 +253,14 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 13.0,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -267,9 +279,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
-                                          ['t', 'i'],
                                           ['s', 'o'],
-                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -277,6 +289,7 @@ DESCRIPTION = {'spec': 'memora',
                               'value_blocks': 'none',
                               'tiles': 11.0,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -301,14 +314,19 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['t', 'i'],
+                                          ['t', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 's'],
+                                          ['s', 'i'],
+                                          ['s'],
+                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 14.0,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -333,18 +351,23 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'o'],
-                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 13.5,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -376,22 +399,21 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t']],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 13.5,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -440,26 +462,24 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 'i'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
+                                          ['s'],
+                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t'],
-                                          ['t', 'o'],
-                                          ['t'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 22.0,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -484,18 +504,23 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'i'],
                                           ['s', 'o'],
                                           ['t', 'i'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'o'],
-                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 13.5,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -533,26 +558,24 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 'i'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
+                                          ['s'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t'],
-                                          ['t', 'o'],
-                                          ['t'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t']],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 21.5,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -580,6 +603,7 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
+                                                   ['t', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'o'],
@@ -594,16 +618,22 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
+                                                   ['s', 'o'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
+                                                   ['s', 'o'],
                                                    ['s', 'o'],
                                                    ['s', 'i'],
                                                    ['s'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 23.0,
                                        'sub_chunks': True,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -650,26 +680,24 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
+                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['s'],
+                                                   ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
                                                    ['t', 'o'],
-                                                   ['t', 'o'],
-                                                   ['t'],
-                                                   ['t', 'o'],
-                                                   ['t'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
-                                                   ['t'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 22.0,
                                        'sub_chunks': True,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -696,6 +724,7 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 's'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
+                                                 ['t', 'i'],
                                                  ['t', 's'],
                                                  ['t', 'i'],
                                                  ['t', 'o'],
@@ -703,11 +732,17 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 's'],
                                                  ['s', 'i'],
                                                  ['s', 'o'],
+                                                 ['s', 'o'],
                                                  ['s', 'i'],
+                                                 ['s', 'i'],
+                                                 ['s', 'o'],
+                                                 ['s', 'i'],
+                                                 ['s'],
                                                  ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 15.0,
                                      'sub_chunks': True,
+                                     'row_blocks': True,
                                      'swappable': True,
                                      'rereads': True,
                                      'holds_params': False},
@@ -752,26 +787,24 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 'i'],
+                                                 ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 's'],
                                                  ['t', 's'],
+                                                 ['s'],
+                                                 ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
                                                  ['t', 'o'],
-                                                 ['t', 'o'],
-                                                 ['t'],
-                                                 ['t', 'o'],
-                                                 ['t'],
-                                                 ['t', 'o'],
-                                                 ['t', 'o'],
-                                                 ['t', 'o'],
-                                                 ['t'],
                                                  ['t', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 21.0,
                                      'sub_chunks': True,
+                                     'row_blocks': True,
                                      'swappable': True,
                                      'rereads': True,
                                      'holds_params': False},
@@ -791,15 +824,19 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'o'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
+                                                  ['t', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
-                                                  ['s', 'o']],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 10.0,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -824,18 +861,23 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'o'],
-                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
-                                                  ['t', 's']],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 14.5,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -860,18 +902,23 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'o'],
-                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
-                                                  ['t', 's']],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 13.5,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -896,18 +943,23 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'i'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'o'],
-                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
-                                                  ['t', 's']],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 13.5,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -945,26 +997,24 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
+                                                  ['s'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t'],
-                                                  ['t', 'o'],
-                                                  ['t'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t']],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 21.5,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -1002,26 +1052,24 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
+                                                  ['s'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t'],
-                                                  ['t', 'o'],
-                                                  ['t'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t']],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 21.5,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -1059,26 +1107,24 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
+                                                  ['s'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t'],
-                                                  ['t', 'o'],
-                                                  ['t'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t']],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 21.5,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -1087,6 +1133,7 @@ DESCRIPTION = {'spec': 'memora',
                                     'value_blocks': 'none',
                                     'tiles': 1.0,
                                     'sub_chunks': False,
+                                    'row_blocks': False,
                                     'swappable': False,
                                     'rereads': False,
                                     'holds_params': False},
@@ -1111,18 +1158,23 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['s', 'i'],
                                                 ['s', 'o'],
                                                 ['t', 'i'],
+                                                ['t', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'o'],
-                                                ['t', 'o'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
                                                 ['s', 'i'],
                                                 ['t', 's'],
                                                 ['t', 'i'],
-                                                ['t', 's']],
+                                                ['t', 's'],
+                                                ['t', 'o'],
+                                                ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 13.5,
                                     'sub_chunks': True,
+                                    'row_blocks': True,
                                     'swappable': True,
                                     'rereads': True,
                                     'holds_params': False},
@@ -1160,26 +1212,24 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 'i'],
                                                 ['t', 'i'],
                                                 ['t', 'i'],
+                                                ['t', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['t', 's'],
+                                                ['s'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['t', 's'],
                                                 ['s', 'o'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
                                                 ['t', 'o'],
-                                                ['t', 'o'],
-                                                ['t'],
-                                                ['t', 'o'],
-                                                ['t'],
-                                                ['t', 'o'],
-                                                ['t', 'o'],
-                                                ['t', 'o'],
-                                                ['t']],
+                                                ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 21.5,
                                     'sub_chunks': True,
+                                    'row_blocks': True,
                                     'swappable': True,
                                     'rereads': True,
                                     'holds_params': False}},
@@ -1212,7 +1262,7 @@ def private_index(offs, align: tl.constexpr, anchor, ON_GPU: tl.constexpr):
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -1254,12 +1304,18 @@ def chunk_state_fwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV)  # v51, v19, v20, v109, v63, v58, v59, v60, v64, v102, v115, v103, v93, v97, v100, v105, v68, v112
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-        v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+        scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV)  # v51, v19, v20, v109, v63, v58, v59, v60, v64, v102, v115, v103, v92, v93, v97, v100, v105, v107, v65, v85, v112
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+            v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+            v92_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+            tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_rb[:, None] * D + offs_i[None, :], v92_rows)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v92 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v93 = tl.cumsum(v92, axis=0, reverse=False)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + C * D + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
         v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v11 = tl.sum((v10), axis=0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1310,34 +1366,39 @@ def chunk_state_fwd_kernel(
         v44 = (v43 / (D))
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v96 = tl.sum((v95), axis=0)
         v94 = v93
         v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
-        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + C * D + offs_s[:, None] * D + offs_i[None, :], v97)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v97)  # park
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
         v99 = v62
         tl.debug_barrier()  # parked tiles other threads stored
-        v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v100 = (v97 * v99)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v100)  # park
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v101 = k
         tl.debug_barrier()  # parked tiles other threads stored
-        v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v105 = (v100 * v101)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v105)  # park
         v34 = v11
         v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v13 = tl.sum((v12), axis=0)
         v35 = v13
         tl.debug_barrier()  # parked tiles other threads stored
-        v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v98 = tl.exp(v93)  # cumulative decay in the chunk
-        v107 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            v93_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+            v98_rows = tl.exp(v93_rows)  # cumulative decay in the chunk
+            v107_rows = (v98_rows * tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None])
+            tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :], v107_rows)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 5 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         v108 = tl.sum((v107), axis=0)
         v59_max = tl.full((BV,), float('-inf'), DTYPE)
         v59_sum = tl.zeros((BV,), DTYPE)
@@ -1382,41 +1443,44 @@ def chunk_state_fwd_kernel(
             tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v64)
             v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v66 = tl.sum((v65), axis=1)
-        v67 = (v66 / (D))
-        v68 = (v65 - v67[:, None])
-        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v68)  # park
-        v69 = (v68 * v68)
-        v70 = tl.sum((v69), axis=1)
-        v71 = (v70 / (D))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 6 * C * D + offs_t[:, None] * D + offs_o[None, :], v65)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
             ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-        v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
-        if REREAD_INPUTS:  # loaded again, not held since its last reader
-            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v73 = k
-        v74 = (v72 + v73)  # memory output M(x)
-        if REREAD_INPUTS:  # loaded again, not held since its last reader
-            v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = (v74 - v)  # inner gradient signal g = dl/dy
-        v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((1.0 + v71[:, None])))))
         tl.debug_barrier()  # parked tiles other threads stored
-        v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((1.0 + v71[:, None]) * tl.sqrt((1.0 + v71[:, None])))))
-        v78 = tl.sum((v77), axis=1)
-        v79 = (v78 / (D))
-        v80 = (2.0 * v68 * v79[:, None])
-        v81 = (v76 + v80)
-        v82 = ((-1.0) * v81)
-        v83 = tl.sum((v82), axis=1)
-        v84 = (v83 / (D))
-        v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+            v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+            v65_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 6 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+            v66_rows = tl.sum((v65_rows), axis=1)
+            v67_rows = (v66_rows / (D))
+            v68_rows = (v65_rows - v67_rows[:, None])
+            v69_rows = (v68_rows * v68_rows)
+            v70_rows = tl.sum((v69_rows), axis=1)
+            v71_rows = (v70_rows / (D))
+            v72_rows = (ln_bias[None, :] + (v68_rows * ln_weight[None, :] / ((tl.sqrt((1.0 + v71_rows[:, None]))))))
+            v73_rows = k_rows
+            v74_rows = (v72_rows + v73_rows)  # memory output M(x)
+            v75_rows = (v74_rows - v_rows)  # inner gradient signal g = dl/dy
+            v76_rows = (ln_weight[None, :] * v75_rows / ((tl.sqrt((1.0 + v71_rows[:, None])))))
+            v77_rows = ((-0.5) * v68_rows * ln_weight[None, :] * v75_rows / (((1.0 + v71_rows[:, None]) * tl.sqrt((1.0 + v71_rows[:, None])))))
+            v78_rows = tl.sum((v77_rows), axis=1)
+            v79_rows = (v78_rows / (D))
+            v80_rows = (2.0 * v68_rows * v79_rows[:, None])
+            v81_rows = (v76_rows + v80_rows)
+            v82_rows = ((-1.0) * v81_rows)
+            v83_rows = tl.sum((v82_rows), axis=1)
+            v84_rows = (v83_rows / (D))
+            v85_rows = (v81_rows + v84_rows[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+            tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v85_rows)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v111 = v100
+        v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v104 = v85
         v112 = (v111 * v104)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1429,7 +1493,7 @@ def chunk_state_fwd_kernel(
             tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v102)
         tl.debug_barrier()
         v114 = v108
-        v105 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v105 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1446,7 +1510,7 @@ def chunk_state_fwd_kernel(
             v103 = v64
             tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v103)
         tl.debug_barrier()
-        v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1464,7 +1528,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -1493,7 +1557,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 13 * C * BV + C)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v100, v102, v109, v98, v111, v112, causal, v65, v68, v71, v72, v75, v80, v81, v85, v93, v90, v99, v92, v94, v112, v106, v107, v113, v103
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v100, v102, v109, v98, v111, v112, causal, v65, v85, v93, v89, v90, v99, v92, v94, v112, v106, v107, v113, v103, v104, v121, v122
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1592,113 +1656,107 @@ def chunk_out_fwd_kernel(
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
-    v66 = tl.sum((v65), axis=1)
-    v67 = (v66 / (D))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v68 = (v65 - v67[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
-    v69 = (v68 * v68)
-    v70 = tl.sum((v69), axis=1)
-    v71 = (v70 / (D))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + offs_t, v71)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v65_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v66_rows = tl.sum((v65_rows), axis=1)
+        v67_rows = (v66_rows / (D))
+        v68_rows = (v65_rows - v67_rows[:, None])
+        v69_rows = (v68_rows * v68_rows)
+        v70_rows = tl.sum((v69_rows), axis=1)
+        v71_rows = (v70_rows / (D))
+        v72_rows = (ln_bias[None, :] + (v68_rows * ln_weight[None, :] / ((tl.sqrt((1.0 + v71_rows[:, None]))))))
+        v73_rows = k_rows
+        v74_rows = (v72_rows + v73_rows)  # memory output M(x)
+        v75_rows = (v74_rows - v_rows)  # inner gradient signal g = dl/dy
+        v77_rows = ((-0.5) * v68_rows * ln_weight[None, :] * v75_rows / (((1.0 + v71_rows[:, None]) * tl.sqrt((1.0 + v71_rows[:, None])))))
+        v78_rows = tl.sum((v77_rows), axis=1)
+        v79_rows = (v78_rows / (D))
+        v80_rows = (2.0 * v68_rows * v79_rows[:, None])
+        v76_rows = (ln_weight[None, :] * v75_rows / ((tl.sqrt((1.0 + v71_rows[:, None])))))
+        v81_rows = (v76_rows + v80_rows)
+        v82_rows = ((-1.0) * v81_rows)
+        v83_rows = tl.sum((v82_rows), axis=1)
+        v84_rows = (v83_rows / (D))
+        v85_rows = (v81_rows + v84_rows[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v85_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v73 = k
-    tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v74 = (v72 + v73)  # memory output M(x)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + offs_t)  # parked
-    v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((1.0 + v71[:, None]) * tl.sqrt((1.0 + v71[:, None])))))
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = (2.0 * v68 * v79[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + offs_t)  # parked
-    v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((1.0 + v71[:, None])))))
-    v80 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v81 = (v76 + v80)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v81)  # park
-    v82 = ((-1.0) * v81)
-    v83 = tl.sum((v82), axis=1)
-    v84 = (v83 / (D))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v96 = k
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v89_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v89_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v89 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v90 = tl.cumsum(v89, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v90)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v90)  # park
     v91 = v90
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = q * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + v99_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + v99_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
         v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * D + tl.arange(0, D)[None, :])
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + v99_p[:, None] * D + tl.arange(0, D)[None, :])
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + v99_p[:, None] * D + tl.arange(0, D)[None, :])
         v99_d = tl.sum(q * v99_y * tl.exp(tl.minimum(v90 - v99_b, 0.0)), axis=1)
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v99)  # park
-    v92 = tl.exp(v90)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v92)  # park
-    v94 = (q * v92)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v99)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v90_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v92_rows = tl.exp(v90_rows)  # cumulative decay in the chunk
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v92_rows)  # park
+        v94_rows = (q_rows * v92_rows)
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v94_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = v85
-    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v108 = v93
-    v112 = (v110 * v108)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v93_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v110_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v108_rows = v93_rows
+        v112_rows = (v110_rows * v108_rows)
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v112_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v106 = v90
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = v91
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1710,7 +1768,7 @@ def chunk_out_fwd_kernel(
         v97 = v87
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1718,7 +1776,7 @@ def chunk_out_fwd_kernel(
         v100 = tl.dot(v99.to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1740,19 +1798,19 @@ def chunk_out_fwd_kernel(
         v102 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v107 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 10 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
     v113_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v113_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v113_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v113_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v113_start = v113_k * BC
-        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + v113_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + v113_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v113_rows = tl.where(tl.arange(0, C) // BC == v113_k, 1.0, 0.0)
         v113 += v113_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v113 = v113 * v113_A
@@ -1761,14 +1819,14 @@ def chunk_out_fwd_kernel(
         v113_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * C + v113_p)
         v113_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v113_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + C * BV + tl.arange(0, C) * C + v113_p)
-        v113_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + C + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v113_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 8 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = v92
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1776,23 +1834,31 @@ def chunk_out_fwd_kernel(
         v102 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v103 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 12 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v105 = (v103 * v104)
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = (v105 - v113)
-    v115 = tl.sum((v114), axis=1)
-    v116 = (v115 / (D))
-    v117 = (v114 - v116[:, None])
-    v118 = (v117 * v117)
-    v119 = tl.sum((v118), axis=1)
-    v120 = (v119 / (D))
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v121 = (ln_bias[None, :] + (v117 * ln_weight[None, :] / ((tl.sqrt((1.0 + v120[:, None]))))))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v122 = q
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v103_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 7 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v113_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 6 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v105_rows = (v103_rows * v104_rows)
+        v114_rows = (v105_rows - v113_rows)
+        v115_rows = tl.sum((v114_rows), axis=1)
+        v116_rows = (v115_rows / (D))
+        v117_rows = (v114_rows - v116_rows[:, None])
+        v118_rows = (v117_rows * v117_rows)
+        v119_rows = tl.sum((v118_rows), axis=1)
+        v120_rows = (v119_rows / (D))
+        v121_rows = (ln_bias[None, :] + (v117_rows * ln_weight[None, :] / ((tl.sqrt((1.0 + v120_rows[:, None]))))))
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 9 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v121_rows)  # park
+        v122_rows = q_rows
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v122_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v121 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v122 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v123 = (v121 + v122)  # read: M(q_t; W_t)
     tl.store(out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v123.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1800,7 +1866,7 @@ def chunk_out_fwd_kernel(
 def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
@@ -1829,7 +1895,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 16 * C * BV + 3 * C * C + C)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v107, v109, v116, v105, v119, causal, v143, v65, v68, v71, v72, v75, v80, v81, v85, v99, v115, v119, v93, v106, v98, v101, v113, v114, v118, v120, v110, v142
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 20 * C * BV + 3 * C * C + 3 * C)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v107, v109, v116, v105, v119, causal, v143, v65, v68, v71, v72, v74, v75, v80, v76, v81, v84, v85, v99, v115, v119, v91, v92, v93, v128, v106, v98, v101, v113, v114, v118, v120, v110, v111, v142
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1945,17 +2011,21 @@ def chunk_local_bwd_kernel(
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v73 = k
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v74 = (v72 + v73)  # memory output M(x)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v72_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v73_rows = k_rows
+        v74_rows = (v72_rows + v73_rows)  # memory output M(x)
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 5 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :], v74_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v74 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 5 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v75.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 5 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 6 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
@@ -1965,92 +2035,116 @@ def chunk_local_bwd_kernel(
     v79 = (v78 / (D))
     v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = (2.0 * v68 * v79[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 6 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 7 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + offs_t)  # parked
-    v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 5 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 6 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((1.0 + v71[:, None])))))
-    v80 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 6 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v81 = (v76 + v80)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 7 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v81)  # park
-    v82 = ((-1.0) * v81)
-    v83 = tl.sum((v82), axis=1)
-    v84 = (v83 / (D))
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 7 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v76_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 8 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v80_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 7 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v81_rows = (v76_rows + v80_rows)
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 9 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :], v81_rows)  # park
+        v82_rows = ((-1.0) * v81_rows)
+        v83_rows = tl.sum((v82_rows), axis=1)
+        v84_rows = (v83_rows / (D))
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 10 * C * BV + C * C + C + offs_rb, v84_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 9 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 10 * C * BV + C * C + C + offs_t)  # parked
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v85.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 10 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v117 = v85
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v115 = v99
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 8 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 10 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v119.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 12 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 13 * C * BV + C * C + 2 * C + offs_s, v91)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v92_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 13 * C * BV + C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :], v92_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 13 * C * BV + C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
-    v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v100 = (v97 * v99)
-    v128 = v100
-    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 8 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v91_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 13 * C * BV + C * C + 2 * C + offs_rb)
+        v94_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v99_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v97_rows = (v91_rows[:, None] * tl.exp((v96[None, :] - v94_rows)))  # decay from token s to the chunk's end
+        v100_rows = (v97_rows * v99_rows)
+        v128_rows = v100_rows
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 13 * C * BV + C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :], v128_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 10 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 13 * C * BV + C * C + 3 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v132 = (v128 * v117)
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v132.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v103 = k
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v103 * v99)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
         v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
-        v106_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v106_p[:, None] * D + tl.arange(0, D)[None, :])
         v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 11 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :], v106)  # park
-    v98 = tl.exp(v93)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v98)  # park
-    v101 = (q * v98)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v101)  # park
-    v113 = v93
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 14 * C * BV + C * C + 3 * C + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v93_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v98_rows = tl.exp(v93_rows)  # cumulative decay in the chunk
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :], v98_rows)  # park
+        v101_rows = (q_rows * v98_rows)
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :], v101_rows)  # park
+        v113_rows = v93_rows
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
     v114 = v94
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 12 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 15 * C * BV + 2 * C * C + 3 * C + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 10 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2062,7 +2156,7 @@ def chunk_local_bwd_kernel(
         v104 = v87
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 11 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 14 * C * BV + C * C + 3 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2070,7 +2164,7 @@ def chunk_local_bwd_kernel(
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v107)
     tl.debug_barrier()
-    v101 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2092,36 +2186,36 @@ def chunk_local_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 2 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 12 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 15 * C * BV + 2 * C * C + 3 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 12 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 2 * C * C + C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
-        v120_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 2 * C * C + C + tl.arange(0, C) * C + v120_p)
+        v120_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + tl.arange(0, C) * C + v120_p)
         v120_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C) * C + v120_p)
-        v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v98 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 14 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 17 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2129,60 +2223,65 @@ def chunk_local_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 14 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v112 = (v110 * v111)
-    v120 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v121 = (v112 - v120)
-    v122 = tl.sum((v121), axis=1)
-    v123 = (v122 / (D))
-    v124 = (v121 - v123[:, None])
-    v125 = (v124 * v124)
-    v126 = tl.sum((v125), axis=1)
-    v127 = (v126 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 18 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v111)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v134 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((1.0 + v127[:, None]) * tl.sqrt((1.0 + v127[:, None])))))
-    v135 = tl.sum((v134), axis=1)
-    v136 = (v135 / (D))
-    v137 = (2.0 * v124 * v136[:, None])
-    v133 = (ln_weight[None, :] * d_out / ((tl.sqrt((1.0 + v127[:, None])))))
-    v138 = (v133 + v137)
-    v139 = ((-1.0) * v138)
-    v140 = tl.sum((v139), axis=1)
-    v141 = (v140 / (D))
-    v142 = (v138 + v141[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 15 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v142)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v110_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 17 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 18 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v120_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v112_rows = (v110_rows * v111_rows)
+        v121_rows = (v112_rows - v120_rows)
+        v122_rows = tl.sum((v121_rows), axis=1)
+        v123_rows = (v122_rows / (D))
+        v124_rows = (v121_rows - v123_rows[:, None])
+        v125_rows = (v124_rows * v124_rows)
+        v126_rows = tl.sum((v125_rows), axis=1)
+        v127_rows = (v126_rows / (D))
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v134_rows = ((-0.5) * v124_rows * ln_weight[None, :] * d_out_rows / (((1.0 + v127_rows[:, None]) * tl.sqrt((1.0 + v127_rows[:, None])))))
+        v135_rows = tl.sum((v134_rows), axis=1)
+        v136_rows = (v135_rows / (D))
+        v137_rows = (2.0 * v124_rows * v136_rows[:, None])
+        v133_rows = (ln_weight[None, :] * d_out_rows / ((tl.sqrt((1.0 + v127_rows[:, None])))))
+        v138_rows = (v133_rows + v137_rows)
+        v139_rows = ((-1.0) * v138_rows)
+        v140_rows = tl.sum((v139_rows), axis=1)
+        v141_rows = (v140_rows / (D))
+        v142_rows = (v138_rows + v141_rows[:, None])
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 19 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :], v142_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v142 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 19 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v143 = ((-1.0) * v142)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v143.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 11 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 12 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 2 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 15 * C * BV + 2 * C * C + 3 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v143)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v144 = tl.zeros((C, BV), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v144_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v144_xA = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_A
     for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v144_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v144_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 2 * C * C + C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v144_xA * v144_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144 += v144_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v144_xA * v144_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v144_p = v144_r + v144_j
         v144_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 13 * C * BV + 2 * C * C + C + v144_p * C + tl.arange(0, C))
+        v144_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + v144_p * C + tl.arange(0, C))
         v144_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + v144_p * C + tl.arange(0, C))
-        v144_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v144_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v144 += v144_x * v144_y[:, None] * v144_m[:, None] * tl.exp(tl.minimum(v144_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v145 = (v115 * v144)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v145.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
-    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 14 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v142 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 15 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 17 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v142 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 19 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v146 = (v110 * v142)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v146.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -2190,7 +2289,7 @@ def chunk_local_bwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -2232,7 +2331,7 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * BV + 7 * C * D + 2 * C * C + 3 * C)  # v51, v19, v20, v47, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v197, v199, v200, v110, v130, v140, v177, v179, v181, v188, v201, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
+        scratch = scratch_ptr + slot * (7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v51, v19, v20, v47, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v197, v199, v200, v110, v130, v140, v177, v179, v181, v188, v201, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v120, v79, v88, v117, v104, v111, v124, v141, v169
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v11 = tl.sum((v10), axis=0)
@@ -2257,55 +2356,59 @@ def chunk_state_bwd_kernel(
             v21 = (w2 * v20[None, :])
             v22 += tl.sum((v21), axis=1)
         tl.debug_barrier()
-        if REREAD_INPUTS:  # loaded again, not held since its last reader
-            gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-        v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+            v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+            v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+            tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v80 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v81 = tl.cumsum(v80, axis=0, reverse=False)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
         v86 = tl.exp(v81)  # cumulative decay in the chunk
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v89 = (q * v86)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v91 = k
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
         v87 = v62
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v91 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v91 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v93 = (v91 * v87)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         v82 = v81
-        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v93 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v93 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v94 = tl.zeros((C, C), DTYPE)
         v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v94_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v94_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v94_xA = q * v94_A
         for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v94_start = v94_k * BC
-            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
             v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-            v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v94_p = v94_r + v94_j
-            v94_y = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-            v94_b = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+            v94_y = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+            v94_b = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
             v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
             v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
         v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v86 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v86 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v103 = tl.sum((v102), axis=0)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2338,7 +2441,7 @@ def chunk_state_bwd_kernel(
             gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v13 = tl.sum((v12), axis=0)
-        v89 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v89 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2389,9 +2492,9 @@ def chunk_state_bwd_kernel(
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         v98 = v81
-        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v99 = v82
         local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -2399,40 +2502,48 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v120 = tl.zeros((C, C), DTYPE)
         v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v120_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v120_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v120_xA = local_5 * v120_A
         for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v120_start = v120_k * BC
-            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
             v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v120_p = v120_r + v120_j
             v120_y = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-            v120_b = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v120_b = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
             v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
         v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
         local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s, v79)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v81 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v84 = tl.sum((v83), axis=0)
-        v82 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-        v87 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v88 = (v85 * v87)
-        v91 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v117 = (v88 * v91)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
-        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        tl.debug_barrier()  # parked tiles other threads stored
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            v79_rows = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_rb)
+            v82_rows = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+            v87_rows = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+            v91_rows = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+            v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
+            v88_rows = (v85_rows * v87_rows)
+            tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+            v117_rows = (v88_rows * v91_rows)
+            tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
+            local_4_rows = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v88 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v104 = v88
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2448,7 +2559,7 @@ def chunk_state_bwd_kernel(
             v92 = v75
             tl.store(scratch + 4 * HID * D + 4 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
         tl.debug_barrier()
-        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2464,7 +2575,7 @@ def chunk_state_bwd_kernel(
             v100 = v64
             tl.store(scratch + 4 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
         tl.debug_barrier()
-        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2485,7 +2596,7 @@ def chunk_state_bwd_kernel(
             v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
             tl.store(scratch + 4 * HID * D + 4 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
         tl.debug_barrier()
-        v89 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v89 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2496,7 +2607,7 @@ def chunk_state_bwd_kernel(
             v115 = ((-1.0) * d_new_w1)
             tl.store(scratch + 5 * HID * D + 4 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
         tl.debug_barrier()
-        v117 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v117 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2507,7 +2618,7 @@ def chunk_state_bwd_kernel(
             v133 = ((-1.0) * v132)
             tl.store(scratch + 6 * HID * D + 4 * HID + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
         tl.debug_barrier()
-        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v94 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2541,7 +2652,7 @@ def chunk_state_bwd_kernel(
             v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 6 * HID * D + 4 * HID + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
         tl.debug_barrier()
-        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v120 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2559,12 +2670,19 @@ def chunk_state_bwd_kernel(
             v100 = tl.load(scratch + 4 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
             v109 = tl.load(scratch + 6 * HID * D + 4 * HID + 13 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v104 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v112 = (v104 * v111)
-        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v124 = (v112 + local_6)
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            v104_rows = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+            v111_rows = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+            v112_rows = (v104_rows * v111_rows)
+            local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            v124_rows = (v112_rows + local_6_rows)
+            tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v124 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v125 = v124
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
         v141 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2577,73 +2695,53 @@ def chunk_state_bwd_kernel(
             v60 = tl.load(scratch + 4 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()
-        v125 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v142 = (v125 + v141)
-        v143 = tl.sum((v142), axis=1)
-        v144 = (v143 / (D))
-        v145 = ((-1.0) * v144)
-        v146 = (v142 + v145[:, None])
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v66 = (local_0 * local_0)
-        v67 = tl.sum((v66), axis=1)
-        v68 = (v67 / (D))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t, v68)  # park
+        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-        v71 = tl.sum((v70), axis=1)
-        v72 = (v71 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v147 = (2.0 * v72[:, None] * v146)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-        v148 = (2.0 * local_0 * v146)
-        v149 = tl.sum((v148), axis=1)
-        v150 = (v149 / (D))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t, v150)  # park
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            v125_rows = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+            v141_rows = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+            v142_rows = (v125_rows + v141_rows)
+            v143_rows = tl.sum((v142_rows), axis=1)
+            v144_rows = (v143_rows / (D))
+            v145_rows = ((-1.0) * v144_rows)
+            v146_rows = (v142_rows + v145_rows[:, None])
+            v66_rows = (local_0_rows * local_0_rows)
+            v67_rows = tl.sum((v66_rows), axis=1)
+            v68_rows = (v67_rows / (D))
+            v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+            v71_rows = tl.sum((v70_rows), axis=1)
+            v72_rows = (v71_rows / (D))
+            v147_rows = (2.0 * v72_rows[:, None] * v146_rows)
+            v148_rows = (2.0 * local_0_rows * v146_rows)
+            v149_rows = tl.sum((v148_rows), axis=1)
+            v150_rows = (v149_rows / (D))
+            v151_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+            v154_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+            v157_rows = (ln_weight[None, :] * v146_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+            v158_rows = (v154_rows + v157_rows)
+            v159_rows = (ln_weight[None, :] * v158_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+            v152_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * (1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+            v153_rows = tl.sum((v152_rows), axis=1)
+            v155_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v146_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+            v156_rows = tl.sum((v155_rows), axis=1)
+            v160_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v158_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+            v161_rows = tl.sum((v160_rows), axis=1)
+            v162_rows = (v153_rows + v156_rows + v161_rows)
+            v163_rows = (v162_rows / (D))
+            v164_rows = (2.0 * local_0_rows * v163_rows[:, None])
+            v165_rows = (v147_rows + v151_rows + v159_rows + v164_rows)
+            v166_rows = ((-1.0) * v165_rows)
+            v167_rows = tl.sum((v166_rows), axis=1)
+            v168_rows = (v167_rows / (D))
+            v169_rows = (v165_rows + v168_rows[:, None])
+            tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v68 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t)  # parked
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
-        v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-        tl.debug_barrier()  # parked tiles other threads stored
-        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
-        v158 = (v154 + v157)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
-        v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v150 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t)  # parked
-        v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-        v153 = tl.sum((v152), axis=1)
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v146 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-        v156 = tl.sum((v155), axis=1)
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v158 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-        v161 = tl.sum((v160), axis=1)
-        v153 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
-        v162 = (v153 + v156 + v161)
-        v163 = (v162 / (D))
-        v164 = (2.0 * local_0 * v163[:, None])
-        v147 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v151 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v159 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v165 = (v147 + v151 + v159 + v164)
-        v166 = ((-1.0) * v165)
-        v167 = tl.sum((v166), axis=1)
-        v168 = (v167 / (D))
-        v169 = (v165 + v168[:, None])
-        tl.store(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+        v169 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2712,7 +2810,7 @@ def chunk_state_bwd_kernel(
             v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 7 * HID * D + 6 * HID + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
         tl.debug_barrier()
-        v169 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v169 = tl.load(scratch + 7 * HID * D + 8 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v179 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2819,7 +2917,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -2856,7 +2954,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -2886,7 +2984,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 4 * C * C + 3 * C * D)  # v51, v19, v20, v54, v63, v58, v59, v60, v79, v77, v83, v86, v95, v100, local_3, v101, causal, v72, v76, v80, v81, v93
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 4 * C * C + 4 * C * D)  # v51, v19, v20, v54, v63, v58, v59, v60, v79, v77, v83, v86, v95, v100, local_3, v101, causal, v71, v72, v76, v80, v81, v93
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -2972,46 +3070,56 @@ def chunk_grad_q_1_bwd_kernel(
         v59_max = v59_new
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v71 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v71_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v71_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v71 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v72 = tl.cumsum(v71, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
-    v74 = tl.exp(v72)  # cumulative decay in the chunk
-    v76 = (q * v74)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v76)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v72_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v74_rows = tl.exp(v72_rows)  # cumulative decay in the chunk
+        v76_rows = (q_rows * v74_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v76_rows)  # park
     v78 = k
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v75 = v62
     v80 = (v78 * v75)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v80)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v80)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v73 = v72
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v81 = tl.zeros((C, C), DTYPE)
     v81_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v81_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v81_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v81_xA = q * v81_A
     for v81_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v81_start = v81_k * BC
-        v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v81_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v81_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v81_rows = tl.where(tl.arange(0, C) // BC == v81_k, 1.0, 0.0)
-        v81 += v81_rows[:, None] * tl.dot((v81_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v81_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 += v81_rows[:, None] * tl.dot((v81_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v81_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v81_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v81_p = v81_r + v81_j
-        v81_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + v81_p[:, None] * D + tl.arange(0, D)[None, :])
-        v81_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v81_p[:, None] * D + tl.arange(0, D)[None, :])
+        v81_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + v81_p[:, None] * D + tl.arange(0, D)[None, :])
+        v81_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v81_p[:, None] * D + tl.arange(0, D)[None, :])
         v81_d = tl.sum(q * v81_y * tl.exp(tl.minimum(v72 - v81_b, 0.0)), axis=1)
         v81 += tl.where(tl.arange(0, C)[None, :] == v81_p[:, None], v81_d[:, None], 0.0)
     v81 = v81 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v84 = v72
@@ -3021,22 +3129,22 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, C), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v93_xA = local_5 * v93_A
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
         v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
         v93_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93_d = tl.sum(local_5 * v93_y * tl.exp(tl.minimum(v84 - v93_b, 0.0)), axis=1)
         v93 += tl.where(tl.arange(0, C)[None, :] == v93_p[:, None], v93_d[:, None], 0.0)
     v93 = v93 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v93)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3052,7 +3160,7 @@ def chunk_grad_q_1_bwd_kernel(
         v79 = v69
         tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v76 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3060,7 +3168,7 @@ def chunk_grad_q_1_bwd_kernel(
         v77 = tl.dot(v76.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3075,7 +3183,7 @@ def chunk_grad_q_1_bwd_kernel(
         v86 = v64
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3104,27 +3212,27 @@ def chunk_grad_q_1_bwd_kernel(
         v79 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v101 += (tl.dot(v100.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v79.to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v73 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v80 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v73 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v101)
     tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v102 = tl.zeros((C, D), DTYPE)
     v102_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v102_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v102_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v102_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v102_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v102_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v102_start = v102_k * BC
-        v102_B = tl.where(tl.arange(0, C)[:, None] < v102_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v102_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v102_B = tl.where(tl.arange(0, C)[:, None] < v102_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v102_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v102_rows = tl.where(tl.arange(0, C) // BC == v102_k, 1.0, 0.0)
-        v102 += v102_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v102_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102 += v102_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v102_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v102 = v102 * v102_A
     for v102_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v102_p = v102_r + v102_j
         v102_x = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C) * C + v102_p)
-        v102_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + v102_p[:, None] * D + tl.arange(0, D)[None, :])
+        v102_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + v102_p[:, None] * D + tl.arange(0, D)[None, :])
         v102_m = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + C * C + tl.arange(0, C) * C + v102_p)
-        v102_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + v102_p[:, None] * D + tl.arange(0, D)[None, :])
+        v102_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v102_p[:, None] * D + tl.arange(0, D)[None, :])
         v102 += v102_x[:, None] * v102_y * v102_m[:, None] * tl.exp(tl.minimum(v72 - v102_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v102.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3133,7 +3241,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
@@ -3163,7 +3271,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v79, v82, v83, v86, v95, v99, v80, v72, local_3, v73, v81, v74, v76, v93
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v79, v82, v83, v86, v95, v99, v80, local_3, v71, v72, v81, v74, v76, v93
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -3255,61 +3363,70 @@ def chunk_grad_q_2_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v75 = v62
     v80 = (v78 * v75)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v71 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v71_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v71_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v71 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v72 = tl.cumsum(v71, axis=0, reverse=False)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v73 = v72
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v73)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v80)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v72)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v81 = tl.zeros((C, C), DTYPE)
     v81_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v81_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v81_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v81_xA = q * v81_A
     for v81_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v81_start = v81_k * BC
-        v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v81_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v81_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v81_rows = tl.where(tl.arange(0, C) // BC == v81_k, 1.0, 0.0)
         v81 += v81_rows[:, None] * tl.dot((v81_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v81_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v81_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v81_p = v81_r + v81_j
         v81_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v81_p[:, None] * D + tl.arange(0, D)[None, :])
-        v81_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v81_p[:, None] * D + tl.arange(0, D)[None, :])
+        v81_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v81_p[:, None] * D + tl.arange(0, D)[None, :])
         v81_d = tl.sum(q * v81_y * tl.exp(tl.minimum(v72 - v81_b, 0.0)), axis=1)
         v81 += tl.where(tl.arange(0, C)[None, :] == v81_p[:, None], v81_d[:, None], 0.0)
     v81 = v81 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
-    v74 = tl.exp(v72)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v74)  # park
-    v76 = (q * v74)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v76)  # park
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v84 = v72
     tl.debug_barrier()  # parked tiles other threads stored
-    v73 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v72_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v74_rows = tl.exp(v72_rows)  # cumulative decay in the chunk
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v74_rows)  # park
+        v76_rows = (q_rows * v74_rows)
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v76_rows)  # park
+        local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v84 = v72
     v85 = v73
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, C), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v93_xA = local_5 * v93_A
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93_d = tl.sum(local_5 * v93_y * tl.exp(tl.minimum(v84 - v93_b, 0.0)), axis=1)
         v93 += tl.where(tl.arange(0, C)[None, :] == v93_p[:, None], v93_d[:, None], 0.0)
     v93 = v93 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
@@ -3389,7 +3506,7 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -3419,7 +3536,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v86, v89, v90, v93, v105, v110, v87, local_3, v111, q, causal, v81, v75, v88, v83, v103, v113, v82
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + C * BV + 4 * C * C + C)  # v19, v20, v54, v63, v58, v59, v60, v86, v89, v90, v93, v105, v110, v87, local_3, v111, q, causal, v81, v74, v75, v88, v83, v103, v113, v73, v82, v100, v114
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -3512,42 +3629,52 @@ def chunk_grad_k_0_bwd_kernel(
     v81 = v62
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v81)  # park
     v87 = (v85 * v81)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v74 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v74_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v74_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v74 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = tl.cumsum(v74, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
     v76 = v75
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v87)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v88 = tl.zeros((C, C), DTYPE)
     v88_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v88_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v88_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v88_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v88_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v88_xA = q * v88_A
     for v88_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v88_start = v88_k * BC
-        v88_B = tl.where(tl.arange(0, C)[:, None] < v88_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v88_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v88_B = tl.where(tl.arange(0, C)[:, None] < v88_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v88_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v88_rows = tl.where(tl.arange(0, C) // BC == v88_k, 1.0, 0.0)
         v88 += v88_rows[:, None] * tl.dot((v88_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v88_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v88_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v88_p = v88_r + v88_j
         v88_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v88_p[:, None] * D + tl.arange(0, D)[None, :])
-        v88_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v88_p[:, None] * D + tl.arange(0, D)[None, :])
+        v88_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v88_p[:, None] * D + tl.arange(0, D)[None, :])
         v88_d = tl.sum(q * v88_y * tl.exp(tl.minimum(v75 - v88_b, 0.0)), axis=1)
         v88 += tl.where(tl.arange(0, C)[None, :] == v88_p[:, None], v88_d[:, None], 0.0)
     v88 = v88 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v88)  # park
-    v80 = tl.exp(v75)  # cumulative decay in the chunk
-    v83 = (q * v80)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v91 = v75
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v75_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v80_rows = tl.exp(v75_rows)  # cumulative decay in the chunk
+        v83_rows = (q_rows * v80_rows)
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v83_rows)  # park
+        local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v91 = v75
     v92 = v76
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -3555,22 +3682,22 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v103 = tl.zeros((C, C), DTYPE)
     v103_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v103_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v103_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v103_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v103_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v103_xA = local_5 * v103_A
     for v103_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v103_start = v103_k * BC
-        v103_B = tl.where(tl.arange(0, C)[:, None] < v103_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v103_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v103_B = tl.where(tl.arange(0, C)[:, None] < v103_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v103_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v103_rows = tl.where(tl.arange(0, C) // BC == v103_k, 1.0, 0.0)
         v103 += v103_rows[:, None] * tl.dot((v103_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v103_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v103_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v103_p = v103_r + v103_j
         v103_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v103_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v103_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v103_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v103_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v103_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v103_d = tl.sum(local_5 * v103_y * tl.exp(tl.minimum(v91 - v103_b, 0.0)), axis=1)
         v103 += tl.where(tl.arange(0, C)[None, :] == v103_p[:, None], v103_d[:, None], 0.0)
     v103 = v103 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v103)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v103)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3586,7 +3713,7 @@ def chunk_grad_k_0_bwd_kernel(
         v86 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
-    v88 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v88 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3594,7 +3721,7 @@ def chunk_grad_k_0_bwd_kernel(
         v89 = tl.dot(v88.to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v83 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v83 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3609,7 +3736,7 @@ def chunk_grad_k_0_bwd_kernel(
         v93 = v64
         tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v103 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3638,21 +3765,19 @@ def chunk_grad_k_0_bwd_kernel(
         v86 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v111 += (tl.dot(v110.to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v86.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v112 = tl.zeros((C, D), DTYPE)
     v112_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v112_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v112_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v112_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v112_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v112_yA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v112_A
     for v112_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v112_start = v112_k * BC
-        v112_B = tl.where(tl.arange(0, C)[:, None] < v112_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v112_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
+        v112_B = tl.where(tl.arange(0, C)[:, None] < v112_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v112_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
         v112_rows = tl.where(tl.arange(0, C) // BC == v112_k, 1.0, 0.0)
         v112 += v112_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v112_rows[:, None])).to(DOT_DTYPE), (v112_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v112_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
@@ -3660,20 +3785,25 @@ def chunk_grad_k_0_bwd_kernel(
         v112_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + v112_p * C + tl.arange(0, C))
         v112_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + v112_p[:, None] * D + tl.arange(0, D)[None, :])
         v112_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + v112_p * C + tl.arange(0, C))
-        v112_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + v112_p[:, None] * D + tl.arange(0, D)[None, :])
+        v112_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v112_p[:, None] * D + tl.arange(0, D)[None, :])
         v112 += v112_x[:, None] * v112_y * v112_m[:, None] * tl.exp(tl.minimum(v112_a - v76, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v81 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v113 = (v81 * v112)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v113)  # park
     v73 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + offs_s, v73)  # park
     v77 = (v75 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v78 = tl.sum((v77), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v79 = (v73[:, None] * tl.exp((v78[None, :] - v76)))  # decay from token s to the chunk's end
-    v82 = (v79 * v81)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v73_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + offs_rb)
+        v76_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v81_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v79_rows = (v73_rows[:, None] * tl.exp((v78[None, :] - v76_rows)))  # decay from token s to the chunk's end
+        v82_rows = (v79_rows * v81_rows)
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v82_rows)  # park
     v100 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3682,11 +3812,18 @@ def chunk_grad_k_0_bwd_kernel(
         v99 = ((-1.0) * d_new_w1)
         v86 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v100 += tl.dot(v86.to(DOT_DTYPE), v99.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v101 = (v82 * v100)
-    v113 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = (v101 + v113)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v82_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v100_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v113_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v101_rows = (v82_rows * v100_rows)
+        v114_rows = (v101_rows + v113_rows)
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v114_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v114 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v114
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v115.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3694,7 +3831,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -3724,30 +3861,39 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v135
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v77 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v77_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
-    v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v82_rows * v84_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+        v98_rows = v85_rows
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -3833,12 +3979,19 @@ def chunk_grad_k_1_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v104 = (v98 * v103)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v113 = (v104 + local_6)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = (v98_rows * v103_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v113_rows = (v104_rows + local_6_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -3860,69 +4013,74 @@ def chunk_grad_k_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v91_xA = q * v91_A
     for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
         v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v91_p = v91_r + v91_j
         v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
+        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
         v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
-    v83 = tl.exp(v78)  # cumulative decay in the chunk
-    v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v94 = v78
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v83_rows = tl.exp(v78_rows)  # cumulative decay in the chunk
+        v86_rows = (q_rows * v83_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
+        local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = v78
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v110_xA = local_5 * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
         v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v110_p = v110_r + v110_j
         v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3934,7 +4092,7 @@ def chunk_grad_k_1_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3954,7 +4112,7 @@ def chunk_grad_k_1_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3964,7 +4122,7 @@ def chunk_grad_k_1_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3986,7 +4144,7 @@ def chunk_grad_k_1_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4007,23 +4165,31 @@ def chunk_grad_k_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v125 = (v114 + v124)
-    v126 = tl.sum((v125), axis=1)
-    v127 = (v126 / (D))
-    v128 = ((-1.0) * v127)
-    v129 = (v125 + v128[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v130 = (2.0 * local_0 * v129)
-    v131 = tl.sum((v130), axis=1)
-    v132 = (v131 / (D))
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v133 = ((-0.5) * local_0 * ln_weight[None, :] * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v134 = (ln_weight[None, :] * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
-    v135 = (v133 + v134)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = (v114_rows + v124_rows)
+        v126_rows = tl.sum((v125_rows), axis=1)
+        v127_rows = (v126_rows / (D))
+        v128_rows = ((-1.0) * v127_rows)
+        v129_rows = (v125_rows + v128_rows[:, None])
+        v130_rows = (2.0 * local_0_rows * v129_rows)
+        v131_rows = tl.sum((v130_rows), axis=1)
+        v132_rows = (v131_rows / (D))
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v133_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v132_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v134_rows = (ln_weight[None, :] * v129_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v135_rows = (v133_rows + v134_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v135_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v136 = v135
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v136.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -4031,7 +4197,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -4061,7 +4227,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 8 * C * BV + 2 * C * C + C)  # v51, v19, v20, v54, v63, v58, v59, v60, v74, v111, v113, v90, v92, v96, v100, v117, v127, v130, v131, v106, v110, v97, v122, v165, v93, local_3, v81, v88, v112, v94, v89, v115, v102, v120, v138, v139, v143, v150, v151, v145
+    scratch = scratch_ptr + slot * (3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v58, v59, v60, v74, v111, v113, v90, v92, v96, v100, v117, v127, v130, v131, v106, v110, v97, v122, v165, v93, local_3, v80, v81, v88, v112, v94, v89, v115, v102, v107, v119, v133, v161
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -4149,12 +4315,16 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v80 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
     v82 = v81
@@ -4164,73 +4334,78 @@ def chunk_grad_k_2_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     v91 = k
     v112 = (v88 * v91)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v112)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v112)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v93 = (v91 * v87)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
         v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
         v94_y = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
-    v86 = tl.exp(v81)  # cumulative decay in the chunk
-    v89 = (q * v86)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v89)  # park
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v98 = v81
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v81_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v86_rows = tl.exp(v81_rows)  # cumulative decay in the chunk
+        v89_rows = (q_rows * v86_rows)
+        tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v89_rows)  # park
+        local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v98 = v81
     v99 = v82
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v115_xA = local_5 * v115_A
     for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
         v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v115_p = v115_r + v115_j
         v115_y = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v115_b = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v115_d = tl.sum(local_5 * v115_y * tl.exp(tl.minimum(v98 - v115_b, 0.0)), axis=1)
         v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
     v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v115)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v115)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v102 = v88
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v102)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v102)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4244,7 +4419,7 @@ def chunk_grad_k_2_bwd_kernel(
         v111 = ((-1.0) * d_new_w1)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v111)
     tl.debug_barrier()
-    v112 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v112 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4252,7 +4427,7 @@ def chunk_grad_k_2_bwd_kernel(
         v113 = tl.dot(v112.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v113)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4266,7 +4441,7 @@ def chunk_grad_k_2_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4281,7 +4456,7 @@ def chunk_grad_k_2_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4303,7 +4478,7 @@ def chunk_grad_k_2_bwd_kernel(
         v127 = ((-1.0) * v126)
         tl.store(scratch + 3 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v127)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4337,7 +4512,7 @@ def chunk_grad_k_2_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 3 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4355,12 +4530,19 @@ def chunk_grad_k_2_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v106 = tl.load(scratch + 3 * HID * D + 2 * HID + 11 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v107 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v102 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v108 = (v102 * v107)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v119 = (v108 + local_6)
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v102_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v107_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v108_rows = (v102_rows * v107_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v119_rows = (v108_rows + local_6_rows)
+        tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v119_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v119 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v120 = v119
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4371,59 +4553,52 @@ def chunk_grad_k_2_bwd_kernel(
         v132 = (v130 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v133 += (tl.dot(v132.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v120 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v134 = (v120 + v133)
-    v135 = tl.sum((v134), axis=1)
-    v136 = (v135 / (D))
-    v137 = ((-1.0) * v136)
-    v138 = (v134 + v137[:, None])
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v138)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v133)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
-    v139 = (2.0 * v72[:, None] * v138)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v139)  # park
-    v140 = (2.0 * local_0 * v138)
-    v141 = tl.sum((v140), axis=1)
-    v142 = (v141 / (D))
-    v143 = ((-0.5) * ln_weight[None, :] * local_1 * v142[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v143)  # park
-    v146 = ((-0.5) * local_0 * ln_weight[None, :] * v142[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v149 = (ln_weight[None, :] * v138 / ((tl.sqrt((1.0 + v68[:, None])))))
-    v150 = (v146 + v149)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v150)  # park
-    v151 = (ln_weight[None, :] * v150 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v144 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v142[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v145 = tl.sum((v144), axis=1)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 8 * C * BV + 2 * C * C + offs_t, v145)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v138 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = ((-0.5) * ln_weight[None, :] * local_1 * v138 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v148 = tl.sum((v147), axis=1)
-    v150 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v152 = ((-0.5) * local_0 * ln_weight[None, :] * v150 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v153 = tl.sum((v152), axis=1)
-    v145 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 8 * C * BV + 2 * C * C + offs_t)  # parked
-    v154 = (v145 + v148 + v153)
-    v155 = (v154 / (D))
-    v156 = (2.0 * local_0 * v155[:, None])
-    v139 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v143 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v157 = (v139 + v143 + v151 + v156)
-    v158 = ((-1.0) * v157)
-    v159 = tl.sum((v158), axis=1)
-    v160 = (v159 / (D))
-    v161 = (v157 + v160[:, None])
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v120_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v133_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v134_rows = (v120_rows + v133_rows)
+        v135_rows = tl.sum((v134_rows), axis=1)
+        v136_rows = (v135_rows / (D))
+        v137_rows = ((-1.0) * v136_rows)
+        v138_rows = (v134_rows + v137_rows[:, None])
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v71_rows = tl.sum((v70_rows), axis=1)
+        v72_rows = (v71_rows / (D))
+        v139_rows = (2.0 * v72_rows[:, None] * v138_rows)
+        v140_rows = (2.0 * local_0_rows * v138_rows)
+        v141_rows = tl.sum((v140_rows), axis=1)
+        v142_rows = (v141_rows / (D))
+        v143_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v142_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v146_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v142_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v149_rows = (ln_weight[None, :] * v138_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v150_rows = (v146_rows + v149_rows)
+        v151_rows = (ln_weight[None, :] * v150_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v144_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v142_rows[:, None] / (((1.0 + v68_rows[:, None]) * (1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v145_rows = tl.sum((v144_rows), axis=1)
+        v147_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v138_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v148_rows = tl.sum((v147_rows), axis=1)
+        v152_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v150_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v153_rows = tl.sum((v152_rows), axis=1)
+        v154_rows = (v145_rows + v148_rows + v153_rows)
+        v155_rows = (v154_rows / (D))
+        v156_rows = (2.0 * local_0_rows * v155_rows[:, None])
+        v157_rows = (v139_rows + v143_rows + v151_rows + v156_rows)
+        v158_rows = ((-1.0) * v157_rows)
+        v159_rows = tl.sum((v158_rows), axis=1)
+        v160_rows = (v159_rows / (D))
+        v161_rows = (v157_rows + v160_rows[:, None])
+        tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v161_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v161 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4451,7 +4626,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_k_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `k`."""
@@ -4481,7 +4656,7 @@ def chunk_grad_k_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * BV + 7 * C * D + 2 * C * C + 3 * C)  # v19, v20, v47, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v193, v110, v130, v140, v177, v179, v182, v195, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
+    scratch = scratch_ptr + slot * (6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v47, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v193, v110, v130, v140, v177, v179, v182, v195, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v120, v79, v88, v117, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4500,65 +4675,66 @@ def chunk_grad_k_3_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
-    v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_eta_rows = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.cumsum(v80, axis=0, reverse=False)
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    v86 = tl.exp(v81)  # cumulative decay in the chunk
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -4586,7 +4762,7 @@ def chunk_grad_k_3_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4640,9 +4816,9 @@ def chunk_grad_k_3_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -4650,40 +4826,48 @@ def chunk_grad_k_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
         v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
         v120_y = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s, v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v88 = (v85 * v87)
-    v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v117 = (v88 * v91)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v79_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_rb)
+        v82_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
+        v88_rows = (v85_rows * v87_rows)
+        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        v117_rows = (v88_rows * v91_rows)
+        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
+        local_4_rows = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v88 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4699,7 +4883,7 @@ def chunk_grad_k_3_bwd_kernel(
         v92 = v75
         tl.store(scratch + 5 * HID + 3 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4715,7 +4899,7 @@ def chunk_grad_k_3_bwd_kernel(
         v100 = v64
         tl.store(scratch + 5 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4736,7 +4920,7 @@ def chunk_grad_k_3_bwd_kernel(
         v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 5 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4747,7 +4931,7 @@ def chunk_grad_k_3_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 5 * HID + 4 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4758,7 +4942,7 @@ def chunk_grad_k_3_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 5 * HID + 5 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4792,7 +4976,7 @@ def chunk_grad_k_3_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 5 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4810,12 +4994,19 @@ def chunk_grad_k_3_bwd_kernel(
         v100 = tl.load(scratch + 5 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 5 * HID + 5 * HID * D + 13 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = (v104 * v111)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v124 = (v112 + local_6)
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v104_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v112_rows = (v104_rows * v111_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v124_rows = (v112_rows + local_6_rows)
+        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v124 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4828,72 +5019,52 @@ def chunk_grad_k_3_bwd_kernel(
         v60 = tl.load(scratch + 5 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
-    v125 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v142 = (v125 + v141)
-    v143 = tl.sum((v142), axis=1)
-    v144 = (v143 / (D))
-    v145 = ((-1.0) * v144)
-    v146 = (v142 + v145[:, None])
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    v148 = (2.0 * local_0 * v146)
-    v149 = tl.sum((v148), axis=1)
-    v150 = (v149 / (D))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t, v150)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v125_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v142_rows = (v125_rows + v141_rows)
+        v143_rows = tl.sum((v142_rows), axis=1)
+        v144_rows = (v143_rows / (D))
+        v145_rows = ((-1.0) * v144_rows)
+        v146_rows = (v142_rows + v145_rows[:, None])
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v71_rows = tl.sum((v70_rows), axis=1)
+        v72_rows = (v71_rows / (D))
+        v147_rows = (2.0 * v72_rows[:, None] * v146_rows)
+        v148_rows = (2.0 * local_0_rows * v146_rows)
+        v149_rows = tl.sum((v148_rows), axis=1)
+        v150_rows = (v149_rows / (D))
+        v151_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v154_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v157_rows = (ln_weight[None, :] * v146_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v158_rows = (v154_rows + v157_rows)
+        v159_rows = (ln_weight[None, :] * v158_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v152_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * (1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v153_rows = tl.sum((v152_rows), axis=1)
+        v155_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v146_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v156_rows = tl.sum((v155_rows), axis=1)
+        v160_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v158_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v153_rows + v156_rows + v161_rows)
+        v163_rows = (v162_rows / (D))
+        v164_rows = (2.0 * local_0_rows * v163_rows[:, None])
+        v165_rows = (v147_rows + v151_rows + v159_rows + v164_rows)
+        v166_rows = ((-1.0) * v165_rows)
+        v167_rows = tl.sum((v166_rows), axis=1)
+        v168_rows = (v167_rows / (D))
+        v169_rows = (v165_rows + v168_rows[:, None])
+        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t)  # parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
-    v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
-    v158 = (v154 + v157)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
-    v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t)  # parked
-    v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
-    v162 = (v153 + v156 + v161)
-    v163 = (v162 / (D))
-    v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v165 = (v147 + v151 + v159 + v164)
-    v166 = ((-1.0) * v165)
-    v167 = tl.sum((v166), axis=1)
-    v168 = (v167 / (D))
-    v169 = (v165 + v168[:, None])
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+    v169 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4952,7 +5123,7 @@ def chunk_grad_k_3_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID + 6 * HID * D + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5055,7 +5226,7 @@ def chunk_grad_k_3_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -5085,30 +5256,39 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v135
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v77 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v77_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
-    v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v82_rows * v84_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+        v98_rows = v85_rows
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -5194,12 +5374,19 @@ def chunk_grad_v_0_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v104 = (v98 * v103)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v113 = (v104 + local_6)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = (v98_rows * v103_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v113_rows = (v104_rows + local_6_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -5221,69 +5408,74 @@ def chunk_grad_v_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v91_xA = q * v91_A
     for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
         v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v91_p = v91_r + v91_j
         v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
+        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
         v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
-    v83 = tl.exp(v78)  # cumulative decay in the chunk
-    v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v94 = v78
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v83_rows = tl.exp(v78_rows)  # cumulative decay in the chunk
+        v86_rows = (q_rows * v83_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
+        local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = v78
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v110_xA = local_5 * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
         v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v110_p = v110_r + v110_j
         v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5295,7 +5487,7 @@ def chunk_grad_v_0_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5315,7 +5507,7 @@ def chunk_grad_v_0_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5325,7 +5517,7 @@ def chunk_grad_v_0_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5347,7 +5539,7 @@ def chunk_grad_v_0_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5368,23 +5560,31 @@ def chunk_grad_v_0_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v125 = (v114 + v124)
-    v126 = tl.sum((v125), axis=1)
-    v127 = (v126 / (D))
-    v128 = ((-1.0) * v127)
-    v129 = (v125 + v128[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v130 = (2.0 * local_0 * v129)
-    v131 = tl.sum((v130), axis=1)
-    v132 = (v131 / (D))
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v133 = ((-0.5) * local_0 * ln_weight[None, :] * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v134 = (ln_weight[None, :] * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
-    v135 = (v133 + v134)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = (v114_rows + v124_rows)
+        v126_rows = tl.sum((v125_rows), axis=1)
+        v127_rows = (v126_rows / (D))
+        v128_rows = ((-1.0) * v127_rows)
+        v129_rows = (v125_rows + v128_rows[:, None])
+        v130_rows = (2.0 * local_0_rows * v129_rows)
+        v131_rows = tl.sum((v130_rows), axis=1)
+        v132_rows = (v131_rows / (D))
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v133_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v132_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v134_rows = (ln_weight[None, :] * v129_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v135_rows = (v133_rows + v134_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v135_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v136 = ((-1.0) * v135)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v136.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -5392,7 +5592,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -5422,7 +5622,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -5441,57 +5641,61 @@ def chunk_grad_v_1_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
-    v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_eta_rows = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.cumsum(v80, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    v86 = tl.exp(v81)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -5520,17 +5724,14 @@ def chunk_grad_v_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
     v34 = v11
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5579,24 +5780,29 @@ def chunk_grad_v_1_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s, v79)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_rb)
+        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
+        v88_rows = (v85_rows * v87_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        v117_rows = (v88_rows * v91_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -5604,28 +5810,28 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
         v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
         v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5641,7 +5847,7 @@ def chunk_grad_v_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5665,7 +5871,7 @@ def chunk_grad_v_1_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5679,7 +5885,7 @@ def chunk_grad_v_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5702,7 +5908,7 @@ def chunk_grad_v_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5735,12 +5941,19 @@ def chunk_grad_v_1_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = (v104 * v111)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v124 = (v112 + local_6)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v112_rows = (v104_rows * v111_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v124_rows = (v112_rows + local_6_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5748,72 +5961,52 @@ def chunk_grad_v_1_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v142 = (v125 + v141)
-    v143 = tl.sum((v142), axis=1)
-    v144 = (v143 / (D))
-    v145 = ((-1.0) * v144)
-    v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    v148 = (2.0 * local_0 * v146)
-    v149 = tl.sum((v148), axis=1)
-    v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t, v150)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v142_rows = (v125_rows + v141_rows)
+        v143_rows = tl.sum((v142_rows), axis=1)
+        v144_rows = (v143_rows / (D))
+        v145_rows = ((-1.0) * v144_rows)
+        v146_rows = (v142_rows + v145_rows[:, None])
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v71_rows = tl.sum((v70_rows), axis=1)
+        v72_rows = (v71_rows / (D))
+        v147_rows = (2.0 * v72_rows[:, None] * v146_rows)
+        v148_rows = (2.0 * local_0_rows * v146_rows)
+        v149_rows = tl.sum((v148_rows), axis=1)
+        v150_rows = (v149_rows / (D))
+        v151_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v154_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v157_rows = (ln_weight[None, :] * v146_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v158_rows = (v154_rows + v157_rows)
+        v159_rows = (ln_weight[None, :] * v158_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v152_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * (1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v153_rows = tl.sum((v152_rows), axis=1)
+        v155_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v146_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v156_rows = tl.sum((v155_rows), axis=1)
+        v160_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v158_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v153_rows + v156_rows + v161_rows)
+        v163_rows = (v162_rows / (D))
+        v164_rows = (2.0 * local_0_rows * v163_rows[:, None])
+        v165_rows = (v147_rows + v151_rows + v159_rows + v164_rows)
+        v166_rows = ((-1.0) * v165_rows)
+        v167_rows = tl.sum((v166_rows), axis=1)
+        v168_rows = (v167_rows / (D))
+        v169_rows = (v165_rows + v168_rows[:, None])
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t)  # parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
-    v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
-    v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
-    v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t)  # parked
-    v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
-    v162 = (v153 + v156 + v161)
-    v163 = (v162 / (D))
-    v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v165 = (v147 + v151 + v159 + v164)
-    v166 = ((-1.0) * v165)
-    v167 = tl.sum((v166), axis=1)
-    v168 = (v167 / (D))
-    v169 = (v165 + v168[:, None])
+    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5833,8 +6026,8 @@ def chunk_grad_v_1_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5908,7 +6101,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -5938,7 +6131,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 16 * C * D + C)  # v19, v20, v54, v63, v58, v59, v60, v84, v87, v88, v89, v95, v141, v149, local_3, causal, q, local_5, v83, v80, v85, v61, v75, v86, v81, v90, v91, v92, v93, v94, v97, v99, v147, v157, v161, v151, v155, v142, v124, v96, v159, v73, v167, v153
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 20 * C * D + C)  # v19, v20, v54, v63, v58, v59, v60, v84, v87, v88, v89, v95, v141, v149, local_3, causal, q, local_5, v83, v80, v85, v61, v74, v75, v86, v81, v90, v91, v92, v93, v94, v97, v99, v147, v157, v161, v151, v155, v138, v142, v124, v96, v114, v159, v73, v166, v152, v153, v143, v168
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -6033,39 +6226,49 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v80)  # park
     v85 = (v83 * v80)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 4 * C * D + offs_t[:, None] * D + offs_i[None, :], v61)  # park
-    v74 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :], v61_rows)  # park
+        v74_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :], v74_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v74 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = tl.cumsum(v74, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :], v75)  # park
     v76 = v75
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, C), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v86_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v86_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v86_xA = q * v86_A
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v86_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v86_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
         v86 += v86_rows[:, None] * tl.dot((v86_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v86_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
         v86_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + v86_p[:, None] * D + tl.arange(0, D)[None, :])
-        v86_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v86_p[:, None] * D + tl.arange(0, D)[None, :])
+        v86_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v86_p[:, None] * D + tl.arange(0, D)[None, :])
         v86_d = tl.sum(q * v86_y * tl.exp(tl.minimum(v75 - v86_b, 0.0)), axis=1)
         v86 += tl.where(tl.arange(0, C)[None, :] == v86_p[:, None], v86_d[:, None], 0.0)
     v86 = v86 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v86)  # park
-    v79 = tl.exp(v75)  # cumulative decay in the chunk
-    v81 = (q * v79)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
-    v90 = v79
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v75_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v79_rows = tl.exp(v75_rows)  # cumulative decay in the chunk
+        v81_rows = (q_rows * v79_rows)
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 7 * C * D + offs_rb[:, None] * D + offs_i[None, :], v81_rows)  # park
+        v90_rows = v79_rows
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_o[None, :], v90_rows)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6080,7 +6283,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v84 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v84)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6088,7 +6291,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v87 = tl.dot(v86.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v87)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6108,20 +6311,20 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v91)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :], v92)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v93 = v75
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v94 = v76
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 7 * C * D + offs_s[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 8 * C * D + offs_s[:, None] * D + offs_o[None, :], v94)  # park
     v97 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6134,76 +6337,80 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v97 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v97)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * C + offs_s[None, :], v97)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 7 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 8 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, BV), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 7 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 8 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v99 = v99 * v99_A
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
-        v99_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 7 * C * D + tl.arange(0, C) * C + v99_p)
+        v99_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 8 * C * D + tl.arange(0, C) * C + v99_p)
         v99_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v99_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C) * C + v99_p)
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v99 += v99_x[:, None] * v99_y * v99_m[:, None] * tl.exp(tl.minimum(v93 - v99_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 3 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :], v99)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v100 = (v92 - v99)
-    v101 = tl.sum((v100), axis=1)
-    v102 = (v101 / (D))
-    v103 = (v100 - v102[:, None])
-    v104 = (v103 * v103)
-    v105 = tl.sum((v104), axis=1)
-    v106 = (v105 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 3 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :], v99)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v126 = ((-0.5) * v103 * ln_weight[None, :] * d_out / (((1.0 + v106[:, None]) * tl.sqrt((1.0 + v106[:, None])))))
-    v127 = tl.sum((v126), axis=1)
-    v128 = (v127 / (D))
-    v129 = (2.0 * v103 * v128[:, None])
-    v125 = (ln_weight[None, :] * d_out / ((tl.sqrt((1.0 + v106[:, None])))))
-    v130 = (v125 + v129)
-    v131 = ((-1.0) * v130)
-    v132 = tl.sum((v131), axis=1)
-    v133 = (v132 / (D))
-    v134 = (v130 + v133[:, None])
-    v91 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v146 = (v134 * v91)
-    v147 = v146
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 7 * C * D + offs_t[:, None] * D + offs_i[None, :], v147)  # park
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 7 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v91_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * BV + 2 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v92_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * BV + 2 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v99_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 3 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v100_rows = (v92_rows - v99_rows)
+        v101_rows = tl.sum((v100_rows), axis=1)
+        v102_rows = (v101_rows / (D))
+        v103_rows = (v100_rows - v102_rows[:, None])
+        v104_rows = (v103_rows * v103_rows)
+        v105_rows = tl.sum((v104_rows), axis=1)
+        v106_rows = (v105_rows / (D))
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v126_rows = ((-0.5) * v103_rows * ln_weight[None, :] * d_out_rows / (((1.0 + v106_rows[:, None]) * tl.sqrt((1.0 + v106_rows[:, None])))))
+        v127_rows = tl.sum((v126_rows), axis=1)
+        v128_rows = (v127_rows / (D))
+        v129_rows = (2.0 * v103_rows * v128_rows[:, None])
+        v125_rows = (ln_weight[None, :] * d_out_rows / ((tl.sqrt((1.0 + v106_rows[:, None])))))
+        v130_rows = (v125_rows + v129_rows)
+        v131_rows = ((-1.0) * v130_rows)
+        v132_rows = tl.sum((v131_rows), axis=1)
+        v133_rows = (v132_rows / (D))
+        v134_rows = (v130_rows + v133_rows[:, None])
+        v146_rows = (v134_rows * v91_rows)
+        v147_rows = v146_rows
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_i[None, :], v147_rows)  # park
+        local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 8 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v136 = tl.zeros((C, C), DTYPE)
     v136_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v136_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v136_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v136_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v136_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v136_xA = local_5 * v136_A
     for v136_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v136_start = v136_k * BC
-        v136_B = tl.where(tl.arange(0, C)[:, None] < v136_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v136_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v136_B = tl.where(tl.arange(0, C)[:, None] < v136_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v136_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v136_rows = tl.where(tl.arange(0, C) // BC == v136_k, 1.0, 0.0)
         v136 += v136_rows[:, None] * tl.dot((v136_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v136_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v136_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v136_p = v136_r + v136_j
         v136_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + v136_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v136_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v136_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v136_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v136_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v136_d = tl.sum(local_5 * v136_y * tl.exp(tl.minimum(v93 - v136_b, 0.0)), axis=1)
         v136 += tl.where(tl.arange(0, C)[None, :] == v136_p[:, None], v136_d[:, None], 0.0)
     v136 = v136 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
@@ -6236,10 +6443,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v149 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v156 += (tl.dot(v149.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v157 = (q * v156)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 8 * C * D + offs_t[:, None] * D + offs_i[None, :], v157)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 9 * C * D + offs_t[:, None] * D + offs_i[None, :], v157)  # park
     v112 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6258,14 +6463,16 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v120 += tl.sum((v119), axis=0)
     v113 = v112
     v121 = (v113 + v120)
-    v122 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v121[None, :])
     tl.debug_barrier()  # parked tiles other threads stored
-    v147 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 7 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v157 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 8 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v160 = (v122 + v147 + v157)
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v161 = (v160 * tl.exp(v75))
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 9 * C * D + offs_t[:, None] * D + offs_i[None, :], v161)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v75_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v147_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v157_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 9 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v122_rows = (tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None] * v121[None, :])
+        v160_rows = (v122_rows + v147_rows + v157_rows)
+        v161_rows = (v160_rows * tl.exp(v75_rows))
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + offs_rb[:, None] * D + offs_i[None, :], v161_rows)  # park
     v151 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6274,62 +6481,65 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v150 = ((-1.0) * v149)
         v84 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v151 += (tl.dot(v150.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v150).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + offs_t[:, None] * C + offs_s[None, :], v151)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 11 * C * D + offs_t[:, None] * C + offs_s[None, :], v151)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v154 = tl.zeros((C, D), DTYPE)
     v154_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v154_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v154_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v154_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v154_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v154_xA = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v154_A
     for v154_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v154_start = v154_k * BC
-        v154_B = tl.where(tl.arange(0, C)[:, None] < v154_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v154_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
+        v154_B = tl.where(tl.arange(0, C)[:, None] < v154_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v154_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
         v154_rows = tl.where(tl.arange(0, C) // BC == v154_k, 1.0, 0.0)
-        v154 += v154_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v154_xA * v154_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v154 += v154_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 11 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v154_xA * v154_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v154_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v154_p = v154_r + v154_j
         v154_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + v154_p[:, None] * D + tl.arange(0, D)[None, :])
-        v154_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + v154_p * C + tl.arange(0, C))
+        v154_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 11 * C * D + v154_p * C + tl.arange(0, C))
         v154_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + v154_p * C + tl.arange(0, C))
-        v154_a = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v154_p[:, None] * D + tl.arange(0, D)[None, :])
+        v154_a = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v154_p[:, None] * D + tl.arange(0, D)[None, :])
         v154 += v154_x * v154_y[:, None] * v154_m[:, None] * tl.exp(tl.minimum(v154_a - v76, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v155 = ((-1.0) * v85 * v154)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 10 * C * D + offs_s[:, None] * D + offs_i[None, :], v155)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 11 * C * D + offs_s[:, None] * D + offs_i[None, :], v155)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 7 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 8 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v138 = tl.zeros((C, BV), DTYPE)
     v138_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v138_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v138_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v138_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v138_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v138_yA = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v138_A
     for v138_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v138_start = v138_k * BC
-        v138_B = tl.where(tl.arange(0, C)[:, None] < v138_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v138_start * BV + tl.arange(0, BV))[None, :] - v94, 0.0)), 0.0)
+        v138_B = tl.where(tl.arange(0, C)[:, None] < v138_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v138_start * BV + tl.arange(0, BV))[None, :] - v94, 0.0)), 0.0)
         v138_rows = tl.where(tl.arange(0, C) // BC == v138_k, 1.0, 0.0)
-        v138 += v138_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 7 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v138_rows[:, None])).to(DOT_DTYPE), (v138_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v138 += v138_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 8 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v138_rows[:, None])).to(DOT_DTYPE), (v138_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v138_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v138_p = v138_r + v138_j
-        v138_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 7 * C * D + v138_p * C + tl.arange(0, C))
+        v138_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 8 * C * D + v138_p * C + tl.arange(0, C))
         v138_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + C * D + v138_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v138_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + v138_p * C + tl.arange(0, C))
-        v138_a = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v138_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v138_a = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v138_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v138 += v138_x[:, None] * v138_y * v138_m[:, None] * tl.exp(tl.minimum(v138_a - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v139 = ((-1.0) * local_3 * v138)
-    v142 = v139
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 11 * C * D + offs_s[:, None] * D + offs_i[None, :], v142)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 12 * C * D + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v138_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 12 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v139_rows = ((-1.0) * local_3_rows * v138_rows)
+        v142_rows = v139_rows
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 12 * C * D + offs_rb[:, None] * D + offs_i[None, :], v142_rows)  # park
     v123 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6341,10 +6551,10 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v83 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v124 = (v83 * v123)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 12 * C * D + offs_s[:, None] * D + offs_i[None, :], v124)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 13 * C * D + offs_s[:, None] * D + offs_i[None, :], v124)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v96 = local_2
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 13 * C * D + offs_s[:, None] * D + offs_o[None, :], v96)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 14 * C * D + offs_s[:, None] * D + offs_o[None, :], v96)  # park
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6353,69 +6563,92 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v110 = ((-1.0) * d_new_w2)
         v95 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v114 += tl.dot(v95.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * BV + 4 * C * C + 14 * C * D + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v96 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 13 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v115 = (v96 * v114)
-    v117 = v115
-    v124 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 12 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v158 = (v117 + v124)
-    v80 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v159 = (v80 * v158)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 13 * C * D + offs_s[:, None] * D + offs_i[None, :], v159)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v80_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v96_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 14 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v114_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * BV + 4 * C * C + 14 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 13 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v115_rows = (v96_rows * v114_rows)
+        v117_rows = v115_rows
+        v158_rows = (v117_rows + v124_rows)
+        v159_rows = (v80_rows * v158_rows)
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 14 * C * D + offs_rb[:, None] * D + offs_i[None, :], v159_rows)  # park
     v73 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 14 * C * D + offs_s, v73)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 15 * C * D + offs_s, v73)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v77 = (v75 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v78 = tl.sum((v77), axis=0)
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v164 = ((-1.0) * v73[:, None] * v159 * tl.exp((v78[None, :] - v76)))
-    v142 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 11 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v155 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 10 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v166 = (v142 + v155 + v164)
-    v167 = v166
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 14 * C * D + C + offs_t[:, None] * D + offs_i[None, :], v167)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v73_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 15 * C * D + offs_rb)
+        v76_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v142_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 12 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v155_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 11 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v159_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 14 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v164_rows = ((-1.0) * v73_rows[:, None] * v159_rows * tl.exp((v78[None, :] - v76_rows)))
+        v166_rows = (v142_rows + v155_rows + v164_rows)
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 15 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v166_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v166 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 15 * C * D + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v167 = v166
+    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v151 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v151 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 11 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v152 = tl.zeros((C, D), DTYPE)
     v152_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v152_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v152_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v152_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v152_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v152_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v152_start = v152_k * BC
-        v152_B = tl.where(tl.arange(0, C)[:, None] < v152_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v152_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v152_B = tl.where(tl.arange(0, C)[:, None] < v152_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v152_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v152_rows = tl.where(tl.arange(0, C) // BC == v152_k, 1.0, 0.0)
-        v152 += v152_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v152_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v152 += v152_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 11 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v152_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v152 = v152 * v152_A
     for v152_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v152_p = v152_r + v152_j
         v152_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + v152_p[:, None] * D + tl.arange(0, D)[None, :])
-        v152_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + tl.arange(0, C) * C + v152_p)
+        v152_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 11 * C * D + tl.arange(0, C) * C + v152_p)
         v152_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C) * C + v152_p)
-        v152_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + v152_p[:, None] * D + tl.arange(0, D)[None, :])
+        v152_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v152_p[:, None] * D + tl.arange(0, D)[None, :])
         v152 += v152_x * v152_y[:, None] * v152_m[:, None] * tl.exp(tl.minimum(v75 - v152_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v153 = (q * v152)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 15 * C * D + C + offs_t[:, None] * D + offs_i[None, :], v153)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 16 * C * D + C + offs_t[:, None] * D + offs_i[None, :], v152)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 3 * C * C + 7 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v137 = (local_5 * v99)
-    v143 = v137
-    v73 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 14 * C * D + offs_s)  # parked
-    v159 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 13 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v99_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 3 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v152_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 16 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
+        v153_rows = (q_rows * v152_rows)
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 17 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v153_rows)  # park
+        v137_rows = (local_5_rows * v99_rows)
+        v143_rows = v137_rows
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 18 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v143_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v73 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 15 * C * D + offs_s)  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v159 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 14 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v162 = (v73[:, None] * v159 * tl.exp((v78[None, :] - v76)))
     v163 = tl.sum((v162), axis=0)
-    v165 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v163[None, :])
-    v153 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 15 * C * D + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v161 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 9 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v167 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 14 * C * D + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v168 = (v143 + v153 + v161 + v165 + v167)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v143_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 18 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
+        v153_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 17 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
+        v161_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v167_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 15 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
+        v165_rows = (tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None] * v163[None, :])
+        v168_rows = (v143_rows + v153_rows + v161_rows + v165_rows + v167_rows)
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 19 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v168_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v168 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 19 * C * D + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v169 = tl.cumsum(v168, axis=0, reverse=True)
     v61 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 4 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v170 = (v169 * tl.where((tl.full((), -1e-30, DTYPE) + v61) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), v61)))
@@ -6426,7 +6659,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -6456,7 +6689,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * BV + 7 * C * D + 2 * C * C + 3 * C)  # v50, v51, v19, v20, v52, v53, v116, v54, v90, v63, v56, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
+    scratch = scratch_ptr + slot * (7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v50, v51, v19, v20, v52, v53, v116, v54, v90, v63, v56, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v120, v79, v88, v117, v104, v111, v124, v141, v169
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -6482,55 +6715,59 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v80 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -6562,7 +6799,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
-    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6613,9 +6850,9 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -6623,40 +6860,48 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
         v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
         v120_y = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s, v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v88 = (v85 * v87)
-    v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v117 = (v88 * v91)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v79_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_rb)
+        v82_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
+        v88_rows = (v85_rows * v87_rows)
+        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        v117_rows = (v88_rows * v91_rows)
+        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
+        local_4_rows = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v88 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6672,7 +6917,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 5 * HID * D + 3 * HID + 3 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6688,7 +6933,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 5 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6709,7 +6954,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 5 * HID * D + 3 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6720,7 +6965,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 6 * HID * D + 3 * HID + 9 * C * HID + 3 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6731,7 +6976,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 7 * HID * D + 3 * HID + 10 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6765,7 +7010,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 7 * HID * D + 3 * HID + 14 * C * HID + 4 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6783,12 +7028,19 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v100 = tl.load(scratch + 5 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 7 * HID * D + 3 * HID + 13 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = (v104 * v111)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v124 = (v112 + local_6)
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v104_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v112_rows = (v104_rows * v111_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v124_rows = (v112_rows + local_6_rows)
+        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v124 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6801,72 +7053,52 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v60 = tl.load(scratch + 5 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
-    v125 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v142 = (v125 + v141)
-    v143 = tl.sum((v142), axis=1)
-    v144 = (v143 / (D))
-    v145 = ((-1.0) * v144)
-    v146 = (v142 + v145[:, None])
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    v148 = (2.0 * local_0 * v146)
-    v149 = tl.sum((v148), axis=1)
-    v150 = (v149 / (D))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t, v150)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v125_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v142_rows = (v125_rows + v141_rows)
+        v143_rows = tl.sum((v142_rows), axis=1)
+        v144_rows = (v143_rows / (D))
+        v145_rows = ((-1.0) * v144_rows)
+        v146_rows = (v142_rows + v145_rows[:, None])
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v71_rows = tl.sum((v70_rows), axis=1)
+        v72_rows = (v71_rows / (D))
+        v147_rows = (2.0 * v72_rows[:, None] * v146_rows)
+        v148_rows = (2.0 * local_0_rows * v146_rows)
+        v149_rows = tl.sum((v148_rows), axis=1)
+        v150_rows = (v149_rows / (D))
+        v151_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v154_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v157_rows = (ln_weight[None, :] * v146_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v158_rows = (v154_rows + v157_rows)
+        v159_rows = (ln_weight[None, :] * v158_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v152_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * (1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v153_rows = tl.sum((v152_rows), axis=1)
+        v155_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v146_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v156_rows = tl.sum((v155_rows), axis=1)
+        v160_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v158_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v153_rows + v156_rows + v161_rows)
+        v163_rows = (v162_rows / (D))
+        v164_rows = (2.0 * local_0_rows * v163_rows[:, None])
+        v165_rows = (v147_rows + v151_rows + v159_rows + v164_rows)
+        v166_rows = ((-1.0) * v165_rows)
+        v167_rows = tl.sum((v166_rows), axis=1)
+        v168_rows = (v167_rows / (D))
+        v169_rows = (v165_rows + v168_rows[:, None])
+        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t)  # parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
-    v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
-    v158 = (v154 + v157)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
-    v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t)  # parked
-    v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
-    v162 = (v153 + v156 + v161)
-    v163 = (v162 / (D))
-    v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v165 = (v147 + v151 + v159 + v164)
-    v166 = ((-1.0) * v165)
-    v167 = tl.sum((v166), axis=1)
-    v168 = (v167 / (D))
-    v169 = (v165 + v168[:, None])
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+    v169 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6923,7 +7155,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 6 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6960,7 +7192,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -6990,7 +7222,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * BV + 5 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v85, v88, v89, v93, v113, v119, v86, local_3, v120, q, causal, local_5, v95, v84, v75, v87, v82, v91, v92, v109, v122, v94, v114, v107
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 11 * C * D + 7 * C * BV + 5 * C * C + C)  # v19, v20, v54, v63, v58, v59, v60, v85, v88, v89, v93, v113, v119, v86, local_3, v120, q, causal, local_5, v95, v84, v74, v75, v87, v82, v91, v92, v109, v122, v110, v94, v114, v107, v101, v123, v73, v125
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7083,67 +7315,77 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v81 = v62
     v86 = (v84 * v81)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v74 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v74_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v74_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v74 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = tl.cumsum(v74, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
     v76 = v75
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v86)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v87 = tl.zeros((C, C), DTYPE)
     v87_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v87_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v87_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v87_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v87_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v87_xA = q * v87_A
     for v87_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v87_start = v87_k * BC
-        v87_B = tl.where(tl.arange(0, C)[:, None] < v87_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v87_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v87_B = tl.where(tl.arange(0, C)[:, None] < v87_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v87_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v87_rows = tl.where(tl.arange(0, C) // BC == v87_k, 1.0, 0.0)
         v87 += v87_rows[:, None] * tl.dot((v87_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v87_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v87_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v87_p = v87_r + v87_j
         v87_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v87_p[:, None] * D + tl.arange(0, D)[None, :])
-        v87_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v87_p[:, None] * D + tl.arange(0, D)[None, :])
+        v87_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v87_p[:, None] * D + tl.arange(0, D)[None, :])
         v87_d = tl.sum(q * v87_y * tl.exp(tl.minimum(v75 - v87_b, 0.0)), axis=1)
         v87 += tl.where(tl.arange(0, C)[None, :] == v87_p[:, None], v87_d[:, None], 0.0)
     v87 = v87 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v87)  # park
-    v80 = tl.exp(v75)  # cumulative decay in the chunk
-    v82 = (q * v80)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v82)  # park
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v91 = v75
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v75_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v80_rows = tl.exp(v75_rows)  # cumulative decay in the chunk
+        v82_rows = (q_rows * v80_rows)
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :], v82_rows)  # park
+        local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v91 = v75
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
     v92 = v76
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v109 = tl.zeros((C, C), DTYPE)
     v109_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v109_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v109_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v109_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v109_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v109_xA = local_5 * v109_A
     for v109_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v109_start = v109_k * BC
-        v109_B = tl.where(tl.arange(0, C)[:, None] < v109_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v109_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v109_B = tl.where(tl.arange(0, C)[:, None] < v109_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v109_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v109_rows = tl.where(tl.arange(0, C) // BC == v109_k, 1.0, 0.0)
         v109 += v109_rows[:, None] * tl.dot((v109_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v109_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v109_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v109_p = v109_r + v109_j
         v109_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v109_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v109_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v109_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v109_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v109_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v109_d = tl.sum(local_5 * v109_y * tl.exp(tl.minimum(v91 - v109_b, 0.0)), axis=1)
         v109 += tl.where(tl.arange(0, C)[None, :] == v109_p[:, None], v109_d[:, None], 0.0)
     v109 = v109 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v109)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v109)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7159,7 +7401,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v85 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v85)
     tl.debug_barrier()
-    v87 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v87 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7167,7 +7409,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v88 = tl.dot(v87.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v88)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7182,7 +7424,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v93 = v64
         tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v109 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v109 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7211,21 +7453,19 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v85 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v120 += (tl.dot(v119.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v85.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v120)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v121 = tl.zeros((C, D), DTYPE)
     v121_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v121_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v121_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v121_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v121_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v121_yA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v121_A
     for v121_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v121_start = v121_k * BC
-        v121_B = tl.where(tl.arange(0, C)[:, None] < v121_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v121_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
+        v121_B = tl.where(tl.arange(0, C)[:, None] < v121_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v121_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
         v121_rows = tl.where(tl.arange(0, C) // BC == v121_k, 1.0, 0.0)
         v121 += v121_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v121_rows[:, None])).to(DOT_DTYPE), (v121_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v121_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
@@ -7233,12 +7473,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v121_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + v121_p * C + tl.arange(0, C))
         v121_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + v121_p[:, None] * D + tl.arange(0, D)[None, :])
         v121_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + v121_p * C + tl.arange(0, C))
-        v121_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v121_p[:, None] * D + tl.arange(0, D)[None, :])
+        v121_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v121_p[:, None] * D + tl.arange(0, D)[None, :])
         v121 += v121_x[:, None] * v121_y * v121_m[:, None] * tl.exp(tl.minimum(v121_a - v76, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v84 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v122 = (v84 * v121)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v122)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v122)  # park
     v95 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7249,19 +7489,19 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v95 += tl.dot(v90.to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v95)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, BV), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v110_xA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v110_start * BV + tl.arange(0, BV))[None, :] - v92, 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v110_start * BV + tl.arange(0, BV))[None, :] - v92, 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
         v110 += v110_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v110_xA * v110_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
@@ -7269,15 +7509,21 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v110_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + v110_p * C + tl.arange(0, C))
         v110_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + v110_p * C + tl.arange(0, C))
-        v110_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110 += v110_x * v110_y[:, None] * v110_m[:, None] * tl.exp(tl.minimum(v110_a - v92, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v110)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v94 = local_2
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v94)  # park
-    v112 = (v94 * v110)
-    v114 = v112
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v114)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v94)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v94_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v110_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v112_rows = (v94_rows * v110_rows)
+        v114_rows = v112_rows
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :], v114_rows)  # park
     v106 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7289,7 +7535,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v84 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v84 * v106)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 6 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     v101 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7298,22 +7544,37 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v100 = ((-1.0) * d_new_w2)
         v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v101 += tl.dot(v93.to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 6 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v101)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v102 = (v94 * v101)
-    v104 = v102
-    v107 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v123 = (v104 + v107)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v94_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v101_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v107_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v102_rows = (v94_rows * v101_rows)
+        v104_rows = v102_rows
+        v123_rows = (v104_rows + v107_rows)
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 7 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :], v123_rows)  # park
     v73 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 7 * C * BV + 5 * C * C + offs_s, v73)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v77 = (v75 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v78 = tl.sum((v77), axis=0)
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v79 = (v73[:, None] * tl.exp((v78[None, :] - v76)))  # decay from token s to the chunk's end
-    v124 = (v79 * v123)
-    v114 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v122 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v125 = (v114 + v122 + v124)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v73_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 7 * C * BV + 5 * C * C + offs_rb)
+        v76_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v114_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v122_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v123_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 7 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v79_rows = (v73_rows[:, None] * tl.exp((v78[None, :] - v76_rows)))  # decay from token s to the chunk's end
+        v124_rows = (v79_rows * v123_rows)
+        v125_rows = (v114_rows + v122_rows + v124_rows)
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 7 * C * BV + 5 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v125_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v125 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 7 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v126 = v125
     v127 = (v126 * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -7322,7 +7583,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -7352,7 +7613,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * BV + 7 * C * D + 2 * C * C + 3 * C)  # v19, v20, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v120, v117, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153, v169
+    scratch = scratch_ptr + slot * (4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v120, v79, v88, v117, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7371,65 +7632,66 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
-    v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        gate_eta_rows = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.cumsum(v80, axis=0, reverse=False)
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    v86 = tl.exp(v81)  # cumulative decay in the chunk
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -7457,7 +7719,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7510,9 +7772,9 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -7520,40 +7782,48 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
         v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
         v120_y = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s, v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v88 = (v85 * v87)
-    v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v117 = (v88 * v91)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v79_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_rb)
+        v82_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
+        v88_rows = (v85_rows * v87_rows)
+        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        v117_rows = (v88_rows * v91_rows)
+        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
+        local_4_rows = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v88 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7569,7 +7839,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 4 * HID + 3 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7585,7 +7855,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 4 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7606,7 +7876,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 4 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7617,7 +7887,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 4 * HID + 4 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7628,7 +7898,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 4 * HID + 5 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7662,7 +7932,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 4 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7680,12 +7950,19 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v100 = tl.load(scratch + 4 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 4 * HID + 5 * HID * D + 13 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = (v104 * v111)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v124 = (v112 + local_6)
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v104_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v112_rows = (v104_rows * v111_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v124_rows = (v112_rows + local_6_rows)
+        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v124 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7698,72 +7975,52 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v60 = tl.load(scratch + 4 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
-    v125 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v142 = (v125 + v141)
-    v143 = tl.sum((v142), axis=1)
-    v144 = (v143 / (D))
-    v145 = ((-1.0) * v144)
-    v146 = (v142 + v145[:, None])
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    v148 = (2.0 * local_0 * v146)
-    v149 = tl.sum((v148), axis=1)
-    v150 = (v149 / (D))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t, v150)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v125_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v142_rows = (v125_rows + v141_rows)
+        v143_rows = tl.sum((v142_rows), axis=1)
+        v144_rows = (v143_rows / (D))
+        v145_rows = ((-1.0) * v144_rows)
+        v146_rows = (v142_rows + v145_rows[:, None])
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v71_rows = tl.sum((v70_rows), axis=1)
+        v72_rows = (v71_rows / (D))
+        v147_rows = (2.0 * v72_rows[:, None] * v146_rows)
+        v148_rows = (2.0 * local_0_rows * v146_rows)
+        v149_rows = tl.sum((v148_rows), axis=1)
+        v150_rows = (v149_rows / (D))
+        v151_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v154_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v157_rows = (ln_weight[None, :] * v146_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v158_rows = (v154_rows + v157_rows)
+        v159_rows = (ln_weight[None, :] * v158_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v152_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * (1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v153_rows = tl.sum((v152_rows), axis=1)
+        v155_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v146_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v156_rows = tl.sum((v155_rows), axis=1)
+        v160_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v158_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v153_rows + v156_rows + v161_rows)
+        v163_rows = (v162_rows / (D))
+        v164_rows = (2.0 * local_0_rows * v163_rows[:, None])
+        v165_rows = (v147_rows + v151_rows + v159_rows + v164_rows)
+        v166_rows = ((-1.0) * v165_rows)
+        v167_rows = tl.sum((v166_rows), axis=1)
+        v168_rows = (v167_rows / (D))
+        v169_rows = (v165_rows + v168_rows[:, None])
+        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t)  # parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
-    v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
-    v158 = (v154 + v157)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
-    v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t)  # parked
-    v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
-    v162 = (v153 + v156 + v161)
-    v163 = (v162 / (D))
-    v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v165 = (v147 + v151 + v159 + v164)
-    v166 = ((-1.0) * v165)
-    v167 = tl.sum((v166), axis=1)
-    v168 = (v167 / (D))
-    v169 = (v165 + v168[:, None])
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
+    v169 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7820,7 +8077,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * BV + 7 * C * D + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7857,7 +8114,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
@@ -7887,7 +8144,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 5 * C * BV)  # v19, v20, v54, v63, v58, v59, v60, v79, v82, v84, v80, v91, local_3, causal, v72, v81, v76, v85, v87, v88, v89
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 7 * C * BV)  # v19, v20, v54, v63, v58, v59, v60, v79, v82, v84, v80, v91, local_3, causal, v71, v72, v81, v76, v85, v87, v88, v89, v93, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7979,39 +8236,49 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v75 = v62
     v80 = (v78 * v75)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v71 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v71_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_i[None, :], v71_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v71 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v72 = tl.cumsum(v71, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v73 = v72
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v80)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v81 = tl.zeros((C, C), DTYPE)
     v81_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + v81_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v81_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v81_xA = q * v81_A
     for v81_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v81_start = v81_k * BC
-        v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + v81_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v81_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v81_rows = tl.where(tl.arange(0, C) // BC == v81_k, 1.0, 0.0)
         v81 += v81_rows[:, None] * tl.dot((v81_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v81_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v81_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v81_p = v81_r + v81_j
         v81_y = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + v81_p[:, None] * D + tl.arange(0, D)[None, :])
-        v81_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + v81_p[:, None] * D + tl.arange(0, D)[None, :])
+        v81_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v81_p[:, None] * D + tl.arange(0, D)[None, :])
         v81_d = tl.sum(q * v81_y * tl.exp(tl.minimum(v72 - v81_b, 0.0)), axis=1)
         v81 += tl.where(tl.arange(0, C)[None, :] == v81_p[:, None], v81_d[:, None], 0.0)
     v81 = v81 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
-    v74 = tl.exp(v72)  # cumulative decay in the chunk
-    v76 = (q * v74)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v76)  # park
-    v85 = v74
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v72_rows = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v74_rows = tl.exp(v72_rows)  # cumulative decay in the chunk
+        v76_rows = (q_rows * v74_rows)
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_rb[:, None] * D + offs_i[None, :], v76_rows)  # park
+        v85_rows = v74_rows
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :], v85_rows)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8026,7 +8293,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v79 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8034,7 +8301,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v82 = tl.dot(v81.to(DOT_DTYPE), v79.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
-    v76 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8053,18 +8320,18 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v84 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v85 * v86)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v88 = v72
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v73 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v73 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v89 = v73
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v89)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v89)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8076,8 +8343,8 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v84 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
@@ -8085,10 +8352,10 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
         v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
@@ -8097,19 +8364,27 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v93_x = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * C + v93_p)
         v93_y = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93_m = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v88 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v87 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = (v87 - v93)
-    v95 = tl.sum((v94), axis=1)
-    v96 = (v95 / (D))
-    v97 = (v94 - v96[:, None])
-    v98 = (v97 * v97)
-    v99 = tl.sum((v98), axis=1)
-    v100 = (v99 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v105 = (v97 * d_out / ((tl.sqrt((1.0 + v100[:, None])))))
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v87_rows = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v93_rows = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 5 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v94_rows = (v87_rows - v93_rows)
+        v95_rows = tl.sum((v94_rows), axis=1)
+        v96_rows = (v95_rows / (D))
+        v97_rows = (v94_rows - v96_rows[:, None])
+        v98_rows = (v97_rows * v97_rows)
+        v99_rows = tl.sum((v98_rows), axis=1)
+        v100_rows = (v99_rows / (D))
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v105_rows = (v97_rows * d_out_rows / ((tl.sqrt((1.0 + v100_rows[:, None])))))
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 6 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v105_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v105 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v106 = tl.sum((v105), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -8117,7 +8392,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
@@ -8147,31 +8422,40 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v133
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v77 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v77_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
-    v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v82_rows * v84_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+        v98_rows = v85_rows
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -8257,12 +8541,19 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v104 = (v98 * v103)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v113 = (v104 + local_6)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = (v98_rows * v103_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v113_rows = (v104_rows + local_6_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -8284,69 +8575,74 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v91_xA = q * v91_A
     for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
         v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v91_p = v91_r + v91_j
         v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
+        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
         v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
-    v83 = tl.exp(v78)  # cumulative decay in the chunk
-    v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v94 = v78
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v83_rows = tl.exp(v78_rows)  # cumulative decay in the chunk
+        v86_rows = (q_rows * v83_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
+        local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = v78
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v110_xA = local_5 * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
         v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v110_p = v110_r + v110_j
         v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8358,7 +8654,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8378,7 +8674,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8388,7 +8684,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8410,7 +8706,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8431,21 +8727,29 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v125 = (v114 + v124)
-    v126 = tl.sum((v125), axis=1)
-    v127 = (v126 / (D))
-    v128 = ((-1.0) * v127)
-    v129 = (v125 + v128[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v130 = (2.0 * local_0 * v129)
-    v131 = tl.sum((v130), axis=1)
-    v132 = (v131 / (D))
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v133 = ((-0.5) * local_0 * local_1 * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = (v114_rows + v124_rows)
+        v126_rows = tl.sum((v125_rows), axis=1)
+        v127_rows = (v126_rows / (D))
+        v128_rows = ((-1.0) * v127_rows)
+        v129_rows = (v125_rows + v128_rows[:, None])
+        v130_rows = (2.0 * local_0_rows * v129_rows)
+        v131_rows = tl.sum((v130_rows), axis=1)
+        v132_rows = (v131_rows / (D))
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v133_rows = ((-0.5) * local_0_rows * local_1_rows * v132_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v133_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v133 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v134 = tl.sum((v133), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v134.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -8453,7 +8757,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
@@ -8483,31 +8787,40 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v130
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v77 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v77_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
-    v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v82_rows * v84_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+        v98_rows = v85_rows
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -8593,12 +8906,19 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v104 = (v98 * v103)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v113 = (v104 + local_6)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = (v98_rows * v103_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v113_rows = (v104_rows + local_6_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -8620,69 +8940,74 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v91_xA = q * v91_A
     for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
         v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v91_p = v91_r + v91_j
         v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
+        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
         v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
-    v83 = tl.exp(v78)  # cumulative decay in the chunk
-    v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v94 = v78
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v83_rows = tl.exp(v78_rows)  # cumulative decay in the chunk
+        v86_rows = (q_rows * v83_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
+        local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = v78
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v110_xA = local_5 * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
         v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v110_p = v110_r + v110_j
         v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8694,7 +9019,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8714,7 +9039,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8724,7 +9049,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8746,7 +9071,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8767,18 +9092,26 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v125 = (v114 + v124)
-    v126 = tl.sum((v125), axis=1)
-    v127 = (v126 / (D))
-    v128 = ((-1.0) * v127)
-    v129 = (v125 + v128[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v130 = (local_1 * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = (v114_rows + v124_rows)
+        v126_rows = tl.sum((v125_rows), axis=1)
+        v127_rows = (v126_rows / (D))
+        v128_rows = ((-1.0) * v127_rows)
+        v129_rows = (v125_rows + v128_rows[:, None])
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v130_rows = (local_1_rows * v129_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v130_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v130 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v131 = tl.sum((v130), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v131.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -8786,7 +9119,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
@@ -8816,30 +9149,39 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v136
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v77 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v77_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
-    v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v82_rows * v84_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+        v98_rows = v85_rows
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -8925,12 +9267,19 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v104 = (v98 * v103)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v113 = (v104 + local_6)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = (v98_rows * v103_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v113_rows = (v104_rows + local_6_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -8952,69 +9301,74 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v91_xA = q * v91_A
     for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
         v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v91_p = v91_r + v91_j
         v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
+        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
         v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
-    v83 = tl.exp(v78)  # cumulative decay in the chunk
-    v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v94 = v78
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v83_rows = tl.exp(v78_rows)  # cumulative decay in the chunk
+        v86_rows = (q_rows * v83_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
+        local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = v78
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v110_xA = local_5 * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
         v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v110_p = v110_r + v110_j
         v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9026,7 +9380,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9046,7 +9400,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9056,7 +9410,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9078,7 +9432,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9099,24 +9453,32 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v125 = (v114 + v124)
-    v126 = tl.sum((v125), axis=1)
-    v127 = (v126 / (D))
-    v128 = ((-1.0) * v127)
-    v129 = (v125 + v128[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v130 = (2.0 * local_0 * v129)
-    v131 = tl.sum((v130), axis=1)
-    v132 = (v131 / (D))
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v133 = ((-0.5) * local_0 * ln_weight[None, :] * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v134 = (ln_weight[None, :] * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
-    v135 = (v133 + v134)
-    v136 = (local_0 * v135 / ((tl.sqrt((1.0 + v68[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = (v114_rows + v124_rows)
+        v126_rows = tl.sum((v125_rows), axis=1)
+        v127_rows = (v126_rows / (D))
+        v128_rows = ((-1.0) * v127_rows)
+        v129_rows = (v125_rows + v128_rows[:, None])
+        v130_rows = (2.0 * local_0_rows * v129_rows)
+        v131_rows = tl.sum((v130_rows), axis=1)
+        v132_rows = (v131_rows / (D))
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v133_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v132_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v134_rows = (ln_weight[None, :] * v129_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v135_rows = (v133_rows + v134_rows)
+        v136_rows = (local_0_rows * v135_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v136_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v137 = tl.sum((v136), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v137.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -9124,7 +9486,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_weight_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `ln_weight`."""
@@ -9154,7 +9516,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -9173,57 +9535,61 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
-    v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_eta_rows = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.cumsum(v80, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    v86 = tl.exp(v81)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -9252,17 +9618,14 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
     v34 = v11
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9311,24 +9674,29 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s, v79)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_rb)
+        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
+        v88_rows = (v85_rows * v87_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        v117_rows = (v88_rows * v91_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9336,28 +9704,28 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
         v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
         v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9373,7 +9741,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9397,7 +9765,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9411,7 +9779,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9434,7 +9802,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9467,12 +9835,19 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = (v104 * v111)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v124 = (v112 + local_6)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v112_rows = (v104_rows * v111_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v124_rows = (v112_rows + local_6_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9480,72 +9855,52 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v142 = (v125 + v141)
-    v143 = tl.sum((v142), axis=1)
-    v144 = (v143 / (D))
-    v145 = ((-1.0) * v144)
-    v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    v148 = (2.0 * local_0 * v146)
-    v149 = tl.sum((v148), axis=1)
-    v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t, v150)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v142_rows = (v125_rows + v141_rows)
+        v143_rows = tl.sum((v142_rows), axis=1)
+        v144_rows = (v143_rows / (D))
+        v145_rows = ((-1.0) * v144_rows)
+        v146_rows = (v142_rows + v145_rows[:, None])
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v71_rows = tl.sum((v70_rows), axis=1)
+        v72_rows = (v71_rows / (D))
+        v147_rows = (2.0 * v72_rows[:, None] * v146_rows)
+        v148_rows = (2.0 * local_0_rows * v146_rows)
+        v149_rows = tl.sum((v148_rows), axis=1)
+        v150_rows = (v149_rows / (D))
+        v151_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v154_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v157_rows = (ln_weight[None, :] * v146_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v158_rows = (v154_rows + v157_rows)
+        v159_rows = (ln_weight[None, :] * v158_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v152_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * (1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v153_rows = tl.sum((v152_rows), axis=1)
+        v155_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v146_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v156_rows = tl.sum((v155_rows), axis=1)
+        v160_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v158_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v153_rows + v156_rows + v161_rows)
+        v163_rows = (v162_rows / (D))
+        v164_rows = (2.0 * local_0_rows * v163_rows[:, None])
+        v165_rows = (v147_rows + v151_rows + v159_rows + v164_rows)
+        v166_rows = ((-1.0) * v165_rows)
+        v167_rows = tl.sum((v166_rows), axis=1)
+        v168_rows = (v167_rows / (D))
+        v169_rows = (v165_rows + v168_rows[:, None])
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t)  # parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
-    v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
-    v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
-    v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t)  # parked
-    v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
-    v162 = (v153 + v156 + v161)
-    v163 = (v162 / (D))
-    v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v165 = (v147 + v151 + v159 + v164)
-    v166 = ((-1.0) * v165)
-    v167 = tl.sum((v166), axis=1)
-    v168 = (v167 / (D))
-    v169 = (v165 + v168[:, None])
+    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9565,8 +9920,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9635,7 +9990,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
 def chunk_grad_ln_weight_5_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 5 of the gradient of one chunk's `ln_weight`."""
@@ -9665,7 +10020,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -9684,57 +10039,61 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
-    v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_eta_rows = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.cumsum(v80, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    v86 = tl.exp(v81)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -9763,17 +10122,14 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
     v34 = v11
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9822,24 +10178,29 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s, v79)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_rb)
+        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
+        v88_rows = (v85_rows * v87_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        v117_rows = (v88_rows * v91_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -9847,28 +10208,28 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
         v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
         v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9884,7 +10245,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9908,7 +10269,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9922,7 +10283,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9945,7 +10306,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9978,12 +10339,19 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = (v104 * v111)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v124 = (v112 + local_6)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v112_rows = (v104_rows * v111_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v124_rows = (v112_rows + local_6_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9991,72 +10359,52 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v142 = (v125 + v141)
-    v143 = tl.sum((v142), axis=1)
-    v144 = (v143 / (D))
-    v145 = ((-1.0) * v144)
-    v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    v148 = (2.0 * local_0 * v146)
-    v149 = tl.sum((v148), axis=1)
-    v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t, v150)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v142_rows = (v125_rows + v141_rows)
+        v143_rows = tl.sum((v142_rows), axis=1)
+        v144_rows = (v143_rows / (D))
+        v145_rows = ((-1.0) * v144_rows)
+        v146_rows = (v142_rows + v145_rows[:, None])
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v71_rows = tl.sum((v70_rows), axis=1)
+        v72_rows = (v71_rows / (D))
+        v147_rows = (2.0 * v72_rows[:, None] * v146_rows)
+        v148_rows = (2.0 * local_0_rows * v146_rows)
+        v149_rows = tl.sum((v148_rows), axis=1)
+        v150_rows = (v149_rows / (D))
+        v151_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v154_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v157_rows = (ln_weight[None, :] * v146_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v158_rows = (v154_rows + v157_rows)
+        v159_rows = (ln_weight[None, :] * v158_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v152_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * (1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v153_rows = tl.sum((v152_rows), axis=1)
+        v155_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v146_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v156_rows = tl.sum((v155_rows), axis=1)
+        v160_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v158_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v153_rows + v156_rows + v161_rows)
+        v163_rows = (v162_rows / (D))
+        v164_rows = (2.0 * local_0_rows * v163_rows[:, None])
+        v165_rows = (v147_rows + v151_rows + v159_rows + v164_rows)
+        v166_rows = ((-1.0) * v165_rows)
+        v167_rows = tl.sum((v166_rows), axis=1)
+        v168_rows = (v167_rows / (D))
+        v169_rows = (v165_rows + v168_rows[:, None])
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t)  # parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
-    v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
-    v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
-    v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t)  # parked
-    v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
-    v162 = (v153 + v156 + v161)
-    v163 = (v162 / (D))
-    v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v165 = (v147 + v151 + v159 + v164)
-    v166 = ((-1.0) * v165)
-    v167 = tl.sum((v166), axis=1)
-    v168 = (v167 / (D))
-    v169 = (v165 + v168[:, None])
+    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10076,8 +10424,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10143,7 +10491,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
 def chunk_grad_ln_weight_6_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 6 of the gradient of one chunk's `ln_weight`."""
@@ -10173,7 +10521,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -10192,57 +10540,61 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
-    v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_eta_rows = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.cumsum(v80, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    v86 = tl.exp(v81)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -10271,17 +10623,14 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
     v34 = v11
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -10330,24 +10679,29 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s, v79)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_rb)
+        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
+        v88_rows = (v85_rows * v87_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        v117_rows = (v88_rows * v91_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -10355,28 +10709,28 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
         v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
         v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10392,7 +10746,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10416,7 +10770,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10430,7 +10784,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10453,7 +10807,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10486,12 +10840,19 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = (v104 * v111)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v124 = (v112 + local_6)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v112_rows = (v104_rows * v111_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v124_rows = (v112_rows + local_6_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10499,72 +10860,52 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v142 = (v125 + v141)
-    v143 = tl.sum((v142), axis=1)
-    v144 = (v143 / (D))
-    v145 = ((-1.0) * v144)
-    v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    v148 = (2.0 * local_0 * v146)
-    v149 = tl.sum((v148), axis=1)
-    v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t, v150)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v142_rows = (v125_rows + v141_rows)
+        v143_rows = tl.sum((v142_rows), axis=1)
+        v144_rows = (v143_rows / (D))
+        v145_rows = ((-1.0) * v144_rows)
+        v146_rows = (v142_rows + v145_rows[:, None])
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v71_rows = tl.sum((v70_rows), axis=1)
+        v72_rows = (v71_rows / (D))
+        v147_rows = (2.0 * v72_rows[:, None] * v146_rows)
+        v148_rows = (2.0 * local_0_rows * v146_rows)
+        v149_rows = tl.sum((v148_rows), axis=1)
+        v150_rows = (v149_rows / (D))
+        v151_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v154_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v157_rows = (ln_weight[None, :] * v146_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v158_rows = (v154_rows + v157_rows)
+        v159_rows = (ln_weight[None, :] * v158_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v152_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * (1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v153_rows = tl.sum((v152_rows), axis=1)
+        v155_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v146_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v156_rows = tl.sum((v155_rows), axis=1)
+        v160_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v158_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v153_rows + v156_rows + v161_rows)
+        v163_rows = (v162_rows / (D))
+        v164_rows = (2.0 * local_0_rows * v163_rows[:, None])
+        v165_rows = (v147_rows + v151_rows + v159_rows + v164_rows)
+        v166_rows = ((-1.0) * v165_rows)
+        v167_rows = tl.sum((v166_rows), axis=1)
+        v168_rows = (v167_rows / (D))
+        v169_rows = (v165_rows + v168_rows[:, None])
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t)  # parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
-    v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
-    v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
-    v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t)  # parked
-    v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
-    v162 = (v153 + v156 + v161)
-    v163 = (v162 / (D))
-    v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v165 = (v147 + v151 + v159 + v164)
-    v166 = ((-1.0) * v165)
-    v167 = tl.sum((v166), axis=1)
-    v168 = (v167 / (D))
-    v169 = (v165 + v168[:, None])
+    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10584,8 +10925,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10658,7 +10999,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
@@ -10695,7 +11036,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
@@ -10725,30 +11066,39 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v78, v82, v84, v85, v98, v114, v107, v91, v86, v110
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v135
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v77 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v77_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v82 * v84)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v85)  # park
-    v98 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v98)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v82_rows * v84_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+        v98_rows = v85_rows
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -10834,12 +11184,19 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v104 = (v98 * v103)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v113 = (v104 + local_6)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = (v98_rows * v103_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v113_rows = (v104_rows + local_6_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = v113
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -10861,69 +11218,74 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v91_xA = q * v91_A
     for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
         v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v91_p = v91_r + v91_j
         v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
+        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
         v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
         v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
-    v83 = tl.exp(v78)  # cumulative decay in the chunk
-    v86 = (q * v83)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v86)  # park
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v94 = v78
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v83_rows = tl.exp(v78_rows)  # cumulative decay in the chunk
+        v86_rows = (q_rows * v83_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
+        local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = v78
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v110_xA = local_5 * v110_A
     for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
         v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v110_p = v110_r + v110_j
         v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
         v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10935,7 +11297,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10955,7 +11317,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10965,7 +11327,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10987,7 +11349,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11008,23 +11370,31 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v125 = (v114 + v124)
-    v126 = tl.sum((v125), axis=1)
-    v127 = (v126 / (D))
-    v128 = ((-1.0) * v127)
-    v129 = (v125 + v128[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v130 = (2.0 * local_0 * v129)
-    v131 = tl.sum((v130), axis=1)
-    v132 = (v131 / (D))
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v133 = ((-0.5) * local_0 * ln_weight[None, :] * v132[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v134 = (ln_weight[None, :] * v129 / ((tl.sqrt((1.0 + v68[:, None])))))
-    v135 = (v133 + v134)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = (v114_rows + v124_rows)
+        v126_rows = tl.sum((v125_rows), axis=1)
+        v127_rows = (v126_rows / (D))
+        v128_rows = ((-1.0) * v127_rows)
+        v129_rows = (v125_rows + v128_rows[:, None])
+        v130_rows = (2.0 * local_0_rows * v129_rows)
+        v131_rows = tl.sum((v130_rows), axis=1)
+        v132_rows = (v131_rows / (D))
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v133_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v132_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v134_rows = (ln_weight[None, :] * v129_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v135_rows = (v133_rows + v134_rows)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v135_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v136 = tl.sum((v135), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v136.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -11032,7 +11402,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
 def chunk_grad_ln_bias_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_bias`."""
@@ -11062,7 +11432,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 3 * C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v81, v86, v89, v91, v87, v93, v94, v88, v117, v120, v104, v125, v146, v68, v147, v150, v151, v158, v159, v153
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -11081,57 +11451,61 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
     tl.debug_barrier()
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v80 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
-    v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        gate_eta_rows = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
+        v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.cumsum(v80, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    v86 = tl.exp(v81)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = q * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
+        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
         v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
         v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -11160,17 +11534,14 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
     v34 = v11
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -11219,24 +11590,29 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s, v79)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v79[:, None] * tl.exp((v84[None, :] - v82)))  # decay from token s to the chunk's end
-    v87 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v117 = (v88 * v91)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v117)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_rb)
+        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
+        v88_rows = (v85_rows * v87_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        v117_rows = (v88_rows * v91_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
@@ -11244,28 +11620,28 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v120_xA = local_5 * v120_A
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
         v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
         v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
         v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11281,7 +11657,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11305,7 +11681,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11319,7 +11695,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11342,7 +11718,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11375,12 +11751,19 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v104 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = (v104 * v111)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v124 = (v112 + local_6)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v112_rows = (v104_rows * v111_rows)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v124_rows = (v112_rows + local_6_rows)
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11388,72 +11771,52 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v142 = (v125 + v141)
-    v143 = tl.sum((v142), axis=1)
-    v144 = (v143 / (D))
-    v145 = ((-1.0) * v144)
-    v146 = (v142 + v145[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v66 = (local_0 * local_0)
-    v67 = tl.sum((v66), axis=1)
-    v68 = (v67 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t, v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = (2.0 * v72[:, None] * v146)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    v148 = (2.0 * local_0 * v146)
-    v149 = tl.sum((v148), axis=1)
-    v150 = (v149 / (D))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t, v150)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v142_rows = (v125_rows + v141_rows)
+        v143_rows = tl.sum((v142_rows), axis=1)
+        v144_rows = (v143_rows / (D))
+        v145_rows = ((-1.0) * v144_rows)
+        v146_rows = (v142_rows + v145_rows[:, None])
+        v66_rows = (local_0_rows * local_0_rows)
+        v67_rows = tl.sum((v66_rows), axis=1)
+        v68_rows = (v67_rows / (D))
+        v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v71_rows = tl.sum((v70_rows), axis=1)
+        v72_rows = (v71_rows / (D))
+        v147_rows = (2.0 * v72_rows[:, None] * v146_rows)
+        v148_rows = (2.0 * local_0_rows * v146_rows)
+        v149_rows = tl.sum((v148_rows), axis=1)
+        v150_rows = (v149_rows / (D))
+        v151_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v154_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v157_rows = (ln_weight[None, :] * v146_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v158_rows = (v154_rows + v157_rows)
+        v159_rows = (ln_weight[None, :] * v158_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
+        v152_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v150_rows[:, None] / (((1.0 + v68_rows[:, None]) * (1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v153_rows = tl.sum((v152_rows), axis=1)
+        v155_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v146_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v156_rows = tl.sum((v155_rows), axis=1)
+        v160_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v158_rows / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v153_rows + v156_rows + v161_rows)
+        v163_rows = (v162_rows / (D))
+        v164_rows = (2.0 * local_0_rows * v163_rows[:, None])
+        v165_rows = (v147_rows + v151_rows + v159_rows + v164_rows)
+        v166_rows = ((-1.0) * v165_rows)
+        v167_rows = tl.sum((v166_rows), axis=1)
+        v168_rows = (v167_rows / (D))
+        v169_rows = (v165_rows + v168_rows[:, None])
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + offs_t)  # parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
-    v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v157 = (ln_weight[None, :] * v146 / ((tl.sqrt((1.0 + v68[:, None])))))
-    v158 = (v154 + v157)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
-    v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((1.0 + v68[:, None])))))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v150 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + C + offs_t)  # parked
-    v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((1.0 + v68[:, None]) * (1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v153 = tl.sum((v152), axis=1)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t, v153)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 8 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((1.0 + v68[:, None]) * tl.sqrt((1.0 + v68[:, None])))))
-    v161 = tl.sum((v160), axis=1)
-    v153 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t)  # parked
-    v162 = (v153 + v156 + v161)
-    v163 = (v162 / (D))
-    v164 = (2.0 * local_0 * v163[:, None])
-    v147 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 8 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v151 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * BV + 8 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v165 = (v147 + v151 + v159 + v164)
-    v166 = ((-1.0) * v165)
-    v167 = tl.sum((v166), axis=1)
-    v168 = (v167 / (D))
-    v169 = (v165 + v168[:, None])
+    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11473,8 +11836,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)

@@ -44,10 +44,13 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['t', 'o'],
                                        ['t', 'i'],
                                        ['s', 'i'],
-                                       ['s', 'o']],
+                                       ['s', 'i'],
+                                       ['s', 'o'],
+                                       ['t', 'i']],
                            'value_blocks': 'none',
                            'tiles': 8.0,
                            'sub_chunks': False,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': True},
@@ -73,6 +76,9 @@ DESCRIPTION = {'spec': 'moneta',
                                      ['t', 'i'],
                                      ['s', 'i'],
                                      ['s', 'i'],
+                                     ['s', 'i'],
+                                     ['s', 'o'],
+                                     ['t', 'i'],
                                      ['t', 'i'],
                                      ['s', 'i'],
                                      ['s', 'i'],
@@ -80,6 +86,9 @@ DESCRIPTION = {'spec': 'moneta',
                                      ['s', 'o'],
                                      ['t', 'o'],
                                      ['s', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
                                      ['t', 'o'],
                                      ['t', 'o'],
                                      ['t', 'o'],
@@ -87,6 +96,7 @@ DESCRIPTION = {'spec': 'moneta',
                          'value_blocks': 'none',
                          'tiles': 14.0,
                          'sub_chunks': True,
+                         'row_blocks': True,
                          'swappable': True,
                          'rereads': True,
                          'holds_params': False},
@@ -106,10 +116,18 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t'],
+                                       ['t', 'o'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['s', 'o'],
+                                       ['s'],
                                        ['t', 'i'],
+                                       ['s', 'o'],
                                        ['t', 's'],
                                        ['t', 'i'],
                                        ['t', 'i'],
@@ -120,10 +138,17 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t'],
+                                       ['t', 'o'],
+                                       ['t'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 18.0,
                            'sub_chunks': True,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': False},
@@ -192,21 +217,18 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['s', 'o'],
                                        ['t', 's'],
                                        ['s', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t'],
-                                       ['t', 'o'],
-                                       ['t'],
+                                       ['s', 'o'],
+                                       ['s', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
-                                       ['t'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 24.5,
                            'sub_chunks': True,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': True},
@@ -219,10 +241,13 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['h'],
                                           ['o', 'h'],
                                           ['o', 'h'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
                                           ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 5.0,
                               'sub_chunks': False,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -231,6 +256,7 @@ DESCRIPTION = {'spec': 'moneta',
                               'value_blocks': 'none',
                               'tiles': 2.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': False,
                               'rereads': False,
                               'holds_params': False},
@@ -255,6 +281,7 @@ DESCRIPTION = {'spec': 'moneta',
                               'value_blocks': 'none',
                               'tiles': 10.5,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -281,6 +308,7 @@ DESCRIPTION = {'spec': 'moneta',
                               'value_blocks': 'none',
                               'tiles': 13.5,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -306,6 +334,7 @@ DESCRIPTION = {'spec': 'moneta',
                               'value_blocks': 'none',
                               'tiles': 11.5,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -336,15 +365,19 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['s', 'i'],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 15.5,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -378,13 +411,17 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['s', 'o'],
-                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 'i'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 15.0,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -425,17 +462,17 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['s', 'o'],
-                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 's'],
-                                          ['t', 'o'],
-                                          ['t'],
                                           ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 16.5,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -469,13 +506,17 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['s', 'o'],
-                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 'i'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 15.0,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -509,13 +550,17 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['s', 'o'],
-                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 'i'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 15.0,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -535,10 +580,13 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'o'],
-                                                   ['s', 'o']],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 10.0,
                                        'sub_chunks': True,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -566,6 +614,7 @@ DESCRIPTION = {'spec': 'moneta',
                                        'value_blocks': 'none',
                                        'tiles': 15.5,
                                        'sub_chunks': True,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -600,10 +649,13 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'i'],
                                                    ['t', 'o'],
                                                    ['t', 's'],
+                                                   ['t', 'i'],
+                                                   ['t', 'o'],
                                                    ['t', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 14.5,
                                        'sub_chunks': True,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -623,11 +675,16 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
+                                                   ['t', 'i'],
                                                    ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
                                                    ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
                                        'sub_chunks': False,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -663,6 +720,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
@@ -671,10 +730,13 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
+                                                   ['s', 'i'],
+                                                   ['s', 'o'],
                                                    ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 16.5,
                                        'sub_chunks': True,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -694,10 +756,14 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 's'],
                                                  ['t', 'i'],
                                                  ['t', 'o'],
-                                                 ['s', 'o']],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 9.0,
                                      'sub_chunks': True,
+                                     'row_blocks': True,
                                      'swappable': True,
                                      'rereads': True,
                                      'holds_params': False},
@@ -726,6 +792,7 @@ DESCRIPTION = {'spec': 'moneta',
                                      'value_blocks': 'none',
                                      'tiles': 14.5,
                                      'sub_chunks': True,
+                                     'row_blocks': True,
                                      'swappable': True,
                                      'rereads': True,
                                      'holds_params': False},
@@ -744,11 +811,16 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['s', 'i'],
+                                                 ['t', 'i'],
                                                  ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['s', 'i'],
+                                                 ['s', 'i'],
                                                  ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 7.5,
                                      'sub_chunks': False,
+                                     'row_blocks': True,
                                      'swappable': True,
                                      'rereads': True,
                                      'holds_params': False},
@@ -759,10 +831,12 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['h'],
                                                   ['o', 'h'],
                                                   ['t', 'i'],
-                                                  ['s', 'i']],
+                                                  ['s', 'i'],
+                                                  ['t', 'i']],
                                       'value_blocks': 'none',
                                       'tiles': 5.5,
                                       'sub_chunks': False,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -787,10 +861,15 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 10.5,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -824,13 +903,17 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['s', 'o'],
-                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
-                                                  ['t', 's']],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 15.0,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -864,13 +947,17 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['s', 'o'],
-                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
-                                                  ['t', 's']],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 15.0,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -904,13 +991,17 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['s', 'o'],
-                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
-                                                  ['t', 's']],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 15.0,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -919,6 +1010,7 @@ DESCRIPTION = {'spec': 'moneta',
                                     'value_blocks': 'none',
                                     'tiles': 2.0,
                                     'sub_chunks': False,
+                                    'row_blocks': False,
                                     'swappable': False,
                                     'rereads': False,
                                     'holds_params': False},
@@ -927,6 +1019,7 @@ DESCRIPTION = {'spec': 'moneta',
                                     'value_blocks': 'none',
                                     'tiles': 2.0,
                                     'sub_chunks': False,
+                                    'row_blocks': False,
                                     'swappable': False,
                                     'rereads': False,
                                     'holds_params': False},
@@ -960,13 +1053,17 @@ DESCRIPTION = {'spec': 'moneta',
                                                 ['s', 'i'],
                                                 ['t', 'i'],
                                                 ['s', 'o'],
-                                                ['t', 'o'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
                                                 ['t', 's'],
                                                 ['t', 'i'],
-                                                ['t', 's']],
+                                                ['t', 's'],
+                                                ['t', 'o'],
+                                                ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 15.0,
                                     'sub_chunks': True,
+                                    'row_blocks': True,
                                     'swappable': True,
                                     'rereads': True,
                                     'holds_params': False}},
@@ -1001,7 +1098,7 @@ def private_index(offs, align: tl.constexpr, anchor, ON_GPU: tl.constexpr):
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -1043,7 +1140,7 @@ def chunk_state_fwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (4 * C * HID + BV * HID + 3 * C * BV + 2 * C * D)  # v22, v23, v21, v62, v63, v27, v45, v53, v65, v72
+        scratch = scratch_ptr + slot * (4 * C * HID + BV * HID + 3 * C * BV + 4 * C * D)  # v22, v23, v21, v62, v63, v24, v45, v53, v60, v65, v72, v67
         v12 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1081,37 +1178,38 @@ def chunk_state_fwd_kernel(
             v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v25 = tl.sum((v24), axis=1)
-        v26 = (v25 / (D))
-        v27 = (v24 - v26[:, None])
-        tl.store(scratch + 4 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :], v27)  # park
-        v28 = (v27 * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
+        tl.store(scratch + 4 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :], v24)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
             ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-        v31 = (ln_bias[None, :] + (v27 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None]))))))
-        if REREAD_INPUTS:  # loaded again, not held since its last reader
-            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v32 = k
-        v33 = (v31 + v32)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v34 = (v33 - v)
-        v35 = (3.0 * v34 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v34 * v34)))))  # inner gradient signal g = dl/dy
         tl.debug_barrier()  # parked tiles other threads stored
-        v27 = tl.load(scratch + 4 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v37 = ((-0.5) * v27 * ln_weight[None, :] * v35 / (((tl.full((), 1e-05, DTYPE) + v30[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
-        v38 = tl.sum((v37), axis=1)
-        v39 = (v38 / (D))
-        v40 = (2.0 * v27 * v39[:, None])
-        v36 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
-        v41 = (v36 + v40)
-        v42 = ((-1.0) * v41)
-        v43 = tl.sum((v42), axis=1)
-        v44 = (v43 / (D))
-        v45 = (v41 + v44[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 4 * C * HID + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v45)  # park
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+            v24_rows = tl.load(scratch + 4 * C * HID + BV * HID + offs_rb[:, None] * D + offs_o[None, :])
+            v25_rows = tl.sum((v24_rows), axis=1)
+            v26_rows = (v25_rows / (D))
+            v27_rows = (v24_rows - v26_rows[:, None])
+            v28_rows = (v27_rows * v27_rows)
+            v29_rows = tl.sum((v28_rows), axis=1)
+            v30_rows = (v29_rows / (D))
+            v31_rows = (ln_bias[None, :] + (v27_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30_rows[:, None]))))))
+            v32_rows = k_rows
+            v33_rows = (v31_rows + v32_rows)  # memory output M(x)
+            v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+            v34_rows = (v33_rows - v_rows)
+            v35_rows = (3.0 * v34_rows * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v34_rows * v34_rows)))))  # inner gradient signal g = dl/dy
+            v37_rows = ((-0.5) * v27_rows * ln_weight[None, :] * v35_rows / (((tl.full((), 1e-05, DTYPE) + v30_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v30_rows[:, None])))))
+            v38_rows = tl.sum((v37_rows), axis=1)
+            v39_rows = (v38_rows / (D))
+            v40_rows = (2.0 * v27_rows * v39_rows[:, None])
+            v36_rows = (ln_weight[None, :] * v35_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30_rows[:, None])))))
+            v41_rows = (v36_rows + v40_rows)
+            v42_rows = ((-1.0) * v41_rows)
+            v43_rows = tl.sum((v42_rows), axis=1)
+            v44_rows = (v43_rows / (D))
+            v45_rows = (v41_rows + v44_rows[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+            tl.store(scratch + 4 * C * HID + BV * HID + C * BV + offs_rb[:, None] * D + offs_o[None, :], v45_rows)  # park
         v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -1124,15 +1222,23 @@ def chunk_state_fwd_kernel(
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v59 = gate_eta
         v60 = (v57 * v59)
+        tl.store(scratch + 4 * C * HID + BV * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v61 = k
         v65 = (v60 * v61)
-        tl.store(scratch + 4 * C * HID + BV * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v65)  # park
+        tl.store(scratch + 4 * C * HID + BV * HID + 2 * C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v65)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v45 = tl.load(scratch + 4 * C * HID + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v64 = v45
-        v71 = v60
-        v72 = (v71 * v64)
-        tl.store(scratch + 4 * C * HID + BV * HID + 2 * C * BV + 2 * C * D + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            v60_rows = tl.load(scratch + 4 * C * HID + BV * HID + 2 * C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+            v64_rows = tl.load(scratch + 4 * C * HID + BV * HID + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+            v71_rows = v60_rows
+            v72_rows = (v71_rows * v64_rows)
+            tl.store(scratch + 4 * C * HID + BV * HID + 2 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :], v72_rows)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1144,11 +1250,17 @@ def chunk_state_fwd_kernel(
             v62 = v47
             tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
         tl.debug_barrier()
-        v53 = tl.load(scratch + 4 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v58 = tl.exp(v53)  # cumulative decay in the chunk
-        v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        tl.debug_barrier()  # parked tiles other threads stored
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            v53_rows = tl.load(scratch + 4 * C * HID + BV * HID + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+            v58_rows = tl.exp(v53_rows)  # cumulative decay in the chunk
+            v67_rows = (v58_rows * tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None])
+            tl.store(scratch + 4 * C * HID + BV * HID + 3 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v67_rows)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v67 = tl.load(scratch + 4 * C * HID + BV * HID + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         v68 = tl.sum((v67), axis=0)
-        v65 = tl.load(scratch + 4 * C * HID + BV * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v65 = tl.load(scratch + 4 * C * HID + BV * HID + 2 * C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1164,7 +1276,7 @@ def chunk_state_fwd_kernel(
             tl.store(scratch + 3 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
         tl.debug_barrier()
         v74 = v68
-        v72 = tl.load(scratch + 4 * C * HID + BV * HID + 2 * C * BV + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v72 = tl.load(scratch + 4 * C * HID + BV * HID + 2 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1183,7 +1295,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -1212,7 +1324,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 10 * C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v76, v77, v81, v74, v91, v92, causal, v35, v53, v61, v67, v68, v66, v72, v107, v70, v92, v86, v87, v93, v83, v94, v95
+    scratch = scratch_ptr + slot * (2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 14 * C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v76, v77, v81, v74, v91, v92, causal, v32, v53, v61, v65, v67, v68, v114, v66, v109, v72, v107, v70, v92, v86, v87, v93, v83, v84, v94, v95, v96, v106
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1251,36 +1363,39 @@ def chunk_out_fwd_kernel(
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v32)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v40 = k
-    v41 = (v39 + v40)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = (v41 - v)
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v46 = tl.sum((v45), axis=1)
-    v47 = (v46 / (D))
-    v48 = (2.0 * v35 * v47[:, None])
-    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v49 = (v44 + v48)
-    v50 = ((-1.0) * v49)
-    v51 = tl.sum((v50), axis=1)
-    v52 = (v51 / (D))
-    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v32_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v33_rows = tl.sum((v32_rows), axis=1)
+        v34_rows = (v33_rows / (D))
+        v35_rows = (v32_rows - v34_rows[:, None])
+        v36_rows = (v35_rows * v35_rows)
+        v37_rows = tl.sum((v36_rows), axis=1)
+        v38_rows = (v37_rows / (D))
+        v39_rows = (ln_bias[None, :] + (v35_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38_rows[:, None]))))))
+        v40_rows = k_rows
+        v41_rows = (v39_rows + v40_rows)  # memory output M(x)
+        v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v42_rows = (v41_rows - v_rows)
+        v43_rows = (3.0 * v42_rows * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42_rows * v42_rows)))))  # inner gradient signal g = dl/dy
+        v45_rows = ((-0.5) * v35_rows * ln_weight[None, :] * v43_rows / (((tl.full((), 1e-05, DTYPE) + v38_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38_rows[:, None])))))
+        v46_rows = tl.sum((v45_rows), axis=1)
+        v47_rows = (v46_rows / (D))
+        v48_rows = (2.0 * v35_rows * v47_rows[:, None])
+        v44_rows = (ln_weight[None, :] * v43_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38_rows[:, None])))))
+        v49_rows = (v44_rows + v48_rows)
+        v50_rows = ((-1.0) * v49_rows)
+        v51_rows = tl.sum((v50_rows), axis=1)
+        v52_rows = (v51_rows / (D))
+        v53_rows = (v49_rows + v52_rows[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v53_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v90 = v53
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -1291,21 +1406,34 @@ def chunk_out_fwd_kernel(
     v64 = tl.sum((v63), axis=0)
     v62 = v61
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v65)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
-    v68 = (v65 * v67)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
-    v113 = v68
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v114 = (v113 * v90)
-    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
-    v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v65_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v67_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v90_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v68_rows = (v65_rows * v67_rows)
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v68_rows)  # park
+        v113_rows = v68_rows
+        v114_rows = (v113_rows * v90_rows)
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v114_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v61_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v66_rows = tl.exp(v61_rows)  # cumulative decay in the chunk
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v66_rows)  # park
+        v109_rows = (v66_rows * tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None])
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v109_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v109 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = tl.sum((v109), axis=0)
     v116 = v110
+    v114 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1326,11 +1454,11 @@ def chunk_out_fwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v72 = k
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v68 * v72)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v53 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1347,7 +1475,7 @@ def chunk_out_fwd_kernel(
         v73 = v55
         tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v107 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1379,8 +1507,8 @@ def chunk_out_fwd_kernel(
         v128 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v134 = (v128 * v133[None, :])
         v135 += tl.sum((v134), axis=1)
-    v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1405,10 +1533,14 @@ def chunk_out_fwd_kernel(
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    v66 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v69 = ((-1.0) + v66)
-    v70 = (q * v69)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v66_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v69_rows = ((-1.0) + v66_rows)
+        v70_rows = (q_rows * v69_rows)
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v70_rows)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1416,7 +1548,7 @@ def chunk_out_fwd_kernel(
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1431,19 +1563,22 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v88 = v67
-    v90 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = (v90 * v88)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v67_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v90_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v88_rows = v67_rows
+        v92_rows = (v90_rows * v88_rows)
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v92_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1465,9 +1600,9 @@ def chunk_out_fwd_kernel(
         v81 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v86 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1489,12 +1624,14 @@ def chunk_out_fwd_kernel(
         v93_b = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = v66
-    v83 = ((-1.0) + v82)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v66_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v82_rows = v66_rows
+        v83_rows = ((-1.0) + v82_rows)
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 8 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v83_rows)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1502,12 +1639,16 @@ def chunk_out_fwd_kernel(
         v81 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v85 = (v83 * v84)
-    v93 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = (v85 - v93)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v83_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 8 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 9 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v93_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 7 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v85_rows = (v83_rows * v84_rows)
+        v94_rows = (v85_rows - v93_rows)
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 10 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v94_rows)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1518,9 +1659,9 @@ def chunk_out_fwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1528,22 +1669,26 @@ def chunk_out_fwd_kernel(
         v81 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = (v96 + v95)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v97 - v99[:, None])
-    v101 = (v100 * v100)
-    v102 = tl.sum((v101), axis=1)
-    v103 = (v102 / (D))
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v96)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v104 = (ln_bias[None, :] + (v100 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None]))))))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v105 = q
-    v106 = (v104 + v105)  # read: M(q_t; W_t)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v95_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 11 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v96_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 12 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v97_rows = (v96_rows + v95_rows)
+        v98_rows = tl.sum((v97_rows), axis=1)
+        v99_rows = (v98_rows / (D))
+        v100_rows = (v97_rows - v99_rows[:, None])
+        v101_rows = (v100_rows * v100_rows)
+        v102_rows = tl.sum((v101_rows), axis=1)
+        v103_rows = (v102_rows / (D))
+        v104_rows = (ln_bias[None, :] + (v100_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103_rows[:, None]))))))
+        v105_rows = q_rows
+        v106_rows = (v104_rows + v105_rows)  # read: M(q_t; W_t)
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 13 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v106_rows)  # park
     v143 = v130
     v136 = tl.sum((v135), axis=0)
     v137 = (v136 / (D))
@@ -1553,6 +1698,8 @@ def chunk_out_fwd_kernel(
     v141 = (v140 / (D))
     v142 = (ln_bias + (v138 * ln_weight / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141))))))
     v144 = (v142 + v143)  # memory output M(x)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v106 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v146 = ((tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * v144[None, :]) + (v106 * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None])))
     tl.store(out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v146.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1560,7 +1707,7 @@ def chunk_out_fwd_kernel(
 def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
@@ -1589,7 +1736,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 5 * C * D + 13 * C * BV + 3 * C * C)  # v15, v30, v31, v21, v73, v76, v77, v81, v89, v74, v92, causal, v122, v35, v53, v67, v88, v92, v61, v75, v66, v70, v86, v87, v91, v93, v83, v94, v95, v121
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 5 * C * D + 23 * C * BV + 3 * C * C + 4 * C)  # v15, v30, v31, v21, v73, v76, v77, v81, v89, v74, v92, causal, v122, v35, v39, v41, v48, v44, v49, v52, v53, v67, v88, v92, v59, v61, v104, v75, v66, v70, v86, v87, v91, v93, v83, v84, v94, v95, v96, v100, v103, v116, v119, v121
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1639,87 +1786,121 @@ def chunk_local_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v40 = k
-    v41 = (v39 + v40)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v39)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v39_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 3 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v40_rows = k_rows
+        v41_rows = (v39_rows + v40_rows)  # memory output M(x)
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :], v41_rows)  # park
+        v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
+    v41 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v42 = (v41 - v)
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v42.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v43.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
-    tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
     v48 = (2.0 * v35 * v47[:, None])
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v48)  # park
     v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v49 = (v44 + v48)
-    v50 = ((-1.0) * v49)
-    v51 = tl.sum((v50), axis=1)
-    v52 = (v51 / (D))
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v44)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v44_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 6 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v48_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v49_rows = (v44_rows + v48_rows)
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 7 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :], v49_rows)  # park
+        v50_rows = ((-1.0) * v49_rows)
+        v51_rows = tl.sum((v50_rows), axis=1)
+        v52_rows = (v51_rows / (D))
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 8 * C * BV + C * C + offs_rb, v52_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 7 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v52 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 8 * C * BV + C * C + offs_t)  # parked
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v53.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v88 = v67
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     v92 = (v90 * v88)
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v92.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 5 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_s, v59)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v68 = (v65 * v67)
-    v104 = v68
-    v90 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 3 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v59_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_rb)
+        v62_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v67_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 9 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v65_rows = (v59_rows[:, None] * tl.exp((v64[None, :] - v62_rows)))  # decay from token s to the chunk's end
+        v68_rows = (v65_rows * v67_rows)
+        v104_rows = v68_rows
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v104_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 8 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v105 = (v104 * v90)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v105.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v72 = k
-    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
         v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 6 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v75)  # park
-    v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v66)  # park
-    v69 = ((-1.0) + v66)
-    v70 = (q * v69)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 12 * C * BV + C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v61_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v66_rows = tl.exp(v61_rows)  # cumulative decay in the chunk
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :], v66_rows)  # park
+        v69_rows = ((-1.0) + v66_rows)
+        v70_rows = (q_rows * v69_rows)
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :], v70_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1731,7 +1912,7 @@ def chunk_local_bwd_kernel(
         v73 = v55
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v75 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 6 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v75 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 12 * C * BV + C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1739,7 +1920,7 @@ def chunk_local_bwd_kernel(
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
     tl.debug_barrier()
-    v70 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1754,13 +1935,13 @@ def chunk_local_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 7 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 13 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1785,37 +1966,39 @@ def chunk_local_bwd_kernel(
         v81 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 7 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 5 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 13 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 2 * C * C + tl.arange(0, C) * C + v93_p)
+        v93_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C) * C + v93_p)
         v93_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = v66
-    v83 = ((-1.0) + v82)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 9 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v66_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v82_rows = v66_rows
+        v83_rows = ((-1.0) + v82_rows)
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 15 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v83_rows)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1823,12 +2006,16 @@ def chunk_local_bwd_kernel(
         v81 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 16 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 9 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v85 = (v83 * v84)
-    v93 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = (v85 - v93)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 10 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v83_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 15 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v84_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 16 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v93_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v85_rows = (v83_rows * v84_rows)
+        v94_rows = (v85_rows - v93_rows)
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v94_rows)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1839,9 +2026,9 @@ def chunk_local_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 10 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 11 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 18 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1849,61 +2036,78 @@ def chunk_local_bwd_kernel(
         v81 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 19 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v96)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 11 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = (v96 + v95)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v97 - v99[:, None])
-    v101 = (v100 * v100)
-    v102 = tl.sum((v101), axis=1)
-    v103 = (v102 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v110 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v95_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 18 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v96_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 19 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v97_rows = (v96_rows + v95_rows)
+        v98_rows = tl.sum((v97_rows), axis=1)
+        v99_rows = (v98_rows / (D))
+        v100_rows = (v97_rows - v99_rows[:, None])
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 20 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v100_rows)  # park
+        v101_rows = (v100_rows * v100_rows)
+        v102_rows = tl.sum((v101_rows), axis=1)
+        v103_rows = (v102_rows / (D))
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 21 * C * BV + 3 * C * C + 2 * C + offs_rb, v103_rows)  # park
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v112 = ((-0.5) * v100 * ln_weight[None, :] * v110 / (((tl.full((), 1e-05, DTYPE) + v103[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
-    v113 = tl.sum((v112), axis=1)
-    v114 = (v113 / (D))
-    v115 = (2.0 * v100 * v114[:, None])
-    v111 = (ln_weight[None, :] * v110 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
-    v116 = (v111 + v115)
-    v117 = ((-1.0) * v116)
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v100_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 20 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 21 * C * BV + 3 * C * C + 2 * C + offs_rb)
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v110_rows = (d_out_rows * (1.0 - tl.where((offs_rb == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+        v112_rows = ((-0.5) * v100_rows * ln_weight[None, :] * v110_rows / (((tl.full((), 1e-05, DTYPE) + v103_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v103_rows[:, None])))))
+        v113_rows = tl.sum((v112_rows), axis=1)
+        v114_rows = (v113_rows / (D))
+        v115_rows = (2.0 * v100_rows * v114_rows[:, None])
+        v111_rows = (ln_weight[None, :] * v110_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103_rows[:, None])))))
+        v116_rows = (v111_rows + v115_rows)
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 21 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :], v116_rows)  # park
+        v117_rows = ((-1.0) * v116_rows)
+        v118_rows = tl.sum((v117_rows), axis=1)
+        v119_rows = (v118_rows / (D))
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 22 * C * BV + 3 * C * C + 3 * C + offs_rb, v119_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v116 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 21 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 22 * C * BV + 3 * C * C + 3 * C + offs_t)  # parked
     v120 = (v116 + v119[:, None])
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v120.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
     v121 = (v29 * v120)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 12 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v121)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 22 * C * BV + 3 * C * C + 4 * C + offs_t[:, None] * D + offs_o[None, :], v121)  # park
     v122 = ((-1.0) * v121)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v122.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 7 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 13 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v122)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v123 = tl.zeros((C, BV), DTYPE)
     v123_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v123_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v123_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v123_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v123_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v123_xA = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v123_A
     for v123_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v123_start = v123_k * BC
-        v123_B = tl.where(tl.arange(0, C)[:, None] < v123_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v123_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v123_B = tl.where(tl.arange(0, C)[:, None] < v123_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v123_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v123_rows = tl.where(tl.arange(0, C) // BC == v123_k, 1.0, 0.0)
-        v123 += v123_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v123_xA * v123_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v123 += v123_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v123_xA * v123_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v123_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v123_p = v123_r + v123_j
         v123_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + C * C + v123_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v123_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 8 * C * BV + 2 * C * C + v123_p * C + tl.arange(0, C))
+        v123_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + v123_p * C + tl.arange(0, C))
         v123_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + v123_p * C + tl.arange(0, C))
-        v123_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + v123_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v123_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v123_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v123 += v123_x * v123_y[:, None] * v123_m[:, None] * tl.exp(tl.minimum(v123_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v124 = (v88 * v123)
     tl.store(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v124.to(local_8_ptr.dtype.element_ty), mask=nv > 0)
-    v83 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 9 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v121 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 12 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 15 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v121 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 22 * C * BV + 3 * C * C + 4 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v83 * v121)
     tl.store(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v125.to(local_9_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -1911,7 +2115,7 @@ def chunk_local_bwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -1952,7 +2156,7 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 13 * C * BV + 4 * C * C + 3 * C)  # v84, v15, v29, v21, v41, v60, v85, v105, v30, v75, v91, v101, v106, v142, v154, v156, v66, v58, v64, v67, v159, v166, v176, v178, v185, v232, v177, v155, v157, v181, v184, v186, v136, v148, v149, v153, v68, v171, v187, v223, v242, v150, v174, v228, v160, v188, v233, v234, v61, local_4, v76, causal, v48, v53, v54, v55, v59, v80, v57, v62, v73, v74, v164, v86, v169, v194, v34, v195, v198, v199, v207, v208, v201, v218, v70, v72
+        scratch = scratch_ptr + slot * (11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 12 * C * BV + 4 * C * C)  # v84, v15, v29, v21, v41, v60, v85, v105, v30, v75, v91, v101, v106, v142, v154, v156, v66, v58, v64, v67, v159, v166, v176, v178, v185, v232, v177, v155, v157, v181, v184, v186, v136, v148, v149, v153, v68, v171, v187, v223, v242, v150, v174, v228, v160, v188, v233, v234, v61, local_4, v76, causal, v48, v53, v54, v55, v59, v80, v57, v62, v73, v74, v164, v86, v151, v168, v189, v218, v70, v72, v78, v161
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v47 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v48 = tl.cumsum(v47, axis=0, reverse=False)
@@ -2121,12 +2325,14 @@ def chunk_state_bwd_kernel(
         v145_c0 = (tl.sqrt(v94))
         v145 = ((-0.5) * v144 / (v145_c0 * ((tl.full((), 1e-06, DTYPE) + v145_c0) * (tl.full((), 1e-06, DTYPE) + v145_c0))))
         v146 = (v145 / (HID * D))
-        v53 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v56 = ((-1.0) + v53)
-        if REREAD_INPUTS:  # loaded again, not held since its last reader
-            q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v57 = (q * v56)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+            v53_rows = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+            v56_rows = ((-1.0) + v53_rows)
+            v57_rows = (q_rows * v56_rows)
+            tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 7 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
         v23 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2383,12 +2589,19 @@ def chunk_state_bwd_kernel(
             v75 = tl.load(scratch + 3 * HID * D + 4 * C * HID + BV * HID + HID + offs_s[:, None] * HID + offs_h[None, :])
             v149 = tl.load(scratch + 10 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v151 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v86 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v152 = (v86 * v151)
-        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v168 = (v152 + local_8)
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v151)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            v86_rows = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+            v151_rows = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+            v152_rows = (v86_rows * v151_rows)
+            local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            v168_rows = (v152_rows + local_8_rows)
+            tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :], v168_rows)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v168 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v169 = v168
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
         v189 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2401,80 +2614,57 @@ def chunk_state_bwd_kernel(
             v21 = tl.load(scratch + 2 * HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v189 += (tl.dot(v187.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v187).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.debug_barrier()
-        v169 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v190 = (v169 + v189)
-        v191 = tl.sum((v190), axis=1)
-        v192 = (v191 / (D))
-        v193 = ((-1.0) * v192)
-        v194 = (v190 + v193[:, None])
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v194)  # park
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v32 = (local_0 * local_0)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 4 * C * C + offs_t, v34)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v189)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v37 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        v38 = tl.sum((v37), axis=1)
-        v39 = (v38 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v195 = (2.0 * v39[:, None] * v194)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v195)  # park
-        v196 = (2.0 * local_0 * v194)
-        v197 = tl.sum((v196), axis=1)
-        v198 = (v197 / (D))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 7 * C * BV + 4 * C * C + C + offs_t, v198)  # park
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            v169_rows = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+            v189_rows = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+            v190_rows = (v169_rows + v189_rows)
+            v191_rows = tl.sum((v190_rows), axis=1)
+            v192_rows = (v191_rows / (D))
+            v193_rows = ((-1.0) * v192_rows)
+            v194_rows = (v190_rows + v193_rows[:, None])
+            v32_rows = (local_0_rows * local_0_rows)
+            v33_rows = tl.sum((v32_rows), axis=1)
+            v34_rows = (v33_rows / (D))
+            v37_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_2_rows / (((tl.full((), 1e-05, DTYPE) + v34_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34_rows[:, None])))))
+            v38_rows = tl.sum((v37_rows), axis=1)
+            v39_rows = (v38_rows / (D))
+            v195_rows = (2.0 * v39_rows[:, None] * v194_rows)
+            v196_rows = (2.0 * local_0_rows * v194_rows)
+            v197_rows = tl.sum((v196_rows), axis=1)
+            v198_rows = (v197_rows / (D))
+            v199_rows = ((-0.5) * ln_weight[None, :] * local_2_rows * v198_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v34_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34_rows[:, None])))))
+            local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            v202_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v198_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v34_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34_rows[:, None])))))
+            v205_rows = (ln_weight[None, :] * v194_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v34_rows[:, None])))))
+            v206_rows = (v202_rows + v205_rows)
+            v207_rows_c0 = (local_1_rows * local_1_rows)
+            v207_rows_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v207_rows_c0)))
+            v207_rows = (v206_rows * ((3.0 * v207_rows_c1) + (3.0 * v207_rows_c0 / (v207_rows_c1))))
+            v208_rows = (ln_weight[None, :] * v207_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v34_rows[:, None])))))
+            v200_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_2_rows * v198_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v34_rows[:, None]) * (tl.full((), 1e-05, DTYPE) + v34_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34_rows[:, None])))))
+            v201_rows = tl.sum((v200_rows), axis=1)
+            v203_rows = ((-0.5) * ln_weight[None, :] * local_2_rows * v194_rows / (((tl.full((), 1e-05, DTYPE) + v34_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34_rows[:, None])))))
+            v204_rows = tl.sum((v203_rows), axis=1)
+            v209_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v207_rows / (((tl.full((), 1e-05, DTYPE) + v34_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34_rows[:, None])))))
+            v210_rows = tl.sum((v209_rows), axis=1)
+            v211_rows = (v201_rows + v204_rows + v210_rows)
+            v212_rows = (v211_rows / (D))
+            v213_rows = (2.0 * local_0_rows * v212_rows[:, None])
+            v214_rows = (v195_rows + v199_rows + v208_rows + v213_rows)
+            v215_rows = ((-1.0) * v214_rows)
+            v216_rows = tl.sum((v215_rows), axis=1)
+            v217_rows = (v216_rows / (D))
+            v218_rows = (v214_rows + v217_rows[:, None])
+            tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 7 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :], v218_rows)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        if not PARAMS_ONCE:  # else loaded once, before the chunk loop
-            ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-        v34 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 4 * C * C + offs_t)  # parked
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v199 = ((-0.5) * ln_weight[None, :] * local_2 * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 7 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v199)  # park
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v202 = ((-0.5) * local_0 * ln_weight[None, :] * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        tl.debug_barrier()  # parked tiles other threads stored
-        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v205 = (ln_weight[None, :] * v194 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        v206 = (v202 + v205)
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v207_c0 = (local_1 * local_1)
-        v207_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v207_c0)))
-        v207 = (v206 * ((3.0 * v207_c1) + (3.0 * v207_c0 / (v207_c1))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 8 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v207)  # park
-        v208 = (ln_weight[None, :] * v207 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 9 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v208)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v198 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 7 * C * BV + 4 * C * C + C + offs_t)  # parked
-        v200 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v198[:, None] / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * (tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        v201 = tl.sum((v200), axis=1)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 10 * C * BV + 4 * C * C + 2 * C + offs_t, v201)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v194 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v203 = ((-0.5) * ln_weight[None, :] * local_2 * v194 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        v204 = tl.sum((v203), axis=1)
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v207 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 8 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v209 = ((-0.5) * local_0 * ln_weight[None, :] * v207 / (((tl.full((), 1e-05, DTYPE) + v34[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v34[:, None])))))
-        v210 = tl.sum((v209), axis=1)
-        v201 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 10 * C * BV + 4 * C * C + 2 * C + offs_t)  # parked
-        v211 = (v201 + v204 + v210)
-        v212 = (v211 / (D))
-        v213 = (2.0 * local_0 * v212[:, None])
-        v195 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v199 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 7 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v208 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 9 * C * BV + 4 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v214 = (v195 + v199 + v208 + v213)
-        v215 = ((-1.0) * v214)
-        v216 = tl.sum((v215), axis=1)
-        v217 = (v216 / (D))
-        v218 = (v214 + v217[:, None])
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 10 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v218)  # park
+        v218 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 7 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2511,10 +2701,13 @@ def chunk_state_bwd_kernel(
         v246_c0 = (tl.sqrt(v13))
         v246 = ((-0.5) * v245 / (v246_c0 * ((tl.full((), 1e-06, DTYPE) + v246_c0) * (tl.full((), 1e-06, DTYPE) + v246_c0))))
         v247 = (v246 / (HID * D))
-        v53 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v69 = v53
-        v70 = ((-1.0) + v69)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 11 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            v53_rows = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 2 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+            v69_rows = v53_rows
+            v70_rows = ((-1.0) + v69_rows)
+            tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 8 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :], v70_rows)  # park
         local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2542,9 +2735,9 @@ def chunk_state_bwd_kernel(
             v68 = tl.load(scratch + 10 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v71 += tl.dot(v68.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v70 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 11 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v70 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 8 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v72 = (v70 * v71)
-        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 12 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 9 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
         v76 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2576,13 +2769,22 @@ def chunk_state_bwd_kernel(
             v78_b = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + C * D + C * BV + 2 * C * C + v78_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v78 += v78_x[:, None] * v78_y * v78_m[:, None] * tl.exp(tl.minimum(v73 - v78_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v72 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 12 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v79 = (v72 - v78)
-        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v161 = (v79 * local_6)
+        tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 10 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v78)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            v72_rows = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 9 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+            v78_rows = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 10 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+            local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            v79_rows = (v72_rows - v78_rows)
+            v161_rows = (v79_rows * local_6_rows)
+            tl.store(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 11 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :], v161_rows)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v161 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 11 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v162 = tl.sum(tl.sum((v161), axis=1), axis=0)
         v225 = (3.0 * v20 * v162)
         v227 = (v225 / (D * HID))
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2601,7 +2803,7 @@ def chunk_state_bwd_kernel(
             v188 = tl.dot(tl.trans(local_3).to(DOT_DTYPE), v187.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 11 * HID * D + 22 * C * HID + 10 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v188)
         tl.debug_barrier()
-        v218 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 10 * C * BV + 4 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v218 = tl.load(scratch + 11 * HID * D + 22 * C * HID + 13 * BV * HID + 2 * HID + 8 * C * D + 7 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v27 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2653,7 +2855,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -2683,14 +2885,23 @@ def chunk_grad_q_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 2 * C * HID + HID + 2 * BV * HID + C * D)  # v51, v22, v44, v52, v62, v71, v57, v67, v47
+    scratch = scratch_ptr + slot * (3 * HID * D + 2 * C * HID + HID + 2 * BV * HID + 3 * C * D)  # v51, v22, v44, v52, v62, v71, v57, v67, v35, v49, v47
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v35 = tl.cumsum(v34, axis=0, reverse=False)
-    v40 = tl.exp(v35)  # cumulative decay in the chunk
-    v49 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    tl.store(scratch + 3 * HID * D + 2 * C * HID + HID + 2 * BV * HID + offs_t[:, None] * D + offs_i[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v35_rows = tl.load(scratch + 3 * HID * D + 2 * C * HID + HID + 2 * BV * HID + offs_rb[:, None] * D + offs_i[None, :])
+        v40_rows = tl.exp(v35_rows)  # cumulative decay in the chunk
+        v49_rows = (v40_rows * tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None])
+        tl.store(scratch + 3 * HID * D + 2 * C * HID + HID + 2 * BV * HID + C * D + offs_rb[:, None] * D + offs_i[None, :], v49_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 3 * HID * D + 2 * C * HID + HID + 2 * BV * HID + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = tl.sum((v49), axis=0)
     v33 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v35 = tl.load(scratch + 3 * HID * D + 2 * C * HID + HID + 2 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = (v35 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v38 = tl.sum((v37), axis=0)
     v36 = v35
@@ -2701,7 +2912,7 @@ def chunk_grad_q_0_bwd_kernel(
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     v47 = (v42 * v43)
-    tl.store(scratch + 3 * HID * D + 2 * C * HID + HID + 2 * BV * HID + offs_s[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 2 * C * HID + HID + 2 * BV * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v47)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2743,7 +2954,7 @@ def chunk_grad_q_0_bwd_kernel(
         v44 = v29
         tl.store(scratch + HID * D + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 2 * C * HID + HID + 2 * BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 2 * C * HID + HID + 2 * BV * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v59 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2842,7 +3053,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -2880,7 +3091,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
@@ -2970,14 +3181,17 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v38 = tl.exp(v36)  # cumulative decay in the chunk
-    v40 = ((-1.0) + v38)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = (q * v40)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
+        v40_rows = ((-1.0) + v38_rows)
+        v41_rows = (q_rows * v40_rows)
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3104,7 +3318,7 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_q_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `q`."""
@@ -3183,10 +3397,15 @@ def chunk_grad_q_3_bwd_kernel(
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
-    v38 = tl.exp(v36)  # cumulative decay in the chunk
-    v40 = ((-1.0) + v38)
-    v41 = (q * v40)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
+        v40_rows = ((-1.0) + v38_rows)
+        v41_rows = (q_rows * v40_rows)
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
@@ -3349,7 +3568,7 @@ def chunk_grad_q_3_bwd_kernel(
 def chunk_grad_q_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `q`."""
@@ -3439,15 +3658,18 @@ def chunk_grad_q_4_bwd_kernel(
     tl.debug_barrier()
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v38 = tl.exp(v36)  # cumulative decay in the chunk
-    v40 = ((-1.0) + v38)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = (q * v40)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
+        v40_rows = ((-1.0) + v38_rows)
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v40_rows)  # park
+        v41_rows = (q_rows * v40_rows)
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3577,7 +3799,7 @@ def chunk_grad_q_4_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -3607,7 +3829,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v51, v67, v68, v87, v61, v73, v83, v117, v57, v49, v58, v128, v132, v138, v52, local_4, v139, q, causal, v39, v45, v46, v44, v50, v63, v126, v48, v53, v130
+    scratch = scratch_ptr + slot * (4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 13 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v51, v67, v68, v87, v61, v73, v83, v117, v57, v49, v58, v128, v132, v138, v52, local_4, v139, q, causal, v39, v45, v46, v44, v65, v50, v63, v126, v48, v53, v130, v140, v142
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v38 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -3647,18 +3869,25 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v44 = tl.exp(v39)  # cumulative decay in the chunk
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v44)  # park
-    v65 = (v44 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v39_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v44_rows = tl.exp(v39_rows)  # cumulative decay in the chunk
+        tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v44_rows)  # park
+        v65_rows = (v44_rows * tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None])
+        tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v65_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = tl.sum((v65), axis=0)
     v50 = k
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = (v46 * v50)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3675,7 +3904,7 @@ def chunk_grad_k_0_bwd_kernel(
         v67 = (v66[None, :] * w1)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :], v67)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v75 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3787,7 +4016,7 @@ def chunk_grad_k_0_bwd_kernel(
         v125 += tl.dot(v51.to(DOT_DTYPE), v124.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v126 = (v46 * v125)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v126)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v126)  # park
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3796,16 +4025,19 @@ def chunk_grad_k_0_bwd_kernel(
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v47 = ((-1.0) + v44)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v48 = (q * v47)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v44_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v47_rows = ((-1.0) + v44_rows)
+        v48_rows = (q_rows * v47_rows)
+        tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v48_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v45 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v50 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = (v50 * v45)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v52)
@@ -3827,7 +4059,7 @@ def chunk_grad_k_0_bwd_kernel(
         v53 += tl.where(tl.arange(0, C)[None, :] == v53_p[:, None], v53_d[:, None], 0.0)
     v53 = v53 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -3854,7 +4086,7 @@ def chunk_grad_k_0_bwd_kernel(
         v130 += tl.where(tl.arange(0, C)[None, :] == v130_p[:, None], v130_d[:, None], 0.0)
     v130 = v130 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v130)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v130)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3865,7 +4097,7 @@ def chunk_grad_k_0_bwd_kernel(
         v57 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID * D + 3 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3875,7 +4107,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v53 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3896,7 +4128,7 @@ def chunk_grad_k_0_bwd_kernel(
         v128 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v128)
     tl.debug_barrier()
-    v130 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v130 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3952,10 +4184,18 @@ def chunk_grad_k_0_bwd_kernel(
         v140_a = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v140_p[:, None] * D + tl.arange(0, D)[None, :])
         v140 += v140_x[:, None] * v140_y * v140_m[:, None] * tl.exp(tl.minimum(v140_a - v40, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v45 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v141 = (v45 * v140)
-    v126 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v142 = (v126 + v141)
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v140)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v45_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v126_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v140_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v141_rows = (v45_rows * v140_rows)
+        v142_rows = (v126_rows + v141_rows)
+        tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :], v142_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v142 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = v142
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v143.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3963,7 +4203,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -3993,7 +4233,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v171
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -4169,13 +4409,19 @@ def chunk_grad_k_1_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v137 = (v72 * v136)
-    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v147 = (v137 + local_8)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v137_rows = (v72_rows * v136_rows)
+        local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v147_rows = (v137_rows + local_8_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4220,12 +4466,15 @@ def chunk_grad_k_1_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v50 = ((-1.0) + v47)
-    v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v50_rows = ((-1.0) + v47_rows)
+        v51_rows = (q_rows * v50_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
@@ -4243,7 +4492,7 @@ def chunk_grad_k_1_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4251,7 +4500,7 @@ def chunk_grad_k_1_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4291,7 +4540,7 @@ def chunk_grad_k_1_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -4308,7 +4557,7 @@ def chunk_grad_k_1_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4340,7 +4589,7 @@ def chunk_grad_k_1_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4361,27 +4610,35 @@ def chunk_grad_k_1_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = (v148 + v159)
-    v161 = tl.sum((v160), axis=1)
-    v162 = (v161 / (D))
-    v163 = ((-1.0) * v162)
-    v164 = (v160 + v163[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v165 = (2.0 * local_0 * v164)
-    v166 = tl.sum((v165), axis=1)
-    v167 = (v166 / (D))
-    v29 = (local_0 * local_0)
-    v30 = tl.sum((v29), axis=1)
-    v31 = (v30 / (D))
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v168 = ((-0.5) * local_0 * ln_weight[None, :] * v167[:, None] / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v169 = (ln_weight[None, :] * v164 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v170 = (v168 + v169)
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v171_c0 = (local_1 * local_1)
-    v171_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v171_c0)))
-    v171 = (v170 * ((3.0 * v171_c1) + (3.0 * v171_c0 / (v171_c1))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v160_rows = (v148_rows + v159_rows)
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v161_rows / (D))
+        v163_rows = ((-1.0) * v162_rows)
+        v164_rows = (v160_rows + v163_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v165_rows = (2.0 * local_0_rows * v164_rows)
+        v166_rows = tl.sum((v165_rows), axis=1)
+        v167_rows = (v166_rows / (D))
+        v29_rows = (local_0_rows * local_0_rows)
+        v30_rows = tl.sum((v29_rows), axis=1)
+        v31_rows = (v30_rows / (D))
+        v168_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v167_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v31_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v169_rows = (ln_weight[None, :] * v164_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v170_rows = (v168_rows + v169_rows)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v171_rows_c0 = (local_1_rows * local_1_rows)
+        v171_rows_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v171_rows_c0)))
+        v171_rows = (v170_rows * ((3.0 * v171_rows_c1) + (3.0 * v171_rows_c0 / (v171_rows_c1))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v171_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v171 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v172 = v171
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v172.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -4389,7 +4646,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -4419,7 +4676,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C + C)  # v15, v26, v21, v38, v57, v75, v95, v96, v68, v81, v91, v126, v139, v132, v145, v60, v61, v64, v151, v147, v162, v165, v167, v198, v142, v65, v201, v58, local_4, v45, v51, v52, v56, v70, v50, v76, v154, v59, v54, v149, v173, v177, v186, v192
+    scratch = scratch_ptr + slot * (3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v38, v57, v75, v95, v96, v68, v81, v91, v126, v139, v132, v145, v60, v61, v64, v151, v147, v162, v165, v167, v198, v142, v65, v201, v58, local_4, v45, v51, v52, v56, v70, v50, v76, v140, v153, v59, v54, v149, v168, v197
     v43 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v44 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -4598,12 +4855,19 @@ def chunk_grad_k_2_bwd_kernel(
         v68 = tl.load(scratch + 2 * HID * D + 3 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v140 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v76 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v141 = (v76 * v140)
-    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v153 = (v141 + local_8)
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v140)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v76_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v140_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = (v76_rows * v140_rows)
+        local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v153_rows = (v141_rows + local_8_rows)
+        tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v153_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v153 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v154 = v153
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     v134 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4648,12 +4912,15 @@ def chunk_grad_k_2_bwd_kernel(
         v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
     v59 = v59 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v53 = ((-1.0) + v50)
-    v54 = (q * v53)
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v54)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v50_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v53_rows = ((-1.0) + v50_rows)
+        v54_rows = (q_rows * v53_rows)
+        tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v54_rows)  # park
     v135_c0 = (tl.sqrt(v84))
     v135 = ((-0.5) * v134 / (v135_c0 * ((tl.full((), 1e-06, DTYPE) + v135_c0) * (tl.full((), 1e-06, DTYPE) + v135_c0))))
     v136 = (v135 / (HID * D))
@@ -4671,7 +4938,7 @@ def chunk_grad_k_2_bwd_kernel(
         v145 = tl.dot(v70.to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 5 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v145)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4679,7 +4946,7 @@ def chunk_grad_k_2_bwd_kernel(
         v60 = tl.dot(v59.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 5 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v54 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v54 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4719,7 +4986,7 @@ def chunk_grad_k_2_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -4736,7 +5003,7 @@ def chunk_grad_k_2_bwd_kernel(
         v64 = (v63 + v62)
         tl.store(scratch + 3 * HID * D + 7 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4768,7 +5035,7 @@ def chunk_grad_k_2_bwd_kernel(
         v162 = ((-1.0) * v161)
         tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v162)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4790,59 +5057,56 @@ def chunk_grad_k_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v167 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v168 += (tl.dot(v167.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v154 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v169 = (v154 + v168)
-    v170 = tl.sum((v169), axis=1)
-    v171 = (v170 / (D))
-    v172 = ((-1.0) * v171)
-    v173 = (v169 + v172[:, None])
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v173)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v175 = (2.0 * local_0 * v173)
-    v176 = tl.sum((v175), axis=1)
-    v177 = (v176 / (D))
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t, v177)  # park
-    v29 = (local_0 * local_0)
-    v30 = tl.sum((v29), axis=1)
-    v31 = (v30 / (D))
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v168)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v181 = ((-0.5) * local_0 * ln_weight[None, :] * v177[:, None] / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v184 = (ln_weight[None, :] * v173 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v185 = (v181 + v184)
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v186_c0 = (local_1 * local_1)
-    v186_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v186_c0)))
-    v186 = (v185 * ((3.0 * v186_c1) + (3.0 * v186_c0 / (v186_c1))))
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v186)  # park
-    v188 = ((-0.5) * local_0 * ln_weight[None, :] * v186 / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v189 = tl.sum((v188), axis=1)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v179 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v177[:, None] / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * (tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v180 = tl.sum((v179), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
-    v173 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v182 = ((-0.5) * ln_weight[None, :] * local_2 * v173 / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v183 = tl.sum((v182), axis=1)
-    v190 = (v180 + v183 + v189)
-    v191 = (v190 / (D))
-    v192 = (2.0 * local_0 * v191[:, None])
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v154_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v168_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v169_rows = (v154_rows + v168_rows)
+        v170_rows = tl.sum((v169_rows), axis=1)
+        v171_rows = (v170_rows / (D))
+        v172_rows = ((-1.0) * v171_rows)
+        v173_rows = (v169_rows + v172_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v175_rows = (2.0 * local_0_rows * v173_rows)
+        v176_rows = tl.sum((v175_rows), axis=1)
+        v177_rows = (v176_rows / (D))
+        v29_rows = (local_0_rows * local_0_rows)
+        v30_rows = tl.sum((v29_rows), axis=1)
+        v31_rows = (v30_rows / (D))
+        v181_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v177_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v31_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v184_rows = (ln_weight[None, :] * v173_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v185_rows = (v181_rows + v184_rows)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v186_rows_c0 = (local_1_rows * local_1_rows)
+        v186_rows_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v186_rows_c0)))
+        v186_rows = (v185_rows * ((3.0 * v186_rows_c1) + (3.0 * v186_rows_c0 / (v186_rows_c1))))
+        v188_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v186_rows / (((tl.full((), 1e-05, DTYPE) + v31_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v189_rows = tl.sum((v188_rows), axis=1)
+        local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v179_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_2_rows * v177_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v31_rows[:, None]) * (tl.full((), 1e-05, DTYPE) + v31_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v180_rows = tl.sum((v179_rows), axis=1)
+        v182_rows = ((-0.5) * ln_weight[None, :] * local_2_rows * v173_rows / (((tl.full((), 1e-05, DTYPE) + v31_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v183_rows = tl.sum((v182_rows), axis=1)
+        v190_rows = (v180_rows + v183_rows + v189_rows)
+        v191_rows = (v190_rows / (D))
+        v192_rows = (2.0 * local_0_rows * v191_rows[:, None])
+        v187_rows = (ln_weight[None, :] * v186_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v34_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_2_rows / (((tl.full((), 1e-05, DTYPE) + v31_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v35_rows = tl.sum((v34_rows), axis=1)
+        v36_rows = (v35_rows / (D))
+        v174_rows = (2.0 * v36_rows[:, None] * v173_rows)
+        v178_rows = ((-0.5) * ln_weight[None, :] * local_2_rows * v177_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v31_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v193_rows = (v174_rows + v178_rows + v187_rows + v192_rows)
+        v194_rows = ((-1.0) * v193_rows)
+        v195_rows = tl.sum((v194_rows), axis=1)
+        v196_rows = (v195_rows / (D))
+        v197_rows = (v193_rows + v196_rows[:, None])
+        tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v197_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v186 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v187 = (ln_weight[None, :] * v186 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v34 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v35 = tl.sum((v34), axis=1)
-    v36 = (v35 / (D))
-    v173 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v174 = (2.0 * v36[:, None] * v173)
-    v177 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t)  # parked
-    v178 = ((-0.5) * ln_weight[None, :] * local_2 * v177[:, None] / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v192 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v193 = (v174 + v178 + v187 + v192)
-    v194 = ((-1.0) * v193)
-    v195 = tl.sum((v194), axis=1)
-    v196 = (v195 / (D))
-    v197 = (v193 + v196[:, None])
+    v197 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4862,7 +5126,7 @@ def chunk_grad_k_2_bwd_kernel(
         v65 = (v65_c0 * (1.0 + tl.math.erf((v65_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 3 * HID * D + 15 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
-    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4899,7 +5163,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -4929,7 +5193,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v169
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -5105,13 +5369,19 @@ def chunk_grad_v_0_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v137 = (v72 * v136)
-    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v147 = (v137 + local_8)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v137_rows = (v72_rows * v136_rows)
+        local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v147_rows = (v137_rows + local_8_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5156,12 +5426,15 @@ def chunk_grad_v_0_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v50 = ((-1.0) + v47)
-    v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v50_rows = ((-1.0) + v47_rows)
+        v51_rows = (q_rows * v50_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
@@ -5179,7 +5452,7 @@ def chunk_grad_v_0_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5187,7 +5460,7 @@ def chunk_grad_v_0_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5227,7 +5500,7 @@ def chunk_grad_v_0_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -5244,7 +5517,7 @@ def chunk_grad_v_0_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5276,7 +5549,7 @@ def chunk_grad_v_0_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5297,25 +5570,33 @@ def chunk_grad_v_0_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = (v148 + v159)
-    v161 = tl.sum((v160), axis=1)
-    v162 = (v161 / (D))
-    v163 = ((-1.0) * v162)
-    v164 = (v160 + v163[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v165 = (2.0 * local_0 * v164)
-    v166 = tl.sum((v165), axis=1)
-    v167 = (v166 / (D))
-    v29 = (local_0 * local_0)
-    v30 = tl.sum((v29), axis=1)
-    v31 = (v30 / (D))
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v168 = ((-0.5) * local_0 * ln_weight[None, :] * v167[:, None] / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v169_c0 = (local_1 * local_1)
-    v169_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v169_c0)))
-    v169 = (v168 * ((3.0 * v169_c1) + (3.0 * v169_c0 / (v169_c1))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v160_rows = (v148_rows + v159_rows)
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v161_rows / (D))
+        v163_rows = ((-1.0) * v162_rows)
+        v164_rows = (v160_rows + v163_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v165_rows = (2.0 * local_0_rows * v164_rows)
+        v166_rows = tl.sum((v165_rows), axis=1)
+        v167_rows = (v166_rows / (D))
+        v29_rows = (local_0_rows * local_0_rows)
+        v30_rows = tl.sum((v29_rows), axis=1)
+        v31_rows = (v30_rows / (D))
+        v168_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v167_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v31_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v169_rows_c0 = (local_1_rows * local_1_rows)
+        v169_rows_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v169_rows_c0)))
+        v169_rows = (v168_rows * ((3.0 * v169_rows_c1) + (3.0 * v169_rows_c0 / (v169_rows_c1))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v169 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = ((-1.0) * v169)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v170.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -5323,7 +5604,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -5353,7 +5634,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v166
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -5529,13 +5810,19 @@ def chunk_grad_v_1_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v137 = (v72 * v136)
-    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v147 = (v137 + local_8)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v137_rows = (v72_rows * v136_rows)
+        local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v147_rows = (v137_rows + local_8_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5580,12 +5867,15 @@ def chunk_grad_v_1_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v50 = ((-1.0) + v47)
-    v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v50_rows = ((-1.0) + v47_rows)
+        v51_rows = (q_rows * v50_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
@@ -5603,7 +5893,7 @@ def chunk_grad_v_1_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5611,7 +5901,7 @@ def chunk_grad_v_1_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5651,7 +5941,7 @@ def chunk_grad_v_1_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -5668,7 +5958,7 @@ def chunk_grad_v_1_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5700,7 +5990,7 @@ def chunk_grad_v_1_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5721,22 +6011,30 @@ def chunk_grad_v_1_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = (v148 + v159)
-    v161 = tl.sum((v160), axis=1)
-    v162 = (v161 / (D))
-    v163 = ((-1.0) * v162)
-    v164 = (v160 + v163[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v29 = (local_0 * local_0)
-    v30 = tl.sum((v29), axis=1)
-    v31 = (v30 / (D))
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v165 = (ln_weight[None, :] * v164 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v166_c0 = (local_1 * local_1)
-    v166_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v166_c0)))
-    v166 = (v165 * ((3.0 * v166_c1) + (3.0 * v166_c0 / (v166_c1))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v160_rows = (v148_rows + v159_rows)
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v161_rows / (D))
+        v163_rows = ((-1.0) * v162_rows)
+        v164_rows = (v160_rows + v163_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v29_rows = (local_0_rows * local_0_rows)
+        v30_rows = tl.sum((v29_rows), axis=1)
+        v31_rows = (v30_rows / (D))
+        v165_rows = (ln_weight[None, :] * v164_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v166_rows_c0 = (local_1_rows * local_1_rows)
+        v166_rows_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v166_rows_c0)))
+        v166_rows = (v165_rows * ((3.0 * v166_rows_c1) + (3.0 * v166_rows_c0 / (v166_rows_c1))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v166_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v166 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v167 = ((-1.0) * v166)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v167.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -5744,7 +6042,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -5774,7 +6072,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D)  # v15, v26, v44, v47, v48, v52, v55, v56, local_4, causal, v45, v36, v46, v41, v53, v54
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 3 * C * C + 4 * C * BV + 4 * C * D)  # v15, v26, v44, v47, v48, v52, v55, v56, local_4, causal, v45, v36, v46, v41, v53, v54, v58, v67
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -5835,14 +6133,16 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v38 = tl.exp(v36)  # cumulative decay in the chunk
-    v40 = ((-1.0) + v38)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = (q * v40)
-    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v36_rows = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
+        v40_rows = ((-1.0) + v38_rows)
+        v41_rows = (q_rows * v40_rows)
+        tl.store(scratch + HID * D + 6 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5937,9 +6237,17 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v58_b = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + v58_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v58 += v58_x[:, None] * v58_y * v58_m[:, None] * tl.exp(tl.minimum(v53 - v58_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v65 = (local_7 * v58)
-    v67 = v65
+    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v58_rows = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v65_rows = (local_7_rows * v58_rows)
+        v67_rows = v65_rows
+        tl.store(scratch + HID * D + 6 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v67_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v67 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = tl.cumsum(v67, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -5950,7 +6258,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -6035,14 +6343,19 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v36)  # park
-    v38 = tl.exp(v36)  # cumulative decay in the chunk
-    v40 = ((-1.0) + v38)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = (q * v40)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
+        v40_rows = ((-1.0) + v38_rows)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v41_rows = (q_rows * v40_rows)
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v36
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v46 = tl.zeros((C, C), DTYPE)
@@ -6095,8 +6408,6 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6194,8 +6505,6 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v73_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v73_p[:, None] * D + tl.arange(0, D)[None, :])
         v73 += v73_x * v73_y[:, None] * v73_m[:, None] * tl.exp(tl.minimum(v36 - v73_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v74 = (q * v73)
     v75 = tl.cumsum(v74, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -6207,7 +6516,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
@@ -6237,7 +6546,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 2 * C * C)  # v15, v30, v21, v55, v74, v93, v94, v67, v79, v89, v124, v130, v58, v59, v62, v151, v146, v158, v56, local_4, v43, v49, v54, v69, v48, v144, v57, v52, v65, v149, v160
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C)  # v15, v30, v21, v55, v74, v93, v94, v67, v79, v89, v124, v130, v58, v59, v62, v151, v146, v158, v56, local_4, v43, v49, v54, v69, v48, v144, v57, v52, v65, v149, v160, v64, v162
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -6475,10 +6784,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v51 = ((-1.0) + v48)
-    v52 = (q * v51)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v52)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v48_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v51_rows = ((-1.0) + v48_rows)
+        v52_rows = (q_rows * v51_rows)
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v52_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v57 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6602,18 +6914,25 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v64 += tl.dot(v63.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v26 = (w2 * w2)
         v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v64)  # park
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v147 = (v29 * local_6)
-    v154 = (v147 * v64)
-    v155 = v154
     tl.debug_barrier()  # parked tiles other threads stored
-    v144 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v160 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v161 = (v144 + v155 + v160)
-    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v162 = (v161 * tl.exp(v43))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v43_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v64_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v144_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v160_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v147_rows = (v29 * local_6_rows)
+        v154_rows = (v147_rows * v64_rows)
+        v155_rows = v154_rows
+        v161_rows = (v144_rows + v155_rows + v160_rows)
+        v162_rows = (v161_rows * tl.exp(v43_rows))
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v162_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v162 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v163 = tl.cumsum(v162, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -6624,7 +6943,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
@@ -6654,7 +6973,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + C * BV)  # v22, v44, v53, v72, v73, v45, v58, v68, v103, v109, v33, v35, v41, v43, v48, v46, v119
+    scratch = scratch_ptr + slot * (3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 8 * C * D + 2 * C * BV)  # v22, v44, v53, v72, v73, v45, v58, v68, v103, v109, v33, v35, v41, v43, v48, v50, v46, v117, v119, v122, v130
     v33 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + offs_s, v33)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -6712,9 +7031,15 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v44 = v29
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v35 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.exp(v35)  # cumulative decay in the chunk
-    v50 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v35_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + offs_rb[:, None] * D + offs_i[None, :])
+        v40_rows = tl.exp(v35_rows)  # cumulative decay in the chunk
+        v50_rows = (v40_rows * tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None])
+        tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :], v50_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v51 = tl.sum((v50), axis=0)
     v48 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v60 = tl.zeros((), DTYPE)
@@ -6813,7 +7138,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v107 = (v106 / (D * HID))
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v46 = local_3
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + offs_s[:, None] * D + offs_o[None, :], v46)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v46)  # park
     v117 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6826,11 +7151,15 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v116 = ((-1.0) * v115)
         v45 = tl.load(scratch + 2 * C * HID + HID * D + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v117 += tl.dot(v45.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = (v46 * v117)
-    v119 = v118
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v119)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v46_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v117_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v118_rows = (v46_rows * v117_rows)
+        v119_rows = v118_rows
+        tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v119_rows)  # park
     v111 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6864,15 +7193,23 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v121 = ((-1.0) * v120)
         v44 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v122 += tl.dot(v44.to(DOT_DTYPE), v121.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v43 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v123 = (v43 * v122)
-    v119 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v128 = (v119 + v123)
-    v41 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v129 = (v41 * v128)
-    v33 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + offs_s)  # parked
-    v36 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v130 = (v33[:, None] * v129 * tl.exp((v38[None, :] - v36)))
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v122)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v33_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + offs_rb)
+        v36_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + offs_rb[:, None] * D + offs_i[None, :])
+        v41_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v43_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v119_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v122_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v123_rows = (v43_rows * v122_rows)
+        v128_rows = (v119_rows + v123_rows)
+        v129_rows = (v41_rows * v128_rows)
+        v130_rows = (v33_rows[:, None] * v129_rows * tl.exp((v38[None, :] - v36_rows)))
+        tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v130_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v130 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v131 = tl.sum((v130), axis=0)
     v132 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v131[None, :])
     v133 = tl.cumsum(v132, axis=0, reverse=True)
@@ -6885,7 +7222,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
 def chunk_grad_gate_alpha_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `gate_alpha`."""
@@ -6915,7 +7252,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 11 * C * D + 5 * C * C + C)  # v15, v26, v21, v51, v71, v90, v91, v62, v76, v86, v121, v127, v54, v55, v58, v149, v143, v156, local_4, q, v157, causal, v64, local_7, v37, v39, v45, v50, v66, v44, v63, v137, v162, v52, v53, v48, v60, v61, v145, v159
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * BV + 13 * C * D + 5 * C * C + C)  # v15, v26, v21, v51, v71, v90, v91, v62, v76, v86, v121, v127, v54, v55, v58, v149, v143, v156, local_4, q, v157, causal, v64, local_7, v37, v39, v45, v50, v66, v44, v63, v135, v137, v140, v162, v52, v53, v48, v60, v61, v145, v159, v146, v163
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + offs_s, v37)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -7091,11 +7428,15 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v134 = ((-1.0) * v133)
         v62 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 6 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v135)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 6 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v136 = (v63 * v135)
-    v137 = v136
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 6 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v137)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v63_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 6 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v135_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 6 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = (v63_rows * v135_rows)
+        v137_rows = v136_rows
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 6 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v137_rows)  # park
     v129 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7129,26 +7470,29 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v139 = ((-1.0) * v138)
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v140 += tl.dot(v51.to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 3 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v141 = (v50 * v140)
-    v137 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 6 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v160 = (v137 + v141)
-    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 2 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v161 = (v45 * v160)
-    v37 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + offs_s)  # parked
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v162 = ((-1.0) * v37[:, None] * v161 * tl.exp((v42[None, :] - v40)))
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 7 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v162)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 7 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v140)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 2 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v50 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 3 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v52 = (v50 * v45)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 8 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v37_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + offs_rb)
+        v40_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v45_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 2 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v50_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 3 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v137_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 6 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v140_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 7 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v141_rows = (v50_rows * v140_rows)
+        v160_rows = (v137_rows + v141_rows)
+        v161_rows = (v45_rows * v160_rows)
+        v162_rows = ((-1.0) * v37_rows[:, None] * v161_rows * tl.exp((v42[None, :] - v40_rows)))
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 8 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v162_rows)  # park
+        v52_rows = (v50_rows * v45_rows)
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 9 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v52_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 9 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v53 = tl.zeros((C, C), DTYPE)
     v53_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -7158,23 +7502,26 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v53_start = v53_k * BC
         v53_B = tl.where(tl.arange(0, C)[:, None] < v53_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v53_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v53_rows = tl.where(tl.arange(0, C) // BC == v53_k, 1.0, 0.0)
-        v53 += v53_rows[:, None] * tl.dot((v53_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 8 * C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v53_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v53 += v53_rows[:, None] * tl.dot((v53_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 9 * C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v53_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v53_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v53_p = v53_r + v53_j
-        v53_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 8 * C * D + 3 * C * C + C + v53_p[:, None] * D + tl.arange(0, D)[None, :])
+        v53_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 9 * C * D + 3 * C * C + C + v53_p[:, None] * D + tl.arange(0, D)[None, :])
         v53_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v53_p[:, None] * D + tl.arange(0, D)[None, :])
         v53_d = tl.sum(q * v53_y * tl.exp(tl.minimum(v39 - v53_b, 0.0)), axis=1)
         v53 += tl.where(tl.arange(0, C)[None, :] == v53_p[:, None], v53_d[:, None], 0.0)
     v53 = v53 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 9 * C * D + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 10 * C * D + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 5 * C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v47 = ((-1.0) + v44)
-    v48 = (q * v47)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 9 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v44_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 5 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v47_rows = ((-1.0) + v44_rows)
+        v48_rows = (q_rows * v47_rows)
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 10 * C * D + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v48_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 9 * C * D + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 10 * C * D + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7182,7 +7529,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 9 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 10 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7199,13 +7546,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v60 = v39
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 10 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 11 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v61 = v40
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 10 * C * D + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 11 * C * D + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v61)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 10 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 11 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -7227,7 +7574,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v145 += tl.where(tl.arange(0, C)[None, :] == v145_p[:, None], v145_d[:, None], 0.0)
     v145 = v145 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 10 * C * D + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v145)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * BV + 11 * C * D + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v145)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -7244,7 +7591,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v58 = (v57 + v56)
         tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v145 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 10 * C * D + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v145 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * BV + 11 * C * D + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7308,9 +7655,9 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v158_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v158_p[:, None] * D + tl.arange(0, D)[None, :])
         v158 += v158_x * v158_y[:, None] * v158_m[:, None] * tl.exp(tl.minimum(v158_a - v40, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 8 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 9 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v159 = ((-1.0) * v52 * v158)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 10 * C * D + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v159)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * BV + 11 * C * D + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v159)  # park
     v64 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7321,8 +7668,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v62 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v64 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 10 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 10 * C * D + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 11 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 11 * C * D + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v64)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
@@ -7344,12 +7691,20 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v146_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v146_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v146 += v146_x[:, None] * v146_y * v146_m[:, None] * tl.exp(tl.minimum(v146_a - v61, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v147 = ((-1.0) * local_4 * v146)
-    v150 = v147
-    v159 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 10 * C * D + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v162 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 7 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v163 = (v150 + v159 + v162)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * BV + 12 * C * D + 5 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v146)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_4_rows = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v146_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * BV + 12 * C * D + 5 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * BV + 11 * C * D + 5 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v162_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 8 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v147_rows = ((-1.0) * local_4_rows * v146_rows)
+        v150_rows = v147_rows
+        v163_rows = (v150_rows + v159_rows + v162_rows)
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * BV + 12 * C * D + 5 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v163_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v163 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * BV + 12 * C * D + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v164 = v163
     v165 = tl.cumsum(v164, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -7361,7 +7716,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -7391,7 +7746,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 3 * C * BV + 3 * C * C + 3 * C * D)  # v15, v26, v44, v47, v48, v52, v55, local_7, v57, causal, v45, v36, v46, v41, v53, v54
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 5 * C * BV + 3 * C * C + 4 * C * D)  # v15, v26, v44, v47, v48, v52, v55, local_7, v57, causal, v45, v36, v46, v41, v53, v54, v65, v56, v68
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -7451,14 +7806,17 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v38 = tl.exp(v36)  # cumulative decay in the chunk
-    v40 = ((-1.0) + v38)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = (q * v40)
-    tl.store(scratch + HID * D + 6 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v36_rows = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
+        v40_rows = ((-1.0) + v38_rows)
+        v41_rows = (q_rows * v40_rows)
+        tl.store(scratch + HID * D + 6 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7552,10 +7910,20 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v65_a = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + v65_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v65 += v65_x * v65_y[:, None] * v65_m[:, None] * tl.exp(tl.minimum(v65_a - v54, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v56 = local_3
-    v67 = (v56 * v65)
-    v68 = v67
+    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v56_rows = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v65_rows = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v67_rows = (v56_rows * v65_rows)
+        v68_rows = v67_rows
+        tl.store(scratch + HID * D + 6 * C * HID + 5 * C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v68_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v70 = v68
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v70.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -7563,7 +7931,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -7646,11 +8014,17 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
-    v38 = tl.exp(v36)  # cumulative decay in the chunk
-    v40 = ((-1.0) + v38)
-    v41 = (q * v40)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
+        v40_rows = ((-1.0) + v38_rows)
+        v41_rows = (q_rows * v40_rows)
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+        gate_eta_rows = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v39 = gate_eta
     tl.debug_barrier()  # parked tiles other threads stored
     v43 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -7815,7 +8189,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_eta`."""
@@ -7845,7 +8219,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 5 * C * D + C * BV)  # v22, v44, v53, v72, v73, v45, v58, v68, v103, v109, v35, v39, v43, v48, v46, v119
+    scratch = scratch_ptr + slot * (3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 8 * C * D + 2 * C * BV)  # v22, v44, v53, v72, v73, v45, v58, v68, v103, v109, v35, v39, v43, v48, v50, v46, v117, v119, v122, v129
     v33 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -7902,9 +8276,15 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         v44 = v29
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v35 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.exp(v35)  # cumulative decay in the chunk
-    v50 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v35_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + offs_rb[:, None] * D + offs_i[None, :])
+        v40_rows = tl.exp(v35_rows)  # cumulative decay in the chunk
+        v50_rows = (v40_rows * tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None])
+        tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :], v50_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 4 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v51 = tl.sum((v50), axis=0)
     v48 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v60 = tl.zeros((), DTYPE)
@@ -8003,7 +8383,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     v107 = (v106 / (D * HID))
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v46 = local_3
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 4 * C * D + offs_s[:, None] * D + offs_o[None, :], v46)  # park
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v46)  # park
     v117 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8016,11 +8396,15 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         v116 = ((-1.0) * v115)
         v45 = tl.load(scratch + 2 * C * HID + HID * D + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v117 += tl.dot(v45.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 4 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = (v46 * v117)
-    v119 = v118
-    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v119)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v46_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 5 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v117_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v118_rows = (v46_rows * v117_rows)
+        v119_rows = v118_rows
+        tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v119_rows)  # park
     v111 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8054,12 +8438,20 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         v121 = ((-1.0) * v120)
         v44 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v122 += tl.dot(v44.to(DOT_DTYPE), v121.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v43 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v123 = (v43 * v122)
-    v119 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v128 = (v119 + v123)
-    v39 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v129 = (v39 * v128)
+    tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v122)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v39_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v43_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v119_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v122_rows = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v123_rows = (v43_rows * v122_rows)
+        v128_rows = (v119_rows + v123_rows)
+        v129_rows = (v39_rows * v128_rows)
+        tl.store(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v129_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v129 = tl.load(scratch + 3 * C * HID + 2 * HID * D + 2 * HID + 3 * BV * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v130 = v129
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v130.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -8067,7 +8459,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
@@ -8097,7 +8489,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID + HID * D + HID + BV * HID + 2 * C * D)  # v22, v44, v52, v72, v57, v35, v47
+    scratch = scratch_ptr + slot * (2 * C * HID + HID * D + HID + BV * HID + 3 * C * D)  # v22, v44, v52, v72, v57, v35, v47, v49
     v33 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -8152,9 +8544,15 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v44 = v29
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v35 = tl.load(scratch + 2 * C * HID + HID * D + HID + BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.exp(v35)  # cumulative decay in the chunk
-    v49 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v35_rows = tl.load(scratch + 2 * C * HID + HID * D + HID + BV * HID + offs_rb[:, None] * D + offs_i[None, :])
+        v40_rows = tl.exp(v35_rows)  # cumulative decay in the chunk
+        v49_rows = (v40_rows * tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None])
+        tl.store(scratch + 2 * C * HID + HID * D + HID + BV * HID + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v49_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 2 * C * HID + HID * D + HID + BV * HID + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = tl.sum((v49), axis=0)
     v47 = tl.load(scratch + 2 * C * HID + HID * D + HID + BV * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v59 = tl.zeros((), DTYPE)
@@ -8227,7 +8625,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
@@ -8257,7 +8655,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 3 * C * C + 7 * C * BV + 4 * C * D)  # v15, v30, v21, v48, v51, v52, v56, v64, local_4, causal, v49, v40, v50, v42, v45, v58, v60, v61, v62, v67, v68
+    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 3 * C * C + 10 * C * BV + 4 * C * D + C)  # v15, v30, v21, v48, v51, v52, v56, v64, local_4, causal, v49, v40, v50, v42, v45, v58, v60, v61, v62, v67, v68, v69, v73, v76, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v47 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -8317,15 +8715,18 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v40 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v42 = tl.exp(v40)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v42)  # park
-    v44 = ((-1.0) + v42)
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v45 = (q * v44)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v40_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v42_rows = tl.exp(v40_rows)  # cumulative decay in the chunk
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v42_rows)  # park
+        v44_rows = ((-1.0) + v42_rows)
+        v45_rows = (q_rows * v44_rows)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v45_rows)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8362,10 +8763,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v42 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v57 = v42
-    v58 = ((-1.0) + v57)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v42_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v57_rows = v42_rows
+        v58_rows = ((-1.0) + v57_rows)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_o[None, :], v58_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8457,18 +8861,33 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v56 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v69 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 7 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 6 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v70 = (v69 + v68)
-    v71 = tl.sum((v70), axis=1)
-    v72 = (v71 / (D))
-    v73 = (v70 - v72[:, None])
-    v74 = (v73 * v73)
-    v75 = tl.sum((v74), axis=1)
-    v76 = (v75 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v82 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
-    v83 = (v73 * v82 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v76[:, None])))))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v68_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 6 * C * BV + 4 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v69_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 7 * C * BV + 4 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v70_rows = (v69_rows + v68_rows)
+        v71_rows = tl.sum((v70_rows), axis=1)
+        v72_rows = (v71_rows / (D))
+        v73_rows = (v70_rows - v72_rows[:, None])
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 8 * C * BV + 4 * C * D + offs_rb[:, None] * D + offs_o[None, :], v73_rows)  # park
+        v74_rows = (v73_rows * v73_rows)
+        v75_rows = tl.sum((v74_rows), axis=1)
+        v76_rows = (v75_rows / (D))
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 9 * C * BV + 4 * C * D + offs_rb, v76_rows)  # park
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v73_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 8 * C * BV + 4 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 9 * C * BV + 4 * C * D + offs_rb)
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v82_rows = (d_out_rows * (1.0 - tl.where((offs_rb == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+        v83_rows = (v73_rows * v82_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v76_rows[:, None])))))
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 9 * C * BV + 4 * C * D + C + offs_rb[:, None] * D + offs_o[None, :], v83_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v83 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 9 * C * BV + 4 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v84 = tl.sum((v83), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v84.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -8476,7 +8895,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
@@ -8506,7 +8925,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v168
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -8682,13 +9101,19 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v137 = (v72 * v136)
-    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v147 = (v137 + local_8)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v137_rows = (v72_rows * v136_rows)
+        local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v147_rows = (v137_rows + local_8_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8733,12 +9158,15 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v50 = ((-1.0) + v47)
-    v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v50_rows = ((-1.0) + v47_rows)
+        v51_rows = (q_rows * v50_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
@@ -8756,7 +9184,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8764,7 +9192,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8804,7 +9232,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -8821,7 +9249,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8853,7 +9281,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8874,21 +9302,29 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = (v148 + v159)
-    v161 = tl.sum((v160), axis=1)
-    v162 = (v161 / (D))
-    v163 = ((-1.0) * v162)
-    v164 = (v160 + v163[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v165 = (2.0 * local_0 * v164)
-    v166 = tl.sum((v165), axis=1)
-    v167 = (v166 / (D))
-    v29 = (local_0 * local_0)
-    v30 = tl.sum((v29), axis=1)
-    v31 = (v30 / (D))
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v168 = ((-0.5) * local_0 * local_2 * v167[:, None] / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v160_rows = (v148_rows + v159_rows)
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v161_rows / (D))
+        v163_rows = ((-1.0) * v162_rows)
+        v164_rows = (v160_rows + v163_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v165_rows = (2.0 * local_0_rows * v164_rows)
+        v166_rows = tl.sum((v165_rows), axis=1)
+        v167_rows = (v166_rows / (D))
+        v29_rows = (local_0_rows * local_0_rows)
+        v30_rows = tl.sum((v29_rows), axis=1)
+        v31_rows = (v30_rows / (D))
+        local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v168_rows = ((-0.5) * local_0_rows * local_2_rows * v167_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v31_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v168_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v168 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v169 = tl.sum((v168), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v169.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -8896,7 +9332,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
@@ -8926,7 +9362,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v165
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -9102,13 +9538,19 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v137 = (v72 * v136)
-    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v147 = (v137 + local_8)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v137_rows = (v72_rows * v136_rows)
+        local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v147_rows = (v137_rows + local_8_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9153,12 +9595,15 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v50 = ((-1.0) + v47)
-    v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v50_rows = ((-1.0) + v47_rows)
+        v51_rows = (q_rows * v50_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
@@ -9176,7 +9621,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9184,7 +9629,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9224,7 +9669,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -9241,7 +9686,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9273,7 +9718,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9294,18 +9739,26 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = (v148 + v159)
-    v161 = tl.sum((v160), axis=1)
-    v162 = (v161 / (D))
-    v163 = ((-1.0) * v162)
-    v164 = (v160 + v163[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v29 = (local_0 * local_0)
-    v30 = tl.sum((v29), axis=1)
-    v31 = (v30 / (D))
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v165 = (local_2 * v164 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v160_rows = (v148_rows + v159_rows)
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v161_rows / (D))
+        v163_rows = ((-1.0) * v162_rows)
+        v164_rows = (v160_rows + v163_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v29_rows = (local_0_rows * local_0_rows)
+        v30_rows = tl.sum((v29_rows), axis=1)
+        v31_rows = (v30_rows / (D))
+        local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v165_rows = (local_2_rows * v164_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v165_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v165 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v166 = tl.sum((v165), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v166.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -9313,7 +9766,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_weight_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `ln_weight`."""
@@ -9343,7 +9796,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v172
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -9519,13 +9972,19 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v137 = (v72 * v136)
-    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v147 = (v137 + local_8)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v137_rows = (v72_rows * v136_rows)
+        local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v147_rows = (v137_rows + local_8_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9570,12 +10029,15 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v50 = ((-1.0) + v47)
-    v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v50_rows = ((-1.0) + v47_rows)
+        v51_rows = (q_rows * v50_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
@@ -9593,7 +10055,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9601,7 +10063,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9641,7 +10103,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -9658,7 +10120,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9690,7 +10152,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9711,28 +10173,36 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = (v148 + v159)
-    v161 = tl.sum((v160), axis=1)
-    v162 = (v161 / (D))
-    v163 = ((-1.0) * v162)
-    v164 = (v160 + v163[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v165 = (2.0 * local_0 * v164)
-    v166 = tl.sum((v165), axis=1)
-    v167 = (v166 / (D))
-    v29 = (local_0 * local_0)
-    v30 = tl.sum((v29), axis=1)
-    v31 = (v30 / (D))
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v168 = ((-0.5) * local_0 * ln_weight[None, :] * v167[:, None] / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v169 = (ln_weight[None, :] * v164 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v170 = (v168 + v169)
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v171_c0 = (local_1 * local_1)
-    v171_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v171_c0)))
-    v171 = (v170 * ((3.0 * v171_c1) + (3.0 * v171_c0 / (v171_c1))))
-    v172 = (local_0 * v171 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v160_rows = (v148_rows + v159_rows)
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v161_rows / (D))
+        v163_rows = ((-1.0) * v162_rows)
+        v164_rows = (v160_rows + v163_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v165_rows = (2.0 * local_0_rows * v164_rows)
+        v166_rows = tl.sum((v165_rows), axis=1)
+        v167_rows = (v166_rows / (D))
+        v29_rows = (local_0_rows * local_0_rows)
+        v30_rows = tl.sum((v29_rows), axis=1)
+        v31_rows = (v30_rows / (D))
+        v168_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v167_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v31_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v169_rows = (ln_weight[None, :] * v164_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v170_rows = (v168_rows + v169_rows)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v171_rows_c0 = (local_1_rows * local_1_rows)
+        v171_rows_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v171_rows_c0)))
+        v171_rows = (v170_rows * ((3.0 * v171_rows_c1) + (3.0 * v171_rows_c0 / (v171_rows_c1))))
+        v172_rows = (local_0_rows * v171_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v172_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v172 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v173 = tl.sum((v172), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v173.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -9740,7 +10210,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
@@ -9778,7 +10248,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
@@ -9816,7 +10286,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
 def chunk_grad_ln_bias_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_bias`."""
@@ -9846,7 +10316,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v148, v56, v51, v144
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v171
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -10022,13 +10492,19 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v137 = (v72 * v136)
-    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v147 = (v137 + local_8)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v137_rows = (v72_rows * v136_rows)
+        local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v147_rows = (v137_rows + local_8_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10073,12 +10549,15 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v50 = ((-1.0) + v47)
-    v51 = (q * v50)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v50_rows = ((-1.0) + v47_rows)
+        v51_rows = (q_rows * v50_rows)
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
@@ -10096,7 +10575,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10104,7 +10583,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10144,7 +10623,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -10161,7 +10640,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10193,7 +10672,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10214,26 +10693,34 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v148 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v160 = (v148 + v159)
-    v161 = tl.sum((v160), axis=1)
-    v162 = (v161 / (D))
-    v163 = ((-1.0) * v162)
-    v164 = (v160 + v163[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v165 = (2.0 * local_0 * v164)
-    v166 = tl.sum((v165), axis=1)
-    v167 = (v166 / (D))
-    v29 = (local_0 * local_0)
-    v30 = tl.sum((v29), axis=1)
-    v31 = (v30 / (D))
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v168 = ((-0.5) * local_0 * ln_weight[None, :] * v167[:, None] / (((tl.full((), 1e-05, DTYPE) + v31[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v169 = (ln_weight[None, :] * v164 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31[:, None])))))
-    v170 = (v168 + v169)
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v171_c0 = (local_1 * local_1)
-    v171_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v171_c0)))
-    v171 = (v170 * ((3.0 * v171_c1) + (3.0 * v171_c0 / (v171_c1))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v160_rows = (v148_rows + v159_rows)
+        v161_rows = tl.sum((v160_rows), axis=1)
+        v162_rows = (v161_rows / (D))
+        v163_rows = ((-1.0) * v162_rows)
+        v164_rows = (v160_rows + v163_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v165_rows = (2.0 * local_0_rows * v164_rows)
+        v166_rows = tl.sum((v165_rows), axis=1)
+        v167_rows = (v166_rows / (D))
+        v29_rows = (local_0_rows * local_0_rows)
+        v30_rows = tl.sum((v29_rows), axis=1)
+        v31_rows = (v30_rows / (D))
+        v168_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v167_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v31_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v169_rows = (ln_weight[None, :] * v164_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
+        v170_rows = (v168_rows + v169_rows)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v171_rows_c0 = (local_1_rows * local_1_rows)
+        v171_rows_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v171_rows_c0)))
+        v171_rows = (v170_rows * ((3.0 * v171_rows_c1) + (3.0 * v171_rows_c0 / (v171_rows_c1))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v171_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v171 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v172 = tl.sum((v171), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v172.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)

@@ -44,6 +44,8 @@ DESCRIPTION = {'spec': 'titans',
                                        ['s', 'h'],
                                        ['t', 'o'],
                                        ['t'],
+                                       ['t', 'o'],
+                                       ['t'],
                                        ['t'],
                                        ['s', 'i'],
                                        ['s', 'o'],
@@ -53,6 +55,7 @@ DESCRIPTION = {'spec': 'titans',
                            'value_blocks': 'none',
                            'tiles': 7.0,
                            'sub_chunks': False,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': True},
@@ -65,6 +68,7 @@ DESCRIPTION = {'spec': 'titans',
                                      ['t', 'h'],
                                      ['t', 'h'],
                                      ['t', 'o'],
+                                     ['t'],
                                      ['t', 'o'],
                                      ['t'],
                                      ['t', 'u'],
@@ -74,10 +78,14 @@ DESCRIPTION = {'spec': 'titans',
                                      ['t', 'i'],
                                      ['t'],
                                      ['t', 'i'],
-                                     ['t', 's']],
+                                     ['t', 's'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o']],
                          'value_blocks': 'none',
                          'tiles': 8.0,
                          'sub_chunks': False,
+                         'row_blocks': True,
                          'swappable': True,
                          'rereads': True,
                          'holds_params': False},
@@ -91,6 +99,12 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'h'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t'],
+                                       ['t', 'o'],
                                        ['t'],
                                        ['t', 'u'],
                                        ['t', 's'],
@@ -98,10 +112,15 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t'],
                                        ['t', 'i'],
                                        ['t'],
-                                       ['t', 'i']],
+                                       ['t', 'i'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t']],
                            'value_blocks': 'none',
                            'tiles': 13.0,
                            'sub_chunks': False,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': False},
@@ -168,16 +187,11 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t'],
-                                       ['t', 'o'],
-                                       ['t'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 18.0,
                            'sub_chunks': False,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': True},
@@ -186,6 +200,7 @@ DESCRIPTION = {'spec': 'titans',
                               'value_blocks': 'none',
                               'tiles': 2.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': False,
                               'rereads': False,
                               'holds_params': False},
@@ -208,6 +223,7 @@ DESCRIPTION = {'spec': 'titans',
                               'value_blocks': 'none',
                               'tiles': 7.5,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': True,
                               'rereads': False,
                               'holds_params': False},
@@ -232,6 +248,7 @@ DESCRIPTION = {'spec': 'titans',
                               'value_blocks': 'none',
                               'tiles': 6.5,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -256,6 +273,7 @@ DESCRIPTION = {'spec': 'titans',
                               'value_blocks': 'none',
                               'tiles': 6.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -278,6 +296,7 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'u'],
                                           ['t', 's'],
                                           ['t', 's'],
+                                          ['t'],
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -286,6 +305,7 @@ DESCRIPTION = {'spec': 'titans',
                               'value_blocks': 'none',
                               'tiles': 8.0,
                               'sub_chunks': False,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -316,6 +336,7 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['t', 's'],
+                                          ['t'],
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -324,10 +345,14 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s'],
                                           ['s', 'i'],
                                           ['t', 'o'],
-                                          ['s', 'o']],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 9.0,
                               'sub_chunks': False,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': False,
                               'holds_params': False},
@@ -374,14 +399,12 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t']],
+                                          ['t'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 10.5,
                               'sub_chunks': False,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': False,
                               'holds_params': False},
@@ -412,6 +435,7 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['t', 's'],
+                                          ['t'],
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -420,10 +444,14 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s'],
                                           ['s', 'i'],
                                           ['t', 'o'],
-                                          ['s', 'o']],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 9.0,
                               'sub_chunks': False,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': False,
                               'holds_params': False},
@@ -454,6 +482,7 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['t', 's'],
+                                          ['t'],
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -462,10 +491,14 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s'],
                                           ['s', 'i'],
                                           ['t', 'o'],
-                                          ['s', 'o']],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 9.0,
                               'sub_chunks': False,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': False,
                               'holds_params': False},
@@ -485,6 +518,7 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['t'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -493,6 +527,7 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 7.0,
                                        'sub_chunks': False,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -507,6 +542,7 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
+                                       'row_blocks': False,
                                        'swappable': True,
                                        'rereads': False,
                                        'holds_params': False},
@@ -529,6 +565,7 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['u'],
+                                                   ['t'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -540,6 +577,7 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
                                        'sub_chunks': False,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -575,6 +613,7 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 11.5,
                                        'sub_chunks': False,
+                                       'row_blocks': False,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -589,6 +628,7 @@ DESCRIPTION = {'spec': 'titans',
                                      'value_blocks': 'none',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
+                                     'row_blocks': False,
                                      'swappable': True,
                                      'rereads': False,
                                      'holds_params': False},
@@ -610,6 +650,7 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['s', 'i'],
                                                  ['t', 's'],
                                                  ['t', 's'],
+                                                 ['t'],
                                                  ['t', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 's'],
@@ -620,6 +661,7 @@ DESCRIPTION = {'spec': 'titans',
                                      'value_blocks': 'none',
                                      'tiles': 9.5,
                                      'sub_chunks': False,
+                                     'row_blocks': True,
                                      'swappable': True,
                                      'rereads': False,
                                      'holds_params': False},
@@ -639,6 +681,7 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['t'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -647,6 +690,7 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 8.0,
                                        'sub_chunks': False,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -661,6 +705,7 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 4.0,
                                        'sub_chunks': False,
+                                       'row_blocks': False,
                                        'swappable': True,
                                        'rereads': False,
                                        'holds_params': False},
@@ -683,6 +728,7 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['t'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -693,6 +739,7 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
                                        'sub_chunks': False,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': False,
                                        'holds_params': False},
@@ -716,6 +763,7 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['t'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -730,6 +778,7 @@ DESCRIPTION = {'spec': 'titans',
                                        'value_blocks': 'none',
                                        'tiles': 9.5,
                                        'sub_chunks': False,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': False,
                                        'holds_params': False},
@@ -747,10 +796,14 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 'i'],
                                                   ['t', 's'],
                                                   ['t', 's'],
-                                                  ['t', 's']],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 6.0,
                                       'sub_chunks': False,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -781,6 +834,7 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
+                                                  ['t'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -789,10 +843,14 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['s'],
                                                   ['s', 'i'],
                                                   ['t', 'o'],
-                                                  ['s', 'o']],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
                                       'sub_chunks': False,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': False,
                                       'holds_params': False},
@@ -823,6 +881,7 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
+                                                  ['t'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -831,10 +890,14 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['s'],
                                                   ['s', 'i'],
                                                   ['t', 'o'],
-                                                  ['s', 'o']],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
                                       'sub_chunks': False,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': False,
                                       'holds_params': False},
@@ -865,6 +928,7 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
+                                                  ['t'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -873,10 +937,14 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['s'],
                                                   ['s', 'i'],
                                                   ['t', 'o'],
-                                                  ['s', 'o']],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
                                       'sub_chunks': False,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': False,
                                       'holds_params': False},
@@ -885,6 +953,7 @@ DESCRIPTION = {'spec': 'titans',
                                     'value_blocks': 'none',
                                     'tiles': 1.0,
                                     'sub_chunks': False,
+                                    'row_blocks': False,
                                     'swappable': False,
                                     'rereads': False,
                                     'holds_params': False},
@@ -915,6 +984,7 @@ DESCRIPTION = {'spec': 'titans',
                                                 ['t', 's'],
                                                 ['s', 'i'],
                                                 ['t', 's'],
+                                                ['t'],
                                                 ['t', 'i'],
                                                 ['t', 'i'],
                                                 ['t', 's'],
@@ -923,10 +993,14 @@ DESCRIPTION = {'spec': 'titans',
                                                 ['s'],
                                                 ['s', 'i'],
                                                 ['t', 'o'],
-                                                ['s', 'o']],
+                                                ['s', 'o'],
+                                                ['t', 'o'],
+                                                ['t'],
+                                                ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 9.0,
                                     'sub_chunks': False,
+                                    'row_blocks': True,
                                     'swappable': True,
                                     'rereads': False,
                                     'holds_params': False}},
@@ -962,7 +1036,7 @@ def private_index(offs, align: tl.constexpr, anchor, ON_GPU: tl.constexpr):
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, s1_ptr, s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, final_s1_ptr, final_s2_ptr, starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -1006,7 +1080,7 @@ def chunk_state_fwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * BV + 4 * C + C * D)  # v12, v13, v70, v73, v71, v82, v18, v52, v43, v69, v87, v68, v92, v58
+        scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * BV + 5 * C + C * D)  # v12, v13, v70, v73, v71, v82, v14, v16, v35, v52, v43, v69, v87, v68, v92, v58
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1025,39 +1099,43 @@ def chunk_state_fwd_kernel(
             v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
         v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
+        tl.store(scratch + 6 * C * HID + C * BV + offs_t, v16)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
             ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        if REREAD_INPUTS:  # loaded again, not held since its last reader
-            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
         tl.debug_barrier()  # parked tiles other threads stored
-        v18 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+            v14_rows = tl.load(scratch + 6 * C * HID + offs_rb[:, None] * D + offs_o[None, :])
+            v16_rows = tl.load(scratch + 6 * C * HID + C * BV + offs_rb)
+            v17_rows = (v16_rows / (D))
+            v18_rows = (v14_rows - v17_rows[:, None])
+            v19_rows = (v18_rows * v18_rows)
+            v20_rows = tl.sum((v19_rows), axis=1)
+            v21_rows = (v20_rows / (D))
+            v22_rows = (ln_bias[None, :] + (v18_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21_rows[:, None]))))))
+            v23_rows = k_rows
+            v24_rows = (v22_rows + v23_rows)  # memory output M(x)
+            v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+            v25_rows = (v24_rows - v_rows)  # inner gradient signal g = dl/dy
+            v27_rows = ((-0.5) * v18_rows * ln_weight[None, :] * v25_rows / (((tl.full((), 1e-05, DTYPE) + v21_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21_rows[:, None])))))
+            v28_rows = tl.sum((v27_rows), axis=1)
+            v29_rows = (v28_rows / (D))
+            v30_rows = (2.0 * v18_rows * v29_rows[:, None])
+            v26_rows = (ln_weight[None, :] * v25_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21_rows[:, None])))))
+            v31_rows = (v26_rows + v30_rows)
+            v32_rows = ((-1.0) * v31_rows)
+            v33_rows = tl.sum((v32_rows), axis=1)
+            v34_rows = (v33_rows / (D))
+            v35_rows = (v31_rows + v34_rows[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+            tl.store(scratch + 6 * C * HID + C * BV + C + offs_rb[:, None] * D + offs_o[None, :], v35_rows)  # park
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
         v52 = tl.cumsum(v51, axis=0, reverse=False)
-        tl.store(scratch + 6 * C * HID + C * BV + offs_t, v52)  # park
+        tl.store(scratch + 6 * C * HID + 2 * C * BV + C + offs_t, v52)  # park
         v53 = v52
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v50 = gate_eta
@@ -1066,7 +1144,7 @@ def chunk_state_fwd_kernel(
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
-        tl.store(scratch + 6 * C * HID + C * BV + C + offs_t, v43)  # park
+        tl.store(scratch + 6 * C * HID + 2 * C * BV + 2 * C + offs_t, v43)  # park
         v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v47 = tl.sum((v46), axis=0)
         v44 = v43
@@ -1074,18 +1152,22 @@ def chunk_state_fwd_kernel(
         v65 = v48
         v66 = (v61 * v65[None, :])
         v67 = tl.sum((v66), axis=1)
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v69 = k
-        tl.store(scratch + 6 * C * HID + C * BV + 2 * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+        tl.store(scratch + 6 * C * HID + 2 * C * BV + 3 * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v35 = tl.load(scratch + 6 * C * HID + C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v72 = v35
         v87 = (v72 * v67[:, None])
-        tl.store(scratch + 6 * C * HID + C * BV + 2 * C + C * D + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+        tl.store(scratch + 6 * C * HID + 2 * C * BV + 3 * C + C * D + offs_s[:, None] * D + offs_o[None, :], v87)  # park
         v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
         v68 = (v57 * v50)
-        tl.store(scratch + 6 * C * HID + 2 * C * BV + 2 * C + C * D + offs_s, v68)  # park
+        tl.store(scratch + 6 * C * HID + 3 * C * BV + 3 * C + C * D + offs_s, v68)  # park
         v92 = (v72 * v68[:, None])
-        tl.store(scratch + 6 * C * HID + 2 * C * BV + 3 * C + C * D + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+        tl.store(scratch + 6 * C * HID + 3 * C * BV + 4 * C + C * D + offs_s[:, None] * D + offs_o[None, :], v92)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1099,22 +1181,22 @@ def chunk_state_fwd_kernel(
             v73 = (v70 * v67[:, None])
             tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
         tl.debug_barrier()
-        v43 = tl.load(scratch + 6 * C * HID + C * BV + C + offs_t)  # parked
+        v43 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 2 * C + offs_t)  # parked
         v49 = tl.exp(v43)  # cumulative decay in the chunk
         v75 = (v49 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v76 = tl.sum((v75), axis=0)
-        v52 = tl.load(scratch + 6 * C * HID + C * BV + offs_t)  # parked
+        v52 = tl.load(scratch + 6 * C * HID + 2 * C * BV + C + offs_t)  # parked
         v58 = tl.exp(v52)  # cumulative decay in the chunk
-        tl.store(scratch + 6 * C * HID + 3 * C * BV + 3 * C + C * D + offs_t, v58)  # park
+        tl.store(scratch + 6 * C * HID + 4 * C * BV + 4 * C + C * D + offs_t, v58)  # park
         v62 = v58
         tl.debug_barrier()  # parked tiles other threads stored
-        v44 = tl.load(scratch + 6 * C * HID + C * BV + C + offs_s)  # parked
+        v44 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 2 * C + offs_s)  # parked
         v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
         v63 = (v59 * v62[None, :])
         v64 = tl.sum((v63), axis=1)
         v78 = (v64 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v79 = tl.sum((v78), axis=0)
-        v69 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v69 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 3 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1131,8 +1213,8 @@ def chunk_state_fwd_kernel(
             v71 = v13
             tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v71)
         tl.debug_barrier()
-        v68 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 2 * C + C * D + offs_s)  # parked
-        v87 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v68 = tl.load(scratch + 6 * C * HID + 3 * C * BV + 3 * C + C * D + offs_s)  # parked
+        v87 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 3 * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1149,10 +1231,10 @@ def chunk_state_fwd_kernel(
             v82 = (v70 * v68[:, None])
             tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         tl.debug_barrier()
-        v58 = tl.load(scratch + 6 * C * HID + 3 * C * BV + 3 * C + C * D + offs_t)  # parked
+        v58 = tl.load(scratch + 6 * C * HID + 4 * C * BV + 4 * C + C * D + offs_t)  # parked
         v84 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v85 = tl.sum((v84), axis=0)
-        v69 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v69 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 3 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1163,7 +1245,7 @@ def chunk_state_fwd_kernel(
             tl.store(starts_s1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(starts_s1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(final_s1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
         tl.debug_barrier()
-        v92 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 3 * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v92 = tl.load(scratch + 6 * C * HID + 3 * C * BV + 4 * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1181,7 +1263,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -1210,7 +1292,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 3 * C + 4 * C * C + 2 * C * D)  # v12, v13, v63, v66, v60, v68, v69, v18, v35, v40, v50, v53, v65, v56, v59, v43, v57, v77
+    scratch = scratch_ptr + slot * (7 * C * HID + 5 * C * BV + 4 * C + 4 * C * C + 2 * C * D)  # v12, v13, v63, v66, v60, v68, v69, v14, v16, v35, v40, v50, v53, v65, v56, v59, v43, v57, v77, v79, v86, v87
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1229,42 +1311,45 @@ def chunk_out_fwd_kernel(
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
+    tl.store(scratch + 7 * C * HID + C * BV + offs_t, v16)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
     tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v14_rows = tl.load(scratch + 7 * C * HID + offs_rb[:, None] * D + offs_o[None, :])
+        v16_rows = tl.load(scratch + 7 * C * HID + C * BV + offs_rb)
+        v17_rows = (v16_rows / (D))
+        v18_rows = (v14_rows - v17_rows[:, None])
+        v19_rows = (v18_rows * v18_rows)
+        v20_rows = tl.sum((v19_rows), axis=1)
+        v21_rows = (v20_rows / (D))
+        v22_rows = (ln_bias[None, :] + (v18_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21_rows[:, None]))))))
+        v23_rows = k_rows
+        v24_rows = (v22_rows + v23_rows)  # memory output M(x)
+        v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v25_rows = (v24_rows - v_rows)  # inner gradient signal g = dl/dy
+        v27_rows = ((-0.5) * v18_rows * ln_weight[None, :] * v25_rows / (((tl.full((), 1e-05, DTYPE) + v21_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21_rows[:, None])))))
+        v28_rows = tl.sum((v27_rows), axis=1)
+        v29_rows = (v28_rows / (D))
+        v30_rows = (2.0 * v18_rows * v29_rows[:, None])
+        v26_rows = (ln_weight[None, :] * v25_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21_rows[:, None])))))
+        v31_rows = (v26_rows + v30_rows)
+        v32_rows = ((-1.0) * v31_rows)
+        v33_rows = tl.sum((v32_rows), axis=1)
+        v34_rows = (v33_rows / (D))
+        v35_rows = (v31_rows + v34_rows[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        tl.store(scratch + 7 * C * HID + C * BV + C + offs_rb[:, None] * D + offs_o[None, :], v35_rows)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + offs_t, v40)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + offs_t, v40)  # park
     v41 = v40
     v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + offs_t[:, None] * C + offs_u[None, :], v50)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C + offs_t[:, None] * C + offs_u[None, :], v50)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v46 = tl.cumsum(v45, axis=0, reverse=False)
@@ -1273,29 +1358,35 @@ def chunk_out_fwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v65 = (v64 * v53)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
     v49 = tl.exp(v46)  # cumulative decay in the chunk
     v54 = v49
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v50 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v55 = (v50 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + 3 * C * C + offs_t, v56)  # park
-    v59 = (q * v56[:, None])
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + offs_t, v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_t)  # parked
-    v43 = tl.exp(v40)  # cumulative decay in the chunk
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + C * D + offs_t, v43)  # park
-    v57 = (q * v43[:, None])
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v40_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + offs_rb)
+        v56_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + offs_rb)
+        v59_rows = (q_rows * v56_rows[:, None])
+        tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v59_rows)  # park
+        v43_rows = tl.exp(v40_rows)  # cumulative decay in the chunk
+        tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + C * D + offs_rb, v43_rows)  # park
+        v57_rows = (q_rows * v43_rows[:, None])
+        tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C + 3 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1307,7 +1398,7 @@ def chunk_out_fwd_kernel(
         v63 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
-    v65 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v65 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1315,7 +1406,7 @@ def chunk_out_fwd_kernel(
         v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1323,8 +1414,8 @@ def chunk_out_fwd_kernel(
         v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v43 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + C * D + offs_t)  # parked
-    v57 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + C * D + offs_t)  # parked
+    v57 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1340,7 +1431,7 @@ def chunk_out_fwd_kernel(
         v69 = (v68 * v43[:, None])
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + 3 * C * C + offs_t)  # parked
+    v56 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + offs_t)  # parked
     v73 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1360,27 +1451,36 @@ def chunk_out_fwd_kernel(
         v74 = v13
         v68 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
-    v77 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v82 = (v79 - v81[:, None])
-    v83 = (v82 * v82)
-    v84 = tl.sum((v83), axis=1)
-    v85 = (v84 / (D))
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v79)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v86 = (ln_bias[None, :] + (v82 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None]))))))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v87 = q
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v79_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v80_rows = tl.sum((v79_rows), axis=1)
+        v81_rows = (v80_rows / (D))
+        v82_rows = (v79_rows - v81_rows[:, None])
+        v83_rows = (v82_rows * v82_rows)
+        v84_rows = tl.sum((v83_rows), axis=1)
+        v85_rows = (v84_rows / (D))
+        v86_rows = (ln_bias[None, :] + (v82_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85_rows[:, None]))))))
+        tl.store(scratch + 7 * C * HID + 3 * C * BV + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_o[None, :], v86_rows)  # park
+        v87_rows = q_rows
+        tl.store(scratch + 7 * C * HID + 4 * C * BV + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_o[None, :], v87_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 7 * C * HID + 4 * C * BV + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = (v86 + v87)  # read: M(q_t; W_t)
     tl.store(out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v88.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1388,7 +1488,7 @@ def chunk_out_fwd_kernel(
 def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
@@ -1417,7 +1517,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + 2 * C * D)  # v12, v13, v76, v79, v73, v81, v82, v18, v35, v43, v59, v62, v78, v65, v72, v49, v70
+    scratch = scratch_ptr + slot * (7 * C * HID + 9 * C * BV + 5 * C + 4 * C * C + 2 * C * D)  # v12, v13, v76, v79, v73, v81, v82, v18, v22, v24, v30, v26, v31, v34, v35, v43, v59, v62, v78, v65, v72, v49, v70, v90, v92, v111, v114
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1447,27 +1547,46 @@ def chunk_local_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.store(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v22_rows = tl.load(scratch + 7 * C * HID + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v23_rows = k_rows
+        v24_rows = (v22_rows + v23_rows)  # memory output M(x)
+        tl.store(scratch + 7 * C * HID + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v24_rows)  # park
+        v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
+    v24 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v25.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
-    tl.debug_barrier()  # parked tiles other threads stored
     v18 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v18 * v29[:, None])
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v30)  # park
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
+    tl.store(scratch + 7 * C * HID + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v26_rows = tl.load(scratch + 7 * C * HID + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v30_rows = tl.load(scratch + 7 * C * HID + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v31_rows = (v26_rows + v30_rows)
+        tl.store(scratch + 7 * C * HID + 5 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v31_rows)  # park
+        v32_rows = ((-1.0) * v31_rows)
+        v33_rows = tl.sum((v32_rows), axis=1)
+        v34_rows = (v33_rows / (D))
+        tl.store(scratch + 7 * C * HID + 6 * C * BV + offs_rb, v34_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 7 * C * HID + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v34 = tl.load(scratch + 7 * C * HID + 6 * C * BV + offs_t)  # parked
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v35.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v88 = v35
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v88.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -1487,7 +1606,7 @@ def chunk_local_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + offs_t, v43)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * BV + C + offs_t, v43)  # park
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v44 = v43
@@ -1498,31 +1617,37 @@ def chunk_local_bwd_kernel(
     v105 = (v88 * v68[:, None])
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v105.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + offs_t[:, None] * C + offs_u[None, :], v59)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * BV + 2 * C + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * BV + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * BV + 2 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v59 = tl.load(scratch + 7 * C * HID + 7 * C * BV + 2 * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + C + 3 * C * C + offs_t, v65)  # park
-    v72 = (q * v65[:, None])
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * BV + 2 * C + 3 * C * C + offs_t, v65)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_t)  # parked
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + C * D + offs_t, v49)  # park
-    v70 = (q * v49[:, None])
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v43_rows = tl.load(scratch + 7 * C * HID + 7 * C * BV + C + offs_rb)
+        v65_rows = tl.load(scratch + 7 * C * HID + 7 * C * BV + 2 * C + 3 * C * C + offs_rb)
+        v72_rows = (q_rows * v65_rows[:, None])
+        tl.store(scratch + 7 * C * HID + 7 * C * BV + 3 * C + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v72_rows)  # park
+        v49_rows = tl.exp(v43_rows)  # cumulative decay in the chunk
+        tl.store(scratch + 7 * C * HID + 7 * C * BV + 3 * C + 3 * C * C + C * D + offs_rb, v49_rows)  # park
+        v70_rows = (q_rows * v49_rows[:, None])
+        tl.store(scratch + 7 * C * HID + 7 * C * BV + 4 * C + 3 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v70_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1534,7 +1659,7 @@ def chunk_local_bwd_kernel(
         v76 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v76)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v78 = tl.load(scratch + 7 * C * HID + 7 * C * BV + 2 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1542,7 +1667,7 @@ def chunk_local_bwd_kernel(
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v72 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 7 * C * HID + 7 * C * BV + 3 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1550,8 +1675,8 @@ def chunk_local_bwd_kernel(
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + C * D + offs_t)  # parked
-    v70 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 7 * C * HID + 7 * C * BV + 3 * C + 3 * C * C + C * D + offs_t)  # parked
+    v70 = tl.load(scratch + 7 * C * HID + 7 * C * BV + 4 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1567,7 +1692,7 @@ def chunk_local_bwd_kernel(
         v82 = (v81 * v49[:, None])
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
-    v65 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + 3 * C * C + offs_t)  # parked
+    v65 = tl.load(scratch + 7 * C * HID + 7 * C * BV + 2 * C + 3 * C * C + offs_t)  # parked
     v86 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1587,38 +1712,51 @@ def chunk_local_bwd_kernel(
         v87 = v13
         v81 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 7 * C * HID + 7 * C * BV + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v88 = tl.load(scratch + 7 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + 7 * C * BV + 4 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v88 = tl.load(scratch + 7 * C * HID + 6 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.store(scratch + 7 * C * HID + 7 * C * BV + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v92)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v107 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v108 = tl.sum((v107), axis=1)
-    v109 = (v108 / (D))
-    v110 = (2.0 * v95 * v109[:, None])
-    v106 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v111 = (v106 + v110)
-    v112 = ((-1.0) * v111)
-    v113 = tl.sum((v112), axis=1)
-    v114 = (v113 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v92_rows = tl.load(scratch + 7 * C * HID + 7 * C * BV + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v93_rows = tl.sum((v92_rows), axis=1)
+        v94_rows = (v93_rows / (D))
+        v95_rows = (v92_rows - v94_rows[:, None])
+        v96_rows = (v95_rows * v95_rows)
+        v97_rows = tl.sum((v96_rows), axis=1)
+        v98_rows = (v97_rows / (D))
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v107_rows = ((-0.5) * v95_rows * ln_weight[None, :] * d_out_rows / (((tl.full((), 1e-05, DTYPE) + v98_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98_rows[:, None])))))
+        v108_rows = tl.sum((v107_rows), axis=1)
+        v109_rows = (v108_rows / (D))
+        v110_rows = (2.0 * v95_rows * v109_rows[:, None])
+        v106_rows = (ln_weight[None, :] * d_out_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98_rows[:, None])))))
+        v111_rows = (v106_rows + v110_rows)
+        tl.store(scratch + 7 * C * HID + 8 * C * BV + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_o[None, :], v111_rows)  # park
+        v112_rows = ((-1.0) * v111_rows)
+        v113_rows = tl.sum((v112_rows), axis=1)
+        v114_rows = (v113_rows / (D))
+        tl.store(scratch + 7 * C * HID + 9 * C * BV + 4 * C + 4 * C * C + 2 * C * D + offs_rb, v114_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v111 = tl.load(scratch + 7 * C * HID + 8 * C * BV + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 7 * C * HID + 9 * C * BV + 4 * C + 4 * C * C + 2 * C * D + offs_t)  # parked
     v115 = (v111 + v114[:, None])
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v115.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
     v116 = ((-1.0) * v115)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v116.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
+    v90 = tl.load(scratch + 7 * C * HID + 7 * C * BV + 4 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v117 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v116.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.store(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v117.to(local_8_ptr.dtype.element_ty), mask=nv > 0)
-    v65 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C + 3 * C * C + offs_t)  # parked
+    v65 = tl.load(scratch + 7 * C * HID + 7 * C * BV + 2 * C + 3 * C * C + offs_t)  # parked
     v118 = (v115 * v65[:, None])
     tl.store(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v118.to(local_9_ptr.dtype.element_ty), mask=nv > 0)
-    v49 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C + 3 * C * C + C * D + offs_t)  # parked
+    v49 = tl.load(scratch + 7 * C * HID + 7 * C * BV + 3 * C + 3 * C * C + C * D + offs_t)  # parked
     v119 = (v115 * v49[:, None])
     tl.store(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v119.to(local_10_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -1626,7 +1764,7 @@ def chunk_local_bwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_final_s1_ptr, d_final_s2_ptr, d_init_w1_ptr, d_init_w2_ptr, d_init_s1_ptr, d_init_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -1669,7 +1807,7 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 8 * C * BV)  # v104, v59, v62, v12, v24, v64, v68, v13, v72, v112, v119, v125, v131, v99, v101, v102, v106, v126, v129, v132, v86, v90, v91, v97, v69, v117, v87, v94, v133, v168, v93, v70, v123, v134, v98, v103, v85, v92, v71, v31, v37, v58, v47, v40, v46, v53, v60, v63, v65, v38, v49, v50, v66, v111, v57, v100, v56, v105, v88, v115, v140, v18, v141, v144, v145, v152, v153, v147, v163
+        scratch = scratch_ptr + slot * (6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 5 * C * D + 6 * C * C + 4 * C * BV)  # v104, v59, v62, v12, v24, v64, v68, v13, v72, v112, v119, v125, v131, v99, v101, v102, v106, v126, v129, v132, v86, v90, v91, v97, v69, v117, v87, v94, v133, v168, v93, v70, v123, v134, v98, v103, v85, v92, v71, v31, v37, v58, v47, v40, v46, v53, v60, v63, v65, v38, v49, v50, v66, v111, v57, v100, v56, v105, v88, v115, v136, v137, v163
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v30 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v31 = tl.cumsum(v30, axis=0, reverse=False)
@@ -1982,74 +2120,54 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v115 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v136 = (v115 + v135)
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v136)  # park
         v137 = tl.sum((v136), axis=1)
-        v138 = (v137 / (D))
-        v139 = ((-1.0) * v138)
-        v140 = (v136 + v139[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v140)  # park
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v16 = (local_0 * local_0)
-        v17 = tl.sum((v16), axis=1)
-        v18 = (v17 / (D))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t, v18)  # park
+        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t, v137)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        v21 = tl.sum((v20), axis=1)
-        v22 = (v21 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v141 = (2.0 * v22[:, None] * v140)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
-        v142 = (2.0 * local_0 * v140)
-        v143 = tl.sum((v142), axis=1)
-        v144 = (v143 / (D))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t, v144)  # park
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            v136_rows = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+            v137_rows = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_rb)
+            v138_rows = (v137_rows / (D))
+            v139_rows = ((-1.0) * v138_rows)
+            v140_rows = (v136_rows + v139_rows[:, None])
+            v16_rows = (local_0_rows * local_0_rows)
+            v17_rows = tl.sum((v16_rows), axis=1)
+            v18_rows = (v17_rows / (D))
+            v20_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+            v21_rows = tl.sum((v20_rows), axis=1)
+            v22_rows = (v21_rows / (D))
+            v141_rows = (2.0 * v22_rows[:, None] * v140_rows)
+            v142_rows = (2.0 * local_0_rows * v140_rows)
+            v143_rows = tl.sum((v142_rows), axis=1)
+            v144_rows = (v143_rows / (D))
+            v145_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v144_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+            v148_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v144_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+            v151_rows = (ln_weight[None, :] * v140_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+            v152_rows = (v148_rows + v151_rows)
+            v153_rows = (ln_weight[None, :] * v152_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+            v146_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v144_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * (tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+            v147_rows = tl.sum((v146_rows), axis=1)
+            v149_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v140_rows / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+            v150_rows = tl.sum((v149_rows), axis=1)
+            v154_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v152_rows / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+            v155_rows = tl.sum((v154_rows), axis=1)
+            v156_rows = (v147_rows + v150_rows + v155_rows)
+            v157_rows = (v156_rows / (D))
+            v158_rows = (2.0 * local_0_rows * v157_rows[:, None])
+            v159_rows = (v141_rows + v145_rows + v153_rows + v158_rows)
+            v160_rows = ((-1.0) * v159_rows)
+            v161_rows = tl.sum((v160_rows), axis=1)
+            v162_rows = (v161_rows / (D))
+            v163_rows = (v159_rows + v162_rows[:, None])
+            tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v163_rows)  # park
+            local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
-        if not PARAMS_ONCE:  # else loaded once, before the chunk loop
-            ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-        v18 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t)  # parked
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v145 = ((-0.5) * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
-        v148 = ((-0.5) * local_0 * ln_weight[None, :] * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v151 = (ln_weight[None, :] * v140 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        v152 = (v148 + v151)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
-        v153 = (ln_weight[None, :] * v152 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v144 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t)  # parked
-        v146 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * (tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        v147 = tl.sum((v146), axis=1)
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t, v147)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v140 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 8 * C + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v149 = ((-0.5) * ln_weight[None, :] * local_1 * v140 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        v150 = tl.sum((v149), axis=1)
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v152 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v154 = ((-0.5) * local_0 * ln_weight[None, :] * v152 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-        v155 = tl.sum((v154), axis=1)
-        v147 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t)  # parked
-        v156 = (v147 + v150 + v155)
-        v157 = (v156 / (D))
-        v158 = (2.0 * local_0 * v157[:, None])
-        v141 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v145 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v153 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 10 * C + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v159 = (v141 + v145 + v153 + v158)
-        v160 = ((-1.0) * v159)
-        v161 = tl.sum((v160), axis=1)
-        v162 = (v161 / (D))
-        v163 = (v159 + v162[:, None])
-        tl.store(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v163)  # park
-        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v163 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2106,7 +2224,7 @@ def chunk_state_bwd_kernel(
         v46 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 3 * C + C * D + C * C + offs_t)  # parked
         v78 = (v46 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v79 = tl.sum((v78), axis=0)
-        v163 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 11 * C + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v163 = tl.load(scratch + 6 * HID * D + 26 * C * HID + 7 * BV * HID + 9 * C + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2166,7 +2284,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -2203,7 +2321,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -2377,7 +2495,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
@@ -2554,7 +2672,7 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_q_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `q`."""
@@ -2731,7 +2849,7 @@ def chunk_grad_q_3_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -2761,7 +2879,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + 3 * C + 5 * C * C + 4 * C * D)  # v12, v57, v60, v54, v61, v62, v82, v84, v89, v72, v71, v24, v40, v33, v31, v42, v43, v59, v53, v51, v81, v92, v76
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + 4 * C + 5 * C * C + 4 * C * D)  # v12, v57, v60, v54, v61, v62, v82, v84, v89, v72, v71, v24, v40, v33, v31, v42, v43, v59, v46, v53, v51, v81, v92, v76
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
@@ -2797,20 +2915,25 @@ def chunk_grad_k_0_bwd_kernel(
     v40 = tl.load(scratch + 10 * C * HID + HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v45 = (v40 * v44[None, :])
     v46 = tl.sum((v45), axis=1)
-    v53 = (q * v46[:, None])
-    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + offs_t, v46)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 10 * C * HID + HID * D + offs_t)  # parked
-    v30 = tl.exp(v24)  # cumulative decay in the chunk
-    v51 = (q * v30[:, None])
-    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v24_rows = tl.load(scratch + 10 * C * HID + HID * D + offs_rb)
+        v46_rows = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + offs_rb)
+        v53_rows = (q_rows * v46_rows[:, None])
+        tl.store(scratch + 10 * C * HID + HID * D + 4 * C + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :], v53_rows)  # park
+        v30_rows = tl.exp(v24_rows)  # cumulative decay in the chunk
+        v51_rows = (q_rows * v30_rows[:, None])
+        tl.store(scratch + 10 * C * HID + HID * D + 4 * C + 4 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v43 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v81 = (v43 * v79)
-    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2840,7 +2963,7 @@ def chunk_grad_k_0_bwd_kernel(
         v60 = tl.dot(v59.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + HID * D + 4 * C + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2848,7 +2971,7 @@ def chunk_grad_k_0_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 10 * C * HID + HID * D + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2865,7 +2988,7 @@ def chunk_grad_k_0_bwd_kernel(
         v62 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 10 * C * HID + HID * D + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2908,7 +3031,7 @@ def chunk_grad_k_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v92 = (tl.dot(tl.trans(v91).to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v92)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 4 * C + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v92)  # park
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v24 = tl.load(scratch + 10 * C * HID + HID * D + offs_t)  # parked
@@ -2942,7 +3065,7 @@ def chunk_grad_k_0_bwd_kernel(
         v71 = ((-1.0) * d_new_s1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v71)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v76)  # park
+    tl.store(scratch + 10 * C * HID + HID * D + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v76)  # park
     v73 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2951,8 +3074,8 @@ def chunk_grad_k_0_bwd_kernel(
         v71 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v73 += tl.dot(v72.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v92 = tl.load(scratch + 10 * C * HID + HID * D + 3 * C + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 10 * C * HID + HID * D + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 10 * C * HID + HID * D + 4 * C + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v73 + v76 + v92)
     v94 = v93
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v94.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2961,7 +3084,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -2991,7 +3114,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 4 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v50, v57, v55, v91, v53, v85, v54, v82, v106, v79, v107, v108, v117
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
@@ -3028,37 +3151,43 @@ def chunk_grad_k_1_bwd_kernel(
     v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
-    v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t, v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
-    v34 = tl.exp(v28)  # cumulative decay in the chunk
-    v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_rb)
+        v50_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_rb)
+        v57_rows = (q_rows * v50_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        v34_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v55_rows = (q_rows * v34_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v55_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
-    tl.debug_barrier()  # parked tiles other threads stored
     v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -3067,9 +3196,9 @@ def chunk_grad_k_1_bwd_kernel(
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3098,7 +3227,7 @@ def chunk_grad_k_1_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3106,7 +3235,7 @@ def chunk_grad_k_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3123,7 +3252,7 @@ def chunk_grad_k_1_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3165,7 +3294,7 @@ def chunk_grad_k_1_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3176,7 +3305,7 @@ def chunk_grad_k_1_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3191,7 +3320,7 @@ def chunk_grad_k_1_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3206,9 +3335,9 @@ def chunk_grad_k_1_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3223,7 +3352,7 @@ def chunk_grad_k_1_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3232,27 +3361,37 @@ def chunk_grad_k_1_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = tl.sum((v107), axis=1)
-    v109 = (v108 / (D))
-    v110 = ((-1.0) * v109)
-    v111 = (v107 + v110[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v112 = (2.0 * local_0 * v111)
-    v113 = tl.sum((v112), axis=1)
-    v114 = (v113 / (D))
-    v16 = (local_0 * local_0)
-    v17 = tl.sum((v16), axis=1)
-    v18 = (v17 / (D))
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t, v108)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v115 = ((-0.5) * local_0 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    v116 = (ln_weight[None, :] * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    v117 = (v115 + v116)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v107_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v108_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb)
+        v109_rows = (v108_rows / (D))
+        v110_rows = ((-1.0) * v109_rows)
+        v111_rows = (v107_rows + v110_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v112_rows = (2.0 * local_0_rows * v111_rows)
+        v113_rows = tl.sum((v112_rows), axis=1)
+        v114_rows = (v113_rows / (D))
+        v16_rows = (local_0_rows * local_0_rows)
+        v17_rows = tl.sum((v16_rows), axis=1)
+        v18_rows = (v17_rows / (D))
+        v115_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v114_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v116_rows = (ln_weight[None, :] * v111_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v117_rows = (v115_rows + v116_rows)
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v117_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v117 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v118 = v117
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v118.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3260,7 +3399,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -3290,7 +3429,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (21 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * D + 6 * C * C + 7 * C * BV)  # v12, v24, v87, v89, v90, v92, v59, v62, v64, v68, v70, v98, v105, v110, v113, v114, v77, v81, v82, v86, v69, v103, v78, v83, v148, v40, v57, v88, v49, v31, v56, v91, v65, v47, v50, v66, v58, v60, v97, v79, v101, v121, v122, v126, v133, v134, v128
+    scratch = scratch_ptr + slot * (21 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * D + 6 * C * C + 4 * C * BV)  # v12, v24, v87, v89, v90, v92, v59, v62, v64, v68, v70, v98, v105, v110, v113, v114, v77, v81, v82, v86, v69, v103, v78, v83, v148, v40, v57, v88, v49, v31, v56, v91, v65, v47, v50, v66, v58, v60, v97, v79, v101, v117, v118, v144
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v63 = k
@@ -3574,56 +3713,52 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v101 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v101 + v116)
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
     v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = ((-1.0) * v119)
-    v121 = (v117 + v120[:, None])
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v121)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v16 = (local_0 * local_0)
-    v17 = tl.sum((v16), axis=1)
-    v18 = (v17 / (D))
+    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t, v118)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v122 = (2.0 * v22[:, None] * v121)
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v122)  # park
-    v123 = (2.0 * local_0 * v121)
-    v124 = tl.sum((v123), axis=1)
-    v125 = (v124 / (D))
-    v126 = ((-0.5) * ln_weight[None, :] * local_1 * v125[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v126)  # park
-    v129 = ((-0.5) * local_0 * ln_weight[None, :] * v125[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    v132 = (ln_weight[None, :] * v121 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    v133 = (v129 + v132)
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
-    v134 = (ln_weight[None, :] * v133 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v134)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v127 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v125[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * (tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    v128 = tl.sum((v127), axis=1)
-    tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 7 * C * BV + offs_t, v128)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v121 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v130 = ((-0.5) * ln_weight[None, :] * local_1 * v121 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    v131 = tl.sum((v130), axis=1)
-    v133 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v135 = ((-0.5) * local_0 * ln_weight[None, :] * v133 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    v136 = tl.sum((v135), axis=1)
-    v128 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 7 * C * BV + offs_t)  # parked
-    v137 = (v128 + v131 + v136)
-    v138 = (v137 / (D))
-    v139 = (2.0 * local_0 * v138[:, None])
-    v122 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v126 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v134 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v140 = (v122 + v126 + v134 + v139)
-    v141 = ((-1.0) * v140)
-    v142 = tl.sum((v141), axis=1)
-    v143 = (v142 / (D))
-    v144 = (v140 + v143[:, None])
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v117_rows = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v118_rows = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * D + 6 * C * C + 3 * C * BV + offs_rb)
+        v119_rows = (v118_rows / (D))
+        v120_rows = ((-1.0) * v119_rows)
+        v121_rows = (v117_rows + v120_rows[:, None])
+        v16_rows = (local_0_rows * local_0_rows)
+        v17_rows = tl.sum((v16_rows), axis=1)
+        v18_rows = (v17_rows / (D))
+        v20_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v21_rows = tl.sum((v20_rows), axis=1)
+        v22_rows = (v21_rows / (D))
+        v122_rows = (2.0 * v22_rows[:, None] * v121_rows)
+        v123_rows = (2.0 * local_0_rows * v121_rows)
+        v124_rows = tl.sum((v123_rows), axis=1)
+        v125_rows = (v124_rows / (D))
+        v126_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v125_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v129_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v125_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v132_rows = (ln_weight[None, :] * v121_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v133_rows = (v129_rows + v132_rows)
+        v134_rows = (ln_weight[None, :] * v133_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v127_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v125_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * (tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v128_rows = tl.sum((v127_rows), axis=1)
+        v130_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v121_rows / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v131_rows = tl.sum((v130_rows), axis=1)
+        v135_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v133_rows / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v136_rows = tl.sum((v135_rows), axis=1)
+        v137_rows = (v128_rows + v131_rows + v136_rows)
+        v138_rows = (v137_rows / (D))
+        v139_rows = (2.0 * local_0_rows * v138_rows[:, None])
+        v140_rows = (v122_rows + v126_rows + v134_rows + v139_rows)
+        v141_rows = ((-1.0) * v140_rows)
+        v142_rows = tl.sum((v141_rows), axis=1)
+        v143_rows = (v142_rows / (D))
+        v144_rows = (v140_rows + v143_rows[:, None])
+        tl.store(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * D + 6 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v144_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v144 = tl.load(scratch + 21 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3651,7 +3786,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -3681,7 +3816,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 4 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v50, v57, v55, v91, v53, v85, v54, v82, v106, v79, v107, v108, v115
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
@@ -3718,37 +3853,43 @@ def chunk_grad_v_0_bwd_kernel(
     v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
-    v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t, v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
-    v34 = tl.exp(v28)  # cumulative decay in the chunk
-    v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_rb)
+        v50_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_rb)
+        v57_rows = (q_rows * v50_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        v34_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v55_rows = (q_rows * v34_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v55_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
-    tl.debug_barrier()  # parked tiles other threads stored
     v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -3757,9 +3898,9 @@ def chunk_grad_v_0_bwd_kernel(
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3788,7 +3929,7 @@ def chunk_grad_v_0_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3796,7 +3937,7 @@ def chunk_grad_v_0_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3813,7 +3954,7 @@ def chunk_grad_v_0_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3855,7 +3996,7 @@ def chunk_grad_v_0_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3866,7 +4007,7 @@ def chunk_grad_v_0_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3881,7 +4022,7 @@ def chunk_grad_v_0_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3896,9 +4037,9 @@ def chunk_grad_v_0_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3913,7 +4054,7 @@ def chunk_grad_v_0_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3922,25 +4063,35 @@ def chunk_grad_v_0_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = tl.sum((v107), axis=1)
-    v109 = (v108 / (D))
-    v110 = ((-1.0) * v109)
-    v111 = (v107 + v110[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v112 = (2.0 * local_0 * v111)
-    v113 = tl.sum((v112), axis=1)
-    v114 = (v113 / (D))
-    v16 = (local_0 * local_0)
-    v17 = tl.sum((v16), axis=1)
-    v18 = (v17 / (D))
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t, v108)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v115 = ((-0.5) * local_0 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v107_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v108_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb)
+        v109_rows = (v108_rows / (D))
+        v110_rows = ((-1.0) * v109_rows)
+        v111_rows = (v107_rows + v110_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v112_rows = (2.0 * local_0_rows * v111_rows)
+        v113_rows = tl.sum((v112_rows), axis=1)
+        v114_rows = (v113_rows / (D))
+        v16_rows = (local_0_rows * local_0_rows)
+        v17_rows = tl.sum((v16_rows), axis=1)
+        v18_rows = (v17_rows / (D))
+        v115_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v114_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v115_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v115 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v116 = ((-1.0) * v115)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v116.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3948,7 +4099,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -3978,7 +4129,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 4 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v50, v57, v55, v91, v53, v85, v54, v82, v106, v79, v107, v108, v112
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
@@ -4015,37 +4166,43 @@ def chunk_grad_v_1_bwd_kernel(
     v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
-    v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t, v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
-    v34 = tl.exp(v28)  # cumulative decay in the chunk
-    v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_rb)
+        v50_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_rb)
+        v57_rows = (q_rows * v50_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        v34_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v55_rows = (q_rows * v34_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v55_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
-    tl.debug_barrier()  # parked tiles other threads stored
     v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -4054,9 +4211,9 @@ def chunk_grad_v_1_bwd_kernel(
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4085,7 +4242,7 @@ def chunk_grad_v_1_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4093,7 +4250,7 @@ def chunk_grad_v_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4110,7 +4267,7 @@ def chunk_grad_v_1_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4152,7 +4309,7 @@ def chunk_grad_v_1_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4163,7 +4320,7 @@ def chunk_grad_v_1_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4178,7 +4335,7 @@ def chunk_grad_v_1_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4193,9 +4350,9 @@ def chunk_grad_v_1_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4210,7 +4367,7 @@ def chunk_grad_v_1_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4219,22 +4376,32 @@ def chunk_grad_v_1_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = tl.sum((v107), axis=1)
-    v109 = (v108 / (D))
-    v110 = ((-1.0) * v109)
-    v111 = (v107 + v110[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v16 = (local_0 * local_0)
-    v17 = tl.sum((v16), axis=1)
-    v18 = (v17 / (D))
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t, v108)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v112 = (ln_weight[None, :] * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v107_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v108_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb)
+        v109_rows = (v108_rows / (D))
+        v110_rows = ((-1.0) * v109_rows)
+        v111_rows = (v107_rows + v110_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v16_rows = (local_0_rows * local_0_rows)
+        v17_rows = tl.sum((v16_rows), axis=1)
+        v18_rows = (v17_rows / (D))
+        v112_rows = (ln_weight[None, :] * v111_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v112_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v112 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v113 = ((-1.0) * v112)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v113.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -4242,7 +4409,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -4272,7 +4439,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + C * BV)  # v12, v45, v48, v42, v49, v51, v71, v73, v80, v50, v22, v32, v28, v35, v47, v41, v39, v70, v83, v76
+    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C + 4 * C * C + 2 * C * D + C * BV)  # v12, v45, v48, v42, v49, v51, v71, v73, v80, v50, v22, v32, v28, v35, v47, v38, v41, v39, v70, v83, v76
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
@@ -4306,20 +4473,25 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v32 = tl.load(scratch + 10 * C * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v37 = (v32 * v36[None, :])
     v38 = tl.sum((v37), axis=1)
-    v41 = (q * v38[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_t, v38)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v22 = tl.load(scratch + 10 * C * HID + offs_t)  # parked
-    v25 = tl.exp(v22)  # cumulative decay in the chunk
-    v39 = (q * v25[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v22_rows = tl.load(scratch + 10 * C * HID + offs_rb)
+        v38_rows = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_rb)
+        v41_rows = (q_rows * v38_rows[:, None])
+        tl.store(scratch + 10 * C * HID + 3 * C + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+        v25_rows = tl.exp(v22_rows)  # cumulative decay in the chunk
+        v39_rows = (q_rows * v25_rows[:, None])
+        tl.store(scratch + 10 * C * HID + 3 * C + 3 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v39_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v68 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 10 * C * HID + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v70 = (v35 * v68)
-    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v70)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v70)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -4350,7 +4522,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 10 * C * HID + 3 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4358,7 +4530,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v39 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 10 * C * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4375,7 +4547,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v51 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v70 = tl.load(scratch + 10 * C * HID + 3 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4421,7 +4593,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + 2 * C + 4 * C * C + 2 * C * D + offs_t, v83)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t, v83)  # park
     v76 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4429,7 +4601,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v50 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v76 += tl.dot(v50.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v64 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4445,10 +4617,10 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v65 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v64)
     tl.debug_barrier()  # parked tiles other threads stored
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v76 = tl.load(scratch + 10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + 10 * C * HID + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = (local_6 * v76)
     v78 = tl.sum((v77), axis=1)
-    v83 = tl.load(scratch + 10 * C * HID + 2 * C + 4 * C * C + 2 * C * D + offs_t)  # parked
+    v83 = tl.load(scratch + 10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t)  # parked
     v84 = (v65 + v78 + v83)
     v22 = tl.load(scratch + 10 * C * HID + offs_t)  # parked
     v85 = (v84 * tl.exp(v22))
@@ -4460,7 +4632,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -4576,7 +4748,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
@@ -4606,7 +4778,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C + 9 * C * C + 2 * C * D + C * BV)  # v12, v45, v48, v42, v49, v51, v73, v75, v82, v50, v22, v32, v28, v34, v35, v46, v47, v36, v41, v39, v69, v71, v88, v76, v90, v85
+    scratch = scratch_ptr + slot * (10 * C * HID + 5 * C + 9 * C * C + 2 * C * D + C * BV)  # v12, v45, v48, v42, v49, v51, v73, v75, v82, v50, v22, v32, v28, v34, v35, v46, v47, v36, v38, v41, v39, v69, v71, v88, v76, v90, v85
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
@@ -4644,21 +4816,26 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v32 = tl.load(scratch + 10 * C * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v37 = (v32 * v36[None, :])
     v38 = tl.sum((v37), axis=1)
-    v41 = (q * v38[:, None])
-    tl.store(scratch + 10 * C * HID + 3 * C + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + 5 * C * C + offs_t, v38)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v22 = tl.load(scratch + 10 * C * HID + offs_t)  # parked
-    v25 = tl.exp(v22)  # cumulative decay in the chunk
-    v39 = (q * v25[:, None])
-    tl.store(scratch + 10 * C * HID + 3 * C + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v22_rows = tl.load(scratch + 10 * C * HID + offs_rb)
+        v38_rows = tl.load(scratch + 10 * C * HID + 3 * C + 5 * C * C + offs_rb)
+        v41_rows = (q_rows * v38_rows[:, None])
+        tl.store(scratch + 10 * C * HID + 4 * C + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+        v25_rows = tl.exp(v22_rows)  # cumulative decay in the chunk
+        v39_rows = (q_rows * v25_rows[:, None])
+        tl.store(scratch + 10 * C * HID + 4 * C + 5 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v39_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v69 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 10 * C * HID + 3 * C + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 10 * C * HID + 2 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v71 = (v35 * v69)
-    tl.store(scratch + 10 * C * HID + 3 * C + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -4689,7 +4866,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 10 * C * HID + 3 * C + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 10 * C * HID + 4 * C + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4697,7 +4874,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v39 = tl.load(scratch + 10 * C * HID + 3 * C + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 10 * C * HID + 4 * C + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4714,7 +4891,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v51 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v71 = tl.load(scratch + 10 * C * HID + 3 * C + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v71 = tl.load(scratch + 10 * C * HID + 4 * C + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4760,7 +4937,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + 3 * C + 7 * C * C + 2 * C * D + offs_t, v88)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + offs_t, v88)  # park
     v76 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4768,7 +4945,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v50 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v76 += tl.dot(v50.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C + 7 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v65 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4784,14 +4961,14 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v66 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v65)
     tl.debug_barrier()  # parked tiles other threads stored
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v76 = tl.load(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + 10 * C * HID + 5 * C + 7 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = (local_6 * v76)
     v78 = tl.sum((v77), axis=1)
-    v88 = tl.load(scratch + 10 * C * HID + 3 * C + 7 * C * C + 2 * C * D + offs_t)  # parked
+    v88 = tl.load(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + offs_t)  # parked
     v89 = (v66 + v78 + v88)
     v36 = tl.load(scratch + 10 * C * HID + 2 * C + 5 * C * C + offs_u)  # parked
     v90 = (v36[None, :] * v89[:, None])
-    tl.store(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :], v90)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C + 7 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :], v90)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4803,7 +4980,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v46 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v85 = (v46 * v84)
-    tl.store(scratch + 10 * C * HID + 4 * C + 8 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v85)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C + 8 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v85)  # park
     v53 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4812,13 +4989,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v51 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 10 * C * HID + 3 * C + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 4 * C + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v72 = (v53 * v69)
-    v85 = tl.load(scratch + 10 * C * HID + 4 * C + 8 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 10 * C * HID + 5 * C + 8 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v72 + v85)
     v34 = tl.load(scratch + 10 * C * HID + 2 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v92 = (tl.dot(v91.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v90 = tl.load(scratch + 10 * C * HID + 4 * C + 7 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v90 = tl.load(scratch + 10 * C * HID + 5 * C + 7 * C * C + 2 * C * D + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v93 = (v90 + v92)
     v94 = v93
     v22 = tl.load(scratch + 10 * C * HID + offs_t)  # parked
@@ -4833,7 +5010,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
@@ -5124,7 +5301,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -5228,7 +5405,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -5258,7 +5435,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 3 * C + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v24, v37, v33, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94, v69
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 4 * C + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v24, v37, v33, v40, v50, v52, v53, v43, v47, v45, v77, v79, v90, v94, v69
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
@@ -5294,21 +5471,26 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v37 = tl.load(scratch + 9 * C * HID + HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v42 = (v37 * v41[None, :])
     v43 = tl.sum((v42), axis=1)
-    v47 = (q * v43[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + C * D + offs_t, v43)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 9 * C * HID + HID * D + offs_t)  # parked
-    v30 = tl.exp(v24)  # cumulative decay in the chunk
-    v45 = (q * v30[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v24_rows = tl.load(scratch + 9 * C * HID + HID * D + offs_rb)
+        v43_rows = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + C * D + offs_rb)
+        v47_rows = (q_rows * v43_rows[:, None])
+        tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v47_rows)  # park
+        v30_rows = tl.exp(v24_rows)  # cumulative decay in the chunk
+        v45_rows = (q_rows * v30_rows[:, None])
+        tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v45_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v77 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v79 = (v40 * v77)
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5338,7 +5520,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5346,7 +5528,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5363,7 +5545,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v57 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v79 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v79 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5403,7 +5585,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v89 += (tl.dot(v88.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v52 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v52 * v89)
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
     v59 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5414,13 +5596,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v59 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v80 = (v59 * v77)
-    v90 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v90 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v93 = (v80 + v90)
     v37 = tl.load(scratch + 9 * C * HID + HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v94 = (tl.dot(tl.trans(v93).to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v69 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5436,7 +5618,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v71 = ((-1.0) * d_new_w1)
         tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v71)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C + 8 * C * C + 3 * C * D + offs_s, v69)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 8 * C * C + 3 * C * D + offs_s, v69)  # park
     v72 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5448,7 +5630,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v50 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v73 = (v50 * v72)
     v74 = tl.sum((v73), axis=1)
-    v69 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
+    v69 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
     v91 = (v69 + v74)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v24 = tl.load(scratch + 9 * C * HID + HID * D + offs_t)  # parked
@@ -5458,7 +5640,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v44 = v29
     v92 = (v44[None, :] * v91[:, None])
-    v94 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v94 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v95 = (v92 + v94)
     v96 = tl.trans(v95)
     v33 = tl.load(scratch + 9 * C * HID + HID * D + C + C * C + offs_t)  # parked
@@ -5472,7 +5654,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_gate_theta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_theta`."""
@@ -5502,7 +5684,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + C * BV)  # v12, v45, v48, v42, v49, v51, v77, v79, v86, v50, v22, v32, v28, v35, v47, v41, v39, v76, v89, v80
+    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C + 4 * C * C + 2 * C * D + C * BV)  # v12, v45, v48, v42, v49, v51, v77, v79, v86, v50, v22, v32, v28, v35, v47, v38, v41, v39, v76, v89, v80
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
@@ -5536,20 +5718,25 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v32 = tl.load(scratch + 10 * C * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v37 = (v32 * v36[None, :])
     v38 = tl.sum((v37), axis=1)
-    v41 = (q * v38[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_t, v38)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v22 = tl.load(scratch + 10 * C * HID + offs_t)  # parked
-    v25 = tl.exp(v22)  # cumulative decay in the chunk
-    v39 = (q * v25[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v22_rows = tl.load(scratch + 10 * C * HID + offs_rb)
+        v38_rows = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_rb)
+        v41_rows = (q_rows * v38_rows[:, None])
+        tl.store(scratch + 10 * C * HID + 3 * C + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+        v25_rows = tl.exp(v22_rows)  # cumulative decay in the chunk
+        v39_rows = (q_rows * v25_rows[:, None])
+        tl.store(scratch + 10 * C * HID + 3 * C + 3 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v39_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v74 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 10 * C * HID + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v76 = (v35 * v74)
-    tl.store(scratch + 10 * C * HID + 2 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v76)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v76)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -5580,7 +5767,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 10 * C * HID + 3 * C + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5588,7 +5775,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v39 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 10 * C * HID + 3 * C + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5605,7 +5792,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v51 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v76 = tl.load(scratch + 10 * C * HID + 2 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v76 = tl.load(scratch + 10 * C * HID + 3 * C + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5651,7 +5838,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + 2 * C + 4 * C * C + 2 * C * D + offs_t, v89)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t, v89)  # park
     v80 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5659,7 +5846,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v50 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v80 += tl.dot(v50.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     v70 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5688,10 +5875,10 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v71 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v70)
     tl.debug_barrier()  # parked tiles other threads stored
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v80 = tl.load(scratch + 10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + 10 * C * HID + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (local_6 * v80)
     v82 = tl.sum((v81), axis=1)
-    v89 = tl.load(scratch + 10 * C * HID + 2 * C + 4 * C * C + 2 * C * D + offs_t)  # parked
+    v89 = tl.load(scratch + 10 * C * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t)  # parked
     v90 = (v71 + v82 + v89)
     v32 = tl.load(scratch + 10 * C * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v91 = (v32 * v90[:, None])
@@ -5708,7 +5895,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
 def chunk_grad_gate_theta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_theta`."""
@@ -5817,7 +6004,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
 def chunk_grad_gate_theta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_theta`."""
@@ -5847,7 +6034,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 4 * C + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v24, v37, v33, v31, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94, v69
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 5 * C + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v83, v88, v71, v24, v37, v33, v31, v40, v50, v52, v53, v43, v47, v45, v77, v79, v90, v94, v69
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
@@ -5884,21 +6071,26 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v37 = tl.load(scratch + 9 * C * HID + HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v42 = (v37 * v41[None, :])
     v43 = tl.sum((v42), axis=1)
-    v47 = (q * v43[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + C * D + offs_t, v43)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 9 * C * HID + HID * D + offs_t)  # parked
-    v30 = tl.exp(v24)  # cumulative decay in the chunk
-    v45 = (q * v30[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v24_rows = tl.load(scratch + 9 * C * HID + HID * D + offs_rb)
+        v43_rows = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + C * D + offs_rb)
+        v47_rows = (q_rows * v43_rows[:, None])
+        tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v47_rows)  # park
+        v30_rows = tl.exp(v24_rows)  # cumulative decay in the chunk
+        v45_rows = (q_rows * v30_rows[:, None])
+        tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v45_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v77 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v79 = (v40 * v77)
-    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5928,7 +6120,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5936,7 +6128,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5953,7 +6145,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v57 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v79 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v79 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5993,7 +6185,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v89 += (tl.dot(v88.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v52 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v52 * v89)
-    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
     v59 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6004,13 +6196,13 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v59 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v80 = (v59 * v77)
-    v90 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v90 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v93 = (v80 + v90)
     v37 = tl.load(scratch + 9 * C * HID + HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v94 = (tl.dot(tl.trans(v93).to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v69 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6026,7 +6218,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v71 = ((-1.0) * d_new_w1)
         tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v71)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + 3 * C + 8 * C * C + 3 * C * D + offs_s, v69)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C + 8 * C * C + 3 * C * D + offs_s, v69)  # park
     v72 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6038,7 +6230,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v50 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v73 = (v50 * v72)
     v74 = tl.sum((v73), axis=1)
-    v69 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
+    v69 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
     v91 = (v69 + v74)
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v24 = tl.load(scratch + 9 * C * HID + HID * D + offs_t)  # parked
@@ -6048,7 +6240,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v44 = v29
     v92 = (v44[None, :] * v91[:, None])
-    v94 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v94 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v95 = (v92 + v94)
     v96 = tl.trans(v95)
     v31 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C + C * C + offs_s)  # parked
@@ -6065,7 +6257,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
 def chunk_grad_gate_theta_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_theta`."""
@@ -6095,7 +6287,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 2 * HID * D + 6 * C + 9 * C * C + 4 * C * D)  # v12, v53, v56, v50, v57, v59, v91, v93, v98, v81, v77, v24, v39, v33, v31, v42, v52, v54, v55, v49, v47, v87, v89, v99, v61, v75, v82, v70, v110, v104
+    scratch = scratch_ptr + slot * (9 * C * HID + 2 * HID * D + 7 * C + 9 * C * C + 4 * C * D)  # v12, v53, v56, v50, v57, v59, v91, v93, v98, v81, v77, v24, v39, v33, v31, v42, v52, v54, v55, v45, v49, v47, v87, v89, v99, v61, v75, v82, v70, v110, v104
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v24 = tl.cumsum(v23, axis=0, reverse=False)
@@ -6132,21 +6324,26 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v39 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v44 = (v39 * v43[None, :])
     v45 = tl.sum((v44), axis=1)
-    v49 = (q * v45[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + C * D + offs_t, v45)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_t)  # parked
-    v30 = tl.exp(v24)  # cumulative decay in the chunk
-    v47 = (q * v30[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v24_rows = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_rb)
+        v45_rows = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + C * D + offs_rb)
+        v49_rows = (q_rows * v45_rows[:, None])
+        tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 4 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v49_rows)  # park
+        v30_rows = tl.exp(v24_rows)  # cumulative decay in the chunk
+        v47_rows = (q_rows * v30_rows[:, None])
+        tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v47_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v87 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v87)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v42 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v89 = (v42 * v87)
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v89)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v89)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6176,7 +6373,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v56 = tl.dot(v55.to(DOT_DTYPE), v53.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6184,7 +6381,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v50 = tl.dot(v49.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6201,7 +6398,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v59 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6239,7 +6436,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v98 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v99 += (tl.dot(v98.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v53.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v99)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v99)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6249,7 +6446,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v58 = (v58_c0 * (1.0 + tl.math.erf((v58_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v58.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 7 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v61)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 7 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v61)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v75 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6265,7 +6462,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v81 = ((-1.0) * d_new_w1)
         tl.store(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 8 * C * C + 3 * C * D + offs_s, v75)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 8 * C * C + 3 * C * D + offs_s, v75)  # park
     v82 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6273,7 +6470,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v81 = tl.load(scratch + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v82 += tl.dot(v53.to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 8 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 8 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v70 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6289,7 +6486,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v77 = ((-1.0) * d_new_s1)
         tl.store(scratch + 9 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 8 * C * C + 4 * C * D + offs_s, v70)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 8 * C * C + 4 * C * D + offs_s, v70)  # park
     v78 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6301,7 +6498,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v52 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = (v52 * v78)
     v80 = tl.sum((v79), axis=1)
-    v70 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 8 * C * C + 4 * C * D + offs_s)  # parked
+    v70 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 8 * C * C + 4 * C * D + offs_s)  # parked
     v101 = (v70 + v80)
     v31 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + C * C + offs_s)  # parked
     v102 = (v31 * v101)
@@ -6311,7 +6508,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v34 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C + C * C + offs_s)  # parked
     v110 = ((-1.0) * v22 * v102 * tl.exp((v37 - v34)))
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 8 * C * C + 4 * C * D + offs_s, v110)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 4 * C * D + offs_s, v110)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v24 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_t)  # parked
     v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -6319,24 +6516,24 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v25 = tl.load(scratch + 9 * C * HID + 2 * HID * D + offs_s)  # parked
     v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
     v46 = v29
-    v82 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 8 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 8 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v83 = (v52 * v82)
     v84 = tl.sum((v83), axis=1)
-    v75 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
+    v75 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 8 * C * C + 3 * C * D + offs_s)  # parked
     v103 = (v75 + v84)
     v104 = (v46[None, :] * v103[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 4 * C * D + offs_s[:, None] * C + offs_u[None, :], v104)  # park
+    tl.store(scratch + 9 * C * HID + 2 * HID * D + 7 * C + 8 * C * C + 4 * C * D + offs_s[:, None] * C + offs_u[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 7 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v87 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v61 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 7 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v87 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v61 * v87)
     v54 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v99 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 3 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v99 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 4 * C + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v100 = (v54 * v99)
     v105 = (v90 + v100)
     v39 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v106 = (tl.dot(tl.trans(v105).to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v39).to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v104 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 4 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v104 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 7 * C + 8 * C * C + 4 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v107 = (v104 + v106)
     v108 = tl.trans(v107)
     v31 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 2 * C + C * C + offs_s)  # parked
@@ -6345,7 +6542,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v34 = tl.load(scratch + 9 * C * HID + 2 * HID * D + C + C * C + offs_s)  # parked
     v111 = ((-1.0) * v109 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))
     v112 = tl.sum((v111), axis=0)
-    v110 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 5 * C + 8 * C * C + 4 * C * D + offs_s)  # parked
+    v110 = tl.load(scratch + 9 * C * HID + 2 * HID * D + 6 * C + 8 * C * C + 4 * C * D + offs_s)  # parked
     v113 = (v110 + v112)
     v114 = v113
     v115 = tl.cumsum(v114, axis=0, reverse=True)
@@ -6356,7 +6553,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
@@ -6386,7 +6583,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C + 2 * C * D + 4 * C * C)  # v40, v43, v12, v45, v50, v51, v25, v39, v32, v38, v41, v46, v35, v47
+    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C + 2 * C * D + 4 * C * C + 2 * C * BV)  # v40, v43, v12, v45, v50, v51, v25, v39, v32, v38, v41, v46, v35, v47, v61, v62, v75
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -6507,14 +6704,24 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v60 = tl.dot(v59.to(DOT_DTYPE), local_3.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v61 = (v55 - v60)
+    tl.store(scratch + 6 * C * HID + 2 * C + 2 * C * D + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
     v62 = tl.sum((v61), axis=1)
-    v63 = (v62 / (D))
-    v64 = (v61 - v63[:, None])
-    v65 = (v64 * v64)
-    v66 = tl.sum((v65), axis=1)
-    v67 = (v66 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = (v64 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v67[:, None])))))
+    tl.store(scratch + 6 * C * HID + 2 * C + 2 * C * D + 4 * C * C + C * BV + offs_t, v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v61_rows = tl.load(scratch + 6 * C * HID + 2 * C + 2 * C * D + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v62_rows = tl.load(scratch + 6 * C * HID + 2 * C + 2 * C * D + 4 * C * C + C * BV + offs_rb)
+        v63_rows = (v62_rows / (D))
+        v64_rows = (v61_rows - v63_rows[:, None])
+        v65_rows = (v64_rows * v64_rows)
+        v66_rows = tl.sum((v65_rows), axis=1)
+        v67_rows = (v66_rows / (D))
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v75_rows = (v64_rows * d_out_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v67_rows[:, None])))))
+        tl.store(scratch + 6 * C * HID + 3 * C + 2 * C * D + 4 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :], v75_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 6 * C * HID + 3 * C + 2 * C * D + 4 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = tl.sum((v75), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v76.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -6522,7 +6729,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
@@ -6552,7 +6759,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 4 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v50, v57, v55, v91, v53, v85, v54, v82, v106, v79, v107, v108, v115
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
@@ -6589,37 +6796,43 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
-    v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t, v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
-    v34 = tl.exp(v28)  # cumulative decay in the chunk
-    v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_rb)
+        v50_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_rb)
+        v57_rows = (q_rows * v50_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        v34_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v55_rows = (q_rows * v34_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v55_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
-    tl.debug_barrier()  # parked tiles other threads stored
     v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -6628,9 +6841,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6659,7 +6872,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6667,7 +6880,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6684,7 +6897,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6726,7 +6939,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6737,7 +6950,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6752,7 +6965,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6767,9 +6980,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6784,7 +6997,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6793,25 +7006,35 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = tl.sum((v107), axis=1)
-    v109 = (v108 / (D))
-    v110 = ((-1.0) * v109)
-    v111 = (v107 + v110[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v112 = (2.0 * local_0 * v111)
-    v113 = tl.sum((v112), axis=1)
-    v114 = (v113 / (D))
-    v16 = (local_0 * local_0)
-    v17 = tl.sum((v16), axis=1)
-    v18 = (v17 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v115 = ((-0.5) * local_0 * local_1 * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t, v108)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v107_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v108_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb)
+        v109_rows = (v108_rows / (D))
+        v110_rows = ((-1.0) * v109_rows)
+        v111_rows = (v107_rows + v110_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v112_rows = (2.0 * local_0_rows * v111_rows)
+        v113_rows = tl.sum((v112_rows), axis=1)
+        v114_rows = (v113_rows / (D))
+        v16_rows = (local_0_rows * local_0_rows)
+        v17_rows = tl.sum((v16_rows), axis=1)
+        v18_rows = (v17_rows / (D))
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v115_rows = ((-0.5) * local_0_rows * local_1_rows * v114_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v115_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v115 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v116 = tl.sum((v115), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v116.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -6819,7 +7042,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
@@ -6849,7 +7072,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 4 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v50, v57, v55, v91, v53, v85, v54, v82, v106, v79, v107, v108, v112
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
@@ -6886,37 +7109,43 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
-    v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t, v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
-    v34 = tl.exp(v28)  # cumulative decay in the chunk
-    v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_rb)
+        v50_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_rb)
+        v57_rows = (q_rows * v50_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        v34_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v55_rows = (q_rows * v34_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v55_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
-    tl.debug_barrier()  # parked tiles other threads stored
     v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -6925,9 +7154,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6956,7 +7185,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6964,7 +7193,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6981,7 +7210,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7023,7 +7252,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7034,7 +7263,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7049,7 +7278,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7064,9 +7293,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7081,7 +7310,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7090,22 +7319,32 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = tl.sum((v107), axis=1)
-    v109 = (v108 / (D))
-    v110 = ((-1.0) * v109)
-    v111 = (v107 + v110[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v16 = (local_0 * local_0)
-    v17 = tl.sum((v16), axis=1)
-    v18 = (v17 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v112 = (local_1 * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t, v108)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v107_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v108_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb)
+        v109_rows = (v108_rows / (D))
+        v110_rows = ((-1.0) * v109_rows)
+        v111_rows = (v107_rows + v110_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v16_rows = (local_0_rows * local_0_rows)
+        v17_rows = tl.sum((v16_rows), axis=1)
+        v18_rows = (v17_rows / (D))
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v112_rows = (local_1_rows * v111_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v112_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v112 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v113 = tl.sum((v112), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v113.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -7113,7 +7352,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
@@ -7143,7 +7382,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 4 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v50, v57, v55, v91, v53, v85, v54, v82, v106, v79, v107, v108, v118
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
@@ -7180,37 +7419,43 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
-    v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t, v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
-    v34 = tl.exp(v28)  # cumulative decay in the chunk
-    v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_rb)
+        v50_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_rb)
+        v57_rows = (q_rows * v50_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        v34_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v55_rows = (q_rows * v34_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v55_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
-    tl.debug_barrier()  # parked tiles other threads stored
     v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -7219,9 +7464,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7250,7 +7495,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7258,7 +7503,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7275,7 +7520,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7317,7 +7562,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7328,7 +7573,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7343,7 +7588,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7358,9 +7603,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7375,7 +7620,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7384,28 +7629,38 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = tl.sum((v107), axis=1)
-    v109 = (v108 / (D))
-    v110 = ((-1.0) * v109)
-    v111 = (v107 + v110[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v112 = (2.0 * local_0 * v111)
-    v113 = tl.sum((v112), axis=1)
-    v114 = (v113 / (D))
-    v16 = (local_0 * local_0)
-    v17 = tl.sum((v16), axis=1)
-    v18 = (v17 / (D))
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t, v108)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v115 = ((-0.5) * local_0 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    v116 = (ln_weight[None, :] * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    v117 = (v115 + v116)
-    v118 = (local_0 * v117 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v107_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v108_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb)
+        v109_rows = (v108_rows / (D))
+        v110_rows = ((-1.0) * v109_rows)
+        v111_rows = (v107_rows + v110_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v112_rows = (2.0 * local_0_rows * v111_rows)
+        v113_rows = tl.sum((v112_rows), axis=1)
+        v114_rows = (v113_rows / (D))
+        v16_rows = (local_0_rows * local_0_rows)
+        v17_rows = tl.sum((v16_rows), axis=1)
+        v18_rows = (v17_rows / (D))
+        v115_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v114_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v116_rows = (ln_weight[None, :] * v111_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v117_rows = (v115_rows + v116_rows)
+        v118_rows = (local_0_rows * v117_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v118_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v118 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v119 = tl.sum((v118), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v119.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -7413,7 +7668,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
@@ -7450,7 +7705,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
@@ -7480,7 +7735,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + 2 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v57, v55, v91, v53, v85, v54, v82, v106, v79
+    scratch = scratch_ptr + slot * (14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 4 * C * BV)  # v12, v61, v64, v58, v65, v66, v92, v96, v101, v102, v84, v86, v81, v105, v78, v77, v74, v73, v28, v44, v37, v35, v46, v47, v60, v63, v50, v57, v55, v91, v53, v85, v54, v82, v106, v79, v107, v108, v117
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
@@ -7517,37 +7772,43 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v44 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v49 = (v44 * v48[None, :])
     v50 = tl.sum((v49), axis=1)
-    v57 = (q * v50[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t, v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
-    v34 = tl.exp(v28)  # cumulative decay in the chunk
-    v55 = (q * v34[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_rb)
+        v50_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_rb)
+        v57_rows = (q_rows * v50_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        v34_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v55_rows = (q_rows * v34_rows[:, None])
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v55_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v89 = (tl.dot(local_7.to(DOT_DTYPE), tl.trans(local_3).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()  # parked tiles other threads stored
     v47 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = (v47 * v89)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_t)  # parked
     v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v32 = tl.sum((v31), axis=0)
-    tl.debug_barrier()  # parked tiles other threads stored
     v29 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + offs_s)  # parked
     v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
     v51 = v33
     v46 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v52 = (v46 * v51[None, :])
     v53 = tl.sum((v52), axis=1)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s, v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v60 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v60 * v53[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v37 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + C + C * C + offs_t)  # parked
     v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -7556,9 +7817,9 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
     v35 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 2 * C + C * C + offs_s)  # parked
     v54 = (v42 * v35)
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s, v54)  # park
     v82 = (v60 * v54[:, None])
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7587,7 +7848,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7595,7 +7856,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7612,7 +7873,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v66 = v13
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7654,7 +7915,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v84 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v84)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7665,7 +7926,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v81 = ((-1.0) * d_new_s1)
         tl.store(scratch + 11 * C * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7680,7 +7941,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 11 * C * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 3 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
+    v53 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 3 * C * D + offs_s)  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7695,9 +7956,9 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v77 = ((-1.0) * d_new_w2)
         tl.store(scratch + 13 * C * HID + 2 * HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 4 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
+    v54 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 4 * C * D + offs_s)  # parked
     v79 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7712,7 +7973,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v73 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v79)  # park
     v75 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7721,26 +7982,36 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v73 = tl.load(scratch + 14 * C * HID + 2 * HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v93 = (v75 + v79 + local_8)
     v94 = v93
-    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 5 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v107 = (v94 + v106)
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = tl.sum((v107), axis=1)
-    v109 = (v108 / (D))
-    v110 = ((-1.0) * v109)
-    v111 = (v107 + v110[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v112 = (2.0 * local_0 * v111)
-    v113 = tl.sum((v112), axis=1)
-    v114 = (v113 / (D))
-    v16 = (local_0 * local_0)
-    v17 = tl.sum((v16), axis=1)
-    v18 = (v17 / (D))
+    tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t, v108)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v115 = ((-0.5) * local_0 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    v116 = (ln_weight[None, :] * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
-    v117 = (v115 + v116)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v107_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v108_rows = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 6 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb)
+        v109_rows = (v108_rows / (D))
+        v110_rows = ((-1.0) * v109_rows)
+        v111_rows = (v107_rows + v110_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v112_rows = (2.0 * local_0_rows * v111_rows)
+        v113_rows = tl.sum((v112_rows), axis=1)
+        v114_rows = (v113_rows / (D))
+        v16_rows = (local_0_rows * local_0_rows)
+        v17_rows = tl.sum((v16_rows), axis=1)
+        v18_rows = (v17_rows / (D))
+        v115_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v114_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v18_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v116_rows = (ln_weight[None, :] * v111_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18_rows[:, None])))))
+        v117_rows = (v115_rows + v116_rows)
+        tl.store(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v117_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v117 = tl.load(scratch + 14 * C * HID + 2 * HID * D + 2 * BV * HID + 7 * C + 5 * C * C + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v118 = tl.sum((v117), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v118.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)

@@ -39,12 +39,14 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['s', 'h'],
                                        ['s', 'h'],
                                        ['t', 'o'],
+                                       ['t'],
                                        ['t', 'o'],
                                        ['s', 'i'],
                                        ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 7.0,
                            'sub_chunks': False,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': True},
@@ -56,13 +58,18 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                      ['t', 'h'],
                                      ['s', 'h'],
                                      ['t', 'o'],
+                                     ['t'],
                                      ['t', 'o'],
                                      ['s'],
                                      ['t', 's'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
                                      ['t', 'o']],
                          'value_blocks': 'none',
                          'tiles': 7.0,
                          'sub_chunks': False,
+                         'row_blocks': True,
                          'swappable': True,
                          'rereads': True,
                          'holds_params': False},
@@ -76,13 +83,22 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t'],
+                                       ['t', 'o'],
                                        ['s'],
                                        ['t', 's'],
                                        ['t', 'o'],
-                                       ['t', 's']],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t']],
                            'value_blocks': 'none',
                            'tiles': 10.0,
                            'sub_chunks': False,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': False},
@@ -120,16 +136,11 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t'],
-                                       ['t', 'o'],
-                                       ['t'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 16.0,
                            'sub_chunks': False,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': True},
@@ -138,6 +149,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'value_blocks': 'none',
                               'tiles': 2.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': False,
                               'rereads': False,
                               'holds_params': False},
@@ -156,6 +168,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'value_blocks': 'none',
                               'tiles': 6.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -173,6 +186,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'value_blocks': 'none',
                               'tiles': 5.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -191,6 +205,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'value_blocks': 'none',
                               'tiles': 6.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -213,10 +228,14 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 's'],
                                           ['s'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 6.5,
                               'sub_chunks': False,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -246,14 +265,12 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 's'],
                                           ['t', 'o'],
                                           ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t']],
+                                          ['t'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 10.5,
                               'sub_chunks': False,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -276,10 +293,14 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 's'],
                                           ['s'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 6.5,
                               'sub_chunks': False,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -302,10 +323,14 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 's'],
                                           ['s'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 6.5,
                               'sub_chunks': False,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -320,6 +345,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                      'value_blocks': 'none',
                                      'tiles': 4.0,
                                      'sub_chunks': False,
+                                     'row_blocks': False,
                                      'swappable': True,
                                      'rereads': False,
                                      'holds_params': False},
@@ -340,6 +366,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                      'value_blocks': 'none',
                                      'tiles': 6.0,
                                      'sub_chunks': False,
+                                     'row_blocks': False,
                                      'swappable': True,
                                      'rereads': True,
                                      'holds_params': False},
@@ -351,10 +378,14 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['s', 'h'],
                                                   ['s'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 5.0,
                                       'sub_chunks': False,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -377,10 +408,14 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 's'],
                                                   ['s'],
                                                   ['s', 'i'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 6.5,
                                       'sub_chunks': False,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -403,10 +438,14 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 's'],
                                                   ['s'],
                                                   ['s', 'i'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 6.5,
                                       'sub_chunks': False,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -429,10 +468,14 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 's'],
                                                   ['s'],
                                                   ['s', 'i'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 6.5,
                                       'sub_chunks': False,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -441,6 +484,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                     'value_blocks': 'none',
                                     'tiles': 1.0,
                                     'sub_chunks': False,
+                                    'row_blocks': False,
                                     'swappable': False,
                                     'rereads': False,
                                     'holds_params': False},
@@ -463,10 +507,14 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                 ['t', 's'],
                                                 ['s'],
                                                 ['s', 'i'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['t'],
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 6.5,
                                     'sub_chunks': False,
+                                    'row_blocks': True,
                                     'swappable': True,
                                     'rereads': True,
                                     'holds_params': False}},
@@ -499,7 +547,7 @@ def private_index(offs, align: tl.constexpr, anchor, ON_GPU: tl.constexpr):
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -541,7 +589,7 @@ def chunk_state_fwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (4 * C * HID + 3 * C * BV + C * D)  # v8, v9, v44, v42, v14, v22, v40, v47
+        scratch = scratch_ptr + slot * (4 * C * HID + 3 * C * BV + C + C * D)  # v8, v9, v44, v42, v10, v12, v31, v40, v47
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -560,46 +608,52 @@ def chunk_state_fwd_kernel(
             v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :], v10)  # park
         v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
+        tl.store(scratch + 4 * C * HID + C * BV + offs_t, v12)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
             ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        if REREAD_INPUTS:  # loaded again, not held since its last reader
-            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        tl.store(scratch + 4 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v14 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = tl.load(scratch + 4 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+            v10_rows = tl.load(scratch + 4 * C * HID + offs_rb[:, None] * D + offs_o[None, :])
+            v12_rows = tl.load(scratch + 4 * C * HID + C * BV + offs_rb)
+            v13_rows = (v12_rows / (D))
+            v14_rows = (v10_rows - v13_rows[:, None])
+            v15_rows = (v14_rows * v14_rows)
+            v16_rows = tl.sum((v15_rows), axis=1)
+            v17_rows = (v16_rows / (D))
+            v18_rows = (ln_bias[None, :] + (v14_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17_rows[:, None]))))))
+            v19_rows = k_rows
+            v20_rows = (v18_rows + v19_rows)  # memory output M(x)
+            v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+            v21_rows = (v20_rows - v_rows)  # inner gradient signal g = dl/dy
+            v22_rows = (ln_weight[None, :] * v21_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17_rows[:, None])))))
+            v23_rows = ((-0.5) * v14_rows * ln_weight[None, :] * v21_rows / (((tl.full((), 1e-05, DTYPE) + v17_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17_rows[:, None])))))
+            v24_rows = tl.sum((v23_rows), axis=1)
+            v25_rows = (v24_rows / (D))
+            v26_rows = (2.0 * v14_rows * v25_rows[:, None])
+            v27_rows = (v22_rows + v26_rows)
+            v28_rows = ((-1.0) * v27_rows)
+            v29_rows = tl.sum((v28_rows), axis=1)
+            v30_rows = (v29_rows / (D))
+            v31_rows = (v27_rows + v30_rows[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+            tl.store(scratch + 4 * C * HID + C * BV + C + offs_rb[:, None] * D + offs_o[None, :], v31_rows)  # park
         v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
         v38 = gate_eta
         v39 = (v37 * v38)
+        if REREAD_INPUTS:  # loaded again, not held since its last reader
+            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v40 = k
-        tl.store(scratch + 4 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v40)  # park
+        tl.store(scratch + 4 * C * HID + 2 * C * BV + C + offs_s[:, None] * D + offs_i[None, :], v40)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v31 = tl.load(scratch + 4 * C * HID + C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v43 = v31
         v47 = (v43 * v39[:, None])
-        tl.store(scratch + 4 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+        tl.store(scratch + 4 * C * HID + 2 * C * BV + C + C * D + offs_s[:, None] * D + offs_o[None, :], v47)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -612,7 +666,7 @@ def chunk_state_fwd_kernel(
             v44 = (v41 * v39[:, None])
             tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
         tl.debug_barrier()
-        v40 = tl.load(scratch + 4 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v40 = tl.load(scratch + 4 * C * HID + 2 * C * BV + C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -626,7 +680,7 @@ def chunk_state_fwd_kernel(
             v42 = v9
             tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v42)
         tl.debug_barrier()
-        v47 = tl.load(scratch + 4 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v47 = tl.load(scratch + 4 * C * HID + 2 * C * BV + C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -644,7 +698,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -673,7 +727,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * BV + C + C * C)  # v8, v9, v39, v42, v44, v46, v14, v31, v35, v41, v50
+    scratch = scratch_ptr + slot * (6 * C * HID + 6 * C * BV + 2 * C + C * C)  # v8, v9, v39, v42, v44, v46, v10, v12, v31, v35, v41, v50, v45, v58, v59
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -692,43 +746,51 @@ def chunk_out_fwd_kernel(
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v10)  # park
     v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
+    tl.store(scratch + 6 * C * HID + C * BV + offs_t, v12)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v10_rows = tl.load(scratch + 6 * C * HID + offs_rb[:, None] * D + offs_o[None, :])
+        v12_rows = tl.load(scratch + 6 * C * HID + C * BV + offs_rb)
+        v13_rows = (v12_rows / (D))
+        v14_rows = (v10_rows - v13_rows[:, None])
+        v15_rows = (v14_rows * v14_rows)
+        v16_rows = tl.sum((v15_rows), axis=1)
+        v17_rows = (v16_rows / (D))
+        v18_rows = (ln_bias[None, :] + (v14_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17_rows[:, None]))))))
+        v19_rows = k_rows
+        v20_rows = (v18_rows + v19_rows)  # memory output M(x)
+        v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v21_rows = (v20_rows - v_rows)  # inner gradient signal g = dl/dy
+        v23_rows = ((-0.5) * v14_rows * ln_weight[None, :] * v21_rows / (((tl.full((), 1e-05, DTYPE) + v17_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17_rows[:, None])))))
+        v24_rows = tl.sum((v23_rows), axis=1)
+        v25_rows = (v24_rows / (D))
+        v26_rows = (2.0 * v14_rows * v25_rows[:, None])
+        v22_rows = (ln_weight[None, :] * v21_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17_rows[:, None])))))
+        v27_rows = (v22_rows + v26_rows)
+        v28_rows = ((-1.0) * v27_rows)
+        v29_rows = tl.sum((v28_rows), axis=1)
+        v30_rows = (v29_rows / (D))
+        v31_rows = (v27_rows + v30_rows[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        tl.store(scratch + 6 * C * HID + C * BV + C + offs_rb[:, None] * D + offs_o[None, :], v31_rows)  # park
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + offs_s, v35)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + C + offs_s, v35)  # park
     v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + 2 * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 6 * C * HID + C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -740,7 +802,7 @@ def chunk_out_fwd_kernel(
         v39 = v33
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 6 * C * HID + 2 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 2 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -748,8 +810,6 @@ def chunk_out_fwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -771,12 +831,12 @@ def chunk_out_fwd_kernel(
         v44 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v46 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v35 = tl.load(scratch + 6 * C * HID + 2 * C * BV + offs_s)  # parked
+    v35 = tl.load(scratch + 6 * C * HID + 2 * C * BV + C + offs_s)  # parked
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v31 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v31 = tl.load(scratch + 6 * C * HID + C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v47 = v31
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + C + C * C + offs_t[:, None] * D + offs_o[None, :], v50)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + 2 * C + C * C + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -784,21 +844,29 @@ def chunk_out_fwd_kernel(
         v44 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 6 * C * HID + 2 * C * BV + C + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v51 = (v45 - v50)
-    v52 = tl.sum((v51), axis=1)
-    v53 = (v52 / (D))
-    v54 = (v51 - v53[:, None])
-    v55 = (v54 * v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
+    tl.store(scratch + 6 * C * HID + 3 * C * BV + 2 * C + C * C + offs_t[:, None] * D + offs_o[None, :], v45)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v58 = (ln_bias[None, :] + (v54 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None]))))))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v59 = q
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v45_rows = tl.load(scratch + 6 * C * HID + 3 * C * BV + 2 * C + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v50_rows = tl.load(scratch + 6 * C * HID + 2 * C * BV + 2 * C + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v51_rows = (v45_rows - v50_rows)
+        v52_rows = tl.sum((v51_rows), axis=1)
+        v53_rows = (v52_rows / (D))
+        v54_rows = (v51_rows - v53_rows[:, None])
+        v55_rows = (v54_rows * v54_rows)
+        v56_rows = tl.sum((v55_rows), axis=1)
+        v57_rows = (v56_rows / (D))
+        v58_rows = (ln_bias[None, :] + (v54_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57_rows[:, None]))))))
+        tl.store(scratch + 6 * C * HID + 4 * C * BV + 2 * C + C * C + offs_rb[:, None] * D + offs_o[None, :], v58_rows)  # park
+        v59_rows = q_rows
+        tl.store(scratch + 6 * C * HID + 5 * C * BV + 2 * C + C * C + offs_rb[:, None] * D + offs_o[None, :], v59_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v58 = tl.load(scratch + 6 * C * HID + 4 * C * BV + 2 * C + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v59 = tl.load(scratch + 6 * C * HID + 5 * C * BV + 2 * C + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = (v58 + v59)  # read: M(q_t; W_t)
     tl.store(out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v60.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -806,7 +874,7 @@ def chunk_out_fwd_kernel(
 def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
@@ -835,7 +903,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * BV + C + 2 * C * C)  # v8, v9, v41, v43, v48, v50, v14, v22, v31, v38, v45, v49, v53
+    scratch = scratch_ptr + slot * (6 * C * HID + 10 * C * BV + 3 * C + 2 * C * C)  # v8, v9, v41, v43, v48, v50, v14, v18, v20, v22, v26, v27, v30, v31, v38, v45, v49, v53, v54, v71, v74
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -865,43 +933,63 @@ def chunk_local_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v18_rows = tl.load(scratch + 6 * C * HID + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v19_rows = k_rows
+        v20_rows = (v18_rows + v19_rows)  # memory output M(x)
+        tl.store(scratch + 6 * C * HID + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v20_rows)  # park
+        v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
+    v20 = tl.load(scratch + 6 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v21.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
     v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v14 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
     v26 = (2.0 * v14 * v25[:, None])
-    v22 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
+    tl.store(scratch + 6 * C * HID + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v22_rows = tl.load(scratch + 6 * C * HID + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v26_rows = tl.load(scratch + 6 * C * HID + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v27_rows = (v22_rows + v26_rows)
+        tl.store(scratch + 6 * C * HID + 5 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v27_rows)  # park
+        v28_rows = ((-1.0) * v27_rows)
+        v29_rows = tl.sum((v28_rows), axis=1)
+        v30_rows = (v29_rows / (D))
+        tl.store(scratch + 6 * C * HID + 6 * C * BV + offs_rb, v30_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 6 * C * HID + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v30 = tl.load(scratch + 6 * C * HID + 6 * C * BV + offs_t)  # parked
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v31.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
+    tl.store(scratch + 6 * C * HID + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     v51 = v31
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v51.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + private_index(offs_t, C, tok, ON_GPU)), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
-    tl.store(scratch + 6 * C * HID + 3 * C * BV + offs_s, v38)  # park
+    tl.store(scratch + 6 * C * HID + 7 * C * BV + C + offs_s, v38)  # park
     v40 = (v37 * v38)
     v65 = (v51 * v40[:, None])
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v65.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 6 * C * HID + 3 * C * BV + C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 6 * C * HID + 7 * C * BV + 2 * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -909,7 +997,7 @@ def chunk_local_bwd_kernel(
         v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v41)
     tl.debug_barrier()
-    v31 = tl.load(scratch + 6 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v31 = tl.load(scratch + 6 * C * HID + 6 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -921,7 +1009,7 @@ def chunk_local_bwd_kernel(
         v43 = v33
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 6 * C * HID + 3 * C * BV + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = tl.load(scratch + 6 * C * HID + 7 * C * BV + 2 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -944,7 +1032,7 @@ def chunk_local_bwd_kernel(
         v50 = v9
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 3 * C * BV + C + C * C + offs_t[:, None] * D + offs_o[None, :], v49)  # park
+    tl.store(scratch + 6 * C * HID + 7 * C * BV + 2 * C + C * C + offs_t[:, None] * D + offs_o[None, :], v49)  # park
     v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -953,36 +1041,46 @@ def chunk_local_bwd_kernel(
         v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 6 * C * HID + 3 * C * BV + offs_s)  # parked
+    v38 = tl.load(scratch + 6 * C * HID + 7 * C * BV + C + offs_s)  # parked
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 6 * C * HID + 4 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 6 * C * HID + 8 * C * BV + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 6 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 6 * C * HID + 6 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v49 = tl.load(scratch + 6 * C * HID + 3 * C * BV + C + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.store(scratch + 6 * C * HID + 8 * C * BV + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v66 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v67 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = (2.0 * v58 * v69[:, None])
-    v71 = (v66 + v70)
-    v72 = ((-1.0) * v71)
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v49_rows = tl.load(scratch + 6 * C * HID + 7 * C * BV + 2 * C + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v54_rows = tl.load(scratch + 6 * C * HID + 8 * C * BV + 2 * C + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v55_rows = (v49_rows - v54_rows)
+        v56_rows = tl.sum((v55_rows), axis=1)
+        v57_rows = (v56_rows / (D))
+        v58_rows = (v55_rows - v57_rows[:, None])
+        v59_rows = (v58_rows * v58_rows)
+        v60_rows = tl.sum((v59_rows), axis=1)
+        v61_rows = (v60_rows / (D))
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v66_rows = (ln_weight[None, :] * d_out_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61_rows[:, None])))))
+        v67_rows = ((-0.5) * v58_rows * ln_weight[None, :] * d_out_rows / (((tl.full((), 1e-05, DTYPE) + v61_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61_rows[:, None])))))
+        v68_rows = tl.sum((v67_rows), axis=1)
+        v69_rows = (v68_rows / (D))
+        v70_rows = (2.0 * v58_rows * v69_rows[:, None])
+        v71_rows = (v66_rows + v70_rows)
+        tl.store(scratch + 6 * C * HID + 9 * C * BV + 2 * C + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v71_rows)  # park
+        v72_rows = ((-1.0) * v71_rows)
+        v73_rows = tl.sum((v72_rows), axis=1)
+        v74_rows = (v73_rows / (D))
+        tl.store(scratch + 6 * C * HID + 10 * C * BV + 2 * C + 2 * C * C + offs_rb, v74_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v71 = tl.load(scratch + 6 * C * HID + 9 * C * BV + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 6 * C * HID + 10 * C * BV + 2 * C + 2 * C * C + offs_t)  # parked
     v75 = (v71 + v74[:, None])
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v75.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     v76 = ((-1.0) * v75)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v76.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
-    v53 = tl.load(scratch + 6 * C * HID + 4 * C * BV + C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 6 * C * HID + 8 * C * BV + 2 * C + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v77.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -990,7 +1088,7 @@ def chunk_local_bwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -1031,7 +1129,7 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 5 * C + 2 * C * C + 7 * C * BV)  # v29, v8, v20, v31, v35, v9, v37, v55, v64, v69, v47, v49, v65, v68, v70, v42, v46, v36, v60, v43, v71, v106, v62, v72, v30, v26, v33, v54, v28, v48, v58, v78, v14, v79, v82, v83, v90, v91, v85, v101
+        scratch = scratch_ptr + slot * (19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 3 * C + 2 * C * C + 3 * C * BV)  # v29, v8, v20, v31, v35, v9, v37, v55, v64, v69, v47, v49, v65, v68, v70, v42, v46, v36, v60, v43, v71, v106, v62, v72, v30, v26, v33, v54, v28, v48, v58, v74, v75, v101
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v30 = k
@@ -1225,73 +1323,53 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v58 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v74 = (v58 + v73)
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v74)  # park
         v75 = tl.sum((v74), axis=1)
-        v76 = (v75 / (D))
-        v77 = ((-1.0) * v76)
-        v78 = (v74 + v77[:, None])
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v78)  # park
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v12 = (local_0 * local_0)
-        v13 = tl.sum((v12), axis=1)
-        v14 = (v13 / (D))
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t, v14)  # park
+        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t, v75)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v16 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v17 = tl.sum((v16), axis=1)
-        v18 = (v17 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v78 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v79 = (2.0 * v18[:, None] * v78)
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
-        v80 = (2.0 * local_0 * v78)
-        v81 = tl.sum((v80), axis=1)
-        v82 = (v81 / (D))
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 3 * C + 2 * C * C + 3 * C * BV + offs_t, v82)  # park
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            v74_rows = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+            v75_rows = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_rb)
+            v76_rows = (v75_rows / (D))
+            v77_rows = ((-1.0) * v76_rows)
+            v78_rows = (v74_rows + v77_rows[:, None])
+            v12_rows = (local_0_rows * local_0_rows)
+            v13_rows = tl.sum((v12_rows), axis=1)
+            v14_rows = (v13_rows / (D))
+            v16_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+            v17_rows = tl.sum((v16_rows), axis=1)
+            v18_rows = (v17_rows / (D))
+            v79_rows = (2.0 * v18_rows[:, None] * v78_rows)
+            v80_rows = (2.0 * local_0_rows * v78_rows)
+            v81_rows = tl.sum((v80_rows), axis=1)
+            v82_rows = (v81_rows / (D))
+            v83_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v82_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+            v86_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v82_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+            v89_rows = (ln_weight[None, :] * v78_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+            v90_rows = (v86_rows + v89_rows)
+            v91_rows = (ln_weight[None, :] * v90_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+            v84_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v82_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * (tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+            v85_rows = tl.sum((v84_rows), axis=1)
+            v87_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v78_rows / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+            v88_rows = tl.sum((v87_rows), axis=1)
+            v92_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v90_rows / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+            v93_rows = tl.sum((v92_rows), axis=1)
+            v94_rows = (v85_rows + v88_rows + v93_rows)
+            v95_rows = (v94_rows / (D))
+            v96_rows = (2.0 * local_0_rows * v95_rows[:, None])
+            v97_rows = (v79_rows + v83_rows + v91_rows + v96_rows)
+            v98_rows = ((-1.0) * v97_rows)
+            v99_rows = tl.sum((v98_rows), axis=1)
+            v100_rows = (v99_rows / (D))
+            v101_rows = (v97_rows + v100_rows[:, None])
+            tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v101_rows)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        if not PARAMS_ONCE:  # else loaded once, before the chunk loop
-            ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-        v14 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t)  # parked
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v83 = ((-0.5) * ln_weight[None, :] * local_1 * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
-        v86 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        tl.debug_barrier()  # parked tiles other threads stored
-        v78 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v89 = (ln_weight[None, :] * v78 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v90 = (v86 + v89)
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
-        v91 = (ln_weight[None, :] * v90 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v82 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 3 * C + 2 * C * C + 3 * C * BV + offs_t)  # parked
-        v84 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v85 = tl.sum((v84), axis=1)
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 6 * C * BV + offs_t, v85)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v78 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v87 = ((-0.5) * ln_weight[None, :] * local_1 * v78 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v88 = tl.sum((v87), axis=1)
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v90 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v92 = ((-0.5) * local_0 * ln_weight[None, :] * v90 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v93 = tl.sum((v92), axis=1)
-        v85 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 6 * C * BV + offs_t)  # parked
-        v94 = (v85 + v88 + v93)
-        v95 = (v94 / (D))
-        v96 = (2.0 * local_0 * v95[:, None])
-        v79 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v83 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v91 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 4 * C + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v97 = (v79 + v83 + v91 + v96)
-        v98 = ((-1.0) * v97)
-        v99 = tl.sum((v98), axis=1)
-        v100 = (v99 / (D))
-        v101 = (v97 + v100[:, None])
-        tl.store(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 5 * C + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v101)  # park
+        v101 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1335,7 +1413,7 @@ def chunk_state_bwd_kernel(
             v72 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 19 * C * HID + 2 * HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v72)
         tl.debug_barrier()
-        v101 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 5 * C + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v101 = tl.load(scratch + 19 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1355,7 +1433,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -1392,7 +1470,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -1524,7 +1602,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
@@ -1650,7 +1728,7 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -1798,7 +1876,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -1828,7 +1906,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 3 * C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61, v62, v63, v72
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -1975,21 +2053,31 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = ((-1.0) * v64)
-    v66 = (v62 + v65[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v67 = (2.0 * local_0 * v66)
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v12 = (local_0 * local_0)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t, v63)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v71 = (ln_weight[None, :] * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v72 = (v70 + v71)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v62_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v63_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_rb)
+        v64_rows = (v63_rows / (D))
+        v65_rows = ((-1.0) * v64_rows)
+        v66_rows = (v62_rows + v65_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v67_rows = (2.0 * local_0_rows * v66_rows)
+        v68_rows = tl.sum((v67_rows), axis=1)
+        v69_rows = (v68_rows / (D))
+        v12_rows = (local_0_rows * local_0_rows)
+        v13_rows = tl.sum((v12_rows), axis=1)
+        v14_rows = (v13_rows / (D))
+        v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v69_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v71_rows = (ln_weight[None, :] * v66_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v72_rows = (v70_rows + v71_rows)
+        tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v72_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v73 = v72
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v73.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1997,7 +2085,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -2027,7 +2115,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (16 * C * HID + HID * D + BV * HID + 3 * C + C * D + 2 * C * C + 6 * C * BV)  # v8, v20, v47, v49, v29, v31, v35, v37, v55, v64, v67, v68, v42, v46, v36, v60, v43, v102, v26, v28, v48, v33, v54, v58, v75, v76, v80, v87, v88, v82
+    scratch = scratch_ptr + slot * (16 * C * HID + HID * D + BV * HID + 3 * C + C * D + 2 * C * C + 3 * C * BV)  # v8, v20, v47, v49, v29, v31, v35, v37, v55, v64, v67, v68, v42, v46, v36, v60, v43, v102, v26, v28, v48, v33, v54, v58, v71, v72, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v30 = k
@@ -2206,56 +2294,52 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v58 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v58 + v70)
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v71)  # park
     v72 = tl.sum((v71), axis=1)
-    v73 = (v72 / (D))
-    v74 = ((-1.0) * v73)
-    v75 = (v71 + v74[:, None])
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v12 = (local_0 * local_0)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
+    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 2 * C * BV + offs_t, v72)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v16 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v17 = tl.sum((v16), axis=1)
-    v18 = (v17 / (D))
-    v76 = (2.0 * v18[:, None] * v75)
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
-    v77 = (2.0 * local_0 * v75)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = ((-0.5) * ln_weight[None, :] * local_1 * v79[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v80)  # park
-    v83 = ((-0.5) * local_0 * ln_weight[None, :] * v79[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v86 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v87 = (v83 + v86)
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
-    v88 = (ln_weight[None, :] * v87 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v81 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v79[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v82 = tl.sum((v81), axis=1)
-    tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 6 * C * BV + offs_t, v82)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v84 = ((-0.5) * ln_weight[None, :] * local_1 * v75 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v85 = tl.sum((v84), axis=1)
-    v87 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v89 = ((-0.5) * local_0 * ln_weight[None, :] * v87 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v90 = tl.sum((v89), axis=1)
-    v82 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 6 * C * BV + offs_t)  # parked
-    v91 = (v82 + v85 + v90)
-    v92 = (v91 / (D))
-    v93 = (2.0 * local_0 * v92[:, None])
-    v76 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = (v76 + v80 + v88 + v93)
-    v95 = ((-1.0) * v94)
-    v96 = tl.sum((v95), axis=1)
-    v97 = (v96 / (D))
-    v98 = (v94 + v97[:, None])
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v71_rows = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v72_rows = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 2 * C + C * D + 2 * C * C + 2 * C * BV + offs_rb)
+        v73_rows = (v72_rows / (D))
+        v74_rows = ((-1.0) * v73_rows)
+        v75_rows = (v71_rows + v74_rows[:, None])
+        v12_rows = (local_0_rows * local_0_rows)
+        v13_rows = tl.sum((v12_rows), axis=1)
+        v14_rows = (v13_rows / (D))
+        v16_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_1_rows / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v17_rows = tl.sum((v16_rows), axis=1)
+        v18_rows = (v17_rows / (D))
+        v76_rows = (2.0 * v18_rows[:, None] * v75_rows)
+        v77_rows = (2.0 * local_0_rows * v75_rows)
+        v78_rows = tl.sum((v77_rows), axis=1)
+        v79_rows = (v78_rows / (D))
+        v80_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v79_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v83_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v79_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v86_rows = (ln_weight[None, :] * v75_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v87_rows = (v83_rows + v86_rows)
+        v88_rows = (ln_weight[None, :] * v87_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v81_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_1_rows * v79_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * (tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v82_rows = tl.sum((v81_rows), axis=1)
+        v84_rows = ((-0.5) * ln_weight[None, :] * local_1_rows * v75_rows / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v85_rows = tl.sum((v84_rows), axis=1)
+        v89_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v87_rows / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v90_rows = tl.sum((v89_rows), axis=1)
+        v91_rows = (v82_rows + v85_rows + v90_rows)
+        v92_rows = (v91_rows / (D))
+        v93_rows = (2.0 * local_0_rows * v92_rows[:, None])
+        v94_rows = (v76_rows + v80_rows + v88_rows + v93_rows)
+        v95_rows = ((-1.0) * v94_rows)
+        v96_rows = tl.sum((v95_rows), axis=1)
+        v97_rows = (v96_rows / (D))
+        v98_rows = (v94_rows + v97_rows[:, None])
+        tl.store(scratch + 16 * C * HID + HID * D + BV * HID + 3 * C + C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 16 * C * HID + HID * D + BV * HID + 3 * C + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2283,7 +2367,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -2313,7 +2397,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 3 * C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61, v62, v63, v70
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2460,19 +2544,29 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = ((-1.0) * v64)
-    v66 = (v62 + v65[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v67 = (2.0 * local_0 * v66)
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v12 = (local_0 * local_0)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t, v63)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v62_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v63_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_rb)
+        v64_rows = (v63_rows / (D))
+        v65_rows = ((-1.0) * v64_rows)
+        v66_rows = (v62_rows + v65_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v67_rows = (2.0 * local_0_rows * v66_rows)
+        v68_rows = tl.sum((v67_rows), axis=1)
+        v69_rows = (v68_rows / (D))
+        v12_rows = (local_0_rows * local_0_rows)
+        v13_rows = tl.sum((v12_rows), axis=1)
+        v14_rows = (v13_rows / (D))
+        v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v69_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v70_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v70 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = ((-1.0) * v70)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v71.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -2480,7 +2574,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -2510,7 +2604,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 3 * C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61, v62, v63, v67
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2657,16 +2751,26 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = ((-1.0) * v64)
-    v66 = (v62 + v65[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v12 = (local_0 * local_0)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t, v63)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v67 = (ln_weight[None, :] * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v62_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v63_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_rb)
+        v64_rows = (v63_rows / (D))
+        v65_rows = ((-1.0) * v64_rows)
+        v66_rows = (v62_rows + v65_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v12_rows = (local_0_rows * local_0_rows)
+        v13_rows = tl.sum((v12_rows), axis=1)
+        v14_rows = (v13_rows / (D))
+        v67_rows = (ln_weight[None, :] * v66_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v67_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v67 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = ((-1.0) * v67)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v68.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -2674,7 +2778,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -2771,7 +2875,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -2920,7 +3024,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
@@ -2950,7 +3054,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + C + C * C + C * BV)  # v19, v8, v21, v26, v28, v17, v23, v27
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C + C * C + 3 * C * BV)  # v19, v8, v21, v26, v28, v17, v23, v27, v33, v34, v44
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v20 = k
@@ -3029,14 +3133,24 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v32 = tl.dot(v31.to(DOT_DTYPE), local_3.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v27 = tl.load(scratch + 5 * C * HID + C + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v33 = (v27 - v32)
+    tl.store(scratch + 5 * C * HID + C + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v33)  # park
     v34 = tl.sum((v33), axis=1)
-    v35 = (v34 / (D))
-    v36 = (v33 - v35[:, None])
-    v37 = (v36 * v36)
-    v38 = tl.sum((v37), axis=1)
-    v39 = (v38 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v44 = (v36 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v39[:, None])))))
+    tl.store(scratch + 5 * C * HID + C + C * C + 2 * C * BV + offs_t, v34)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v33_rows = tl.load(scratch + 5 * C * HID + C + C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v34_rows = tl.load(scratch + 5 * C * HID + C + C * C + 2 * C * BV + offs_rb)
+        v35_rows = (v34_rows / (D))
+        v36_rows = (v33_rows - v35_rows[:, None])
+        v37_rows = (v36_rows * v36_rows)
+        v38_rows = tl.sum((v37_rows), axis=1)
+        v39_rows = (v38_rows / (D))
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v44_rows = (v36_rows * d_out_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v39_rows[:, None])))))
+        tl.store(scratch + 5 * C * HID + 2 * C + C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v44_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 2 * C + C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = tl.sum((v44), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v45.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -3044,7 +3158,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
@@ -3074,7 +3188,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 3 * C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61, v62, v63, v70
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3221,19 +3335,29 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = ((-1.0) * v64)
-    v66 = (v62 + v65[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v67 = (2.0 * local_0 * v66)
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v12 = (local_0 * local_0)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v70 = ((-0.5) * local_0 * local_1 * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t, v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v62_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v63_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_rb)
+        v64_rows = (v63_rows / (D))
+        v65_rows = ((-1.0) * v64_rows)
+        v66_rows = (v62_rows + v65_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v67_rows = (2.0 * local_0_rows * v66_rows)
+        v68_rows = tl.sum((v67_rows), axis=1)
+        v69_rows = (v68_rows / (D))
+        v12_rows = (local_0_rows * local_0_rows)
+        v13_rows = tl.sum((v12_rows), axis=1)
+        v14_rows = (v13_rows / (D))
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v70_rows = ((-0.5) * local_0_rows * local_1_rows * v69_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v70_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v70 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = tl.sum((v70), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v71.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -3241,7 +3365,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
@@ -3271,7 +3395,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 3 * C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61, v62, v63, v67
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3418,16 +3542,26 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = ((-1.0) * v64)
-    v66 = (v62 + v65[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v12 = (local_0 * local_0)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v67 = (local_1 * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t, v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v62_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v63_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_rb)
+        v64_rows = (v63_rows / (D))
+        v65_rows = ((-1.0) * v64_rows)
+        v66_rows = (v62_rows + v65_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v12_rows = (local_0_rows * local_0_rows)
+        v13_rows = tl.sum((v12_rows), axis=1)
+        v14_rows = (v13_rows / (D))
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v67_rows = (local_1_rows * v66_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v67_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v67 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = tl.sum((v67), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v68.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -3435,7 +3569,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
@@ -3465,7 +3599,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 3 * C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61, v62, v63, v73
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3612,22 +3746,32 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = ((-1.0) * v64)
-    v66 = (v62 + v65[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v67 = (2.0 * local_0 * v66)
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v12 = (local_0 * local_0)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t, v63)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v71 = (ln_weight[None, :] * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v72 = (v70 + v71)
-    v73 = (local_0 * v72 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v62_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v63_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_rb)
+        v64_rows = (v63_rows / (D))
+        v65_rows = ((-1.0) * v64_rows)
+        v66_rows = (v62_rows + v65_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v67_rows = (2.0 * local_0_rows * v66_rows)
+        v68_rows = tl.sum((v67_rows), axis=1)
+        v69_rows = (v68_rows / (D))
+        v12_rows = (local_0_rows * local_0_rows)
+        v13_rows = tl.sum((v12_rows), axis=1)
+        v14_rows = (v13_rows / (D))
+        v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v69_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v71_rows = (ln_weight[None, :] * v66_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v72_rows = (v70_rows + v71_rows)
+        v73_rows = (local_0_rows * v72_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v73_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v73 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = tl.sum((v73), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v74.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -3635,7 +3779,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
@@ -3672,7 +3816,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
@@ -3702,7 +3846,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61
+    scratch = scratch_ptr + slot * (10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 3 * C * BV)  # v8, v28, v31, v32, v33, v50, v56, v57, v42, v60, v39, v38, v27, v23, v30, v49, v25, v43, v61, v62, v63, v72
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3849,20 +3993,30 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v61 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v52 + v61)
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = ((-1.0) * v64)
-    v66 = (v62 + v65[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v67 = (2.0 * local_0 * v66)
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v12 = (local_0 * local_0)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
+    tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_t, v63)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v70 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v71 = (ln_weight[None, :] * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v72 = (v70 + v71)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v62_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v63_rows = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C + 2 * C * C + 2 * C * BV + offs_rb)
+        v64_rows = (v63_rows / (D))
+        v65_rows = ((-1.0) * v64_rows)
+        v66_rows = (v62_rows + v65_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v67_rows = (2.0 * local_0_rows * v66_rows)
+        v68_rows = tl.sum((v67_rows), axis=1)
+        v69_rows = (v68_rows / (D))
+        v12_rows = (local_0_rows * local_0_rows)
+        v13_rows = tl.sum((v12_rows), axis=1)
+        v14_rows = (v13_rows / (D))
+        v70_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v69_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v14_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v71_rows = (ln_weight[None, :] * v66_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14_rows[:, None])))))
+        v72_rows = (v70_rows + v71_rows)
+        tl.store(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v72_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + 2 * C * D + 3 * C + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v73 = tl.sum((v72), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v73.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)

@@ -44,12 +44,16 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['s', 'h'],
                                        ['s', 'i'],
                                        ['s', 'i'],
+                                       ['t', 'o'],
+                                       ['t'],
+                                       ['t', 'o'],
                                        ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 8.0,
                            'sub_chunks': False,
+                           'row_blocks': True,
                            'swappable': True,
-                           'rereads': True,
+                           'rereads': False,
                            'holds_params': True},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'],
@@ -68,17 +72,21 @@ DESCRIPTION = {'spec': 'yaad',
                                      ['s', 'i'],
                                      ['t', 's'],
                                      ['t', 'o'],
-                                     ['t', 'o'],
+                                     ['t'],
                                      ['t', 'o'],
                                      ['t', 'o'],
                                      ['s', 'o'],
                                      ['t', 'o'],
-                                     ['s', 'o']],
+                                     ['s', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o']],
                          'value_blocks': 'none',
                          'tiles': 12.0,
                          'sub_chunks': True,
+                         'row_blocks': True,
                          'swappable': True,
-                         'rereads': True,
+                         'rereads': False,
                          'holds_params': False},
              'local_bwd': {'grid': 'chunks',
                            'scratch': [['t', 'h'],
@@ -93,22 +101,32 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t'],
+                                       ['t', 'o'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['s', 'o'],
+                                       ['s'],
                                        ['t', 'i'],
+                                       ['s', 'o'],
                                        ['t', 's'],
                                        ['t', 'i'],
                                        ['t', 'i'],
                                        ['t', 'o'],
                                        ['s', 'o'],
                                        ['t', 's'],
+                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 17.0,
                            'sub_chunks': True,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': False},
@@ -144,20 +162,19 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 'i'],
                                        ['t', 'i'],
                                        ['t', 's'],
+                                       ['s'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['t', 'o'],
+                                       ['s', 'o'],
+                                       ['s', 'o'],
                                        ['t', 'o'],
                                        ['t'],
-                                       ['t'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 19.0,
                            'sub_chunks': True,
+                           'row_blocks': True,
                            'swappable': True,
                            'rereads': True,
                            'holds_params': True},
@@ -166,6 +183,7 @@ DESCRIPTION = {'spec': 'yaad',
                               'value_blocks': 'none',
                               'tiles': 2.0,
                               'sub_chunks': False,
+                              'row_blocks': False,
                               'swappable': False,
                               'rereads': False,
                               'holds_params': False},
@@ -189,6 +207,7 @@ DESCRIPTION = {'spec': 'yaad',
                               'value_blocks': 'none',
                               'tiles': 13.0,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -211,8 +230,9 @@ DESCRIPTION = {'spec': 'yaad',
                               'value_blocks': 'none',
                               'tiles': 11.0,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
-                              'rereads': True,
+                              'rereads': False,
                               'holds_params': False},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
@@ -234,10 +254,14 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'o'],
                                           ['t', 's'],
                                           ['s', 'i'],
+                                          ['s'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
                                           ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 14.0,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -261,12 +285,19 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 's'],
+                                          ['s'],
                                           ['s', 'i'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 14.5,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -298,16 +329,15 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t']],
+                                          ['t'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 13.5,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -331,12 +361,19 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 's'],
+                                          ['s'],
                                           ['s', 'i'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 14.5,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -357,15 +394,21 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
+                                          ['s', 'i'],
                                           ['s', 'o'],
-                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 14.5,
                               'sub_chunks': True,
+                              'row_blocks': True,
                               'swappable': True,
                               'rereads': True,
                               'holds_params': False},
@@ -383,10 +426,13 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'o'],
-                                                   ['s', 'o']],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 10.0,
                                        'sub_chunks': True,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -411,6 +457,7 @@ DESCRIPTION = {'spec': 'yaad',
                                        'value_blocks': 'none',
                                        'tiles': 15.0,
                                        'sub_chunks': True,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -437,12 +484,13 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['t'],
-                                                   ['t', 'o'],
+                                                   ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 15.0,
                                        'sub_chunks': True,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -452,10 +500,13 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['h', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
-                                                   ['s', 'o']],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 4.5,
                                        'sub_chunks': False,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': False,
                                        'holds_params': False},
@@ -483,12 +534,18 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'o'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
+                                                   ['s', 'o'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
-                                                   ['s', 'o']],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'i'],
+                                                   ['s'],
+                                                   ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 18.5,
                                        'sub_chunks': True,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -506,10 +563,14 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 's'],
                                                  ['t', 'i'],
                                                  ['t', 'o'],
-                                                 ['s', 'o']],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 9.0,
                                      'sub_chunks': True,
+                                     'row_blocks': True,
                                      'swappable': True,
                                      'rereads': True,
                                      'holds_params': False},
@@ -535,6 +596,7 @@ DESCRIPTION = {'spec': 'yaad',
                                      'value_blocks': 'none',
                                      'tiles': 14.0,
                                      'sub_chunks': True,
+                                     'row_blocks': True,
                                      'swappable': True,
                                      'rereads': True,
                                      'holds_params': False},
@@ -545,10 +607,13 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['s', 'i'],
-                                                 ['s', 'o']],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 5.5,
                                      'sub_chunks': False,
+                                     'row_blocks': True,
                                      'swappable': True,
                                      'rereads': False,
                                      'holds_params': False},
@@ -572,12 +637,19 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
+                                                   ['s'],
                                                    ['s', 'i'],
                                                    ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 14.5,
                                        'sub_chunks': True,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -598,15 +670,21 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
+                                                   ['s', 'i'],
                                                    ['s', 'o'],
-                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
                                                    ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
-                                                   ['t', 's']],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 14.5,
                                        'sub_chunks': True,
+                                       'row_blocks': True,
                                        'swappable': True,
                                        'rereads': True,
                                        'holds_params': False},
@@ -625,10 +703,14 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
-                                                  ['s', 'o']],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 9.0,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -648,15 +730,21 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
+                                                  ['s', 'i'],
                                                   ['s', 'o'],
-                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
-                                                  ['t', 's']],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 14.5,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -676,15 +764,21 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
+                                                  ['s', 'i'],
                                                   ['s', 'o'],
-                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
-                                                  ['t', 's']],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 13.5,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -708,12 +802,19 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 's'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
+                                                  ['s'],
                                                   ['s', 'i'],
                                                   ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 14.5,
                                       'sub_chunks': True,
+                                      'row_blocks': True,
                                       'swappable': True,
                                       'rereads': True,
                                       'holds_params': False},
@@ -722,6 +823,7 @@ DESCRIPTION = {'spec': 'yaad',
                                     'value_blocks': 'none',
                                     'tiles': 1.0,
                                     'sub_chunks': False,
+                                    'row_blocks': False,
                                     'swappable': False,
                                     'rereads': False,
                                     'holds_params': False},
@@ -745,12 +847,19 @@ DESCRIPTION = {'spec': 'yaad',
                                                 ['t', 's'],
                                                 ['t', 'i'],
                                                 ['t', 's'],
+                                                ['s'],
                                                 ['s', 'i'],
                                                 ['s', 'o'],
+                                                ['t', 'o'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
+                                                ['t', 'o'],
+                                                ['t'],
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 14.5,
                                     'sub_chunks': True,
+                                    'row_blocks': True,
                                     'swappable': True,
                                     'rereads': True,
                                     'holds_params': False}},
@@ -784,7 +893,7 @@ def private_index(offs, align: tl.constexpr, anchor, ON_GPU: tl.constexpr):
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -826,7 +935,7 @@ def chunk_state_fwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * BV)  # v59, v10, v11, v52, v65, v53, v50, v55, v62
+        scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + C)  # v59, v10, v11, v52, v65, v53, v50, v55, v12, v14, v35, v62
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -865,40 +974,49 @@ def chunk_state_fwd_kernel(
             v11 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v12)  # park
         v14 = tl.sum((v12), axis=1)
-        v15 = (v14 / (D))
-        v16 = (v12 - v15[:, None])
-        v17 = (v16 * v16)
-        v18 = tl.sum((v17), axis=1)
-        v19 = (v18 / (D))
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * BV + offs_t, v14)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
             ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-        v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-        if REREAD_INPUTS:  # loaded again, not held since its last reader
-            k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = k
-        v22 = (v20 + v21)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v24 = gate_delta
-        v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v16 * v29[:, None])
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        tl.debug_barrier()  # parked tiles other threads stored
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+            v12_rows = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+            v14_rows = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * BV + offs_rb)
+            v15_rows = (v14_rows / (D))
+            v16_rows = (v12_rows - v15_rows[:, None])
+            v17_rows = (v16_rows * v16_rows)
+            v18_rows = tl.sum((v17_rows), axis=1)
+            v19_rows = (v18_rows / (D))
+            v20_rows = (ln_bias[None, :] + (v16_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19_rows[:, None]))))))
+            v21_rows = k_rows
+            v22_rows = (v20_rows + v21_rows)  # memory output M(x)
+            v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+            v23_rows = (v22_rows - v_rows)
+            gate_delta_rows = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+            v24_rows = gate_delta_rows
+            v25_rows = tl.where((v24_rows >= tl.abs(v23_rows)), v23_rows, (1.0 * v24_rows * (2.0 * tl.sigmoid(2.0 * (10.0 * v23_rows)) - 1.0)))  # inner gradient signal g = dl/dy
+            v26_rows = (ln_weight[None, :] * v25_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19_rows[:, None])))))
+            v27_rows = ((-0.5) * v16_rows * ln_weight[None, :] * v25_rows / (((tl.full((), 1e-05, DTYPE) + v19_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19_rows[:, None])))))
+            v28_rows = tl.sum((v27_rows), axis=1)
+            v29_rows = (v28_rows / (D))
+            v30_rows = (2.0 * v16_rows * v29_rows[:, None])
+            v31_rows = (v26_rows + v30_rows)
+            v32_rows = ((-1.0) * v31_rows)
+            v33_rows = tl.sum((v32_rows), axis=1)
+            v34_rows = (v33_rows / (D))
+            v35_rows = (v31_rows + v34_rows[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+            tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * BV + C + offs_rb[:, None] * D + offs_o[None, :], v35_rows)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
         v50 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
         v61 = v50
+        v35 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v54 = v35
         v62 = (v61 * v54)
-        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v62)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -928,7 +1046,7 @@ def chunk_state_fwd_kernel(
             v53 = v11
             tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v53)
         tl.debug_barrier()
-        v62 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v62 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -946,7 +1064,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -975,18 +1093,23 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * C + 9 * C * BV + 5 * C * D)  # v45, v10, v11, v47, v52, v61, v62, causal, v40, v53, v44, v46, v43, v48, v49, v16, v26, v35, v55, v62, v56, v57
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * C + 11 * C * BV + 5 * C * D + C)  # v45, v10, v11, v47, v52, v61, v62, causal, v40, v53, v44, v46, v43, v48, v49, v12, v14, v35, v55, v62, v56, v57, v63, v71, v72
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
-    v42 = tl.exp(v40)  # cumulative decay in the chunk
-    v53 = v42
-    tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_o[None, :], v53)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v44 = (q * v42)
-    tl.store(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v44)  # park
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v40_rows = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v42_rows = tl.exp(v40_rows)  # cumulative decay in the chunk
+        v53_rows = v42_rows
+        tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_o[None, :], v53_rows)  # park
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v44_rows = (q_rows * v42_rows)
+        tl.store(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :], v44_rows)  # park
+        k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     v46 = k
     tl.store(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -999,6 +1122,7 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v41 = v40
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     v48 = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
@@ -1028,8 +1152,6 @@ def chunk_out_fwd_kernel(
         v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1047,40 +1169,43 @@ def chunk_out_fwd_kernel(
         v11 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 2 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v12)  # park
     v14 = tl.sum((v12), axis=1)
-    v15 = (v14 / (D))
-    v16 = (v12 - v15[:, None])
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 2 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v16)  # park
-    v17 = (v16 * v16)
-    v18 = tl.sum((v17), axis=1)
-    v19 = (v18 / (D))
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + offs_t, v14)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = k
-    v22 = (v20 + v21)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v23 = (v22 - v)
-    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v24 = gate_delta
-    v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v16 = tl.load(scratch + 5 * C * HID + 3 * C * C + 2 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v16 * v29[:, None])
-    v26 = tl.load(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 4 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v12_rows = tl.load(scratch + 5 * C * HID + 3 * C * C + 2 * C * BV + 5 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v14_rows = tl.load(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + offs_rb)
+        v15_rows = (v14_rows / (D))
+        v16_rows = (v12_rows - v15_rows[:, None])
+        v17_rows = (v16_rows * v16_rows)
+        v18_rows = tl.sum((v17_rows), axis=1)
+        v19_rows = (v18_rows / (D))
+        v20_rows = (ln_bias[None, :] + (v16_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19_rows[:, None]))))))
+        v21_rows = k_rows
+        v22_rows = (v20_rows + v21_rows)  # memory output M(x)
+        v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v23_rows = (v22_rows - v_rows)
+        gate_delta_rows = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v24_rows = gate_delta_rows
+        v25_rows = tl.where((v24_rows >= tl.abs(v23_rows)), v23_rows, (1.0 * v24_rows * (2.0 * tl.sigmoid(2.0 * (10.0 * v23_rows)) - 1.0)))  # inner gradient signal g = dl/dy
+        v26_rows = (ln_weight[None, :] * v25_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19_rows[:, None])))))
+        v27_rows = ((-0.5) * v16_rows * ln_weight[None, :] * v25_rows / (((tl.full((), 1e-05, DTYPE) + v19_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19_rows[:, None])))))
+        v28_rows = tl.sum((v27_rows), axis=1)
+        v29_rows = (v28_rows / (D))
+        v30_rows = (2.0 * v16_rows * v29_rows[:, None])
+        v31_rows = (v26_rows + v30_rows)
+        v32_rows = ((-1.0) * v31_rows)
+        v33_rows = tl.sum((v32_rows), axis=1)
+        v34_rows = (v33_rows / (D))
+        v35_rows = (v31_rows + v34_rows[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        tl.store(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :], v35_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1113,22 +1238,26 @@ def chunk_out_fwd_kernel(
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v53 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 5 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v55)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 4 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 5 * C * HID + 3 * C * C + 4 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = v35
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v58 = v43
-    v62 = (v60 * v58)
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 6 * C * BV + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v43_rows = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v60_rows = tl.load(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :])
+        v58_rows = v43_rows
+        v62_rows = (v60_rows * v58_rows)
+        tl.store(scratch + 5 * C * HID + 3 * C * C + 5 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :], v62_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 7 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 6 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v41 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 8 * C * BV + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 7 * C * BV + 5 * C * D + C + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1138,9 +1267,9 @@ def chunk_out_fwd_kernel(
         v52 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 5 * C * HID + 3 * C * C + 7 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 5 * C * HID + 3 * C * C + 8 * C * BV + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 5 * C * HID + 3 * C * C + 6 * C * BV + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 5 * C * HID + 3 * C * C + 6 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 5 * C * HID + 3 * C * C + 7 * C * BV + 5 * C * D + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 5 * C * HID + 3 * C * C + 5 * C * BV + 5 * C * D + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 5 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 5 * C * HID + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1162,20 +1291,29 @@ def chunk_out_fwd_kernel(
         v63_b = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 5 * C * HID + 3 * C * C + 5 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = (v55 - v63)
-    v65 = tl.sum((v64), axis=1)
-    v66 = (v65 / (D))
-    v67 = (v64 - v66[:, None])
-    v68 = (v67 * v67)
-    v69 = tl.sum((v68), axis=1)
-    v70 = (v69 / (D))
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 8 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v71 = (ln_bias[None, :] + (v67 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None]))))))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v72 = q
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v55_rows = tl.load(scratch + 5 * C * HID + 3 * C * C + 4 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :])
+        v63_rows = tl.load(scratch + 5 * C * HID + 3 * C * C + 8 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :])
+        v64_rows = (v55_rows - v63_rows)
+        v65_rows = tl.sum((v64_rows), axis=1)
+        v66_rows = (v65_rows / (D))
+        v67_rows = (v64_rows - v66_rows[:, None])
+        v68_rows = (v67_rows * v67_rows)
+        v69_rows = tl.sum((v68_rows), axis=1)
+        v70_rows = (v69_rows / (D))
+        v71_rows = (ln_bias[None, :] + (v67_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70_rows[:, None]))))))
+        tl.store(scratch + 5 * C * HID + 3 * C * C + 9 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :], v71_rows)  # park
+        v72_rows = q_rows
+        tl.store(scratch + 5 * C * HID + 3 * C * C + 10 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :], v72_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v71 = tl.load(scratch + 5 * C * HID + 3 * C * C + 9 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 5 * C * HID + 3 * C * C + 10 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v73 = (v71 + v72)  # read: M(q_t; W_t)
     tl.store(out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v73.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1183,7 +1321,7 @@ def chunk_out_fwd_kernel(
 def chunk_local_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
@@ -1212,7 +1350,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 5 * C * D + 11 * C * BV + 3 * C * C)  # v10, v11, v54, v57, v59, v66, v55, v69, causal, v93, v16, v35, v49, v65, v69, v43, v56, v48, v51, v63, v64, v68, v70, v60, v92
+    scratch = scratch_ptr + slot * (6 * C * HID + 5 * C * D + 18 * C * BV + 3 * C * C + 2 * C)  # v10, v11, v54, v57, v59, v66, v55, v69, causal, v93, v16, v20, v22, v30, v26, v31, v34, v35, v49, v65, v69, v41, v43, v78, v56, v48, v51, v63, v64, v68, v70, v60, v61, v92
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1242,94 +1380,126 @@ def chunk_local_bwd_kernel(
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = k
-    v22 = (v20 + v21)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.store(scratch + 6 * C * HID + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v20)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v20_rows = tl.load(scratch + 6 * C * HID + C * D + 3 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v21_rows = k_rows
+        v22_rows = (v20_rows + v21_rows)  # memory output M(x)
+        tl.store(scratch + 6 * C * HID + C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :], v22_rows)  # park
+        v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
+    v22 = tl.load(scratch + 6 * C * HID + C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = (v22 - v)
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v23.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v25.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
-    tl.debug_barrier()  # parked tiles other threads stored
     v16 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
+    tl.store(scratch + 6 * C * HID + C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v30)  # park
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
+    tl.store(scratch + 6 * C * HID + C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v26_rows = tl.load(scratch + 6 * C * HID + C * D + 6 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v30_rows = tl.load(scratch + 6 * C * HID + C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v31_rows = (v26_rows + v30_rows)
+        tl.store(scratch + 6 * C * HID + C * D + 7 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :], v31_rows)  # park
+        v32_rows = ((-1.0) * v31_rows)
+        v33_rows = tl.sum((v32_rows), axis=1)
+        v34_rows = (v33_rows / (D))
+        tl.store(scratch + 6 * C * HID + C * D + 8 * C * BV + C * C + offs_rb, v34_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 6 * C * HID + C * D + 7 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v34 = tl.load(scratch + 6 * C * HID + C * D + 8 * C * BV + C * C + offs_t)  # parked
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v35.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 6 * C * HID + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 6 * C * HID + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v67 = v35
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 6 * C * HID + C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 6 * C * HID + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v65 = v49
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     v69 = (v67 * v65)
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v69.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 5 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_s, v41)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 6 * C * HID + C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v50 = (v47 * v49)
-    v78 = v50
-    v67 = tl.load(scratch + 6 * C * HID + C * D + 3 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v41_rows = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_rb)
+        v44_rows = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v49_rows = tl.load(scratch + 6 * C * HID + C * D + 9 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v47_rows = (v41_rows[:, None] * tl.exp((v46[None, :] - v44_rows)))  # decay from token s to the chunk's end
+        v50_rows = (v47_rows * v49_rows)
+        v78_rows = v50_rows
+        tl.store(scratch + 6 * C * HID + 3 * C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v78_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v67 = tl.load(scratch + 6 * C * HID + C * D + 8 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 6 * C * HID + 3 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = (v78 * v67)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v82.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
+    if REREAD_INPUTS:  # loaded again, not held since its last reader
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    v49 = tl.load(scratch + 6 * C * HID + C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 6 * C * HID + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v49)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v43 = tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v44 = tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
         v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 6 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 6 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v56)  # park
-    v48 = tl.exp(v43)  # cumulative decay in the chunk
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v48)  # park
-    v51 = (q * v48)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v51)  # park
-    v63 = v43
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 12 * C * BV + C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v43_rows = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v48_rows = tl.exp(v43_rows)  # cumulative decay in the chunk
+        tl.store(scratch + 6 * C * HID + 3 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :], v48_rows)  # park
+        v51_rows = (q_rows * v48_rows)
+        tl.store(scratch + 6 * C * HID + 4 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
+        v63_rows = v43_rows
+        tl.store(scratch + 6 * C * HID + 5 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
     v64 = v44
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 7 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 13 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 6 * C * HID + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 6 * C * HID + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1341,7 +1511,7 @@ def chunk_local_bwd_kernel(
         v54 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 6 * C * HID + 3 * C * D + 6 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 6 * C * HID + 3 * C * D + 12 * C * BV + C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1349,7 +1519,7 @@ def chunk_local_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 6 * C * HID + 4 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 6 * C * HID + 4 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1371,36 +1541,36 @@ def chunk_local_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 6 * C * HID + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 6 * C * HID + 5 * C * D + 7 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 6 * C * HID + 2 * C * D + 5 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 6 * C * HID + 5 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 6 * C * HID + 5 * C * D + 13 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 6 * C * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 6 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 2 * C * C + tl.arange(0, C) * C + v70_p)
+        v70_x = tl.load(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C) * C + v70_p)
         v70_y = tl.load(scratch + 6 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70_m = tl.load(scratch + 6 * C * HID + C * D + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_b = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 6 * C * HID + 3 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 6 * C * HID + 3 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v60 = v48
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 9 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 15 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1408,60 +1578,65 @@ def chunk_local_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 6 * C * HID + 5 * C * D + 9 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v62 = (v60 * v61)
-    v70 = tl.load(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v71 = (v62 - v70)
-    v72 = tl.sum((v71), axis=1)
-    v73 = (v72 / (D))
-    v74 = (v71 - v73[:, None])
-    v75 = (v74 * v74)
-    v76 = tl.sum((v75), axis=1)
-    v77 = (v76 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 16 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v84 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-    v85 = tl.sum((v84), axis=1)
-    v86 = (v85 / (D))
-    v87 = (2.0 * v74 * v86[:, None])
-    v83 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
-    v88 = (v83 + v87)
-    v89 = ((-1.0) * v88)
-    v90 = tl.sum((v89), axis=1)
-    v91 = (v90 / (D))
-    v92 = (v88 + v91[:, None])
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 10 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v92)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v60_rows = tl.load(scratch + 6 * C * HID + 5 * C * D + 15 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v61_rows = tl.load(scratch + 6 * C * HID + 5 * C * D + 16 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v70_rows = tl.load(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v62_rows = (v60_rows * v61_rows)
+        v71_rows = (v62_rows - v70_rows)
+        v72_rows = tl.sum((v71_rows), axis=1)
+        v73_rows = (v72_rows / (D))
+        v74_rows = (v71_rows - v73_rows[:, None])
+        v75_rows = (v74_rows * v74_rows)
+        v76_rows = tl.sum((v75_rows), axis=1)
+        v77_rows = (v76_rows / (D))
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v84_rows = ((-0.5) * v74_rows * ln_weight[None, :] * d_out_rows / (((tl.full((), 1e-05, DTYPE) + v77_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77_rows[:, None])))))
+        v85_rows = tl.sum((v84_rows), axis=1)
+        v86_rows = (v85_rows / (D))
+        v87_rows = (2.0 * v74_rows * v86_rows[:, None])
+        v83_rows = (ln_weight[None, :] * d_out_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77_rows[:, None])))))
+        v88_rows = (v83_rows + v87_rows)
+        v89_rows = ((-1.0) * v88_rows)
+        v90_rows = tl.sum((v89_rows), axis=1)
+        v91_rows = (v90_rows / (D))
+        v92_rows = (v88_rows + v91_rows[:, None])
+        tl.store(scratch + 6 * C * HID + 5 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v92_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v92 = tl.load(scratch + 6 * C * HID + 5 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v93 = ((-1.0) * v92)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v93.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 6 * C * HID + 5 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 6 * C * HID + 5 * C * D + 7 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v68 = tl.load(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + 6 * C * HID + 5 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 6 * C * HID + 5 * C * D + 13 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 6 * C * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v94 = tl.zeros((C, BV), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v94_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v94_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v94_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v94_xA = tl.load(scratch + 6 * C * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v94_A
     for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v94_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v94_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_B * tl.dot(tl.trans((tl.load(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v94_xA * v94_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94 += v94_B * tl.dot(tl.trans((tl.load(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v94_xA * v94_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v94_p = v94_r + v94_j
         v94_x = tl.load(scratch + 6 * C * HID + C * D + C * BV + C * C + v94_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v94_y = tl.load(scratch + 6 * C * HID + 5 * C * D + 8 * C * BV + 2 * C * C + v94_p * C + tl.arange(0, C))
+        v94_y = tl.load(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + v94_p * C + tl.arange(0, C))
         v94_m = tl.load(scratch + 6 * C * HID + C * D + C * BV + v94_p * C + tl.arange(0, C))
-        v94_a = tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + v94_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v94_a = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v94_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v94 += v94_x * v94_y[:, None] * v94_m[:, None] * tl.exp(tl.minimum(v94_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 6 * C * HID + 2 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 6 * C * HID + 2 * C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v95 = (v65 * v94)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v95.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
-    v60 = tl.load(scratch + 6 * C * HID + 5 * C * D + 9 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 6 * C * HID + 5 * C * D + 10 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 6 * C * HID + 5 * C * D + 15 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 6 * C * HID + 5 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v96 = (v60 * v92)
     tl.store(local_8_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v96.to(local_8_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -1469,7 +1644,7 @@ def chunk_local_bwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -1510,7 +1685,7 @@ def chunk_state_bwd_kernel(
             offs_u = private_index(tl.arange(0, C), C, tok, ON_GPU)
             offs_o = private_index(tl.arange(0, BV), BV, tok, ON_GPU)
             offs_i = private_index(tl.arange(0, D), D, tok, ON_GPU)
-        scratch = scratch_ptr + slot * (17 * C * HID + 2 * HID * D + 3 * BV * HID + 9 * C * BV + 7 * C * D + 2 * C * C + 2 * C)  # v10, v24, v42, v45, v46, v11, v50, v72, v82, v83, v84, v65, v86, v89, v59, v121, v47, v73, v125, v126, v122, v90, local_4, v41, v37, v43, v31, v44, v36, v39, v70, v67, v54, v91, v96, v100, v16, v108, v109, v115, v110, v120
+        scratch = scratch_ptr + slot * (17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C)  # v10, v24, v42, v45, v46, v11, v50, v72, v82, v83, v84, v65, v86, v89, v59, v121, v47, v73, v125, v126, v122, v90, local_4, v41, v37, v43, v31, v44, v36, v39, v70, v29, v67, v54, v91, v61, v74, v92, v93, v120
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v41 = k
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
@@ -1546,12 +1721,17 @@ def chunk_state_bwd_kernel(
         v44 = v44 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v44)  # park
-        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v36 = tl.exp(v31)  # cumulative decay in the chunk
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
-        v39 = (q * v36)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
-        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        tl.debug_barrier()  # parked tiles other threads stored
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+            v31_rows = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+            local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            v36_rows = tl.exp(v31_rows)  # cumulative decay in the chunk
+            tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 4 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+            v39_rows = (q_rows * v36_rows)
+            tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 5 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v39_rows)  # park
+            local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
         v31 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -1582,19 +1762,24 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 6 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v70)  # park
         local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s, v29)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v31 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
         v33 = (v31 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v34 = tl.sum((v33), axis=0)
-        v32 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v35 = (v29[:, None] * tl.exp((v34[None, :] - v32)))  # decay from token s to the chunk's end
-        v37 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v38 = (v35 * v37)
-        v41 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v67 = (v38 * v41)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
-        v54 = v38
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            v29_rows = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_rb)
+            v32_rows = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+            v37_rows = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+            v41_rows = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+            v35_rows = (v29_rows[:, None] * tl.exp((v34[None, :] - v32_rows)))  # decay from token s to the chunk's end
+            v38_rows = (v35_rows * v37_rows)
+            v67_rows = (v38_rows * v41_rows)
+            tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v67_rows)  # park
+            v54_rows = v38_rows
+            tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 7 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v54_rows)  # park
         if REREAD_INPUTS:  # loaded again, not held since its last reader
             k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1675,7 +1860,7 @@ def chunk_state_bwd_kernel(
             v65 = ((-1.0) * d_new_w1)
             tl.store(scratch + 11 * C * HID + offs_h[:, None] * D + offs_i[None, :], v65)
         tl.debug_barrier()
-        v67 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v67 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1701,7 +1886,7 @@ def chunk_state_bwd_kernel(
             v59 = ((-1.0) * d_new_w2)
             tl.store(scratch + 13 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v59)
         tl.debug_barrier()
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
         v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1709,82 +1894,73 @@ def chunk_state_bwd_kernel(
             v50 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v59 = tl.load(scratch + 13 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
             v61 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 3 * C * BV + 7 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v61)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v54 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 7 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v62 = (v54 * v61)
-        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v74 = (v62 + local_7)
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            v54_rows = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + C * BV + 7 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+            v61_rows = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 3 * C * BV + 7 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+            v62_rows = (v54_rows * v61_rows)
+            local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            v74_rows = (v62_rows + local_7_rows)
+            tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v74_rows)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v74 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
         v75 = v74
-        v91 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v91 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 2 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v92 = (v75 + v91)
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v92)  # park
         v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = ((-1.0) * v94)
-        v96 = (v92 + v95[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v96)  # park
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v98 = (2.0 * local_0 * v96)
-        v99 = tl.sum((v98), axis=1)
-        v100 = (v99 / (D))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t, v100)  # park
-        v14 = (local_0 * local_0)
-        v15 = tl.sum((v14), axis=1)
-        v16 = (v15 / (D))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t, v16)  # park
+        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * BV + 7 * C * D + 2 * C * C + C + offs_t, v93)  # park
         if not PARAMS_ONCE:  # else loaded once, before the chunk loop
             ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-        v104 = ((-0.5) * local_0 * ln_weight[None, :] * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        v107 = (ln_weight[None, :] * v96 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        v108 = (v104 + v107)
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v108)  # park
-        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v18 = gate_delta
         tl.debug_barrier()  # parked tiles other threads stored
-        v108 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v109 = (v108 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v109)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        if not PARAMS_ONCE:  # else loaded once, before the chunk loop
-            ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v16 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + C + offs_t)  # parked
-        v111 = ((-0.5) * local_0 * ln_weight[None, :] * v109 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        v112 = tl.sum((v111), axis=1)
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v100 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t)  # parked
-        v102 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * (tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        v103 = tl.sum((v102), axis=1)
-        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v105 = ((-0.5) * ln_weight[None, :] * local_2 * v96 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        v106 = tl.sum((v105), axis=1)
-        v113 = (v103 + v106 + v112)
-        v114 = (v113 / (D))
-        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v115 = (2.0 * local_0 * v114[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v115)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v109 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v110 = (ln_weight[None, :] * v109 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-        v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        v21 = tl.sum((v20), axis=1)
-        v22 = (v21 / (D))
-        tl.debug_barrier()  # parked tiles other threads stored
-        v96 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 3 * C * BV + 7 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v97 = (2.0 * v22[:, None] * v96)
-        v100 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 4 * C * BV + 7 * C * D + 2 * C * C + offs_t)  # parked
-        v101 = ((-0.5) * ln_weight[None, :] * local_2 * v100[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-        v110 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 7 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v115 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v116 = (v97 + v101 + v110 + v115)
-        v117 = ((-1.0) * v116)
-        v118 = tl.sum((v117), axis=1)
-        v119 = (v118 / (D))
-        v120 = (v116 + v119[:, None])
-        tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+        for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+            offs_rb = rb + tl.arange(0, BR)
+            v92_rows = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 5 * C * BV + 7 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+            v93_rows = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * BV + 7 * C * D + 2 * C * C + C + offs_rb)
+            v94_rows = (v93_rows / (D))
+            v95_rows = ((-1.0) * v94_rows)
+            v96_rows = (v92_rows + v95_rows[:, None])
+            local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            v98_rows = (2.0 * local_0_rows * v96_rows)
+            v99_rows = tl.sum((v98_rows), axis=1)
+            v100_rows = (v99_rows / (D))
+            v14_rows = (local_0_rows * local_0_rows)
+            v15_rows = tl.sum((v14_rows), axis=1)
+            v16_rows = (v15_rows / (D))
+            v104_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v100_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+            v107_rows = (ln_weight[None, :] * v96_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+            v108_rows = (v104_rows + v107_rows)
+            local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            gate_delta_rows = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+            v18_rows = gate_delta_rows
+            v109_rows = (v108_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 1.0, (1.0 * v18_rows * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0)))))))
+            v111_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v109_rows / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+            v112_rows = tl.sum((v111_rows), axis=1)
+            local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+            v102_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_2_rows * v100_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * (tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+            v103_rows = tl.sum((v102_rows), axis=1)
+            v105_rows = ((-0.5) * ln_weight[None, :] * local_2_rows * v96_rows / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+            v106_rows = tl.sum((v105_rows), axis=1)
+            v113_rows = (v103_rows + v106_rows + v112_rows)
+            v114_rows = (v113_rows / (D))
+            v115_rows = (2.0 * local_0_rows * v114_rows[:, None])
+            v110_rows = (ln_weight[None, :] * v109_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+            v20_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_2_rows / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+            v21_rows = tl.sum((v20_rows), axis=1)
+            v22_rows = (v21_rows / (D))
+            v97_rows = (2.0 * v22_rows[:, None] * v96_rows)
+            v101_rows = ((-0.5) * ln_weight[None, :] * local_2_rows * v100_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+            v116_rows = (v97_rows + v101_rows + v110_rows + v115_rows)
+            v117_rows = ((-1.0) * v116_rows)
+            v118_rows = tl.sum((v117_rows), axis=1)
+            v119_rows = (v118_rows / (D))
+            v120_rows = (v116_rows + v119_rows[:, None])
+            tl.store(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v120_rows)  # park
         local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v120 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1853,7 +2029,7 @@ def chunk_state_bwd_kernel(
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v128.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v128.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
         tl.debug_barrier()
-        v120 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 8 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v120 = tl.load(scratch + 17 * C * HID + 2 * HID * D + 3 * BV * HID + 6 * C * BV + 7 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1891,7 +2067,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -1928,7 +2104,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -1966,9 +2142,14 @@ def chunk_grad_q_1_bwd_kernel(
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
     tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v20)  # park
-    v22 = tl.exp(v20)  # cumulative decay in the chunk
-    v24 = (q * v22)
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v24)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v20_rows = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v22_rows = tl.exp(v20_rows)  # cumulative decay in the chunk
+        v24_rows = (q_rows * v22_rows)
+        tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
     v26 = k
     tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v26)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -2129,7 +2310,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
@@ -2164,12 +2345,17 @@ def chunk_grad_q_2_bwd_kernel(
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
     tl.store(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :], v20)  # park
-    v22 = tl.exp(v20)  # cumulative decay in the chunk
-    tl.store(scratch + 7 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v22)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v24 = (q * v22)
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v24)  # park
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v20_rows = tl.load(scratch + 7 * C * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v22_rows = tl.exp(v20_rows)  # cumulative decay in the chunk
+        tl.store(scratch + 7 * C * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :], v22_rows)  # park
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v24_rows = (q_rows * v22_rows)
+        tl.store(scratch + 7 * C * HID + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
+        k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     v26 = k
     tl.store(scratch + 7 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v26)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -2181,6 +2367,7 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v20 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = v20
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     v28 = tl.load(scratch + 7 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v29 = tl.zeros((C, C), DTYPE)
@@ -2238,8 +2425,6 @@ def chunk_grad_q_2_bwd_kernel(
         v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2310,7 +2495,7 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -2340,7 +2525,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 4 * C * C + 7 * C * D)  # v10, v34, v37, v38, v41, v53, v58, local_4, v59, q, causal, v29, v35, v23, v36, v31, v39, v51, v61, v30
+    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 4 * C * C + 9 * C * D + C)  # v10, v34, v37, v38, v41, v53, v58, local_4, v59, q, causal, v29, v35, v23, v36, v31, v39, v51, v61, v21, v30, v48, v62
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v33 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -2375,11 +2560,16 @@ def chunk_grad_k_0_bwd_kernel(
     v36 = v36 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v36)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v28 = tl.exp(v23)  # cumulative decay in the chunk
-    v31 = (q * v28)
-    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * D + offs_i[None, :], v31)  # park
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v23_rows = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v28_rows = tl.exp(v23_rows)  # cumulative decay in the chunk
+        v31_rows = (q_rows * v28_rows)
+        tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :], v31_rows)  # park
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v23 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -2514,13 +2704,18 @@ def chunk_grad_k_0_bwd_kernel(
     v61 = (v29 * v60)
     tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v21 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 6 * C * D + offs_s, v21)  # park
     v25 = (v23 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v26 = tl.sum((v25), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v27 = (v21[:, None] * tl.exp((v26[None, :] - v24)))  # decay from token s to the chunk's end
-    v30 = (v27 * v29)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v30)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v21_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 6 * C * D + offs_rb)
+        v24_rows = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v29_rows = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v27_rows = (v21_rows[:, None] * tl.exp((v26[None, :] - v24_rows)))  # decay from token s to the chunk's end
+        v30_rows = (v27_rows * v29_rows)
+        tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 6 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v30_rows)  # park
     v48 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2529,11 +2724,18 @@ def chunk_grad_k_0_bwd_kernel(
         v47 = ((-1.0) * d_new_w1)
         v34 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 += tl.dot(v34.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 7 * C * D + C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v30 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v49 = (v30 * v48)
-    v61 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 5 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v62 = (v49 + v61)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v30_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 6 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
+        v48_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 7 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
+        v61_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v49_rows = (v30_rows * v48_rows)
+        v62_rows = (v49_rows + v61_rows)
+        tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 8 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v62_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 8 * C * D + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v62
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v63.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -2541,7 +2743,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -2571,7 +2773,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * D + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v86
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
@@ -2607,11 +2809,16 @@ def chunk_grad_k_1_bwd_kernel(
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v33 = tl.exp(v28)  # cumulative decay in the chunk
-    v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v36_rows = (q_rows * v33_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -2642,19 +2849,24 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s, v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
-    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v35 = (v32 * v34)
-    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
-    v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_rb)
+        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v32_rows = (v26_rows[:, None] * tl.exp((v31[None, :] - v29_rows)))  # decay from token s to the chunk's end
+        v35_rows = (v32_rows * v34_rows)
+        v57_rows = (v35_rows * v38_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        v48_rows = v35_rows
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2732,7 +2944,7 @@ def chunk_grad_k_1_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2757,7 +2969,7 @@ def chunk_grad_k_1_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2765,33 +2977,50 @@ def chunk_grad_k_1_bwd_kernel(
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v54 = (v48 * v53)
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v63 = (v54 + local_7)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v54_rows = (v48_rows * v53_rows)
+        local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v63_rows = (v54_rows + local_7_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    v77 = (v76 / (D))
-    v78 = ((-1.0) * v77)
-    v79 = (v75 + v78[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v80 = (2.0 * local_0 * v79)
-    v81 = tl.sum((v80), axis=1)
-    v82 = (v81 / (D))
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v83 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    v84 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    v85 = (v83 + v84)
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v18 = gate_delta
-    v86 = (v85 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb)
+        v77_rows = (v76_rows / (D))
+        v78_rows = ((-1.0) * v77_rows)
+        v79_rows = (v75_rows + v78_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v80_rows = (2.0 * local_0_rows * v79_rows)
+        v81_rows = tl.sum((v80_rows), axis=1)
+        v82_rows = (v81_rows / (D))
+        v14_rows = (local_0_rows * local_0_rows)
+        v15_rows = tl.sum((v14_rows), axis=1)
+        v16_rows = (v15_rows / (D))
+        v83_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v82_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v84_rows = (ln_weight[None, :] * v79_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v85_rows = (v83_rows + v84_rows)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        gate_delta_rows = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v18_rows = gate_delta_rows
+        v86_rows = (v85_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 1.0, (1.0 * v18_rows * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0)))))))
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v86_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = v86
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v87.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -2799,7 +3028,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -2829,7 +3058,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (15 * C * HID + HID * D + BV * HID + 6 * C * D + 8 * C * BV + 2 * C * C + C)  # v10, v24, v61, v63, v40, v42, v46, v50, v67, v77, v80, v81, v56, v60, v47, v72, v116, v43, local_4, v31, v37, v38, v62, v44, v39, v65, v52, v70, v88, v89, v93, v101, v102, v95
+    scratch = scratch_ptr + slot * (15 * C * HID + HID * D + BV * HID + 6 * C * D + 6 * C * BV + 2 * C * C + C)  # v10, v24, v61, v63, v40, v42, v46, v50, v67, v77, v80, v81, v56, v60, v47, v72, v116, v43, local_4, v31, v37, v38, v62, v44, v39, v65, v52, v57, v69, v84, v85, v112
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -2875,10 +3104,15 @@ def chunk_grad_k_2_bwd_kernel(
     v44 = v44 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v44)  # park
-    v36 = tl.exp(v31)  # cumulative decay in the chunk
-    v39 = (q * v36)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v31_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v36_rows = tl.exp(v31_rows)  # cumulative decay in the chunk
+        v39_rows = (q_rows * v36_rows)
+        tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v39_rows)  # park
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v31 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -3046,12 +3280,19 @@ def chunk_grad_k_2_bwd_kernel(
         v50 = tl.load(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v56 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v57 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v52 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v58 = (v52 * v57)
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v69 = (v58 + local_7)
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v52_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v57_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v58_rows = (v52_rows * v57_rows)
+        local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v69_rows = (v58_rows + local_7_rows)
+        tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v69_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v69 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v70 = v69
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3062,65 +3303,58 @@ def chunk_grad_k_2_bwd_kernel(
         v82 = (v80 * (0.5 + (0.5 * tl.math.erf(v82_c0)) + (v82_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v83 += (tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v70 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v70 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v84 = (v70 + v83)
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v84)  # park
     v85 = tl.sum((v84), axis=1)
-    v86 = (v85 / (D))
-    v87 = ((-1.0) * v86)
-    v88 = (v84 + v87[:, None])
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v88)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 5 * C * BV + 2 * C * C + offs_t, v85)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_2 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v89 = (2.0 * v22[:, None] * v88)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v89)  # park
-    v90 = (2.0 * local_0 * v88)
-    v91 = tl.sum((v90), axis=1)
-    v92 = (v91 / (D))
-    v93 = ((-0.5) * ln_weight[None, :] * local_2 * v92[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v93)  # park
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v18 = gate_delta
-    v96 = ((-0.5) * local_0 * ln_weight[None, :] * v92[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    v99 = (ln_weight[None, :] * v88 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    v100 = (v96 + v99)
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v101 = (v100 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v101)  # park
-    v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v102)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v94 = (0.75 * local_0 * ln_weight[None, :] * local_2 * v92[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * (tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    v95 = tl.sum((v94), axis=1)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 8 * C * BV + 2 * C * C + offs_t, v95)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = ((-0.5) * ln_weight[None, :] * local_2 * v88 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    v98 = tl.sum((v97), axis=1)
-    v101 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v103 = ((-0.5) * local_0 * ln_weight[None, :] * v101 / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    v104 = tl.sum((v103), axis=1)
-    v95 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 8 * C * BV + 2 * C * C + offs_t)  # parked
-    v105 = (v95 + v98 + v104)
-    v106 = (v105 / (D))
-    v107 = (2.0 * local_0 * v106[:, None])
-    v89 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v93 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v102 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v108 = (v89 + v93 + v102 + v107)
-    v109 = ((-1.0) * v108)
-    v110 = tl.sum((v109), axis=1)
-    v111 = (v110 / (D))
-    v112 = (v108 + v111[:, None])
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v84_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v85_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 5 * C * BV + 2 * C * C + offs_rb)
+        v86_rows = (v85_rows / (D))
+        v87_rows = ((-1.0) * v86_rows)
+        v88_rows = (v84_rows + v87_rows[:, None])
+        v14_rows = (local_0_rows * local_0_rows)
+        v15_rows = tl.sum((v14_rows), axis=1)
+        v16_rows = (v15_rows / (D))
+        v20_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * local_2_rows / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v21_rows = tl.sum((v20_rows), axis=1)
+        v22_rows = (v21_rows / (D))
+        v89_rows = (2.0 * v22_rows[:, None] * v88_rows)
+        v90_rows = (2.0 * local_0_rows * v88_rows)
+        v91_rows = tl.sum((v90_rows), axis=1)
+        v92_rows = (v91_rows / (D))
+        v93_rows = ((-0.5) * ln_weight[None, :] * local_2_rows * v92_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        gate_delta_rows = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v18_rows = gate_delta_rows
+        v96_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v92_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v99_rows = (ln_weight[None, :] * v88_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v100_rows = (v96_rows + v99_rows)
+        v101_rows = (v100_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 1.0, (1.0 * v18_rows * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0)))))))
+        v102_rows = (ln_weight[None, :] * v101_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v94_rows = (0.75 * local_0_rows * ln_weight[None, :] * local_2_rows * v92_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * (tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v95_rows = tl.sum((v94_rows), axis=1)
+        v97_rows = ((-0.5) * ln_weight[None, :] * local_2_rows * v88_rows / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v98_rows = tl.sum((v97_rows), axis=1)
+        v103_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v101_rows / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v104_rows = tl.sum((v103_rows), axis=1)
+        v105_rows = (v95_rows + v98_rows + v104_rows)
+        v106_rows = (v105_rows / (D))
+        v107_rows = (2.0 * local_0_rows * v106_rows[:, None])
+        v108_rows = (v89_rows + v93_rows + v102_rows + v107_rows)
+        v109_rows = ((-1.0) * v108_rows)
+        v110_rows = tl.sum((v109_rows), axis=1)
+        v111_rows = (v110_rows / (D))
+        v112_rows = (v108_rows + v111_rows[:, None])
+        tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v112_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v112 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3148,7 +3382,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -3178,7 +3412,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * D + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v84
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
@@ -3214,11 +3448,16 @@ def chunk_grad_v_0_bwd_kernel(
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v33 = tl.exp(v28)  # cumulative decay in the chunk
-    v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v36_rows = (q_rows * v33_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -3249,19 +3488,24 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s, v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
-    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v35 = (v32 * v34)
-    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
-    v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_rb)
+        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v32_rows = (v26_rows[:, None] * tl.exp((v31[None, :] - v29_rows)))  # decay from token s to the chunk's end
+        v35_rows = (v32_rows * v34_rows)
+        v57_rows = (v35_rows * v38_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        v48_rows = v35_rows
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3339,7 +3583,7 @@ def chunk_grad_v_0_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3364,7 +3608,7 @@ def chunk_grad_v_0_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3372,31 +3616,48 @@ def chunk_grad_v_0_bwd_kernel(
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v54 = (v48 * v53)
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v63 = (v54 + local_7)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v54_rows = (v48_rows * v53_rows)
+        local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v63_rows = (v54_rows + local_7_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    v77 = (v76 / (D))
-    v78 = ((-1.0) * v77)
-    v79 = (v75 + v78[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v80 = (2.0 * local_0 * v79)
-    v81 = tl.sum((v80), axis=1)
-    v82 = (v81 / (D))
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v83 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v18 = gate_delta
-    v84 = (v83 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb)
+        v77_rows = (v76_rows / (D))
+        v78_rows = ((-1.0) * v77_rows)
+        v79_rows = (v75_rows + v78_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v80_rows = (2.0 * local_0_rows * v79_rows)
+        v81_rows = tl.sum((v80_rows), axis=1)
+        v82_rows = (v81_rows / (D))
+        v14_rows = (local_0_rows * local_0_rows)
+        v15_rows = tl.sum((v14_rows), axis=1)
+        v16_rows = (v15_rows / (D))
+        v83_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v82_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        gate_delta_rows = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v18_rows = gate_delta_rows
+        v84_rows = (v83_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 1.0, (1.0 * v18_rows * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0)))))))
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v84_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v84 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = ((-1.0) * v84)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v85.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3404,7 +3665,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -3434,7 +3695,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + 2 * C * C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, local_4, v18, v28, v34, v35, v48, v64, v57, v41, v36, v60
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, local_4, v18, v28, v32, v34, v35, v48, v53, v63, v57, v41, v36, v60, v75, v76, v81
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v18 = gate_delta
@@ -3449,13 +3710,19 @@ def chunk_grad_v_1_bwd_kernel(
     v31 = tl.sum((v30), axis=0)
     v29 = v28
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v32)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
-    v35 = (v32 * v34)
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v35)  # park
-    v48 = v35
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v32_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v35_rows = (v32_rows * v34_rows)
+        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v35_rows)  # park
+        v48_rows = v35_rows
+        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3478,22 +3745,28 @@ def chunk_grad_v_1_bwd_kernel(
         v46 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v54 = (v48 * v53)
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v63 = (v54 + local_7)
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v48_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v54_rows = (v48_rows * v53_rows)
+        local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v63_rows = (v54_rows + local_7_rows)
+        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v40 = (v38 * v34)
     v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v29 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -3516,16 +3789,21 @@ def chunk_grad_v_1_bwd_kernel(
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
-    v33 = tl.exp(v28)  # cumulative decay in the chunk
-    v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v44 = v28
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v36_rows = (q_rows * v33_rows)
+        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = v28
     v45 = v29
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -3547,10 +3825,10 @@ def chunk_grad_v_1_bwd_kernel(
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3559,7 +3837,7 @@ def chunk_grad_v_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3579,7 +3857,7 @@ def chunk_grad_v_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3589,7 +3867,7 @@ def chunk_grad_v_1_bwd_kernel(
         v43 = (v37 - v42)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3611,7 +3889,7 @@ def chunk_grad_v_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3632,21 +3910,31 @@ def chunk_grad_v_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    v77 = (v76 / (D))
-    v78 = ((-1.0) * v77)
-    v79 = (v75 + v78[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v80 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v18 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v81 = (v80 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v18_rows = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v75_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_rb)
+        v77_rows = (v76_rows / (D))
+        v78_rows = ((-1.0) * v77_rows)
+        v79_rows = (v75_rows + v78_rows[:, None])
+        v14_rows = (local_0_rows * local_0_rows)
+        v15_rows = tl.sum((v14_rows), axis=1)
+        v16_rows = (v15_rows / (D))
+        v80_rows = (ln_weight[None, :] * v79_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v81_rows = (v80_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 1.0, (1.0 * v18_rows * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0)))))))
+        tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v81_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v82 = ((-1.0) * v81)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v82.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3654,7 +3942,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -3684,7 +3972,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D)  # v10, v27, v30, v32, v35, v36, local_4, causal, v28, v20, v29, v24, v33, v34
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * C + 4 * C * BV + 4 * C * D)  # v10, v27, v30, v32, v35, v36, local_4, causal, v28, v20, v29, v24, v33, v34, v38, v46
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -3719,12 +4007,15 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v22 = tl.exp(v20)  # cumulative decay in the chunk
-    v24 = (q * v22)
-    tl.store(scratch + 5 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v24)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v20_rows = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v22_rows = tl.exp(v20_rows)  # cumulative decay in the chunk
+        v24_rows = (q_rows * v22_rows)
+        tl.store(scratch + 5 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v20 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -3811,9 +4102,17 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v38_b = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + v38_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v38 += v38_x[:, None] * v38_y * v38_m[:, None] * tl.exp(tl.minimum(v33 - v38_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v44 = (local_6 * v38)
-    v46 = v44
+    tl.store(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v38)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v38_rows = tl.load(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v44_rows = (local_6_rows * v38_rows)
+        v46_rows = v44_rows
+        tl.store(scratch + 5 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v46_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 5 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.cumsum(v46, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -3824,7 +4123,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -3870,9 +4169,14 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
     tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v20)  # park
-    v22 = tl.exp(v20)  # cumulative decay in the chunk
-    v24 = (q * v22)
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v24)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v20_rows = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v22_rows = tl.exp(v20_rows)  # cumulative decay in the chunk
+        v24_rows = (q_rows * v22_rows)
+        tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = v20
@@ -4039,7 +4343,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
@@ -4069,7 +4373,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 3 * C * C + 8 * C * BV + 5 * C * D + C)  # v10, v29, v32, v33, v34, v40, v75, v81, v41, local_4, causal, v30, v22, v31, v26, v35, v36, v37, v38, v39, v47, v50, v66, v79, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 3 * C * C + 7 * C * BV + 6 * C * D + C)  # v10, v29, v32, v33, v34, v40, v75, v81, v41, local_4, causal, v30, v22, v31, v26, v35, v36, v37, v38, v39, v44, v45, v79, v83, v85
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v28 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -4104,14 +4408,17 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v31 = v31 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 8 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v31)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v22 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v24 = tl.exp(v22)  # cumulative decay in the chunk
-    v26 = (q * v24)
-    tl.store(scratch + 8 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v26)  # park
-    v35 = v24
-    tl.store(scratch + 8 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v22_rows = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v24_rows = tl.exp(v22_rows)  # cumulative decay in the chunk
+        v26_rows = (q_rows * v24_rows)
+        tl.store(scratch + 8 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v26_rows)  # park
+        v35_rows = v24_rows
+        tl.store(scratch + 8 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :], v35_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4213,42 +4520,41 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     v37 = tl.load(scratch + 8 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v44 = (v37 - v43)
+    tl.store(scratch + 8 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v44)  # park
     v45 = tl.sum((v44), axis=1)
-    v46 = (v45 / (D))
-    v47 = (v44 - v46[:, None])
-    tl.store(scratch + 8 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v47)  # park
-    v48 = (v47 * v47)
-    v49 = tl.sum((v48), axis=1)
-    v50 = (v49 / (D))
-    tl.store(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + offs_t, v50)  # park
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.store(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + offs_t, v45)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v63 = ((-0.5) * v47 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v50[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v50[:, None])))))
-    v64 = tl.sum((v63), axis=1)
-    v65 = (v64 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 8 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v66 = (2.0 * v47 * v65[:, None])
-    tl.store(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + C + offs_t[:, None] * D + offs_o[None, :], v66)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v50 = tl.load(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + offs_t)  # parked
-    v62 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v50[:, None])))))
-    v66 = tl.load(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v67 = (v62 + v66)
-    v68 = ((-1.0) * v67)
-    v69 = tl.sum((v68), axis=1)
-    v70 = (v69 / (D))
-    v71 = (v67 + v70[:, None])
-    v36 = tl.load(scratch + 8 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v78 = (v71 * v36)
-    v79 = v78
-    tl.store(scratch + 8 * C * HID + 3 * C * C + 8 * C * BV + 3 * C * D + C + offs_t[:, None] * D + offs_i[None, :], v79)  # park
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v36_rows = tl.load(scratch + 8 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v44_rows = tl.load(scratch + 8 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v45_rows = tl.load(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + offs_rb)
+        v46_rows = (v45_rows / (D))
+        v47_rows = (v44_rows - v46_rows[:, None])
+        v48_rows = (v47_rows * v47_rows)
+        v49_rows = tl.sum((v48_rows), axis=1)
+        v50_rows = (v49_rows / (D))
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v63_rows = ((-0.5) * v47_rows * ln_weight[None, :] * d_out_rows / (((tl.full((), 1e-05, DTYPE) + v50_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v50_rows[:, None])))))
+        v64_rows = tl.sum((v63_rows), axis=1)
+        v65_rows = (v64_rows / (D))
+        v66_rows = (2.0 * v47_rows * v65_rows[:, None])
+        v62_rows = (ln_weight[None, :] * d_out_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v50_rows[:, None])))))
+        v67_rows = (v62_rows + v66_rows)
+        v68_rows = ((-1.0) * v67_rows)
+        v69_rows = tl.sum((v68_rows), axis=1)
+        v70_rows = (v69_rows / (D))
+        v71_rows = (v67_rows + v70_rows[:, None])
+        v78_rows = (v71_rows * v36_rows)
+        v79_rows = v78_rows
+        tl.store(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v79_rows)  # park
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v38 = tl.load(scratch + 8 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v39 = tl.load(scratch + 8 * C * HID + 3 * C * C + 5 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v73 = tl.zeros((C, C), DTYPE)
     v73_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -4298,7 +4604,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v83 = (q * v82)
-    tl.store(scratch + 8 * C * HID + 3 * C * C + 8 * C * BV + 4 * C * D + C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 4 * C * D + C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
     v55 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4317,13 +4623,18 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v59 += tl.sum((v58), axis=0)
     v56 = v55
     v60 = (v56 + v59)
-    v61 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v60[None, :])
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 8 * C * HID + 3 * C * C + 8 * C * BV + 3 * C * D + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v83 = tl.load(scratch + 8 * C * HID + 3 * C * C + 8 * C * BV + 4 * C * D + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v84 = (v61 + v79 + v83)
-    v22 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v85 = (v84 * tl.exp(v22))
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v22_rows = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v79_rows = tl.load(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
+        v83_rows = tl.load(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 4 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
+        v61_rows = (tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None] * v60[None, :])
+        v84_rows = (v61_rows + v79_rows + v83_rows)
+        v85_rows = (v84_rows * tl.exp(v22_rows))
+        tl.store(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = tl.cumsum(v85, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -4334,7 +4645,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
@@ -4364,7 +4675,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID + HID * D + 2 * C * D + C * BV)  # v10, v29, v41, v28, v43, v31
+    scratch = scratch_ptr + slot * (2 * C * HID + HID * D + 3 * C * D + 2 * C * BV)  # v10, v29, v41, v28, v43, v31, v37, v47
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v28 = k
@@ -4415,14 +4726,21 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 = ((-1.0) * d_new_w2)
         v37 += tl.dot(v30.to(DOT_DTYPE), tl.trans(v36).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 2 * C * HID + HID * D + 2 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v37)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 2 * C * HID + HID * D + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v38 = (v31 * v37)
-    v40 = v38
-    v43 = tl.load(scratch + 2 * C * HID + HID * D + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v47 = (v40 + v43)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v31_rows = tl.load(scratch + 2 * C * HID + HID * D + 2 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v37_rows = tl.load(scratch + 2 * C * HID + HID * D + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v43_rows = tl.load(scratch + 2 * C * HID + HID * D + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = (v31_rows * v37_rows)
+        v40_rows = v38_rows
+        v47_rows = (v40_rows + v43_rows)
+        tl.store(scratch + 2 * C * HID + HID * D + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v47_rows)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = gate_eta
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 2 * C * HID + HID * D + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v48 = (v27 * v47)
     v21 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -4442,7 +4760,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
 def chunk_grad_gate_alpha_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `gate_alpha`."""
@@ -4472,7 +4790,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 5 * C * BV + 9 * C * D + 5 * C * C)  # v10, v32, v35, v36, v40, v60, v66, local_4, q, v67, causal, v42, local_6, v31, v28, v33, v23, v34, v29, v38, v39, v56, v69, v61, v54, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + 7 * C * BV + 11 * C * D + 5 * C * C + C)  # v10, v32, v35, v36, v40, v60, v66, local_4, q, v67, causal, v42, local_6, v31, v28, v33, v23, v34, v29, v38, v39, v56, v69, v57, v61, v54, v41, v48, v71, v21, v73
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v31 = k
     tl.store(scratch + 7 * C * HID + 2 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v31)  # park
@@ -4509,13 +4827,16 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v34 = v34 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 7 * C * HID + 2 * C * BV + 5 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v27 = tl.exp(v23)  # cumulative decay in the chunk
-    v29 = (q * v27)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 5 * C * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v29)  # park
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v23_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v27_rows = tl.exp(v23_rows)  # cumulative decay in the chunk
+        v29_rows = (q_rows * v27_rows)
+        tl.store(scratch + 7 * C * HID + 2 * C * BV + 5 * C * D + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :], v29_rows)  # park
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v23 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -4684,10 +5005,15 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v57_a = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v57_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v57 += v57_x[:, None] * v57_y * v57_m[:, None] * tl.exp(tl.minimum(v57_a - v39, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v58 = ((-1.0) * local_4 * v57)
-    v61 = v58
-    tl.store(scratch + 7 * C * HID + 4 * C * BV + 7 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * BV + 7 * C * D + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_4_rows = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v57_rows = tl.load(scratch + 7 * C * HID + 4 * C * BV + 7 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v58_rows = ((-1.0) * local_4_rows * v57_rows)
+        v61_rows = v58_rows
+        tl.store(scratch + 7 * C * HID + 5 * C * BV + 7 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :], v61_rows)  # park
     v53 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4699,10 +5025,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v31 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = (v31 * v53)
-    tl.store(scratch + 7 * C * HID + 4 * C * BV + 8 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v54)  # park
+    tl.store(scratch + 7 * C * HID + 5 * C * BV + 8 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v54)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v41 = local_3
-    tl.store(scratch + 7 * C * HID + 4 * C * BV + 9 * C * D + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 5 * C * BV + 9 * C * D + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v41)  # park
     v48 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4711,23 +5037,38 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v47 = ((-1.0) * d_new_w2)
         v40 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 += tl.dot(v40.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 7 * C * HID + 6 * C * BV + 9 * C * D + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 7 * C * HID + 4 * C * BV + 9 * C * D + 5 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v49 = (v41 * v48)
-    v51 = v49
-    v54 = tl.load(scratch + 7 * C * HID + 4 * C * BV + 8 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v70 = (v51 + v54)
-    v28 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v71 = (v28 * v70)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v28_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C * D + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v41_rows = tl.load(scratch + 7 * C * HID + 5 * C * BV + 9 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v48_rows = tl.load(scratch + 7 * C * HID + 6 * C * BV + 9 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v54_rows = tl.load(scratch + 7 * C * HID + 5 * C * BV + 8 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v49_rows = (v41_rows * v48_rows)
+        v51_rows = v49_rows
+        v70_rows = (v51_rows + v54_rows)
+        v71_rows = (v28_rows * v70_rows)
+        tl.store(scratch + 7 * C * HID + 7 * C * BV + 9 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :], v71_rows)  # park
     v21 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 7 * C * HID + 7 * C * BV + 10 * C * D + 5 * C * C + offs_s, v21)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v23 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v25 = (v23 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v26 = tl.sum((v25), axis=0)
-    v24 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = ((-1.0) * v21[:, None] * v71 * tl.exp((v26[None, :] - v24)))
-    v61 = tl.load(scratch + 7 * C * HID + 4 * C * BV + 7 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v69 = tl.load(scratch + 7 * C * HID + 4 * C * BV + 6 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v73 = (v61 + v69 + v72)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v21_rows = tl.load(scratch + 7 * C * HID + 7 * C * BV + 10 * C * D + 5 * C * C + offs_rb)
+        v24_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v61_rows = tl.load(scratch + 7 * C * HID + 5 * C * BV + 7 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v69_rows = tl.load(scratch + 7 * C * HID + 4 * C * BV + 6 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v71_rows = tl.load(scratch + 7 * C * HID + 7 * C * BV + 9 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v72_rows = ((-1.0) * v21_rows[:, None] * v71_rows * tl.exp((v26[None, :] - v24_rows)))
+        v73_rows = (v61_rows + v69_rows + v72_rows)
+        tl.store(scratch + 7 * C * HID + 7 * C * BV + 10 * C * D + 5 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v73_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v73 = tl.load(scratch + 7 * C * HID + 7 * C * BV + 10 * C * D + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = v73
     v75 = tl.cumsum(v74, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -4739,7 +5080,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -4769,7 +5110,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 3 * C * C + 3 * C * D)  # v10, v27, v30, v32, v35, local_6, v37, causal, v28, v20, v29, v24, v33, v34
+    scratch = scratch_ptr + slot * (5 * C * HID + 5 * C * BV + 3 * C * C + 4 * C * D)  # v10, v27, v30, v32, v35, local_6, v37, causal, v28, v20, v29, v24, v33, v34, v44, v36, v47
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -4803,15 +5144,18 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 5 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v22 = tl.exp(v20)  # cumulative decay in the chunk
-    v24 = (q * v22)
-    tl.store(scratch + 5 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v24)  # park
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v33 = v20
-    tl.store(scratch + 5 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v33)  # park
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v20_rows = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v22_rows = tl.exp(v20_rows)  # cumulative decay in the chunk
+        v24_rows = (q_rows * v22_rows)
+        tl.store(scratch + 5 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v33_rows = v20_rows
+        tl.store(scratch + 5 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :], v33_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v21 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v34 = v21
@@ -4893,10 +5237,20 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v44_a = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + v44_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v44 += v44_x * v44_y[:, None] * v44_m[:, None] * tl.exp(tl.minimum(v44_a - v34, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v44)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v36 = local_3
-    v46 = (v36 * v44)
-    v47 = v46
+    tl.store(scratch + 5 * C * HID + 4 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v36)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v36_rows = tl.load(scratch + 5 * C * HID + 4 * C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v44_rows = tl.load(scratch + 5 * C * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v46_rows = (v36_rows * v44_rows)
+        v47_rows = v46_rows
+        tl.store(scratch + 5 * C * HID + 5 * C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v47_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 5 * C * HID + 5 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v49 = v47
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v49.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -4904,7 +5258,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -4944,10 +5298,16 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
     tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v20)  # park
-    v22 = tl.exp(v20)  # cumulative decay in the chunk
-    v24 = (q * v22)
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v24)  # park
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v20_rows = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v22_rows = tl.exp(v20_rows)  # cumulative decay in the chunk
+        v24_rows = (q_rows * v22_rows)
+        tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
+        gate_eta_rows = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v23 = gate_eta
     tl.debug_barrier()  # parked tiles other threads stored
     v26 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -5114,7 +5474,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_eta`."""
@@ -5144,7 +5504,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID + HID * D + 3 * C * D + C * BV)  # v10, v29, v41, v27, v28, v43, v31
+    scratch = scratch_ptr + slot * (2 * C * HID + HID * D + 4 * C * D + 2 * C * BV)  # v10, v29, v41, v27, v28, v43, v31, v37, v48
     v21 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v22 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -5204,14 +5564,21 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 = ((-1.0) * d_new_w2)
         v37 += tl.dot(v30.to(DOT_DTYPE), tl.trans(v36).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 2 * C * HID + HID * D + 3 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v37)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 2 * C * HID + HID * D + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v38 = (v31 * v37)
-    v40 = v38
-    v43 = tl.load(scratch + 2 * C * HID + HID * D + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v47 = (v40 + v43)
-    v27 = tl.load(scratch + 2 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v48 = (v27 * v47)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v27_rows = tl.load(scratch + 2 * C * HID + HID * D + offs_rb[:, None] * D + offs_i[None, :])
+        v31_rows = tl.load(scratch + 2 * C * HID + HID * D + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v37_rows = tl.load(scratch + 2 * C * HID + HID * D + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v43_rows = tl.load(scratch + 2 * C * HID + HID * D + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = (v31_rows * v37_rows)
+        v40_rows = v38_rows
+        v47_rows = (v40_rows + v43_rows)
+        v48_rows = (v27_rows * v47_rows)
+        tl.store(scratch + 2 * C * HID + HID * D + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v48_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v48 = tl.load(scratch + 2 * C * HID + HID * D + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v49 = v48
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v49.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -5219,7 +5586,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
 def chunk_grad_gate_delta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_delta`."""
@@ -5249,7 +5616,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * D + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v84
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
@@ -5285,11 +5652,16 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v33 = tl.exp(v28)  # cumulative decay in the chunk
-    v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v36_rows = (q_rows * v33_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -5320,19 +5692,24 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s, v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
-    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v35 = (v32 * v34)
-    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
-    v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_rb)
+        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v32_rows = (v26_rows[:, None] * tl.exp((v31[None, :] - v29_rows)))  # decay from token s to the chunk's end
+        v35_rows = (v32_rows * v34_rows)
+        v57_rows = (v35_rows * v38_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        v48_rows = v35_rows
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5410,7 +5787,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5435,7 +5812,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5443,31 +5820,48 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v54 = (v48 * v53)
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v63 = (v54 + local_7)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v54_rows = (v48_rows * v53_rows)
+        local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v63_rows = (v54_rows + local_7_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    v77 = (v76 / (D))
-    v78 = ((-1.0) * v77)
-    v79 = (v75 + v78[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v80 = (2.0 * local_0 * v79)
-    v81 = tl.sum((v80), axis=1)
-    v82 = (v81 / (D))
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v83 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v18 = gate_delta
-    v84 = (v83 * tl.where((v18 >= tl.abs(local_1)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb)
+        v77_rows = (v76_rows / (D))
+        v78_rows = ((-1.0) * v77_rows)
+        v79_rows = (v75_rows + v78_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v80_rows = (2.0 * local_0_rows * v79_rows)
+        v81_rows = tl.sum((v80_rows), axis=1)
+        v82_rows = (v81_rows / (D))
+        v14_rows = (local_0_rows * local_0_rows)
+        v15_rows = tl.sum((v14_rows), axis=1)
+        v16_rows = (v15_rows / (D))
+        v83_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v82_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        gate_delta_rows = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v18_rows = gate_delta_rows
+        v84_rows = (v83_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0))))
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v84_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v84 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = v84
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v85.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -5475,7 +5869,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
 def chunk_grad_gate_delta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_delta`."""
@@ -5505,7 +5899,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + 2 * C * C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, local_4, v18, v28, v34, v35, v48, v64, v57, v41, v36, v60
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, local_4, v18, v28, v32, v34, v35, v48, v53, v63, v57, v41, v36, v60, v75, v76, v81
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v18 = gate_delta
@@ -5520,13 +5914,19 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v31 = tl.sum((v30), axis=0)
     v29 = v28
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v32)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
-    v35 = (v32 * v34)
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v35)  # park
-    v48 = v35
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v32_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v35_rows = (v32_rows * v34_rows)
+        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v35_rows)  # park
+        v48_rows = v35_rows
+        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5549,22 +5949,28 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v46 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v54 = (v48 * v53)
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v63 = (v54 + local_7)
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v48_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v54_rows = (v48_rows * v53_rows)
+        local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v63_rows = (v54_rows + local_7_rows)
+        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v40 = (v38 * v34)
     v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v29 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -5587,16 +5993,21 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
-    v33 = tl.exp(v28)  # cumulative decay in the chunk
-    v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v44 = v28
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v36_rows = (q_rows * v33_rows)
+        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = v28
     v45 = v29
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -5618,10 +6029,10 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5630,7 +6041,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5650,7 +6061,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5660,7 +6071,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v43 = (v37 - v42)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5682,7 +6093,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5703,21 +6114,31 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    v77 = (v76 / (D))
-    v78 = ((-1.0) * v77)
-    v79 = (v75 + v78[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v80 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v18 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v81 = (v80 * tl.where((v18 >= tl.abs(local_1)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v18_rows = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v75_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_rb)
+        v77_rows = (v76_rows / (D))
+        v78_rows = ((-1.0) * v77_rows)
+        v79_rows = (v75_rows + v78_rows[:, None])
+        v14_rows = (local_0_rows * local_0_rows)
+        v15_rows = tl.sum((v14_rows), axis=1)
+        v16_rows = (v15_rows / (D))
+        v80_rows = (ln_weight[None, :] * v79_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v81_rows = (v80_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0))))
+        tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v81_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v82 = v81
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v82.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -5725,7 +6146,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
@@ -5755,7 +6176,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 3 * C * C + 5 * C * BV + 3 * C * D)  # v10, v28, v31, v33, v40, local_4, causal, v29, v21, v30, v25, v34, v36, v37, v38
+    scratch = scratch_ptr + slot * (4 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + C)  # v10, v28, v31, v33, v40, local_4, causal, v29, v21, v30, v25, v34, v36, v37, v38, v43, v44, v54
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v27 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -5789,12 +6210,17 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v30 = v30 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 4 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v23 = tl.exp(v21)  # cumulative decay in the chunk
-    v25 = (q * v23)
-    tl.store(scratch + 4 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v25)  # park
-    v34 = v23
-    tl.store(scratch + 4 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v34)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v21_rows = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v23_rows = tl.exp(v21_rows)  # cumulative decay in the chunk
+        v25_rows = (q_rows * v23_rows)
+        tl.store(scratch + 4 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v25_rows)  # park
+        v34_rows = v23_rows
+        tl.store(scratch + 4 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :], v34_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5892,14 +6318,24 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     v36 = tl.load(scratch + 4 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v43 = (v36 - v42)
+    tl.store(scratch + 4 * C * HID + 3 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v43)  # park
     v44 = tl.sum((v43), axis=1)
-    v45 = (v44 / (D))
-    v46 = (v43 - v45[:, None])
-    v47 = (v46 * v46)
-    v48 = tl.sum((v47), axis=1)
-    v49 = (v48 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v54 = (v46 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v49[:, None])))))
+    tl.store(scratch + 4 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + offs_t, v44)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v43_rows = tl.load(scratch + 4 * C * HID + 3 * C * C + 5 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v44_rows = tl.load(scratch + 4 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + offs_rb)
+        v45_rows = (v44_rows / (D))
+        v46_rows = (v43_rows - v45_rows[:, None])
+        v47_rows = (v46_rows * v46_rows)
+        v48_rows = tl.sum((v47_rows), axis=1)
+        v49_rows = (v48_rows / (D))
+        d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v54_rows = (v46_rows * d_out_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v49_rows[:, None])))))
+        tl.store(scratch + 4 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + C + offs_rb[:, None] * D + offs_o[None, :], v54_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 4 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = tl.sum((v54), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v55.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -5907,7 +6343,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
@@ -5937,7 +6373,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, local_4, v27, v33, v34, v47, v63, v56, v40, v35, v59
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, local_4, v27, v31, v33, v34, v47, v52, v62, v56, v40, v35, v59, v74, v75, v82
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -5949,13 +6385,19 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v30 = tl.sum((v29), axis=0)
     v28 = v27
     v31 = (v25[:, None] * tl.exp((v30[None, :] - v28)))  # decay from token s to the chunk's end
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v31)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v33 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
-    v34 = (v31 * v33)
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
-    v47 = v34
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v31_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v33_rows = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = (v31_rows * v33_rows)
+        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v34_rows)  # park
+        v47_rows = v34_rows
+        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v47_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5978,22 +6420,28 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v51 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v45.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v53 = (v47 * v52)
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v62 = (v53 + local_7)
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v52)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v47_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v52_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = (v47_rows * v52_rows)
+        local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v62_rows = (v53_rows + local_7_rows)
+        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v62_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v63 = v62
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v37 = k
-    tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = (v34 * v37)
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = (v37 * v33)
     v27 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -6016,16 +6464,21 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v40 += tl.where(tl.arange(0, C)[None, :] == v40_p[:, None], v40_d[:, None], 0.0)
     v40 = v40 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
-    v32 = tl.exp(v27)  # cumulative decay in the chunk
-    v35 = (q * v32)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v35)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v43 = v27
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v27_rows = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v32_rows = tl.exp(v27_rows)  # cumulative decay in the chunk
+        v35_rows = (q_rows * v32_rows)
+        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v35_rows)  # park
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = v27
     v44 = v28
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -6047,10 +6500,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
     v59 = v59 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6059,7 +6512,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6079,7 +6532,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v38 = v21
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6089,7 +6542,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v42 = (v36 - v41)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6111,7 +6564,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v68 = ((-1.0) * v67)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6132,21 +6585,31 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v72 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v73 += (tl.dot(v72.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v63 + v73)
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v75 = tl.sum((v74), axis=1)
-    v76 = (v75 / (D))
-    v77 = ((-1.0) * v76)
-    v78 = (v74 + v77[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v79 = (2.0 * local_0 * v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v82 = ((-0.5) * local_0 * local_2 * v81[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t, v75)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v74_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v75_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_rb)
+        v76_rows = (v75_rows / (D))
+        v77_rows = ((-1.0) * v76_rows)
+        v78_rows = (v74_rows + v77_rows[:, None])
+        v79_rows = (2.0 * local_0_rows * v78_rows)
+        v80_rows = tl.sum((v79_rows), axis=1)
+        v81_rows = (v80_rows / (D))
+        v14_rows = (local_0_rows * local_0_rows)
+        v15_rows = tl.sum((v14_rows), axis=1)
+        v16_rows = (v15_rows / (D))
+        v82_rows = ((-0.5) * local_0_rows * local_2_rows * v81_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v82_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v82 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v83 = tl.sum((v82), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v83.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -6154,7 +6617,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
@@ -6184,7 +6647,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, local_4, v27, v33, v34, v47, v63, v56, v40, v35, v59
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, local_4, v27, v31, v33, v34, v47, v52, v62, v56, v40, v35, v59, v74, v75, v79
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -6196,13 +6659,19 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v30 = tl.sum((v29), axis=0)
     v28 = v27
     v31 = (v25[:, None] * tl.exp((v30[None, :] - v28)))  # decay from token s to the chunk's end
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v31)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v33 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
-    v34 = (v31 * v33)
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
-    v47 = v34
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v31_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v33_rows = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = (v31_rows * v33_rows)
+        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v34_rows)  # park
+        v47_rows = v34_rows
+        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v47_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6225,22 +6694,28 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v51 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v45.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v47 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v53 = (v47 * v52)
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v62 = (v53 + local_7)
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v52)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v47_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v52_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = (v47_rows * v52_rows)
+        local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v62_rows = (v53_rows + local_7_rows)
+        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v62_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v63 = v62
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v37 = k
-    tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = (v34 * v37)
-    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = (v37 * v33)
     v27 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -6263,16 +6738,21 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v40 += tl.where(tl.arange(0, C)[None, :] == v40_p[:, None], v40_d[:, None], 0.0)
     v40 = v40 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
-    v32 = tl.exp(v27)  # cumulative decay in the chunk
-    v35 = (q * v32)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v35)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v43 = v27
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v27_rows = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v32_rows = tl.exp(v27_rows)  # cumulative decay in the chunk
+        v35_rows = (q_rows * v32_rows)
+        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v35_rows)  # park
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = v27
     v44 = v28
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
@@ -6294,10 +6774,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
     v59 = v59 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6306,7 +6786,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6326,7 +6806,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v38 = v21
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6336,7 +6816,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v42 = (v36 - v41)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6358,7 +6838,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v68 = ((-1.0) * v67)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6379,18 +6859,28 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v72 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v73 += (tl.dot(v72.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v63 + v73)
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v75 = tl.sum((v74), axis=1)
-    v76 = (v75 / (D))
-    v77 = ((-1.0) * v76)
-    v78 = (v74 + v77[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v79 = (local_2 * v78 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t, v75)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v74_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v75_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_rb)
+        v76_rows = (v75_rows / (D))
+        v77_rows = ((-1.0) * v76_rows)
+        v78_rows = (v74_rows + v77_rows[:, None])
+        v14_rows = (local_0_rows * local_0_rows)
+        v15_rows = tl.sum((v14_rows), axis=1)
+        v16_rows = (v15_rows / (D))
+        v79_rows = (local_2_rows * v78_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v79_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v79 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = tl.sum((v79), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v80.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -6398,7 +6888,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
@@ -6428,7 +6918,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * D + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v87
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
@@ -6464,11 +6954,16 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v33 = tl.exp(v28)  # cumulative decay in the chunk
-    v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v36_rows = (q_rows * v33_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -6499,19 +6994,24 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s, v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
-    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v35 = (v32 * v34)
-    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
-    v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_rb)
+        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v32_rows = (v26_rows[:, None] * tl.exp((v31[None, :] - v29_rows)))  # decay from token s to the chunk's end
+        v35_rows = (v32_rows * v34_rows)
+        v57_rows = (v35_rows * v38_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        v48_rows = v35_rows
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6589,7 +7089,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6614,7 +7114,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6622,35 +7122,51 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v54 = (v48 * v53)
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v63 = (v54 + local_7)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v54_rows = (v48_rows * v53_rows)
+        local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v63_rows = (v54_rows + local_7_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    v77 = (v76 / (D))
-    v78 = ((-1.0) * v77)
-    v79 = (v75 + v78[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v80 = (2.0 * local_0 * v79)
-    v81 = tl.sum((v80), axis=1)
-    v82 = (v81 / (D))
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v83 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    v84 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    v85 = (v83 + v84)
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v18 = gate_delta
-    v86 = (v85 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    v87 = (local_0 * v86 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb)
+        v77_rows = (v76_rows / (D))
+        v78_rows = ((-1.0) * v77_rows)
+        v79_rows = (v75_rows + v78_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v80_rows = (2.0 * local_0_rows * v79_rows)
+        v81_rows = tl.sum((v80_rows), axis=1)
+        v82_rows = (v81_rows / (D))
+        v14_rows = (local_0_rows * local_0_rows)
+        v15_rows = tl.sum((v14_rows), axis=1)
+        v16_rows = (v15_rows / (D))
+        v83_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v82_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v84_rows = (ln_weight[None, :] * v79_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v85_rows = (v83_rows + v84_rows)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        gate_delta_rows = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v18_rows = gate_delta_rows
+        v86_rows = (v85_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 1.0, (1.0 * v18_rows * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0)))))))
+        v87_rows = (local_0_rows * v86_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v87_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v87 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = tl.sum((v87), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v88.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -6658,7 +7174,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
@@ -6695,7 +7211,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
     SWAP_PRODUCTS: tl.constexpr, INDEX_PER_CHUNK: tl.constexpr, REREAD_INPUTS: tl.constexpr, PARAMS_ONCE: tl.constexpr, IS_VARLEN: tl.constexpr, DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
@@ -6725,7 +7241,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v57, v48, v74
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * D + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v86
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
@@ -6761,11 +7277,16 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v33 = tl.exp(v28)  # cumulative decay in the chunk
-    v36 = (q * v33)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
+        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
+        v36_rows = (q_rows * v33_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -6796,19 +7317,24 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s, v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
-    v34 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v35 = (v32 * v34)
-    v38 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v57)  # park
-    v48 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_rb)
+        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v32_rows = (v26_rows[:, None] * tl.exp((v31[None, :] - v29_rows)))  # decay from token s to the chunk's end
+        v35_rows = (v32_rows * v34_rows)
+        v57_rows = (v35_rows * v38_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        v48_rows = v35_rows
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6886,7 +7412,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6911,7 +7437,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6919,32 +7445,49 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v54 = (v48 * v53)
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v63 = (v54 + local_7)
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v54_rows = (v48_rows * v53_rows)
+        local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v63_rows = (v54_rows + local_7_rows)
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    v77 = (v76 / (D))
-    v78 = ((-1.0) * v77)
-    v79 = (v75 + v78[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v80 = (2.0 * local_0 * v79)
-    v81 = tl.sum((v80), axis=1)
-    v82 = (v81 / (D))
-    v14 = (local_0 * local_0)
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    v83 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v16[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    v84 = (ln_weight[None, :] * v79 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16[:, None])))))
-    v85 = (v83 + v84)
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v18 = gate_delta
-    v86 = (v85 * tl.where((v18 >= tl.abs(local_1)), 1.0, (1.0 * v18 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1)) - 1.0)))))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
+        offs_rb = rb + tl.arange(0, BR)
+        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb)
+        v77_rows = (v76_rows / (D))
+        v78_rows = ((-1.0) * v77_rows)
+        v79_rows = (v75_rows + v78_rows[:, None])
+        local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        v80_rows = (2.0 * local_0_rows * v79_rows)
+        v81_rows = tl.sum((v80_rows), axis=1)
+        v82_rows = (v81_rows / (D))
+        v14_rows = (local_0_rows * local_0_rows)
+        v15_rows = tl.sum((v14_rows), axis=1)
+        v16_rows = (v15_rows / (D))
+        v83_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v82_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v84_rows = (ln_weight[None, :] * v79_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
+        v85_rows = (v83_rows + v84_rows)
+        local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+        gate_delta_rows = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
+        v18_rows = gate_delta_rows
+        v86_rows = (v85_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 1.0, (1.0 * v18_rows * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0)))))))
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v86_rows)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = tl.sum((v86), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v87.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)

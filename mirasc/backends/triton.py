@@ -108,6 +108,15 @@ SUB_CHUNK = 16
 INTERPRETER_SUB_CHUNK = 4
 
 
+def row_block(chunk_size: int, on_gpu: bool) -> int:
+    """BR, the rows of a block of an MLP memory's stretch of values made token by token (mirasc.kernel_body, row
+    blocks): tuning.ROW_BLOCK on a GPU, where TTT-MLP's backward state pass spilled 1,880 B a thread whole and 584 by
+    blocks of 16 at D = 128 (sm_90a, C = 64, bf16, its default config); the spill guard also tries the whole chunk,
+    with which titans' forward state pass spills none at D = 64 against 96 B by blocks of 16 (bench/README.md, "Row
+    blocks"). On the interpreter the sub-chunk's 4, so that a test's chunk runs several blocks."""
+    return min(chunk_size, tuning.ROW_BLOCK if on_gpu else INTERPRETER_SUB_CHUNK)
+
+
 # Scratch memory of one launch of a chunk kernel that keeps blocks in scratch (an MLP memory's: a program's slot is
 # up to 25 (C, hidden) tiles, 0.1 to 1.6 MiB at C = 64, hidden 256, fp32): the launcher runs the chunks in waves of
 # as many as fit, reusing one buffer. 256 MiB holds about 256 programs of 1 MiB, two for each of an H100's 132 SMs.
@@ -242,11 +251,12 @@ class _Launch:
 
     def config(self, info: dict) -> Config:
         """A kernel's default launch config: its warps from its register tiles, BV and BH from the head dim, BC from
-        the chunk (for a kernel with channel-decay products)."""
+        the chunk (for a kernel with channel-decay products) and BR (for a kernel with row blocks)."""
         bv = self.BV if info["value_blocks"] != "none" else self.D
         bc = sub_chunk(self.C, self.on_gpu) if info["sub_chunks"] else 0
+        br = row_block(self.C, self.on_gpu) if info["row_blocks"] else 0
         return Config(num_warps(self.C, self.D, self.HID, info["tiles"], info["value_blocks"] != "none"), bv,
-                      self.BH, bc)
+                      self.BH, bc, row_block=br)
 
     def run(self, kernels: dict, job: str, *args) -> None:
         """Launch one job's kernel with the config `choose` gives it."""

@@ -26,6 +26,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+# The rows of a block of an MLP memory's stretch of values made token by token on a GPU (mirasc.kernel_body, row
+# blocks; mirasc.backends.triton.row_block)
+ROW_BLOCK = 16
+
 
 @dataclass(frozen=True)
 class Config:
@@ -35,7 +39,9 @@ class Config:
     made again for each chunk (mirasc.triton_kernels.chunk_offsets), REREAD_INPUTS: its input tiles loaded again
     after the hidden-block loops that do not read them rather than held through them (mirasc.kernel_body), and
     PARAMS_ONCE: an MLP memory's state pass loading its per-row parameters once, before its chunk loop, rather than
-    in each chunk where read (mirasc.triton_kernels, _Assembler.params_once)."""
+    in each chunk where read (mirasc.triton_kernels, _Assembler.params_once). row_block: BR, the rows of a block of
+    an MLP memory's stretch of values made token by token (mirasc.kernel_body, row blocks; 0 for a kernel without
+    one)."""
 
     num_warps: int
     block_value: int
@@ -45,11 +51,13 @@ class Config:
     index_per_chunk: bool = False
     reread_inputs: bool = False
     params_once: bool = False
+    row_block: int = 0
 
     def constexprs(self, chunk_size: int) -> dict:
         """The kernel's compile-time arguments this config sets (its warps are a launch option, not one of them);
         BC is the whole chunk in a kernel without channel-decay products."""
         return {"BV": self.block_value, "BH": self.block_hidden, "BC": self.sub_chunk or chunk_size,
+                "BR": self.row_block or chunk_size,
                 "SWAP_PRODUCTS": self.swap_products, "INDEX_PER_CHUNK": self.index_per_chunk,
                 "REREAD_INPUTS": self.reread_inputs, "PARAMS_ONCE": self.params_once}
 
@@ -81,9 +89,12 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     224 B at D = 64 by default, 96 with its index vectors per chunk, 280 with its inputs loaded again, 32 with
     both; at D = 128 2,688, 1,944, 2,976 and 1,896), and for an MLP memory's state pass (`holds_params`), the default
     with its per-row parameters loaded once before its chunk loop (PARAMS_ONCE; the figures are at
-    mirasc.triton_kernels, _Assembler.params_once). Blocks stay at least 16 on a GPU (tl.dot's smallest side).
-    A kernel whose blocks each write a share of a sum (value_blocks "partial") varies its BV too: the launcher sizes
-    those shares' buffer from the config it launches."""
+    mirasc.triton_kernels, _Assembler.params_once), and for a kernel with a stretch of values made token by token, the
+    whole chunk as one row block (with the whole chunk as one sub-chunk too, in the candidate above: Yaad's backward
+    state pass at sm_90a, D = 64 spilled 96 B a thread with its best config where only one of them was whole).
+    Blocks stay at least 16 on a GPU (tl.dot's smallest side). A kernel whose blocks each write a share of a sum
+    (value_blocks "partial") varies its BV too: the launcher sizes those shares' buffer from the config it
+    launches."""
     smallest = 16 if on_gpu else 1
     out = [default]
     if on_gpu:
@@ -96,8 +107,10 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     half_hidden = hidden > head_dim and default.block_hidden // 2 >= smallest
     if half_hidden:
         out.append(replace(default, block_hidden=default.block_hidden // 2))
-    if 0 < default.sub_chunk < chunk_size:
-        out.append(replace(default, sub_chunk=chunk_size))
+    if 0 < default.sub_chunk < chunk_size:  # the row blocks too, if any: the whole chunk at once
+        out.append(replace(default, sub_chunk=chunk_size, row_block=default.row_block and chunk_size))
+    if on_gpu and 0 < default.row_block < chunk_size:
+        out.append(replace(default, row_block=chunk_size))
     if on_gpu and swappable:
         out.append(replace(default, swap_products=True))
         if half_hidden:
