@@ -90,8 +90,9 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     both; at D = 128 2,688, 1,944, 2,976 and 1,896), and for an MLP memory's state pass (`holds_params`), the default
     with its per-row parameters loaded once before its chunk loop (PARAMS_ONCE; the figures are at
     mirasc.triton_kernels, _Assembler.params_once), and for a kernel with a stretch of values made token by token, the
-    whole chunk as one row block (with the whole chunk as one sub-chunk too, in the candidate above: Yaad's backward
-    state pass at sm_90a, D = 64 spilled 96 B a thread with its best config where only one of them was whole).
+    whole chunk as one row block (and with the whole chunk as one sub-chunk, in the candidate above, the row blocks
+    whole too: Yaad's backward state pass at sm_90a, D = 64 spills 96 B a thread with the guard's choice with or
+    without that candidate, 24 before the row blocks).
     Blocks stay at least 16 on a GPU (tl.dot's smallest side). A kernel whose blocks each write a share of a sum
     (value_blocks "partial") varies its BV too: the launcher sizes those shares' buffer from the config it
     launches."""
