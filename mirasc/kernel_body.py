@@ -309,12 +309,12 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     segments = _inputs_where_read(_made_where_read(segments), reloadable)
     loop_of = _loop_of(segments)
     out_of = {v.id: n for n, v in graph.outputs.items()}
-    segments = _row_runs(segments, loads, set(out_of) | {u.id for u in _shared_accumulators(graph, loop_of).values()})
+    into = _shared_accumulators(graph, loop_of)  # row runs join no loop, so they change none of these
+    segments = _row_runs(segments, loads, set(out_of) | {u.id for u in into.values()})
     loop_of = _loop_of(segments)
     row_ends = {j: _row_ends(segments, j) for j, seg in enumerate(segments) if isinstance(seg, _Rows)}
     read_elsewhere = {a.id for j, seg in enumerate(segments) if isinstance(seg, _Loop) for u in seg.values
                       if not inlined(u) for a in _read(u) if loop_of.get(a.id, j) != j}
-    into = _shared_accumulators(graph, loop_of)
     accumulated = {u.id for u in into.values()}
     kept = [v for seg in segments if isinstance(seg, _Loop) for v in seg.values
             if v.id in read_elsewhere and not isinstance(v.op, ir.Input)]
