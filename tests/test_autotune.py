@@ -80,6 +80,12 @@ def test_candidates_start_with_the_default_and_keep_blocks_legal():
                       holds_params=True)[-2:] == [Config(8, 32, 32, index_per_chunk=True, reread_inputs=True),
                                                   Config(8, 32, 32, params_once=True)]
     assert candidates(default, "none", 64, 64, on_gpu=False, holds_params=True) == [default]
+    # a kernel with row blocks: the whole chunk as one block, then twice the default's rows while under the chunk
+    rows = Config(8, 32, 32, row_block=16)
+    assert candidates(rows, "none", 64, 64, on_gpu=True, chunk_size=64) == [
+        rows, Config(4, 32, 32, row_block=16), Config(8, 32, 32, row_block=64), Config(8, 32, 32, row_block=32)]
+    assert candidates(rows, "none", 64, 64, on_gpu=True, chunk_size=32)[-1] == Config(8, 32, 32, row_block=32)
+    assert candidates(rows, "none", 64, 64, on_gpu=False, chunk_size=64) == [rows]
 
 
 def test_autotuning_is_asked_for_and_needs_a_gpu_or_a_tuner_for_the_interpreter(monkeypatch):
