@@ -396,15 +396,16 @@ def test_aot_refines_the_spill_guards_choice_with_the_parameters_once(monkeypatc
 
 
 def test_the_spill_guard_loads_input_tiles_again_after_the_loops():
-    """Titans' local_bwd kernel at sm_90a, D = 64 spills with its input tiles held through its hidden-block loops
-    (80 B when this was written) and less with them loaded again after the loops that do not read them (8 B): the
-    spill guard's REREAD_INPUTS candidate, which mirasc aot reports. (Should the default stop spilling, the guard
-    keeps it and this test needs another kernel. Its forward state pass was this test's kernel until its
-    LayerNorm ran by row blocks: the whole chunk as one row block spills none.)"""
+    """Yaad's local_bwd kernel at sm_90a, D = 64 spills with its input tiles held through its hidden-block loops
+    (96 B when this was written) and none with them loaded again after the loops that do not read them: the spill
+    guard's REREAD_INPUTS candidate, which mirasc aot reports. (Should the default stop spilling, the guard keeps it
+    and this test needs another kernel. Titans' forward state pass was this test's kernel until its LayerNorm ran
+    by row blocks, whose whole chunk as one block spills none; then titans' local_bwd, 8 B with its inputs loaded
+    again, until the guard also tried twice the default's rows, which spill none there.)"""
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
     from mirasc.aot import aot_report
 
-    (row,) = aot_report("titans", chunk_size=64, head_dim=64, only=["chunk_local_bwd_kernel"], timeout=240)
+    (row,) = aot_report("yaad", chunk_size=64, head_dim=64, only=["chunk_local_bwd_kernel"], timeout=240)
     assert row.ok and row.default_stack > 0 and row.reread_inputs, row
     assert row.stack < row.default_stack, (row.stack, row.default_stack)
 

@@ -89,9 +89,10 @@ CASES = [(name, 16, T) for name in SPECS for T in (1, 15) if not (T == 15 and na
 @pytest.mark.parametrize("name,chunk,T", CASES)
 def test_triton_matches_torch(ops, name, chunk, T):
     tri, ref = ops(name)
-    # batch and heads are indexed alike at every chunk size, so the long C = 64 case runs one of each (2026-12-03:
-    # 46 s with two of each)
-    B, H = (1, 1) if chunk == 64 else (2, 2)
+    # batch and heads are indexed alike at every chunk size (the kernels see B·H rows), so the long C = 64 case runs
+    # one of each (2026-12-03: 46 s with two of each), the T = 15 cases two of each, and the others one row of two
+    # heads (2026-12-07, two of each beside other jobs: titans at T = 40 108 s, memora at T = 1 91 s)
+    B, H = (1, 1) if chunk == 64 else (2, 2) if T == 15 else (1, 2)
     ins32 = make_inputs(ref, B, T, H, D, dtype=torch.float32, seed=T)
     ins64 = make_inputs(ref, B, T, H, D, dtype=torch.float64, seed=T)
     got = _on_cpu(_run(tri, _to(ins32), chunk))
@@ -458,43 +459,43 @@ def test_triton_index_per_chunk_matches_torch(ops, name, monkeypatch):
 def test_triton_inputs_reread_match_torch(ops, name, monkeypatch):
     """Every kernel that can load its input tiles again after its hidden-block loops, or in a linear memory's
     kernels after the matrix products that do not read them (REREAD_INPUTS, a spill guard candidate on a GPU),
-    launched that way, gives what the torch backend gives, in fp64, every output and gradient, over several chunks
-    and a partial last one."""
+    launched that way, gives what the torch backend gives, in fp64, every output and gradient, over two chunks, the
+    last partial (moneta: 87 s at three chunks, beside other jobs)."""
     tri, ref = ops(name)
     jobs = tri.triton_module.DESCRIPTION["kernels"]
     assert jobs["state_fwd"]["rereads"] and jobs["state_bwd"]["rereads"], jobs
     launched = _launch_with(monkeypatch, "reread_inputs", lambda info: info["rereads"])
-    err = _fp64_errors(tri, ref, 37, seed=12)
+    err = _fp64_errors(tri, ref, 21, seed=12)
     assert sum(launched) >= 4 and max(err.values()) < 1e-10, err
 
 
 @pytest.mark.parametrize("rows", ["whole", "blocks"])
 def test_triton_row_blocks_match_torch(ops, rows, monkeypatch):
     """An MLP memory's stretches made token by token (its LayerNorm's forward and backward: mirasc.kernel_body, row
-    blocks) give what the torch backend gives, in fp64, every output and gradient, over several chunks and a partial
-    last one, whether each is one block of the whole chunk (BR = C, a spill guard candidate on a GPU) or blocks of
+    blocks) give what the torch backend gives, in fp64, every output and gradient, over two chunks, the last partial,
+    whether each is one block of the whole chunk (BR = C, a spill guard candidate on a GPU) or blocks of
     4 rows (the interpreter's default; 16 on a GPU)."""
     tri, ref = ops("ttt_mlp")
     jobs = tri.triton_module.DESCRIPTION["kernels"]
     assert jobs["state_fwd"]["row_blocks"] and jobs["state_bwd"]["row_blocks"], jobs
     launched = _launch_with(monkeypatch, "row_block",
                             lambda info: (16 if rows == "whole" else 4) if info["row_blocks"] else 0)
-    err = _fp64_errors(tri, ref, 37, seed=14)
+    err = _fp64_errors(tri, ref, 21, seed=14)
     assert sum(map(bool, launched)) >= 4 and max(err.values()) < 1e-10, err
 
 
 def test_triton_params_once_match_torch(ops, monkeypatch):
     """An MLP memory's state passes launched with PARAMS_ONCE (their per-row parameters, the LayerNorm's weight and
     bias, loaded once before the chunk loop and held through every chunk, a spill guard candidate on a GPU) give
-    what the torch backend gives, in fp64, every output and gradient, over several chunks and a partial last one;
-    the other kernels load the parameters where they read them either way. Titans' passes read both parameters,
+    what the torch backend gives, in fp64, every output and gradient, over two chunks, the last partial; the other
+    kernels load the parameters where they read them either way. Titans' passes read both parameters,
     and its backward pass loads the weight again after a loop (the load that parking repeats, under the same
     constexpr)."""
     tri, ref = ops("titans")
     jobs = tri.triton_module.DESCRIPTION["kernels"]
     assert [j for j, info in jobs.items() if info["holds_params"]] == ["state_fwd", "state_bwd"], jobs
     launched = _launch_with(monkeypatch, "params_once", lambda info: info["holds_params"])
-    err = _fp64_errors(tri, ref, 37, seed=13)
+    err = _fp64_errors(tri, ref, 21, seed=13)
     assert sum(launched) >= 2 and max(err.values()) < 1e-10, err
 
 

@@ -92,10 +92,10 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     mirasc.triton_kernels, _Assembler.params_once), and for a kernel with a stretch of values made token by token, the
     whole chunk as one row block (and with the whole chunk as one sub-chunk, in the candidate above, the row blocks
     whole too: Yaad's backward state pass at sm_90a, D = 64 spills 96 B a thread with the guard's choice with or
-    without that candidate, 24 before the row blocks), then twice the default's rows where that is still part of the
-    chunk: ptxas's spills do not fall with the rows either way (that pass: 200 B by blocks of 16, 40 by 32, 96 as one
-    block; titans' local backward pass 80 by 16 and 0 by 32; Moneta's 160 by 16, 56 as one block with one sub-chunk
-    and 0 by 32; sm_90a, D = 64).
+    without that candidate, 24 before the row blocks), and last, twice the default's rows where that is still part of
+    the chunk: ptxas's spills do not fall with the rows either way (that pass: 200 B by blocks of 16, 40 by 32, 96 as
+    one block; titans' local backward pass 80 by 16, 8 with its inputs loaded again, 0 by 32; Moneta's 160 by 16, 56
+    as one block with one sub-chunk, 0 by 32; sm_90a, D = 64).
     Blocks stay at least 16 on a GPU (tl.dot's smallest side). A kernel whose blocks each write a share of a sum
     (value_blocks "partial") varies its BV too: the launcher sizes those shares' buffer from the config it
     launches."""
@@ -115,8 +115,6 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
         out.append(replace(default, sub_chunk=chunk_size, row_block=default.row_block and chunk_size))
     if on_gpu and 0 < default.row_block < chunk_size:
         out.append(replace(default, row_block=chunk_size))
-        if 2 * default.row_block < chunk_size:
-            out.append(replace(default, row_block=2 * default.row_block))
     if on_gpu and swappable:
         out.append(replace(default, swap_products=True))
         if half_hidden:
@@ -129,6 +127,8 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
             out.append(replace(default, index_per_chunk=True, reread_inputs=True))
     if on_gpu and holds_params:
         out.append(replace(default, params_once=True))
+    if on_gpu and 0 < 2 * default.row_block < chunk_size:
+        out.append(replace(default, row_block=2 * default.row_block))
     return out
 
 
