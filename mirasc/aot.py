@@ -293,7 +293,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
             configs = candidates(default, job["value_blocks"], head_dim, hidden, True, chunk_size,
                                  job["swappable"], job["grid"] == "sequences", job["rereads"],
                                  job["holds_params"]) if guard else [default]
-            reports.append(target.guarded(kernel, configs, job["holds_params"] and guard))
+            reports.append(target.guarded(kernel, configs, job["holds_params"], refine=guard))
     return reports
 
 
@@ -311,10 +311,10 @@ class _Target:
     timeout: float
     stages: int | None
 
-    def guarded(self, kernel: str, configs: list, holds_params: bool = False) -> KernelReport:
+    def guarded(self, kernel: str, configs: list, holds_params: bool = False, refine: bool = True) -> KernelReport:
         """The row of the config a GPU launch takes among `configs` (the default first): the first that compiles
         without spills and fits the device's shared memory, else the one that spills least after its refinements
-        (SpillGuard's rule; `holds_params`: the kernel can take PARAMS_ONCE)."""
+        where `refine` (SpillGuard's rule; `holds_params`: the kernel can take PARAMS_ONCE)."""
         from .backends.tuning import SpillGuard, refinements
 
         rows: dict = {}
@@ -323,7 +323,8 @@ class _Target:
             rows[config] = row = self.compile(kernel, config)
             return row.stack if row.ok and (row.shared or 0) <= DEVICE_SHARED[self.arch] else None
 
-        chosen = rows[SpillGuard().choose(kernel, configs, stack, lambda c: refinements(c, True, holds_params))]
+        chosen = rows[SpillGuard().choose(kernel, configs, stack, (lambda c: refinements(
+            c, True, holds_params, self.chunk_size)) if refine else None)]
         chosen.default_stack = rows[configs[0]].stack
         chosen.configs_compiled = len(rows)
         chosen.compile_total_s = round(sum(r.compile_s or 0 for r in rows.values()), 1)

@@ -210,6 +210,13 @@ def test_the_spill_guard_takes_the_first_candidate_without_spills():
     assert list(guard.spills["k7"]) == configs[:1]
     assert refinements(Config(8, 16, 32), on_gpu=True, holds_params=False) == []
     assert refinements(Config(8, 16, 32), on_gpu=False, holds_params=True) == []
+    # a kernel with row blocks: the choice with twice its rows, up to the whole chunk
+    rows = Config(8, 16, 32, row_block=16)
+    assert refinements(rows, on_gpu=True, holds_params=True, chunk_size=64) == [
+        Config(8, 16, 32, row_block=16, params_once=True), Config(8, 16, 32, row_block=32)]
+    assert refinements(Config(8, 16, 32, row_block=32), True, False, 64) == [Config(8, 16, 32, row_block=64)]
+    assert refinements(Config(8, 16, 32, row_block=64), True, False, 64) == []
+    assert refinements(rows, on_gpu=False, holds_params=False, chunk_size=64) == []
 
 
 def test_the_spill_guard_is_on_for_gpu_launches_unless_turned_off(monkeypatch):

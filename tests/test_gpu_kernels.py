@@ -372,7 +372,8 @@ def test_aot_refines_the_spill_guards_choice_with_the_parameters_once(monkeypatc
     """An MLP memory's backward state pass whose best candidate still spills is compiled once more with PARAMS_ONCE
     on top of that candidate (mirasc.backends.tuning.refinements), and `mirasc aot` reports the result where it
     spills less: here, with compiles faked (titans' pass, every config 64 B but its inputs read again, 32, the
-    parameters once, 48, and both, 8), the two together, one compile past the candidates."""
+    parameters once, 48, and both, 8), the two together, two compiles past the candidates (the other refinement,
+    twice the choice's rows, spills as much as the choice here)."""
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
     import mirasc.aot as aot
 
@@ -389,7 +390,8 @@ def test_aot_refines_the_spill_guards_choice_with_the_parameters_once(monkeypatc
     monkeypatch.setattr(aot._Target, "compile", fake)
     (row,) = aot.aot_report("titans", head_dim=64, only=["chunk_state_bwd_kernel"])
     assert row.reread_inputs and row.params_once and row.stack == 8 and row.default_stack == 64, row
-    assert row.configs_compiled == len(compiled) and compiled[-1].params_once and compiled[-1].reread_inputs
+    assert row.configs_compiled == len(compiled) and compiled[-2].params_once and compiled[-2].reread_inputs
+    assert compiled[-1].reread_inputs and compiled[-1].row_block == 2 * compiled[0].row_block > 0, compiled
     assert sum(c.params_once for c in compiled) == 2, compiled  # the default with it (a candidate), then the refinement
     (plain,) = aot.aot_report("titans", head_dim=64, only=["chunk_state_bwd_kernel"], spill_guard=False)
     assert not plain.params_once and plain.configs_compiled == 1, plain

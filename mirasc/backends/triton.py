@@ -277,7 +277,7 @@ class _Launch:
             return tuning.TUNER.choose(key, configs, lambda c: self.launch(fn, info, c, args_for(c)))
         if spill_guard_enabled(self.on_gpu):
             return tuning.SPILL_GUARD.choose(key, configs, lambda c: self.spill_bytes(fn, info, c, args_for(c)),
-                                             lambda c: refinements(c, self.on_gpu, info["holds_params"]))
+                                             lambda c: refinements(c, self.on_gpu, info["holds_params"], self.C))
         return config
 
     def launch(self, fn, info: dict, config: Config, args: tuple) -> None:

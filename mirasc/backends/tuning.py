@@ -132,14 +132,21 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     return out
 
 
-def refinements(chosen: Config, on_gpu: bool, holds_params: bool) -> list[Config]:
-    """The configs tried on top of the spill guard's choice among `candidates` where that choice still spills: for
-    an MLP memory's state pass (`holds_params`), the choice with its per-row parameters loaded once, before the
-    chunk loop (PARAMS_ONCE). It composes with whichever change the choice made, where listing it beside every
-    candidate would double their compiles: at sm_90a, D = 64, titans' backward state pass spilled 112 B a thread
-    with its inputs read again (the choice), 192 with the parameters once and 96 with both; Yaad's 40 with its chunk
-    one sub-chunk (the choice), 48 by default and 24 with both."""
-    return [replace(chosen, params_once=True)] if on_gpu and holds_params and not chosen.params_once else []
+def refinements(chosen: Config, on_gpu: bool, holds_params: bool, chunk_size: int = 0) -> list[Config]:
+    """The configs tried on top of the spill guard's choice among `candidates` where that choice still spills, each
+    composed with whichever change the choice made, where listing it beside every candidate would double their
+    compiles. For an MLP memory's state pass (`holds_params`), the choice with its per-row parameters loaded once,
+    before the chunk loop (PARAMS_ONCE): at sm_90a, D = 64, titans' backward state pass spilled 112 B a thread with
+    its inputs read again (the choice), 192 with the parameters once and 96 with both; Yaad's 40 with its chunk one
+    sub-chunk (the choice), 48 by default and 24 with both. For a kernel with row blocks, the choice with twice its
+    rows, up to the whole chunk: Memora's term 1 of the value gradient spilled 8 B with half the hidden block (the
+    choice) and none with that and 32 rows, 64 with 32 rows alone."""
+    out = []
+    if on_gpu and holds_params and not chosen.params_once:
+        out.append(replace(chosen, params_once=True))
+    if on_gpu and 0 < 2 * chosen.row_block <= chunk_size:
+        out.append(replace(chosen, row_block=2 * chosen.row_block))
+    return out
 
 
 def _other_value_block(block: int, head_dim: int, smallest: int) -> int:
